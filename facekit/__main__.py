@@ -1,0 +1,5 @@
+"""Entry point for ``python -m facekit``."""
+
+from facekit.cli import main
+
+raise SystemExit(main())
