@@ -1,0 +1,64 @@
+"""Regenerate notebooks/01_data_prep.ipynb."""
+from pathlib import Path
+
+from nbtools import write_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+write_notebook(ROOT / "notebooks" / "01_data_prep.ipynb", [
+    ("md", """
+# 01 · Data preparation
+
+Turns a face source into clean, aligned, square crops with identities and deterministic splits,
+cached under `data/processed/`. Sources: `orl` (built-in, 40 people × 10), `folder:PATH`,
+`celeba:PATH` (e.g. `celeba:../shared/data/celeba-10k`), `video:PATH`.
+Every input that yields no face is listed below with its reason; nothing is dropped silently.
+"""),
+    ("params", """
+source = "orl"      # orl | folder:PATH | celeba:PATH | video:PATH
+size = 64           # crop side in pixels (64, 128, 256)
+align = "auto"      # auto | landmarks (YuNet five-point) | none (centre crop, pre-aligned sets)
+limit = None        # only the first N inputs
+seed = 0            # split seed
+"""),
+    ("code", """
+import matplotlib.pyplot as plt
+import seaborn as sns
+from facekit.data import load_faces, contact_sheet
+from facekit.report import write_headline
+
+faces = load_faces(source, size=size, align=align, limit=limit, seed=seed)
+print(f"{len(faces)} faces, {faces.align} alignment, {faces.size}px" + (" (from cache)" if faces.from_cache else ""))
+faces.counts()
+"""),
+    ("md", "## Contact sheet (first 40 faces, labelled by identity)"),
+    ("code", """
+labels = [i or "?" for i in faces.identity[:40]]
+fig = contact_sheet(faces.images[:40], cols=10, labels=labels)
+plt.show()
+"""),
+    ("md", "## Faces per split and per identity"),
+    ("code", """
+fig, axes = plt.subplots(1, 2, figsize=(11, 3))
+sns.barplot(data=faces.counts(), x="split", y="faces", ax=axes[0])
+ok = faces.manifest[faces.manifest["status"] == "ok"]
+per_id = ok.groupby("identity").size()
+if per_id.index.str.len().max() > 0:
+    sns.histplot(per_id, ax=axes[1]).set(xlabel="faces per identity", ylabel="identities")
+if ok["score"].notna().any():
+    axes[1].clear(); sns.histplot(ok["score"], ax=axes[1]).set(xlabel="YuNet detection score")
+plt.tight_layout(); plt.show()
+"""),
+    ("md", "## Inputs without a usable face, with the reason"),
+    ("code", """
+skipped = faces.skipped[["path", "reason"]]
+print(f"{len(skipped)} of {len(faces.manifest)} inputs skipped")
+skipped.head(30)
+"""),
+    ("code", """
+write_headline("01_data_prep", {
+    "source": source, "faces": len(faces), "identities": len({i for i in faces.identity if i}),
+    "skipped": len(skipped), **{f"{s}_faces": int((faces.split == s).sum()) for s in ("train", "val", "test")},
+})
+print("manifest:", faces.cache_dir / "manifest.csv" if faces.cache_dir else "(cache disabled)")
+"""),
+])
