@@ -1,0 +1,161 @@
+"""Paired ``(lq, gt)`` face datasets synthesised on the fly from clean face crops.
+
+``gt`` is the clean, neutrally lit face (after the same head-pose warp as ``lq``, so the two stay
+pixel-aligned); ``lq`` is that face under one of the five lighting conditions of
+:mod:`facekit.augment` and a degradation preset of :mod:`facekit.degrade`, ``scale`` times smaller.
+
+Determinism: sample ``i`` of epoch ``e`` is drawn from ``np.random.default_rng([seed, e, i])``
+alone, so it does not depend on worker count, batch order or what was drawn before; a training
+run resumed mid-epoch sees exactly the samples it would have seen. Call :meth:`set_epoch` before
+each epoch; with a ``DataLoader`` keep ``persistent_workers=False`` (the default) so workers pick
+up the new epoch when they are re-created for each pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from facekit import augment, degrade
+from facekit.errors import ConfigError, DataSourceError
+
+
+def _face_array(faces) -> np.ndarray:
+    images = getattr(faces, "images", faces)  # a facekit.data.FaceSet or the array itself
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise DataSourceError(f"faces must be an (N,S,S,3) uint8 array (FaceSet.images), got "
+                              f"{images.shape} {images.dtype}")
+    if len(images) == 0:
+        raise DataSourceError("faces is empty: nothing to build pairs from")
+    return images
+
+
+def _conditions(conditions) -> tuple[str, ...]:
+    if conditions is None:
+        return augment.CONDITIONS
+    conds = (conditions,) if isinstance(conditions, str) else tuple(conditions)
+    if not conds:
+        raise ConfigError(f"conditions must not be empty; valid: {', '.join(augment.CONDITIONS)}")
+    for c in conds:
+        if c not in augment.CONDITIONS:
+            raise ConfigError(f"unknown lighting condition {c!r}; valid: {', '.join(augment.CONDITIONS)}")
+    return conds
+
+
+def build_pipeline(preset="cctv-heavy", scale: int = 4, angles=True) -> degrade.Pipeline:
+    """A degradation pipeline with the head-pose op in front (or removed).
+
+    Args:
+        preset: preset name, spec (see :func:`facekit.degrade.load_spec`) or a Pipeline's spec.
+        scale: lq side = gt side / scale.
+        angles: True for the default pose ranges, False for none, or a dict of pose overrides
+            (e.g. ``{"yaw": [-45, 45], "flip": False}``).
+    """
+    spec = degrade.load_spec(preset.to_spec() if isinstance(preset, degrade.Pipeline) else preset)
+    spec = [e for e in spec if not (isinstance(e, dict) and e.get("op") == "pose")]
+    if angles:
+        pose = {"op": "pose"}
+        if isinstance(angles, dict):
+            pose.update(angles)
+        spec = [pose] + spec
+    return degrade.Pipeline(spec, scale=scale)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``(H,W,3) float32`` -> ``(3,H,W) float32`` tensor (a copy, contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+class PairedFaceDataset(torch.utils.data.Dataset):
+    """Training pairs generated on the fly from clean faces.
+
+    Args:
+        faces: ``(N,S,S,3) uint8`` RGB (``facekit.data.load_faces(...).images``) or a FaceSet.
+        preset: degradation preset name or spec (see :data:`facekit.degrade.PRESETS`).
+        scale: lq side = S / scale (S must be divisible by it).
+        conditions: lighting conditions drawn uniformly per sample; None = all five; a single
+            name fixes it (evaluation).
+        angles: head-pose augmentation (True, False, or a dict of pose ranges).
+        seed: base seed; sample ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
+
+    Items are dicts: ``"lq"`` ``(3,S/scale,S/scale) float32`` in [0,1], ``"gt"`` ``(3,S,S)
+    float32`` in [0,1], ``"condition"`` str, ``"index"`` int, ``"roll"``/``"yaw"``/``"pitch"``
+    float degrees (0 without pose), ``"flip"`` bool, ``"scale"`` int.
+    """
+
+    def __init__(self, faces, preset="cctv-heavy", scale: int = 4,
+                 conditions=augment.CONDITIONS, angles=True, seed: int = 0):
+        self.faces = _face_array(faces)
+        size = self.faces.shape[1]
+        if not isinstance(scale, (int, np.integer)) or scale < 1 or size % scale:
+            raise ConfigError(f"scale must be a whole number dividing the face size {size}, got {scale!r}")
+        self.scale = int(scale)
+        self.conditions = _conditions(conditions)
+        self.pipeline = build_pipeline(preset, self.scale, angles)
+        self.preset = preset if isinstance(preset, str) else "custom"
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(lq (h,w,3), gt (S,S,3), params)`` as float32 numpy arrays, for inspection/replay."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} faces")
+        index = index % len(self)
+        rng = self.rng(index)
+        conds = self.conditions
+        condition = conds[0] if len(conds) == 1 else conds[int(rng.integers(len(conds)))]
+        return self.pipeline(self.faces[index], rng, condition=condition)
+
+    def __getitem__(self, index: int) -> dict:
+        lq, gt, params = self.sample(int(index))
+        pose = degrade.pose_angles(params)
+        return {"lq": to_tensor(lq), "gt": to_tensor(gt), "condition": params["condition"],
+                "index": int(index) % len(self), "roll": float(pose["roll"]), "yaw": float(pose["yaw"]),
+                "pitch": float(pose["pitch"]), "flip": bool(pose["flip"]), "scale": self.scale}
+
+    @staticmethod
+    def worker_init_fn(worker_id: int) -> None:
+        """``DataLoader(worker_init_fn=...)``: one OpenCV/torch thread per worker (no oversubscription)."""
+        import cv2
+
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+
+
+def make_eval_pairs(faces, preset="cctv-heavy", scale: int = 4, condition: str = "medium",
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed evaluation pairs under one lighting condition, without pose augmentation.
+
+    Face ``i`` uses ``default_rng([seed, i])``, so the same call always gives the same pairs.
+
+    Returns:
+        ``(lq (N,3,S/scale,S/scale), gt (N,3,S,S))`` float32 tensors in [0,1].
+    """
+    images = _face_array(faces)
+    cond = _conditions(condition)
+    if len(cond) != 1:
+        raise ConfigError(f"make_eval_pairs needs one lighting condition, got {condition!r}")
+    size = images.shape[1]
+    if not isinstance(scale, (int, np.integer)) or scale < 1 or size % scale:
+        raise ConfigError(f"scale must be a whole number dividing the face size {size}, got {scale!r}")
+    pipe = build_pipeline(preset, int(scale), angles=False)
+    n, h = len(images), size // int(scale)
+    lq = np.empty((n, 3, h, h), np.float32)
+    gt = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        lq_i, gt_i, _ = pipe(images[i], np.random.default_rng([int(seed), i]), condition=cond[0])
+        lq[i] = lq_i.transpose(2, 0, 1)
+        gt[i] = gt_i.transpose(2, 0, 1)
+    return torch.from_numpy(lq), torch.from_numpy(gt)
