@@ -58,7 +58,7 @@ def _float_image(img) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"expected an (H,W,3) RGB image, got shape {a.shape}")
     if a.dtype == np.uint8:
-        return a.astype(np.float32) * np.float32(1.0 / 255.0)
+        return a.astype(np.float32) / np.float32(255.0)
     if a.dtype.kind != "f":
         raise ValueError(f"expected a uint8 or float image, got dtype {a.dtype}")
     return a if a.dtype == np.float32 else a.astype(np.float32)
@@ -131,6 +131,8 @@ def apply_lighting(img, kelvin: float = NEUTRAL_KELVIN, exposure_stops: float = 
     if gamma <= 0:
         raise ValueError(f"gamma must be positive, got {gamma}")
     x = _float_image(img)
+    if kelvin == NEUTRAL_KELVIN and exposure_stops == 0.0 and gamma == 1.0:
+        return x.copy()  # "medium": exactly neutral
     gain = _gains(float(kelvin), NEUTRAL_KELVIN) * np.float32(2.0 ** exposure_stops)
     out = x * gain
     np.clip(out, 0.0, 1.0, out=out)

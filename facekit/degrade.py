@@ -66,7 +66,7 @@ def to_float(img) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ImageFormatError(f"expected an (H,W,3) RGB image, got shape {a.shape}")
     if a.dtype == np.uint8:
-        return a.astype(np.float32) * np.float32(1.0 / 255.0)
+        return a.astype(np.float32) / np.float32(255.0)
     if a.dtype.kind != "f":
         raise ImageFormatError(f"expected a uint8 or float image, got dtype {a.dtype}")
     return a if a.dtype == np.float32 else a.astype(np.float32)
@@ -343,7 +343,7 @@ def jpeg(img, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", u, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise FacekitError(f"OpenCV could not JPEG-encode an image of shape {u.shape}")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1] * np.float32(1.0 / 255.0)
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1] / np.float32(255.0)
 
 
 def video_codec(img, codec: str = "mp4v", quality: int = 50, motion_px: int = 1) -> np.ndarray:
@@ -393,7 +393,7 @@ def video_codec(img, codec: str = "mp4v", quality: int = 50, motion_px: int = 1)
             os.remove(path)
         except OSError:
             pass
-    return frame[:h, :w, ::-1] * np.float32(1.0 / 255.0)
+    return frame[:h, :w, ::-1] / np.float32(255.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def occlusion_mask(shape_hw: tuple[int, int], kind: str, cx: float, cy: float, w
         for k in range(4):
             fx, fy = rot((k - 1.5) * w / 4.2, -h / 3.0)
             cv2.ellipse(m, pt(fx, fy), axes(w / 10.0, h / 4.0), angle, 0, 360, 255, -1, cv2.LINE_AA, sh)
-    return m * np.float32(1.0 / 255.0)
+    return m / np.float32(255.0)
 
 
 def occlude(img, kind: str, cx: float, cy: float, w: float, h: float, angle: float = 0.0,
