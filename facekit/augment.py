@@ -12,9 +12,9 @@ condition white point (Kelvin)              exposure (stops)      gamma
 ========  ===============================  ====================  ============
 warm      2,700 - 3,500 K (tungsten)        0                     1
 cold      7,000 - 10,000 K (shade, LED)     0                     1
-low       6,500 K (neutral)                 -2.5 .. -1.0          1.0 .. 1.4
+low       6,500 K (neutral)                 -2.0 .. -1.0          1.0 .. 1.3
 medium    6,500 K (neutral)                 0                     1
-bright    6,500 K (neutral)                 +0.5 .. +1.5          0.75 .. 1.0
+bright    6,500 K (neutral)                 +0.3 .. +1.0          0.8 .. 1.0
 ========  ===============================  ====================  ============
 
 The neutral white point is :data:`NEUTRAL_KELVIN` = 6,500 K (about D65, the sRGB white).
@@ -23,7 +23,9 @@ stays balanced for 6,500 K; the gains keep Rec.709 luminance unchanged, so warm/
 colour, not brightness. The brief's cold range starts at 6,500 K, which is the neutral point
 itself, so cold starts at 7,000 K to always be a visible shift. Low and bright change exposure
 (``2**stops``) then gamma, with clipping (blown highlights in bright, crushed shadows in low).
-Medium is exactly neutral (identity), so evaluation under "medium" sees unaltered light.
+Medium is exactly neutral (identity), so evaluation under "medium" sees unaltered light. The
+low/bright ranges stop short of black or white frames: the face must stay recoverable (the
+``low_light`` degradation of :mod:`facekit.degrade` goes darker, with sensor noise).
 
 Head pose: roll is an in-plane rotation; yaw and pitch are approximated by the perspective
 warp of the face crop as a plane turned in 3-D (x right, y down, z into the scene, camera at
@@ -44,9 +46,9 @@ NEUTRAL_KELVIN = 6500.0
 CONDITION_RANGES = {
     "warm": {"kelvin": (2700.0, 3500.0), "exposure_stops": (0.0, 0.0), "gamma": (1.0, 1.0)},
     "cold": {"kelvin": (7000.0, 10000.0), "exposure_stops": (0.0, 0.0), "gamma": (1.0, 1.0)},
-    "low": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (-2.5, -1.0), "gamma": (1.0, 1.4)},
+    "low": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (-2.0, -1.0), "gamma": (1.0, 1.3)},
     "medium": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.0, 0.0), "gamma": (1.0, 1.0)},
-    "bright": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.5, 1.5), "gamma": (0.75, 1.0)},
+    "bright": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.3, 1.0), "gamma": (0.8, 1.0)},
 }
 POSE_RANGES = {"roll": (-15.0, 15.0), "yaw": (-30.0, 30.0), "pitch": (-15.0, 15.0)}
 LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709
@@ -231,14 +233,15 @@ def pose_homography(shape_hw: tuple[int, int], roll: float = 0.0, yaw: float = 0
     rot_x = np.array([[1, 0, 0], [0, math.cos(rp), -math.sin(rp)], [0, math.sin(rp), math.cos(rp)]])
     rot_z = np.array([[math.cos(rr), -math.sin(rr), 0], [math.sin(rr), math.cos(rr), 0], [0, 0, 1]])
     rot = rot_z @ rot_x @ rot_y
-    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
-    plane = np.c_[src[:, 0] - cx, src[:, 1] - cy, np.zeros(4)]
+    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float32)
+    plane = np.zeros((4, 3))
+    plane[:, :2] = src - np.array([cx, cy])
     if flip:
         plane[:, 0] = -plane[:, 0]
     pts = plane @ rot.T
-    z = pts[:, 2] + dist
-    dst = np.c_[dist * pts[:, 0] / z + cx, dist * pts[:, 1] / z + cy]
-    return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
+    scale = dist / (pts[:, 2] + dist)
+    dst = (pts[:, :2] * scale[:, None] + np.array([cx, cy])).astype(np.float32)
+    return cv2.getPerspectiveTransform(src, dst)
 
 
 def pose_warp(img, roll: float = 0.0, yaw: float = 0.0, pitch: float = 0.0, flip: bool = False) -> np.ndarray:

@@ -692,9 +692,9 @@ PRESETS: dict[str, list[dict]] = {
         {"op": "gaussian_blur", "p": 0.4},
         {"op": "downsample"},
         {"op": "lighting"},
-        {"op": "poisson_noise", "p": 0.5},
-        {"op": "gaussian_noise", "p": 0.6, "sigma": [0.01, 0.06]},
-        {"op": "jpeg", "p": 0.9, "quality": [10, 70]},
+        {"op": "poisson_noise", "p": 0.5, "photons": [60.0, 1000.0]},
+        {"op": "gaussian_noise", "p": 0.6, "sigma": [0.01, 0.05]},
+        {"op": "jpeg", "p": 0.9, "quality": [15, 75]},
     ],
     "lowlight": [
         {"op": "gaussian_blur", "p": 0.3},
