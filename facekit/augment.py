@@ -14,7 +14,7 @@ warm      2,700 - 3,500 K (tungsten)        0                     1
 cold      7,000 - 10,000 K (shade, LED)     0                     1
 low       6,500 K (neutral)                 -2.0 .. -1.0          1.0 .. 1.3
 medium    6,500 K (neutral)                 0                     1
-bright    6,500 K (neutral)                 +0.3 .. +1.0          0.8 .. 1.0
+bright    6,500 K (neutral)                 +0.2 .. +0.7          0.85 .. 1.0
 ========  ===============================  ====================  ============
 
 The neutral white point is :data:`NEUTRAL_KELVIN` = 6,500 K (about D65, the sRGB white).
@@ -48,7 +48,7 @@ CONDITION_RANGES = {
     "cold": {"kelvin": (7000.0, 10000.0), "exposure_stops": (0.0, 0.0), "gamma": (1.0, 1.0)},
     "low": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (-2.0, -1.0), "gamma": (1.0, 1.3)},
     "medium": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.0, 0.0), "gamma": (1.0, 1.0)},
-    "bright": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.3, 1.0), "gamma": (0.8, 1.0)},
+    "bright": {"kelvin": (NEUTRAL_KELVIN, NEUTRAL_KELVIN), "exposure_stops": (0.2, 0.7), "gamma": (0.85, 1.0)},
 }
 POSE_RANGES = {"roll": (-15.0, 15.0), "yaw": (-30.0, 30.0), "pitch": (-15.0, 15.0)}
 LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709
