@@ -638,10 +638,10 @@ OPS: dict[str, OpDef] = {
         "color": Param(_BOOL, kind="choice", choices=_BOOL),
     }, _s_poisson, doc="shot noise, stronger in the dark"),
     "low_light": OpDef("low_light", low_light, {
-        "level": Param((0.03, 0.15), bounds=(0.001, 1.0), doc="target mean luminance"),
-        "gamma": Param((1.0, 1.5), bounds=(0.2, 5.0)),
+        "level": Param((0.04, 0.15), bounds=(0.001, 1.0), doc="target mean luminance"),
+        "gamma": Param((1.0, 1.4), bounds=(0.2, 5.0)),
         "black": Param((0.0, 0.04), bounds=(0.0, 0.5), doc="crushed black level"),
-        "photons": Param((20.0, 200.0), bounds=(1.0, 1e6), log=True),
+        "photons": Param((100.0, 1000.0), bounds=(1.0, 1e6), log=True, doc="at full white before the drop"),
         "read_noise": Param((0.0, 0.02), bounds=(0.0, 0.5)),
     }, _s_low_light, doc="under-exposure with matching sensor noise"),
     "jpeg": OpDef("jpeg", jpeg, {
