@@ -548,3 +548,59 @@ def run_cli(args) -> int:
         if failed.html:
             print(f"facekit run: the error is in {failed.html}", file=sys.stderr)
     return summary.exit_code
+
+
+# --- notebook hygiene ---------------------------------------------------------------------------
+
+MAX_CODE_CELL_LINES = 40
+
+
+def check_notebook_hygiene(path: str | Path, max_lines: int = MAX_CODE_CELL_LINES) -> list[str]:
+    """List what keeps a committed notebook from the project's notebook rules.
+
+    Rules: stored without outputs or execution counts; exactly one code cell tagged
+    ``parameters``; no code cell longer than ``max_lines`` lines; kernelspec ``python3``.
+
+    Args:
+        path: the ``.ipynb`` file.
+        max_lines: longest allowed code cell, in lines.
+
+    Returns:
+        One message per problem, each naming the notebook and the cell; empty when clean.
+    """
+    import nbformat
+
+    path = Path(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several unrelated types for a bad file
+        return [f"{path.name}: not a readable notebook ({exc})"]
+    problems = []
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    if kernel != KERNEL_NAME:
+        problems.append(f"{path.name}: kernelspec is {kernel!r}, expected {KERNEL_NAME!r}")
+    tagged = []
+    for i, cell in enumerate(nb.cells):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags:
+            tagged.append(i)
+            if cell.cell_type != "code":
+                problems.append(f"{path.name}: cell {i} is tagged 'parameters' but is {cell.cell_type}")
+        if cell.cell_type != "code":
+            continue
+        if cell.get("outputs"):
+            problems.append(f"{path.name}: cell {i} has {len(cell.outputs)} output(s) committed")
+        if cell.get("execution_count") is not None:
+            problems.append(f"{path.name}: cell {i} has execution count {cell.execution_count}")
+        n_lines = len(cell.source.splitlines())
+        if n_lines > max_lines:
+            first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+            problems.append(
+                f"{path.name}: cell {i} has {n_lines} lines (max {max_lines}): {first.strip()!r}"
+            )
+    if len(tagged) != 1:
+        where = f" (cells {', '.join(map(str, tagged))})" if tagged else ""
+        problems.append(
+            f"{path.name}: needs exactly one cell tagged 'parameters', found {len(tagged)}{where}"
+        )
+    return problems
