@@ -128,6 +128,8 @@ class FPNMobileNetGenerator(nn.Module):
 
     Forward:
         ``(N,3,H,W)`` float32 in ``[0,1]`` (any ``H,W`` >= 1) -> ``(N,3,H,W)`` float32 in ``[0,1]``.
+        In training mode a batch of one crop of at most 32x32 is refused (ValueError): the
+        backbone's BatchNorm cannot normalise a single value per channel.
     """
 
     def __init__(
@@ -194,6 +196,12 @@ class FPNMobileNetGenerator(nn.Module):
             xp = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         else:
             xp = x
+        if self.training and x.shape[0] * (xp.shape[-2] // PAD_MULTIPLE) * (xp.shape[-1] // PAD_MULTIPLE) < 2:
+            # The backbone's BatchNorm would see a single value per channel at stride 32.
+            raise ValueError(
+                f"training FPNMobileNetGenerator on one {h}x{w} crop leaves the MobileNetV2 BatchNorm a single "
+                "value per channel at stride 32; use batch size >= 2 or crops larger than 32 px (or call .eval())"
+            )
         enc0 = self.enc0(xp)
         enc1 = self.enc1(enc0)
         enc2 = self.enc2(enc1)
