@@ -252,10 +252,40 @@ def _unused_sections(sections: dict[str, dict], paths: list[Path]) -> list[str]:
 
 
 def declared_parameters(nb_path: str | Path) -> dict[str, str]:
-    """Parameters declared in a notebook's ``parameters`` cell: ``{name: default source text}``."""
-    import papermill as pm
+    """Parameters declared in a notebook's ``parameters`` cell: ``{name: default source text}``.
 
-    return {name: info["default"] for name, info in pm.inspect_notebook(str(nb_path)).items()}
+    The cell is parsed with :mod:`ast` (every top-level assignment counts); papermill's own
+    line parser drops lines such as ``scale = 4  # lq side = size / scale``, so it is only the
+    fallback for a cell that is not plain Python (IPython magics).
+    """
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    cell = next((c for c in nb.cells if c.cell_type == "code"
+                 and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return {}
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError:
+        import papermill as pm
+
+        return {name: info["default"] for name, info in pm.inspect_notebook(str(nb_path)).items()}
+    declared: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        text = ast.get_source_segment(cell.source, value)
+        for target in targets:
+            names = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            for name in names:
+                if isinstance(name, ast.Name):
+                    declared[name.id] = text
+    return declared
 
 
 def resolve_parameters(
@@ -461,17 +491,23 @@ def run_pipeline(
             stem = result.stem
             shown = ", ".join(f"{k}={v!r}" for k, v in result.parameters.items()) or "defaults"
             _log(progress, f"[{i}/{total}] {stem} ({shown})")
-            # A stale headline from an earlier run must not show up beside this run's status.
-            report.headline_path(stem, reports_dir=reports_dir).unlink(missing_ok=True)
             result.executed = executed_dir / f"{stem}.ipynb"
+            # Outputs of an earlier run must not pass for this run's (e.g. if the kernel fails).
+            for stale in (report.headline_path(stem, reports_dir=reports_dir), result.executed,
+                          html_dir / f"{stem}.html"):
+                stale.unlink(missing_ok=True)
             t0 = time.perf_counter()
             try:
-                pm.execute_notebook(
-                    str(result.path), str(result.executed),
-                    parameters=result.parameters, kernel_name=KERNEL_NAME,
-                    cwd=str(settings.PROJECT_ROOT), progress_bar=progress, log_output=False,
-                    request_save_on_cell_execute=True,
-                )
+                with warnings.catch_warnings():
+                    # Names were checked against the parameters cell above; papermill's own
+                    # line parser misses some (see declared_parameters) and would warn wrongly.
+                    warnings.filterwarnings("ignore", message="Passed unknown parameter")
+                    pm.execute_notebook(
+                        str(result.path), str(result.executed),
+                        parameters=result.parameters, kernel_name=KERNEL_NAME,
+                        cwd=str(settings.PROJECT_ROOT), progress_bar=progress, log_output=False,
+                        request_save_on_cell_execute=True,
+                    )
                 result.status = STATUS_OK
             except KeyboardInterrupt as exc:
                 interrupted = exc

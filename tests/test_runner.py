@@ -276,6 +276,24 @@ def test_resolve_parameters_injects_only_declared_names():
     assert params == {}
 
 
+def test_declared_parameters_reads_every_assignment_of_the_parameters_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("not_a_parameter = 1"),
+        nbformat.v4.new_code_cell(
+            'source = "orl"   # a | b\nscale = 4        # lq side = size / scale\n'
+            "limit: int | None = None\nlo, hi = 0.1, 0.9\nif True:\n    nested = 1",
+            metadata={"tags": ["parameters"]}),
+    ]
+    path = tmp_path / "01_p.ipynb"
+    nbformat.write(nb, path)
+    assert runner.declared_parameters(path) == {
+        "source": '"orl"', "scale": "4", "limit": "None", "lo": "0.1, 0.9", "hi": "0.1, 0.9"}
+    nb.cells[1].metadata["tags"] = []
+    nbformat.write(nb, path)
+    assert runner.declared_parameters(path) == {}
+
+
 @pytest.mark.parametrize("profile", ["smoke", "full"])
 def test_profile_parameters_are_declared_by_existing_notebooks(profile):
     """Every notebook-specific parameter of a profile exists in that notebook (if present yet)."""
