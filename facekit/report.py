@@ -98,11 +98,62 @@ _DISPLAY_PRIORITY = [
 ]
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def inline_widget_outputs(nb) -> int:
+    """Replace widget views by the static outputs their ``Output`` widgets held, in place.
+
+    A report cannot run the widget manager (it is JavaScript from a CDN), but the kernel saved
+    the widgets' state, including what an ``interact`` explorer drew for its default values.
+
+    Args:
+        nb: executed notebook (``nbformat`` v4 node) with ``metadata.widgets`` saved by nbclient.
+
+    Returns:
+        How many widget views were replaced (views without saved outputs are left as they are).
+    """
+    import nbformat
+
+    state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state", {})
+
+    def outputs_of(model_id: str, seen: set) -> list:
+        if model_id in seen or model_id not in state:
+            return []
+        seen.add(model_id)
+        model, model_state = state[model_id], state[model_id].get("state", {})
+        found = list(model_state.get("outputs", [])) if model.get("model_name") == "OutputModel" else []
+        for child in model_state.get("children") or []:
+            if isinstance(child, str) and child.startswith("IPY_MODEL_"):
+                found += outputs_of(child[len("IPY_MODEL_"):], seen)
+        return found
+
+    note = nbformat.v4.new_output("display_data", data={
+        "text/html": "<em>Interactive widget (its controls work in JupyterLab); the default view:</em>"})
+    replaced = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(_WIDGET_VIEW)
+            inner = outputs_of(view.get("model_id", ""), set()) if view else []
+            if inner:
+                outputs += [note, *(nbformat.from_dict(o) for o in inner)]
+                replaced += 1
+            else:
+                outputs.append(out)
+        cell.outputs = outputs
+    return replaced
+
+
 def notebook_to_html(executed: str | Path, html_path: str | Path) -> Path:
     """Convert an executed notebook to one self-contained HTML file.
 
     Figures are inline ``data:`` URIs (notebook PNG outputs already are; markdown images are
     embedded with ``embed_images``), and no script or stylesheet is loaded from outside the file.
+    Widgets show the outputs they held when the notebook ran (see :func:`inline_widget_outputs`).
 
     Args:
         executed: the executed ``.ipynb`` (as papermill writes it, errors included).
@@ -124,6 +175,7 @@ def notebook_to_html(executed: str | Path, html_path: str | Path) -> Path:
         nb = nbformat.read(executed, as_version=4)
     except Exception as exc:  # nbformat raises several unrelated types for a bad file
         raise ConfigError(f"{executed}: cannot read notebook for the HTML report ({exc})") from exc
+    inline_widget_outputs(nb)
     config = Config()
     config.NbConvertBase.display_data_priority = list(_DISPLAY_PRIORITY)
     exporter = HTMLExporter(

@@ -92,7 +92,7 @@ def ok_run(tmp_path_factory):
         warnings.simplefilter("always")
         summary = runner.run_pipeline(
             profile=profile, only="01,03", data="folder:/some/faces",
-            notebooks_dir=FIXTURES, reports_dir=tmp / "reports", progress=False,
+            notebooks_dir=FIXTURES, reports_dir=tmp / "reports", progress=False, threads=2,
         )
     env_changed = env_before != dict(os.environ)
     return summary, [str(w.message) for w in caught if w.category is runner.RunnerWarning], env_changed
@@ -142,7 +142,7 @@ def test_parameters_are_injected_and_data_overrides_source(ok_run):
     # the numbers come from the notebooks themselves, computed from the injected values
     reports = summary.reports_dir
     assert report.read_headline("01_alpha", reports_dir=reports) == {
-        "value_squared": 25, "source": "folder:/some/faces", "seed": 7}
+        "value_squared": 25, "source": "folder:/some/faces", "seed": 7, "threads": 2}
     assert report.read_headline("03_gamma", reports_dir=reports) == {
         "n_times_ten": 40, "label": "g", "pi": 3.14159265}
     assert alpha.headline["value_squared"] == 25 and gamma.headline["n_times_ten"] == 40
@@ -173,7 +173,7 @@ def test_index_lists_every_notebook_with_its_headline_numbers(ok_run):
     assert list(rows) == ["01_alpha", "03_gamma"]
     assert rows["01_alpha"] == {"status": "ok", "link": "html/01_alpha.html",
                                 "metrics": {"value_squared": "25", "source": "folder:/some/faces",
-                                            "seed": "7"}}
+                                            "seed": "7", "threads": "2"}}
     assert rows["03_gamma"]["metrics"] == {"n_times_ten": "40", "label": "g", "pi": "3.142"}
     for row in rows.values():
         assert (summary.reports_dir / row["link"]).is_file()
@@ -328,6 +328,33 @@ def test_index_escapes_values_and_formats_numbers():
         "psnr": "27.12", "name": "<script>x</script>", "n": "12\u2009345", "nan": "–"}
     assert "2 min 05 s" in page
     assert report.format_duration(3.04) == "3.0 s" and report.format_duration(3725) == "1 h 02 min"
+
+
+def test_widget_views_show_the_outputs_they_held(tmp_path):
+    """An interact explorer's default figure appears in the report instead of the widget repr."""
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "version_major": 2, "version_minor": 0, "state": {
+            "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]}},
+            "slider": {"model_name": "FloatSliderModel", "state": {}},
+            "out": {"model_name": "OutputModel", "state": {"outputs": [
+                {"output_type": "display_data", "metadata": {},
+                 "data": {"image/png": png, "text/plain": "<Figure>"}}]}}}}}
+    view = {"model_id": "box", "version_major": 2, "version_minor": 0}
+    orphan = {"model_id": "missing", "version_major": 2, "version_minor": 0}
+    nb.cells = [nbformat.v4.new_code_cell("interact(...)", execution_count=1, outputs=[
+        nbformat.v4.new_output("display_data", data={
+            "application/vnd.jupyter.widget-view+json": view, "text/plain": "interactive(children=...)"}),
+        nbformat.v4.new_output("display_data", data={
+            "application/vnd.jupyter.widget-view+json": orphan, "text/plain": "orphan widget"})])]
+    path = tmp_path / "01_w.ipynb"
+    nbformat.write(nb, path)
+    html = report.notebook_to_html(path, tmp_path / "01_w.html").read_text()
+    assert f"data:image/png;base64,{png}" in html
+    assert "interactive(children" not in html and "Interactive widget" in html
+    assert "orphan widget" in html  # no saved outputs: the text fallback stays
+    assert_self_contained(html)
 
 
 def parse_index_text(text: str) -> dict:
