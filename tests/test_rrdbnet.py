@@ -216,3 +216,24 @@ def test_srvgg_animevideov3_matches_ncnn_runtime():
     theirs = _run_ncnn(param, binf, x)
     assert ours.shape == theirs.shape == (3, 64, 64)
     assert np.abs(ours - theirs).max() < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning", "ignore:ONNX export mode")
+@pytest.mark.parametrize("kind", ["rrdbnet-x2", "srvgg"])
+def test_onnx_export_matches_pytorch_on_other_sizes(kind):
+    import io
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    net = (_small(scale=2) if kind == "rrdbnet-x2" else SRVGGNetCompact(num_feat=8, num_conv=2)).eval()
+    buf = io.BytesIO()
+    axes = {"lq": {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 2: "oh", 3: "ow"}}
+    torch.onnx.export(net, (torch.rand(2, 3, 16, 16),), buf, input_names=["lq"], output_names=["out"],
+                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 15, 17), (3, 3, 24, 20)]:  # odd sides exercise the x2 net's padding
+        x = torch.rand(*shape)
+        with torch.inference_mode():
+            ref = net(x).numpy()
+        out = sess.run(None, {"lq": x.numpy()})[0]
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() < 1e-4

@@ -190,12 +190,10 @@ class FPNMobileNetGenerator(nn.Module):
         h, w = x.shape[-2:]
         x = x * 2.0 - 1.0
         pad_h, pad_w = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        if pad_h or pad_w:
-            # Reflection needs the pad smaller than the side; tiny crops fall back to replication.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            xp = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        else:
-            xp = x
+        # Padding unconditionally (a zero pad is a no-op) keeps the ONNX trace valid for every
+        # size. Reflection needs the pad smaller than the side: sides <= 16 px use replication.
+        mode = "reflect" if min(h, w) > PAD_MULTIPLE // 2 else "replicate"
+        xp = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         if self.training and x.shape[0] * (xp.shape[-2] // PAD_MULTIPLE) * (xp.shape[-1] // PAD_MULTIPLE) < 2:
             # The backbone's BatchNorm would see a single value per channel at stride 32.
             raise ValueError(

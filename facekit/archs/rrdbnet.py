@@ -160,19 +160,17 @@ class RRDBNet(nn.Module):
         _check_image_batch(x, self.num_in_ch, type(self).__name__)
         h, w = x.shape[-2:]
         if self.fold > 1:
+            # Unconditional (possibly zero) padding keeps an ONNX trace valid for every size.
             pad_h, pad_w = (-h) % self.fold, (-w) % self.fold
-            if pad_h or pad_w:
-                mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-                x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+            mode = "reflect" if min(h, w) >= self.fold else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
             x = F.pixel_unshuffle(x, self.fold)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
-        if out.shape[-2] != h * self.scale or out.shape[-1] != w * self.scale:
-            out = out[..., : h * self.scale, : w * self.scale]
-        return out
+        return out[..., : h * self.scale, : w * self.scale]
 
 
 class CompactRRDBNet(RRDBNet):
