@@ -230,6 +230,7 @@ table.run th { width: 9em; }
 .metric { display: inline-block; margin: 0 14px 2px 0; white-space: nowrap; }
 .metric b { font-weight: 600; color: #555; margin-right: 4px; }
 .params { color: #555; font: 12px monospace; }
+a.ipynb { font-size: 11px; color: #777; margin-left: 6px; }
 .error { border: 1px solid #c62828; background: #fdecea; padding: 10px 14px; white-space: pre-wrap; font: 13px monospace; }
 """
 
@@ -283,6 +284,8 @@ def render_index(summary: dict) -> str:
         name = esc(stem)
         if nb.get("html"):
             name = f'<a href="{esc(nb["html"])}">{name}</a>'
+        if nb.get("executed"):
+            name += f' <a class="ipynb" href="{esc(nb["executed"])}">.ipynb</a>'
         metrics = "".join(
             f'<span class="metric" data-name="{esc(k)}"><b>{esc(k)}</b>{esc(_format_value(v))}</span>'
             for k, v in (nb.get("headline") or {}).items()

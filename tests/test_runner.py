@@ -45,7 +45,8 @@ class _IndexParser(HTMLParser):
             self.row = {"status": a["data-status"], "link": None, "metrics": {}}
             self.rows[a["data-stem"]] = self.row
         elif self.row is not None and tag == "a":
-            self.row["link"] = a["href"]
+            key = "ipynb" if a.get("class") == "ipynb" else "link"
+            self.row[key] = a["href"]
         elif self.row is not None and tag == "span" and a.get("class") == "metric":
             self.metric, self.text = a["data-name"], ""
 
@@ -171,10 +172,13 @@ def test_index_lists_every_notebook_with_its_headline_numbers(ok_run):
     index = summary.reports_dir / "index.html"
     rows = parse_index(index)
     assert list(rows) == ["01_alpha", "03_gamma"]
+    for stem, row in rows.items():
+        assert row.pop("ipynb") == f"executed/{stem}.ipynb"
     assert rows["01_alpha"] == {"status": "ok", "link": "html/01_alpha.html",
                                 "metrics": {"value_squared": "25", "source": "folder:/some/faces",
                                             "seed": "7", "threads": "2"}}
     assert rows["03_gamma"]["metrics"] == {"n_times_ten": "40", "label": "g", "pi": "3.142"}
+
     for row in rows.values():
         assert (summary.reports_dir / row["link"]).is_file()
     text = index.read_text()
@@ -209,7 +213,7 @@ def test_failed_notebook_still_gets_a_report_with_the_error(failed_run):
     assert not (reports / "html" / "03_gamma.html").exists()
     assert not (reports / "executed" / "03_gamma.ipynb").exists()
     rows = parse_index(reports / "index.html")
-    assert {k: (v["status"], v["link"]) for k, v in rows.items()} == {
+    assert {k: (v["status"], v["link"]) for k, v in rows.items()} == {  # no link when skipped
         "01_alpha": ("ok", "html/01_alpha.html"),
         "02_broken": ("failed", "html/02_broken.html"),
         "03_gamma": ("skipped", None),
