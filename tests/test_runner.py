@@ -222,6 +222,30 @@ def test_failed_notebook_still_gets_a_report_with_the_error(failed_run):
     assert "division by zero" in (reports / "index.html").read_text()
 
 
+@pytest.mark.parametrize("exc", [RuntimeError("Kernel died before replying"), KeyboardInterrupt()])
+def test_kernel_failures_and_interrupts_still_write_the_index(exc, tmp_path, monkeypatch):
+    """No PapermillExecutionError (dead kernel, Ctrl-C): the index still says what happened."""
+    import papermill
+
+    def execute(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    reports = tmp_path / "reports"
+    if isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_pipeline(notebooks_dir=FIXTURES, reports_dir=reports, progress=False)
+        expected = "notebook 01_alpha interrupted (KeyboardInterrupt)"
+    else:
+        summary = runner.run_pipeline(notebooks_dir=FIXTURES, reports_dir=reports, progress=False)
+        assert summary.exit_code == 1 and summary.failed.stem == "01_alpha"
+        expected = "notebook 01_alpha failed: RuntimeError: Kernel died before replying"
+    run = json.loads((reports / "run.json").read_text())
+    assert run["error"] == expected
+    assert [n["status"] for n in run["notebooks"]] == ["failed", "skipped", "skipped"]
+    assert parse_index(reports / "index.html")["01_alpha"]["link"] is None  # nothing to show
+
+
 # --- selection, profiles, parameters (no kernel) ------------------------------------------------
 
 
