@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("facekit.data", "ingest a face source into an aligned, split, cached dataset"),
     "train": ("facekit.train", "train a restoration GAN from a config file"),
     "run": ("facekit.runner", "run the notebooks headless and write HTML reports"),
+    "evaluate": ("facekit.evaluate", "score restorers across lighting, angles and severities vs baselines"),
 }
 
 

@@ -1,0 +1,997 @@
+"""Evaluation of restorers across lighting conditions, head angles and degradation severities.
+
+:func:`evaluate` degrades clean test faces, restores them with every method and scores each
+output against its clean face. It returns one row per (face, method, condition) -- plus one per
+(face, method, severity level) when a severity sweep is asked for -- with the image metrics
+(PSNR, SSIM, ST-LPIPS), identity metrics (SFace / dlib cosine similarity to the clean face,
+rank-1 hit against a clean gallery, YuNet detectability) and every degradation factor the
+pipeline drew (scale, blur, noise, JPEG quality, occlusion, yaw/roll), so any breakdown is a
+``groupby`` away. :func:`summarise` turns rows into means with bootstrap 95% confidence
+intervals; :func:`identification` gives rank-1 and TAR at FAR 1% / 0.1% per method and condition;
+:func:`save_results` writes ``metrics.csv`` / ``metrics.json`` which the notebook reads back, so
+the report and the files hold the same numbers.
+
+Pairing: a face gets the same occluder, blur, noise and JPEG draws under all five lighting
+conditions (the draws before and after the lighting op come from their own generators), so the
+per-condition comparison measures the light, not a different set of degradations.
+
+Severity sweeps (:data:`SWEEPS`): one factor at fixed levels, everything else off, neutral light,
+no pose -- a controlled heatmap of severity x method beside the random-mix breakdowns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from facekit import augment, degrade
+from facekit.errors import ConfigError, DataSourceError
+
+CONDITIONS = augment.CONDITIONS
+METRICS = ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detected", "seconds_per_face")
+# Lower is better for these; every other metric is higher-is-better.
+LOWER_IS_BETTER = ("lpips", "seconds_per_face")
+# Degradation factors recorded per row (see degradation_factors).
+FACTOR_COLUMNS = ("scale", "blur", "blur_length_px", "defocus_radius_px", "gauss_sigma_px", "noise_sigma",
+                  "gauss_noise_sigma", "poisson_photons", "jpeg_quality", "occlusion", "directional_light",
+                  "kelvin", "exposure_stops", "yaw", "roll", "pitch", "flip")
+ANGLE_BINS = (0.0, 5.0, 10.0, 20.0, 30.0, 90.0)  # |degrees|: bins "0-5", "5-10", ...
+
+# factor -> (levels, spec builder(level) -> (ops list, pipeline scale)). Each sweep changes one
+# factor; light is neutral ("medium") and there is no pose. Lengths/radii are fractions of the side.
+SWEEPS: dict[str, tuple[tuple, Callable]] = {
+    "scale": ((2, 4, 8), lambda v: ([{"op": "downsample", "method": "area"}], int(v))),
+    "blur": ((0.04, 0.1, 0.16), lambda v: ([{"op": "motion_blur", "length_frac": float(v), "exposure": 1.0},
+                                           {"op": "downsample", "method": "area"}], None)),
+    "noise": ((0.01, 0.03, 0.06), lambda v: ([{"op": "downsample", "method": "area"},
+                                             {"op": "gaussian_noise", "sigma": float(v), "color": True}], None)),
+    "jpeg": ((75, 40, 15), lambda v: ([{"op": "downsample", "method": "area"},
+                                      {"op": "jpeg", "quality": int(v)}], None)),
+}
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation (saved beside its results).
+
+    Attributes:
+        conditions: lighting conditions (see :data:`facekit.augment.CONDITIONS`).
+        preset: degradation preset (see :data:`facekit.degrade.PRESETS`).
+        scale: gt side / lq side.
+        seed: base seed; face ``i`` uses generators seeded ``[seed, i, part]``.
+        sample_size: evaluate this many faces (a seeded random subset, in index order); None = all.
+        angles: head pose: True (default ranges), False (none) or a dict of pose ranges.
+        severities: sweep factors -> levels (``{"noise": [0.01, 0.05]}``), a list of factor
+            names (default levels), True for all of :data:`SWEEPS`, or None for no sweep.
+        batch: faces per method call.
+        device: where networks run.
+        lpips: compute ST-LPIPS when the package is installed.
+        identity: compute identity metrics (SFace, dlib when installed, rank-1, detectability).
+    """
+
+    conditions: tuple = CONDITIONS
+    preset: str = "cctv-heavy"
+    scale: int = 4
+    seed: int = 0
+    sample_size: int | None = None
+    angles: bool | dict = True
+    severities: dict | None = None
+    batch: int = 32
+    device: str = "cpu"
+    lpips: bool = True
+    identity: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Degraded pairs
+
+
+def _split_spec(preset) -> tuple[list[dict], dict | None, list[dict]]:
+    """Split a spec at its lighting op: ``(ops before, lighting entry or None, ops after)``.
+
+    Without a lighting op, it goes after the geometric ops (as :class:`facekit.degrade.Pipeline` does).
+    """
+    spec = degrade.load_spec(preset)
+    for k, e in enumerate(spec):
+        if isinstance(e, dict) and e.get("op") == "lighting":
+            return spec[:k], e, spec[k + 1:]
+    at = sum(1 for e in spec if isinstance(e, dict) and e.get("op") in degrade.OPS and degrade.OPS[e["op"]].geometric)
+    return spec[:at], None, spec[at:]
+
+
+class PairMaker:
+    """Build ``(lq, gt, params)`` for a face under a condition, paired across conditions.
+
+    The ops before the lighting op draw from ``default_rng([seed, i, 0])``, the lighting from
+    ``[seed, i, 1]`` and the ops after it from ``[seed, i, 2]``, so face ``i`` gets the same
+    occluder, blur, noise and JPEG settings whatever the condition. ``degrade.replay(params, gt)``
+    rebuilds ``lq`` exactly.
+
+    Args:
+        preset: preset name or spec.
+        scale: gt side / lq side.
+        angles: head pose (True, False or a dict of pose ranges).
+        seed: base seed.
+    """
+
+    def __init__(self, preset="cctv-heavy", scale: int = 4, angles=True, seed: int = 0):
+        from facekit.dataset import build_pipeline
+
+        full = build_pipeline(preset, scale, angles)  # validates the spec and places the pose op
+        before, _, after = _split_spec(full.to_spec())
+        self.pre = degrade.Pipeline(before, scale=scale)
+        self.post = degrade.Pipeline(after, scale=1) if after else None
+        self.scale = int(scale)
+        self.seed = int(seed)
+
+    def __call__(self, image: np.ndarray, index: int, condition: str):
+        """Return ``(lq (h,w,3), gt (S,S,3), params)`` float32 in [0,1] for face ``index``."""
+        lq, gt, p_pre = self.pre(image, np.random.default_rng([self.seed, int(index), 0]))
+        lq, light = augment.lighting_condition(lq, condition, np.random.default_rng([self.seed, int(index), 1]))
+        ops = list(p_pre["ops"]) + [{"op": "lighting", **light}]
+        if self.post is not None:
+            lq, _, p_post = self.post(lq, np.random.default_rng([self.seed, int(index), 2]))
+            ops += p_post["ops"]
+        return lq, gt, {"ops": ops, "condition": condition, "scale": self.scale, "shape": p_pre["shape"]}
+
+
+def _sweep_levels(severities) -> dict[str, tuple]:
+    if severities is None or severities is False:
+        return {}
+    if severities is True:
+        return {k: v[0] for k, v in SWEEPS.items()}
+    if isinstance(severities, str):
+        severities = [s.strip() for s in severities.split(",") if s.strip()]
+    items = severities.items() if isinstance(severities, dict) else ((k, None) for k in severities)
+    out = {}
+    for name, levels in items:
+        if name not in SWEEPS:
+            raise ConfigError(f"unknown severity sweep {name!r}; valid: {', '.join(SWEEPS)}")
+        out[name] = tuple(levels) if levels is not None else SWEEPS[name][0]
+        if not out[name]:
+            raise ConfigError(f"severity sweep {name!r} has no levels")
+    return out
+
+
+def _angle_bin(values: np.ndarray) -> np.ndarray:
+    a = np.abs(np.asarray(values, dtype=float))
+    labels = [f"{int(lo)}-{int(hi)}" if hi < 90 else f">{int(lo)}" for lo, hi in zip(ANGLE_BINS[:-1], ANGLE_BINS[1:])]
+    idx = np.clip(np.searchsorted(ANGLE_BINS, a, side="right") - 1, 0, len(labels) - 1)
+    return np.array(labels, dtype=object)[idx]
+
+
+def degradation_factors(params: dict) -> dict:
+    """Flatten a pipeline's recorded params into the evaluation's factor columns.
+
+    ``noise_sigma`` is the combined noise std at 50% grey: Gaussian sigma and Poisson shot noise
+    (``sqrt(0.5 / photons)``) added in quadrature. Absent factors are 0 (blur, noise), NaN (JPEG
+    quality, photons) or ``"none"`` (occlusion, blur kind).
+
+    Returns:
+        Dict with the keys of :data:`FACTOR_COLUMNS`.
+    """
+    out = {"scale": int(params.get("scale", 1)), "blur": "none", "blur_length_px": 0.0, "defocus_radius_px": 0.0,
+           "gauss_sigma_px": 0.0, "noise_sigma": 0.0, "gauss_noise_sigma": 0.0, "poisson_photons": float("nan"),
+           "jpeg_quality": float("nan"), "occlusion": "none", "directional_light": False,
+           "kelvin": augment.NEUTRAL_KELVIN, "exposure_stops": 0.0}
+    blurs = []
+    var = 0.0
+    for r in params["ops"]:
+        op = r["op"]
+        if op in ("motion_blur", "linear_motion_blur"):
+            out["blur_length_px"] = max(out["blur_length_px"], float(r["length_px"]))
+            blurs.append("motion" if op == "motion_blur" else "linear")
+        elif op == "defocus_blur":
+            out["defocus_radius_px"] = float(r["radius_px"])
+            blurs.append("defocus")
+        elif op == "gaussian_blur":
+            out["gauss_sigma_px"] = float(r["sigma_px"])
+            blurs.append("gaussian")
+        elif op == "downsample":
+            out["scale"] = int(params.get("scale", r["scale"]))
+        elif op == "gaussian_noise":
+            out["gauss_noise_sigma"] = float(r["sigma"])
+            var += float(r["sigma"]) ** 2
+        elif op == "poisson_noise":
+            out["poisson_photons"] = float(r["photons"])
+            var += 0.5 / float(r["photons"])
+        elif op == "low_light":
+            var += 0.5 / float(r["photons"]) + float(r["read_noise"]) ** 2
+        elif op == "jpeg":
+            out["jpeg_quality"] = float(r["quality"])
+        elif op == "video_codec":
+            out["jpeg_quality"] = float(r["quality"])
+        elif op == "occlusion":
+            out["occlusion"] = str(r["kind"])
+        elif op == "directional_light":
+            out["directional_light"] = True
+        elif op == "lighting":
+            out["kelvin"] = float(r["kelvin"])
+            out["exposure_stops"] = float(r["exposure_stops"])
+    out["blur"] = "+".join(blurs) if blurs else "none"
+    out["noise_sigma"] = math.sqrt(var)
+    out.update({k: v for k, v in degrade.pose_angles(params).items()})
+    out["flip"] = bool(out["flip"])
+    return out
+
+
+def severity_levels(df: pd.DataFrame) -> pd.DataFrame:
+    """Add binned severity columns (``blur_level``, ``noise_level``, ``jpeg_level``, ``yaw_bin``, ``roll_bin``).
+
+    Levels: blur by the longest blur length or 2x defocus radius / 3x Gaussian sigma in gt pixels
+    (none, <4, 4-8, >=8 px); noise sigma at 50% grey (none, <0.02, 0.02-0.04, >=0.04); JPEG quality
+    (none, >=60, 35-60, <35).
+    """
+    df = df.copy()
+    blur = np.maximum.reduce([df["blur_length_px"].to_numpy(float), 2 * df["defocus_radius_px"].to_numpy(float),
+                              3 * df["gauss_sigma_px"].to_numpy(float)])
+    df["blur_level"] = np.select([blur <= 0, blur < 4, blur < 8], ["none", "<4px", "4-8px"], ">=8px")
+    ns = df["noise_sigma"].to_numpy(float)
+    df["noise_level"] = np.select([ns <= 0, ns < 0.02, ns < 0.04], ["none", "<0.02", "0.02-0.04"], ">=0.04")
+    q = df["jpeg_quality"].to_numpy(float)
+    df["jpeg_level"] = np.select([np.isnan(q), q >= 60, q >= 35], ["none", "q>=60", "q35-60"], "q<35")
+    df["yaw_bin"] = _angle_bin(df["yaw"].to_numpy(float))
+    df["roll_bin"] = _angle_bin(df["roll"].to_numpy(float))
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring back-ends (other modules own them; each is optional and reports why it is absent)
+
+
+class Scorers:
+    """The metric functions available here, with the reason for each one that is not.
+
+    Args:
+        lpips, identity: whether to try ST-LPIPS and the identity metrics.
+        device: where networks run.
+    """
+
+    def __init__(self, lpips: bool = True, identity: bool = True, device: str = "cpu"):
+        self.device = device
+        self.missing: dict[str, str] = {}
+        self.psnr = self.ssim = self.lpips = None
+        self.id_sface = self.id_dlib = None
+        self.embed_sface = None
+        self.detect = None
+        self.rank1 = self.tar_at_far = None
+        try:
+            from facekit import metrics
+
+            self.psnr, self.ssim = metrics.psnr, metrics.ssim
+        except (ImportError, AttributeError) as exc:
+            self.missing["psnr"] = self.missing["ssim"] = f"facekit.metrics unavailable ({exc})"
+        if lpips:
+            from facekit import perceptual
+
+            if perceptual.is_available("alex"):
+                self.lpips = lambda out, gt: perceptual.stlpips(out, gt, "alex", device)
+            else:
+                self.missing["lpips"] = "ST-LPIPS package not installed (pip install stlpips-pytorch==0.0.2)"
+        else:
+            self.missing["lpips"] = "disabled"
+        if identity:
+            self._identity()
+        else:
+            for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
+                self.missing[k] = "disabled"
+
+    def _identity(self) -> None:
+        try:
+            from facekit import recognition
+        except ImportError as exc:
+            for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
+                self.missing[k] = f"facekit.recognition unavailable ({exc})"
+            return
+        self._recognition = recognition
+        adapters = _recognition_adapters(recognition, self.device)
+        self.missing.update(adapters.pop("missing"))
+        for k, v in adapters.items():
+            setattr(self, k, v)
+
+    @property
+    def columns(self) -> list[str]:
+        """Metric columns this scorer fills."""
+        cols = [c for c, f in (("psnr", self.psnr), ("ssim", self.ssim), ("lpips", self.lpips),
+                               ("id_sface", self.id_sface), ("id_dlib", self.id_dlib)) if f is not None]
+        if self.embed_sface is not None:
+            cols.append("rank1_hit")
+        if self.detect is not None:
+            cols.append("detected")
+        return cols
+
+    def score(self, out: torch.Tensor, gt: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per-image metrics of ``out`` against ``gt`` (both ``(N,3,H,W)`` float32 in [0,1])."""
+        res = {}
+        for name in ("psnr", "ssim", "lpips", "id_sface", "id_dlib"):
+            fn = getattr(self, name)
+            if fn is not None:
+                res[name] = _as_numpy(fn(out, gt))
+        if self.detect is not None:
+            res["detected"] = _as_numpy(self.detect(out)).astype(bool)
+        return res
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _recognition_adapters(recognition, device: str) -> dict:
+    """Wrap :mod:`facekit.recognition` into the evaluation's calling convention.
+
+    Returns:
+        ``{"id_sface", "id_dlib", "embed_sface", "detect", "missing"}``; a callable is None (and
+        ``missing`` says why) when recognition lacks it or its backend is not installed.
+    """
+    out = {"id_sface": None, "id_dlib": None, "embed_sface": None, "detect": None, "missing": {}}
+    sim = getattr(recognition, "identity_similarity", None)
+    if sim is None:
+        out["missing"]["id_sface"] = out["missing"]["id_dlib"] = "facekit.recognition has no identity_similarity()"
+    else:
+        for col, backend in (("id_sface", "sface"), ("id_dlib", "dlib")):
+            try:
+                probe = torch.rand(1, 3, 64, 64)
+                sim(probe, probe, backend=backend)
+                out[col] = (lambda b: (lambda o, g: sim(o, g, backend=b)))(backend)
+            except Exception as exc:  # backend not installed: record why, keep going
+                out["missing"][col] = f"{backend}: {exc}"
+    emb = getattr(recognition, "embed", None)
+    if emb is None:
+        out["missing"]["rank1_hit"] = "facekit.recognition has no embed()"
+    else:
+        out["embed_sface"] = lambda x: emb(x, backend="sface")
+    det = getattr(recognition, "detectability", None)
+    if det is None:
+        out["missing"]["detected"] = "facekit.recognition has no detectability()"
+    else:
+        out["detect"] = det
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _face_arrays(faces):
+    images = np.asarray(getattr(faces, "images", faces))
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2]:
+        raise DataSourceError(f"faces must be an (N,S,S,3) uint8 array or a FaceSet, got {images.shape} {images.dtype}")
+    if len(images) == 0:
+        raise DataSourceError("faces is empty: nothing to evaluate")
+    n = len(images)
+    ident = getattr(faces, "identity", None)
+    ident = np.asarray(ident, dtype=object) if ident is not None else np.array([""] * n, dtype=object)
+    paths = getattr(faces, "paths", None)
+    paths = np.asarray(paths, dtype=object) if paths is not None else np.array([""] * n, dtype=object)
+    return images, ident, paths
+
+
+def _pick(n: int, sample_size: int | None, seed: int) -> np.ndarray:
+    if sample_size is None or sample_size >= n:
+        return np.arange(n)
+    if int(sample_size) < 1:
+        raise ConfigError(f"sample_size must be a positive integer or None, got {sample_size}")
+    return np.sort(np.random.default_rng([int(seed), 0x5A]).choice(n, int(sample_size), replace=False))
+
+
+def _call(method, lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    from facekit.baselines import Method, resize_batch
+
+    out = method(lq, size) if isinstance(method, Method) else method(lq)
+    out = torch.as_tensor(out).detach().float().cpu()
+    if out.ndim != 4 or out.shape[:2] != lq.shape[:2]:
+        raise ConfigError(f"a method returned shape {tuple(out.shape)} for input {tuple(lq.shape)}; "
+                          "expected (N,3,H,W)")
+    return resize_batch(out, size).clamp_(0.0, 1.0)
+
+
+def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+
+
+@dataclass
+class _Job:
+    """One degraded set: a condition of the preset, or one level of a severity sweep."""
+
+    condition: str
+    maker: PairMaker
+    sweep: str = ""
+    severity: float = float("nan")
+
+
+def _jobs(cfg: EvalConfig) -> list[_Job]:
+    jobs = [_Job(c, PairMaker(cfg.preset, cfg.scale, cfg.angles, cfg.seed)) for c in cfg.conditions]
+    for name, levels in _sweep_levels(cfg.severities).items():
+        for level in levels:
+            ops, scale = SWEEPS[name][1](level)
+            jobs.append(_Job("medium", PairMaker(ops, scale or cfg.scale, False, cfg.seed), name, float(level)))
+    return jobs
+
+
+def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", scale: int = 4, seed: int = 0,
+             sample_size: int | None = None, angles=True, severities=None, batch: int = 32,
+             progress: bool = True, device: str | torch.device = "cpu", lpips: bool = True,
+             identity: bool = True, gallery=None) -> pd.DataFrame:
+    """Degrade clean faces, restore them with every method and score each output.
+
+    Args:
+        faces: clean test faces: a :class:`facekit.data.FaceSet` (identities enable rank-1) or an
+            ``(N,S,S,3) uint8`` array.
+        methods: name -> callable. A :class:`facekit.baselines.Method` is called as
+            ``m(lq, (S,S))``; any other callable as ``f(lq)`` with its output resized to ``S x S``
+            when it is not already. ``lq`` is ``(n,3,S/scale,S/scale)`` float32 in [0,1].
+        conditions: lighting conditions, each with the same paired degradations.
+        preset, scale, seed, angles: degradation settings (see :class:`PairMaker`).
+        sample_size: a seeded random subset of this many faces (None = all).
+        severities: severity sweeps (see :class:`EvalConfig`), None for none.
+        batch: faces per method call.
+        progress: show a progress bar.
+        device: where ST-LPIPS and the identity networks run (methods carry their own device).
+        lpips, identity: compute those metric groups when their back-ends are installed.
+        gallery: extra clean faces of other people (FaceSet) added to the rank-1 gallery as
+            distractors; the gallery always holds the first face of each identity in ``faces``,
+            and that face is then not used as a probe.
+
+    Returns:
+        One row per (face, method, condition) and per (face, method, sweep level). Columns: image
+        (index into ``faces``), identity, method, condition, sweep ("" for the preset rows),
+        severity, psnr, ssim, lpips, id_sface, id_dlib, rank1_hit, detected, lq_detected,
+        seconds_per_face (only the metrics whose back-end is here), the factor columns of
+        :func:`degradation_factors` and the binned levels of :func:`severity_levels`.
+        ``df.attrs`` holds ``config`` (the :class:`EvalConfig` as a dict), ``missing`` (metric ->
+        why it is absent), ``identification`` (see :func:`identification`) and ``methods`` (notes).
+    """
+    if not methods:
+        raise ConfigError("evaluate needs at least one method")
+    conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ConfigError(f"unknown lighting condition {c!r}; valid: {', '.join(CONDITIONS)}")
+    cfg = EvalConfig(conditions, preset if isinstance(preset, str) else "custom", int(scale), int(seed), sample_size,
+                     angles, _sweep_levels(severities) or None, int(batch), str(torch.device(device)), lpips, identity)
+    images, ident, _paths = _face_arrays(faces)
+    size = images.shape[1]
+    if size % cfg.scale:
+        raise ConfigError(f"scale {cfg.scale} does not divide the face size {size}")
+    picked = _pick(len(images), sample_size, seed)
+    scorers = Scorers(lpips, identity, cfg.device)
+    jobs = _jobs(cfg)
+    if isinstance(preset, (list, dict)):
+        jobs[:len(conditions)] = [_Job(c, PairMaker(preset, cfg.scale, angles, cfg.seed)) for c in conditions]
+
+    gal = _Gallery(scorers, images, ident, picked, gallery) if scorers.embed_sface is not None else None
+    if gal is not None and gal.reason:
+        scorers.missing["rank1_hit"] = gal.reason
+        gal = None
+
+    from tqdm.auto import tqdm
+
+    rows: list[dict] = []
+    embeddings: dict[tuple[str, str, str], np.ndarray] = {}
+    bar = tqdm(total=len(jobs) * len(picked) * len(methods), desc="evaluate", disable=not progress, unit="face")
+    for job in jobs:
+        for start in range(0, len(picked), cfg.batch):
+            idx = picked[start:start + cfg.batch]
+            triples = [job.maker(images[i], int(i), job.condition) for i in idx]
+            lq = _to_batch([t[0] for t in triples])
+            gt = _to_batch([t[1] for t in triples])
+            factors = [degradation_factors(t[2]) for t in triples]
+            lq_det = _as_numpy(scorers.detect(lq)).astype(bool) if scorers.detect is not None else None
+            for name, method in methods.items():
+                t0 = time.perf_counter()
+                out = _call(method, lq, (size, size))
+                spf = (time.perf_counter() - t0) / len(idx)
+                scores = scorers.score(out, gt)
+                hits = gal.hits(out, idx) if gal is not None else None
+                for j, i in enumerate(idx):
+                    row = {"image": int(i), "identity": str(ident[i]), "method": name, "condition": job.condition,
+                           "sweep": job.sweep, "severity": job.severity}
+                    row.update({k: float(v[j]) if v.dtype != bool else bool(v[j]) for k, v in scores.items()})
+                    if hits is not None:
+                        row["rank1_hit"] = hits[0][j]
+                    if lq_det is not None:
+                        row["lq_detected"] = bool(lq_det[j])
+                    row["seconds_per_face"] = spf
+                    row.update(factors[j])
+                    rows.append(row)
+                if hits is not None:
+                    key = (name, job.condition, job.sweep + (f"={job.severity:g}" if job.sweep else ""))
+                    embeddings[key] = np.concatenate([embeddings.get(key, np.zeros((0, hits[1].shape[1]), np.float32)),
+                                                      hits[1]])
+                bar.update(len(idx))
+    bar.close()
+    df = severity_levels(pd.DataFrame(rows))
+    df.attrs["config"] = _jsonable_config(cfg)
+    df.attrs["missing"] = dict(scorers.missing)
+    df.attrs["methods"] = {n: getattr(m, "note", "") for n, m in methods.items()}
+    if gal is not None:
+        df.attrs["identification"] = gal.identification(embeddings, picked)
+    return df
+
+
+def _jsonable_config(cfg: EvalConfig) -> dict:
+    d = asdict(cfg)
+    d["conditions"] = list(d["conditions"])
+    if d["severities"]:
+        d["severities"] = {k: list(v) for k, v in d["severities"].items()}
+    return d
+
+
+class _Gallery:
+    """Clean gallery of SFace embeddings for rank-1 / TAR@FAR of restored probes.
+
+    The first face of each known identity among the evaluated faces is its gallery image (and is
+    not a probe); ``extra`` faces add one clean image per other identity as distractors.
+    """
+
+    def __init__(self, scorers: Scorers, images, ident, picked, extra):
+        self.reason = ""
+        self.embed = scorers.embed_sface
+        known = [i for i in picked if ident[i]]
+        if not known:
+            self.reason = "no identities known for the evaluated faces"
+            return
+        first: dict[str, int] = {}
+        for i in known:
+            first.setdefault(str(ident[i]), int(i))
+        self.gallery_index = set(first.values())
+        g_imgs = [images[i] for i in first.values()]
+        g_ids = list(first)
+        if extra is not None:
+            e_imgs, e_ident, _ = _face_arrays(extra)
+            seen = set(g_ids)
+            for img, who in zip(e_imgs, e_ident):
+                if who and str(who) not in seen:
+                    seen.add(str(who))
+                    g_imgs.append(img)
+                    g_ids.append(str(who))
+        if len(g_ids) < 2:
+            self.reason = f"rank-1 needs at least 2 identities in the gallery, got {len(g_ids)}"
+            return
+        g = torch.from_numpy(np.stack(g_imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        self.gallery = _normalise(_as_numpy(self.embed(g)))
+        self.gallery_ids = np.array(g_ids, dtype=object)
+        self.ident = ident
+        self.probe_mask = np.array([bool(ident[i]) and int(i) not in self.gallery_index for i in picked])
+
+    def hits(self, out: torch.Tensor, idx: np.ndarray):
+        """``(rank-1 hit per face (True/False, None for gallery faces), probe embeddings)``."""
+        emb = _normalise(_as_numpy(self.embed(out)))
+        best = self.gallery_ids[np.argmax(emb @ self.gallery.T, axis=1)]
+        hit = [None if (not self.ident[i] or int(i) in self.gallery_index) else bool(best[j] == self.ident[i])
+               for j, i in enumerate(idx)]
+        return hit, emb
+
+    def identification(self, embeddings: dict, picked: np.ndarray) -> pd.DataFrame:
+        """Rank-1 and TAR at FAR 1% / 0.1% per (method, condition/sweep level)."""
+        probe_ids = np.array([self.ident[i] for i in picked], dtype=object)[self.probe_mask]
+        rows = []
+        for (method, condition, sweep), emb in embeddings.items():
+            e = emb[self.probe_mask]
+            rows.append({"method": method, "condition": condition, "sweep": sweep,
+                         **identification_scores(e, probe_ids, self.gallery, self.gallery_ids)})
+        return pd.DataFrame(rows)
+
+
+def _normalise(e: np.ndarray) -> np.ndarray:
+    e = np.asarray(e, dtype=np.float32).reshape(len(e), -1)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def identification_scores(probe: np.ndarray, probe_ids, gallery: np.ndarray, gallery_ids) -> dict:
+    """Rank-1 accuracy and TAR at FAR 1% / 0.1% of probe embeddings against a gallery.
+
+    Verification uses every probe x gallery pair: genuine when the identities match, impostor
+    otherwise; the threshold for a FAR is the impostor-score quantile at ``1 - FAR``.
+
+    Args:
+        probe: ``(P,D)`` L2-normalised embeddings; probe_ids: ``(P,)`` identities.
+        gallery: ``(G,D)`` L2-normalised embeddings; gallery_ids: ``(G,)`` identities.
+
+    Returns:
+        ``{"rank1", "tar_far1", "tar_far01", "n_probes", "n_gallery", "n_impostor"}``; TAR is NaN
+        when there are too few impostor pairs for that FAR (fewer than 1/FAR).
+    """
+    probe_ids = np.asarray(probe_ids, dtype=object)
+    gallery_ids = np.asarray(gallery_ids, dtype=object)
+    sims = probe @ gallery.T
+    same = probe_ids[:, None] == gallery_ids[None, :]
+    res = {"n_probes": int(len(probe)), "n_gallery": int(len(gallery)), "n_impostor": int((~same).sum())}
+    if len(probe) == 0:
+        return dict(res, rank1=float("nan"), tar_far1=float("nan"), tar_far01=float("nan"))
+    res["rank1"] = float(np.mean(gallery_ids[np.argmax(sims, axis=1)] == probe_ids))
+    genuine, impostor = sims[same], sims[~same]
+    for key, far in (("tar_far1", 0.01), ("tar_far01", 0.001)):
+        if len(impostor) < 1.0 / far or len(genuine) == 0:
+            res[key] = float("nan")
+            continue
+        # The threshold admits at most FAR of the impostors (strictly above it).
+        thr = np.quantile(impostor, 1.0 - far, method="higher")
+        res[key] = float(np.mean(genuine > thr))
+    return res
+
+
+def identification(df: pd.DataFrame) -> pd.DataFrame:
+    """The rank-1 / TAR@FAR table :func:`evaluate` computed (empty when identities were unknown)."""
+    return df.attrs.get("identification", pd.DataFrame(
+        columns=["method", "condition", "sweep", "rank1", "tar_far1", "tar_far01", "n_probes", "n_gallery",
+                 "n_impostor"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int | list[int] = 0) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap confidence interval of the mean.
+
+    Args:
+        values: 1-D numbers (NaNs dropped; booleans count as 0/1).
+        n_boot: resamples (drawn at once: an ``(n_boot, n)`` index matrix).
+        ci: confidence level.
+        seed: seed (or seed list) of the resampling generator.
+
+    Returns:
+        ``(mean, low, high)``; NaNs for no values, ``(v, v, v)`` for one.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(int(n_boot), len(v)))].mean(axis=1)
+    a = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return mean, float(lo), float(hi)
+
+
+def summarise(df: pd.DataFrame, by=("method", "condition"), metrics=None, n_boot: int = 1000,
+              ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Mean of each metric per group with bootstrap confidence intervals.
+
+    Args:
+        df: rows from :func:`evaluate`.
+        by: grouping columns.
+        metrics: metric columns (default: those of :data:`METRICS` present in ``df``).
+        n_boot, ci, seed: bootstrap settings (one seeded generator per group and metric, so a
+            group's interval does not depend on which other groups exist).
+
+    Returns:
+        One row per group: the ``by`` columns, ``n`` (rows), and per metric ``<m>``, ``<m>_lo``, ``<m>_hi``.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    for c in by:
+        if c not in df.columns:
+            raise ConfigError(f"cannot group by {c!r}: not a column; columns: {', '.join(map(str, df.columns))}")
+    metrics = [m for m in (metrics or METRICS) if m in df.columns]
+    out = []
+    for key, grp in df.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["n"] = int(len(grp))
+        for k, m in enumerate(metrics):
+            vals = pd.to_numeric(grp[m], errors="coerce").to_numpy(float)
+            mean, lo, hi = bootstrap_ci(vals, n_boot, ci, seed=[int(seed), k])
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean, lo, hi
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+BREAKDOWNS: dict[str, list[str]] = {
+    "overall": ["method"],
+    "condition": ["method", "condition"],
+    "yaw": ["method", "yaw_bin"],
+    "roll": ["method", "roll_bin"],
+    "blur": ["method", "blur_level"],
+    "noise": ["method", "noise_level"],
+    "jpeg": ["method", "jpeg_level"],
+    "occlusion": ["method", "occlusion"],
+    "sweep": ["method", "sweep", "severity"],
+}
+
+
+def breakdowns(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Every breakdown of :data:`BREAKDOWNS` as a summary table (preset rows; sweeps separately)."""
+    main = df[df["sweep"] == ""]
+    sweep = df[df["sweep"] != ""]
+    out = {}
+    for name, by in BREAKDOWNS.items():
+        src = sweep if name == "sweep" else main
+        if len(src):
+            out[name] = summarise(src, by, n_boot=n_boot, seed=seed)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def run_dir(name: str) -> Path:
+    """``DATA_DIR/runs/eval-<name>/`` (created)."""
+    from facekit import settings
+
+    path = settings.DATA_DIR / "runs" / f"eval-{name}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    return json.loads(table.to_json(orient="records", double_precision=6))
+
+
+def save_results(df: pd.DataFrame, run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Path]:
+    """Write ``metrics.csv`` (every row) and ``metrics.json`` (config, breakdown summaries, identification).
+
+    Args:
+        df: rows from :func:`evaluate`.
+        run_dir: output folder (created).
+        n_boot, seed: bootstrap settings of the summaries.
+
+    Returns:
+        ``{"csv": path, "json": path}``.
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(csv_path)
+    payload = {
+        "config": df.attrs.get("config", {}),
+        "missing": df.attrs.get("missing", {}),
+        "methods": df.attrs.get("methods", {}),
+        "skipped_methods": df.attrs.get("skipped_methods", {}),
+        "n_rows": int(len(df)),
+        "summary": {k: _records(v) for k, v in breakdowns(df, n_boot, seed).items()},
+        "identification": _records(identification(df)),
+    }
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(json_path)
+    return {"csv": csv_path, "json": json_path}
+
+
+def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read back ``metrics.csv`` and ``metrics.json``.
+
+    Returns:
+        ``(rows, info)`` where ``info["summary"][name]`` and ``info["identification"]`` are DataFrames.
+    """
+    folder = Path(run_dir)
+    csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
+    for p in (csv_path, json_path):
+        if not p.is_file():
+            raise DataSourceError(f"{p}: evaluation results not found (run facekit.evaluate.save_results first)")
+    df = pd.read_csv(csv_path, keep_default_na=False, na_values=["", "NaN", "nan"])
+    df["sweep"] = df["sweep"].fillna("").astype(str)
+    info = json.loads(json_path.read_text())
+    info["summary"] = {k: pd.DataFrame(v) for k, v in info.get("summary", {}).items()}
+    info["identification"] = pd.DataFrame(info.get("identification", []))
+    return df, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _ci_bars(ax, table: pd.DataFrame, x: str, hue: str, metric: str, order=None, hue_order=None):
+    """Grouped bars (seaborn) of ``table[metric]`` with the table's own CI columns as error bars."""
+    import seaborn as sns
+
+    order = list(order or dict.fromkeys(table[x]))
+    hue_order = list(hue_order or dict.fromkeys(table[hue]))
+    sns.barplot(data=table, x=x, y=metric, hue=hue, order=order, hue_order=hue_order, errorbar=None, ax=ax)
+    # Bars come in hue-major order; each container is one hue level.
+    for container, h in zip(ax.containers, hue_order):
+        sub = table[table[hue] == h].set_index(x)
+        for bar, xv in zip(container, order):
+            if xv not in sub.index or not np.isfinite(sub.at[xv, metric]):
+                continue
+            lo, hi, m = sub.at[xv, f"{metric}_lo"], sub.at[xv, f"{metric}_hi"], sub.at[xv, metric]
+            ax.errorbar(bar.get_x() + bar.get_width() / 2, m, yerr=[[m - lo], [hi - m]], color="black",
+                        capsize=2, linewidth=1)
+    return ax
+
+
+def plot_conditions(summary: pd.DataFrame, metric: str = "psnr", ax=None, title: str | None = None):
+    """Grouped bars: x = lighting condition, hue = method, error bars = bootstrap 95% CI.
+
+    Args:
+        summary: ``summarise(df, ["method", "condition"])`` (or the ``"condition"`` breakdown).
+        metric: metric column.
+        ax: matplotlib axes (new figure when None).
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    order = [c for c in CONDITIONS if c in set(summary["condition"])]
+    _ci_bars(ax, summary, "condition", "method", metric, order=order)
+    ax.set_title(title or f"{metric} per lighting condition (mean, 95% bootstrap CI)")
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    if metric == "psnr":
+        finite = summary[[f"{metric}_lo"]].to_numpy(float)
+        ax.set_ylim(max(0.0, np.nanmin(finite) - 2.0), None)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def plot_breakdown(summary: pd.DataFrame, by: str, metric: str = "psnr", ax=None, order=None):
+    """Grouped bars of any breakdown (yaw_bin, occlusion, noise_level ...) with CI error bars."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.2))
+    _ci_bars(ax, summary, by, "method", metric, order=order or sorted(set(summary[by]), key=str))
+    ax.set_title(f"{metric} by {by} (95% CI)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def severity_table(df: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:
+    """Mean ``metric`` with rows = severity level and columns = method.
+
+    Uses the controlled sweep rows when there are any (``"noise=0.03"`` ...), else the binned
+    factors of the preset rows (``"blur <4px"`` ...).
+    """
+    sweep = df[df["sweep"] != ""]
+    if len(sweep):
+        t = sweep.assign(level=sweep["sweep"] + "=" + sweep["severity"].map(lambda v: f"{v:g}"))
+        order = list(dict.fromkeys(t["level"]))
+        return t.pivot_table(index="level", columns="method", values=metric, aggfunc="mean", sort=False).loc[order]
+    main = df[df["sweep"] == ""]
+    parts = []
+    for col in ("blur_level", "noise_level", "jpeg_level", "occlusion"):
+        p = main.pivot_table(index=col, columns="method", values=metric, aggfunc="mean")
+        p.index = [f"{col.replace('_level', '')} {v}" for v in p.index]
+        parts.append(p)
+    return pd.concat(parts)
+
+
+def plot_severity_heatmap(df: pd.DataFrame, metric: str = "psnr", ax=None):
+    """Heatmap of mean ``metric``: severity level x method (see :func:`severity_table`)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = severity_table(df, metric)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.6 + 1.3 * table.shape[1], 0.9 + 0.32 * table.shape[0]))
+    # Dark = bad for both directions of metric.
+    cmap = "rocket_r" if metric in LOWER_IS_BETTER else "rocket"
+    sns.heatmap(table, annot=True, fmt=".1f" if metric == "psnr" else ".3g", cmap=cmap, ax=ax,
+                cbar_kws={"label": metric})
+    ax.set_title(f"{metric}: severity x method")
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    return ax
+
+
+def worst_cases(df: pd.DataFrame, faces, methods: dict, metric: str = "psnr", k: int = 6, method: str | None = None,
+                config: dict | None = None):
+    """Grid of the ``k`` worst faces: lq | each method | gt, with each method's score.
+
+    The worst faces are the lowest ``metric`` (highest for lower-is-better metrics) of ``method``
+    (default: the method with the best mean, so these are the failures that remain). The pairs
+    are rebuilt from the saved config (deterministic), so no images are kept during evaluation.
+
+    Args:
+        df: rows from :func:`evaluate` (or :func:`load_results`).
+        faces: the faces given to :func:`evaluate`.
+        methods: the same methods.
+        metric, k, method: what to rank.
+        config: the evaluation config (default ``df.attrs["config"]``).
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    cfg = config or df.attrs.get("config")
+    if not cfg:
+        raise ConfigError("worst_cases needs the evaluation config (df.attrs['config'] or config=)")
+    main = df[(df["sweep"] == "") & df[metric].notna()] if metric in df.columns else None
+    if main is None or main.empty:
+        raise ConfigError(f"no rows with metric {metric!r}; columns: {', '.join(map(str, df.columns))}")
+    lower_better = metric in LOWER_IS_BETTER
+    means = main.groupby("method")[metric].mean()
+    method = method or (means.idxmin() if lower_better else means.idxmax())
+    rows = main[main["method"] == method].sort_values(metric, ascending=not lower_better).head(int(k))
+    images, _, _ = _face_arrays(faces)
+    size = images.shape[1]
+    maker = PairMaker(cfg["preset"], cfg["scale"], cfg["angles"], cfg["seed"])
+    names = list(methods)
+    fig, axes = plt.subplots(len(rows), len(names) + 2, figsize=(1.5 * (len(names) + 2), 1.65 * len(rows)),
+                             squeeze=False)
+    for r, (_, case) in enumerate(rows.iterrows()):
+        lq, gt, _ = maker(images[int(case["image"])], int(case["image"]), case["condition"])
+        lq_t = _to_batch([lq])
+        panels = [("lq", lq)]
+        for name in names:
+            out = _call(methods[name], lq_t, (size, size))[0].numpy().transpose(1, 2, 0)
+            score = df[(df["method"] == name) & (df["image"] == case["image"]) &
+                       (df["condition"] == case["condition"]) & (df["sweep"] == "")][metric]
+            panels.append((f"{name}\n{metric} {score.iloc[0]:.3g}" if len(score) else name, out))
+        panels.append(("gt", gt))
+        for c, (label, img) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=7)
+        axes[r, 0].set_ylabel(f"#{int(case['image'])} {case['condition']}", fontsize=7)
+    fig.suptitle(f"worst {len(rows)} faces by {metric} of {method}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m facekit evaluate``."""
+    parser.add_argument("--data", default="orl", help="face source (orl, folder:PATH, celeba:PATH)")
+    parser.add_argument("--size", type=int, default=64, help="face crop side")
+    parser.add_argument("--split", default="test", help="split to evaluate (train/val/test)")
+    parser.add_argument("--methods", default="bicubic,classical",
+                        help="comma-separated: bicubic, classical, realesrgan-x4plus, model:PATH, chain:PATH")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated lighting conditions")
+    parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-size", type=int, default=None, help="evaluate a random subset of this many faces")
+    parser.add_argument("--no-angles", action="store_true", help="no head-pose augmentation")
+    parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(SWEEPS))
+    parser.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS")
+    parser.add_argument("--no-identity", action="store_true", help="skip identity metrics")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--name", default=None, help="run name: results go to DATA_DIR/runs/eval-NAME/")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run an evaluation from the command line, write the results and print the condition table."""
+    from facekit.baselines import build_methods
+    from facekit.data import load_faces
+
+    faces = load_faces(args.data, size=args.size, progress=True)
+    test = faces.subset(args.split)
+    if len(test) == 0:
+        raise DataSourceError(f"{args.data}: the {args.split!r} split is empty")
+    methods, skipped = build_methods(args.methods, args.scale, args.device)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if not methods:
+        raise ConfigError(f"none of the methods {args.methods!r} is available")
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    others = faces.subset("train") if args.split != "train" else None
+    df = evaluate(test, methods, conditions, args.preset, args.scale, args.seed, args.sample_size,
+                  angles=not args.no_angles, severities=args.severities or None, batch=args.batch,
+                  progress=True, device=args.device, lpips=not args.no_lpips, identity=not args.no_identity,
+                  gallery=others)
+    df.attrs["skipped_methods"] = skipped
+    name = args.name or time.strftime("%Y%m%d-%H%M%S")
+    paths = save_results(df, run_dir(name))
+    table = summarise(df[df["sweep"] == ""], ["method", "condition"])
+    cols = ["method", "condition", "n"] + [m for m in ("psnr", "ssim", "lpips", "id_sface") if m in table]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for key, path in paths.items():
+        print(f"wrote {path}")
+    return 0
