@@ -65,7 +65,7 @@ class EvalConfig:
 
     Attributes:
         conditions: lighting conditions (see :data:`facekit.augment.CONDITIONS`).
-        preset: degradation preset (see :data:`facekit.degrade.PRESETS`).
+        preset: degradation preset name (see :data:`facekit.degrade.PRESETS`) or spec (list of op dicts).
         scale: gt side / lq side.
         seed: base seed; face ``i`` uses generators seeded ``[seed, i, part]``.
         sample_size: evaluate this many faces (a seeded random subset, in index order); None = all.
@@ -79,7 +79,7 @@ class EvalConfig:
     """
 
     conditions: tuple = CONDITIONS
-    preset: str = "cctv-heavy"
+    preset: str | list = "cctv-heavy"
     scale: int = 4
     seed: int = 0
     sample_size: int | None = None
@@ -458,8 +458,11 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
     for c in conditions:
         if c not in CONDITIONS:
             raise ConfigError(f"unknown lighting condition {c!r}; valid: {', '.join(CONDITIONS)}")
-    cfg = EvalConfig(conditions, preset if isinstance(preset, str) else "custom", int(scale), int(seed), sample_size,
-                     angles, _sweep_levels(severities) or None, int(batch), str(torch.device(device)), lpips, identity)
+    if isinstance(preset, degrade.Pipeline):
+        preset = preset.to_spec()
+    spec = preset if isinstance(preset, str) else degrade.load_spec(preset)
+    cfg = EvalConfig(conditions, spec, int(scale), int(seed), sample_size, angles, _sweep_levels(severities) or None,
+                     int(batch), str(torch.device(device)), lpips, identity)
     images, ident, _paths = _face_arrays(faces)
     size = images.shape[1]
     if size % cfg.scale:
@@ -467,8 +470,6 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
     picked = _pick(len(images), sample_size, seed)
     scorers = Scorers(lpips, identity, cfg.device)
     jobs = _jobs(cfg)
-    if isinstance(preset, (list, dict)):
-        jobs[:len(conditions)] = [_Job(c, PairMaker(preset, cfg.scale, angles, cfg.seed)) for c in conditions]
 
     gal = _Gallery(scorers, images, ident, picked, gallery) if scorers.embed_sface is not None else None
     if gal is not None and gal.reason:
@@ -718,6 +719,15 @@ def breakdowns(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str,
 
 # ---------------------------------------------------------------------------------------------
 # Files
+
+
+def released_checkpoints() -> list[Path]:
+    """Generator checkpoints released with the project (``models/*.pt``), newest name last; [] when none."""
+    from facekit import settings
+
+    if not settings.MODELS_DIR.is_dir():
+        return []
+    return sorted(p for p in settings.MODELS_DIR.glob("*.pt") if p.is_file())
 
 
 def run_dir(name: str) -> Path:

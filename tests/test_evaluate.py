@@ -1,0 +1,200 @@
+"""Evaluation: paired degradations, factor columns, bootstrap summaries, identification, files."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facekit import augment, baselines, degrade
+from facekit import evaluate as ev
+from facekit.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def orl(tmp_path_factory):
+    from facekit.data import load_faces
+
+    return load_faces("orl", size=64, progress=False, cache_root=tmp_path_factory.mktemp("orl"))
+
+
+def _needs(module: str):
+    return pytest.importorskip(f"facekit.{module}", reason=f"facekit.{module} is not in this tree yet")
+
+
+# --- metrics on evaluate's path ---------------------------------------------------------------
+
+
+def test_psnr_of_known_noise_and_ssim_of_identical_through_scorers():
+    _needs("metrics")
+    gt = torch.full((4, 3, 64, 64), 0.5)
+    noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))
+    out = gt + 0.05 * noise  # stays inside [0,1] (|0.05 z| < 0.5 for |z| < 10)
+    scores = ev.Scorers(lpips=False, identity=False).score(out, gt)
+    expected = 10 * np.log10(1.0 / (0.05 * noise).pow(2).mean((1, 2, 3)).numpy())
+    assert scores["psnr"] == pytest.approx(expected, abs=1e-3)
+    assert scores["psnr"].mean() == pytest.approx(26.02, abs=0.1)  # 20 log10(1/0.05)
+    same = ev.Scorers(lpips=False, identity=False).score(gt, gt)
+    assert same["ssim"] == pytest.approx(np.ones(4), abs=1e-6)
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_mean_and_narrows_with_more_samples():
+    rng = np.random.default_rng(0)
+    small = rng.normal(20.0, 3.0, 20)
+    large = rng.normal(20.0, 3.0, 2000)
+    m, lo, hi = ev.bootstrap_ci(small, n_boot=2000, seed=1)
+    assert lo < m < hi and m == pytest.approx(small.mean())
+    m2, lo2, hi2 = ev.bootstrap_ci(large, n_boot=2000, seed=1)
+    assert lo2 < m2 < hi2
+    assert (hi2 - lo2) < 0.25 * (hi - lo)  # ~sqrt(100) = 10x narrower
+    # the interval is about +-1.96 sigma/sqrt(n)
+    assert (hi2 - lo2) == pytest.approx(2 * 1.96 * large.std() / np.sqrt(2000), rel=0.15)
+    assert ev.bootstrap_ci(small, seed=1) == ev.bootstrap_ci(small, seed=1)  # seeded
+    assert ev.bootstrap_ci([np.nan, 2.0]) == (2.0, 2.0, 2.0)
+    assert all(np.isnan(ev.bootstrap_ci([])))
+
+
+def test_summarise_groups_and_bool_metrics():
+    df = pd.DataFrame({"method": ["a"] * 6 + ["b"] * 6, "condition": ["warm", "low"] * 6,
+                       "psnr": np.arange(12, dtype=float), "detected": [True, False] * 6})
+    s = ev.summarise(df, ["method", "condition"], n_boot=200)
+    assert list(s[["method", "condition"]].itertuples(index=False, name=None)) == \
+        [("a", "warm"), ("a", "low"), ("b", "warm"), ("b", "low")]
+    assert s["n"].tolist() == [3, 3, 3, 3]
+    assert s.loc[0, "psnr"] == pytest.approx(2.0) and s.loc[0, "detected"] == 1.0 and s.loc[1, "detected"] == 0.0
+    assert {"psnr_lo", "psnr_hi", "detected_lo"} <= set(s.columns)
+    with pytest.raises(ConfigError, match="not a column"):
+        ev.summarise(df, ["yaw_bin"])
+
+
+# --- identification scores ----------------------------------------------------------------------
+
+
+def test_identification_scores_perfect_and_random():
+    rng = np.random.default_rng(0)
+    gallery = ev._normalise(rng.normal(size=(40, 128)))
+    ids = np.array([f"p{i}" for i in range(40)], dtype=object)
+    probe_ids = np.repeat(ids, 3)
+    close = ev._normalise(np.repeat(gallery, 3, axis=0) + 0.05 * rng.normal(size=(120, 128)))
+    res = ev.identification_scores(close, probe_ids, gallery, ids)
+    assert res["rank1"] == 1.0 and res["tar_far1"] == 1.0 and res["tar_far01"] == 1.0
+    assert res["n_impostor"] == 120 * 39
+    noise = ev._normalise(rng.normal(size=(120, 128)))
+    res = ev.identification_scores(noise, probe_ids, gallery, ids)
+    assert res["rank1"] < 0.15 and res["tar_far1"] < 0.1
+    few = ev.identification_scores(close[:3], probe_ids[:3], gallery[:3], ids[:3])
+    assert np.isnan(few["tar_far1"]) and few["rank1"] == 1.0  # 6 impostor pairs cannot measure FAR 1%
+
+
+# --- pairs and factors --------------------------------------------------------------------------
+
+
+def test_pairs_share_degradations_across_conditions_and_replay(orl):
+    maker = ev.PairMaker("cctv-heavy", 4, angles=True, seed=3)
+    face = orl.images[5]
+    by_cond = {c: maker(face, 5, c) for c in augment.CONDITIONS}
+    strip = lambda p: [r for r in p["ops"] if r["op"] != "lighting"]  # noqa: E731
+    ref = strip(by_cond["medium"][2])
+    for c, (lq, gt, params) in by_cond.items():
+        assert lq.shape == (16, 16, 3) and gt.shape == (64, 64, 3)
+        assert strip(params) == ref, f"{c} drew different degradations"
+        assert params["condition"] == c
+        assert np.array_equal(degrade.replay(params, gt), lq)
+    assert np.array_equal(by_cond["warm"][1], by_cond["low"][1])  # same pose: same gt
+    f = ev.degradation_factors(by_cond["warm"][2])
+    assert set(ev.FACTOR_COLUMNS) <= set(f)
+    assert f["kelvin"] < 4000 and ev.degradation_factors(by_cond["low"][2])["exposure_stops"] < 0
+
+
+def test_degradation_factors_from_recorded_params():
+    params = {"scale": 4, "shape": [64, 64], "condition": "warm", "ops": [
+        {"op": "pose", "roll": 12.0, "yaw": -25.0, "pitch": 3.0, "flip": True},
+        {"op": "occlusion", "kind": "eyes", "cx": 0.5, "cy": 0.4, "w": 0.7, "h": 0.15, "angle": 0.0, "color": [0, 0, 0]},
+        {"op": "motion_blur", "length_px": 7, "exposure": 1.0, "trajectory": 2},
+        {"op": "downsample", "scale": 4, "method": "area"},
+        {"op": "lighting", "condition": "warm", "kelvin": 3000.0, "exposure_stops": 0.0, "gamma": 1.0},
+        {"op": "gaussian_noise", "sigma": 0.03, "color": True, "seed": 1},
+        {"op": "poisson_noise", "photons": 200.0, "color": True, "seed": 2},
+        {"op": "jpeg", "quality": 30}]}
+    f = ev.degradation_factors(params)
+    assert f["scale"] == 4 and f["blur"] == "motion" and f["blur_length_px"] == 7
+    assert f["noise_sigma"] == pytest.approx(np.sqrt(0.03 ** 2 + 0.5 / 200))
+    assert f["jpeg_quality"] == 30 and f["occlusion"] == "eyes"
+    assert (f["yaw"], f["roll"], f["flip"], f["kelvin"]) == (-25.0, 12.0, True, 3000.0)
+    binned = ev.severity_levels(pd.DataFrame([f]))
+    assert binned.loc[0, ["blur_level", "noise_level", "jpeg_level", "yaw_bin", "roll_bin"]].tolist() == \
+        ["4-8px", ">=0.04", "q<35", "20-30", "10-20"]
+
+
+def test_bad_arguments_are_clear(orl):
+    m = {"bicubic": baselines.build_method("bicubic")}
+    with pytest.raises(ConfigError, match="unknown lighting condition 'dusk'"):
+        ev.evaluate(orl.images[:2], m, conditions=("dusk",), progress=False)
+    with pytest.raises(ConfigError, match="unknown severity sweep 'fog'; valid: scale, blur, noise, jpeg"):
+        ev.evaluate(orl.images[:2], m, conditions=("warm",), severities=["fog"], progress=False)
+    with pytest.raises(ConfigError, match="at least one method"):
+        ev.evaluate(orl.images[:2], {}, progress=False)
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_small_orl_evaluation_writes_columns_and_files(orl, tmp_path):
+    _needs("metrics")
+    test = orl.subset("test")
+    methods, _ = baselines.build_methods("bicubic,classical")
+    df = ev.evaluate(test, methods, conditions=("warm", "low"), sample_size=8, seed=0, progress=False,
+                     severities={"noise": [0.02, 0.06]}, identity=False)
+    main = df[df["sweep"] == ""]
+    assert len(main) == 8 * 2 * 2 and len(df) == len(main) + 8 * 2 * 2
+    expected = {"image", "identity", "method", "condition", "sweep", "severity", "psnr", "ssim",
+                "seconds_per_face", "blur_level", "noise_level", "jpeg_level", "yaw_bin", "roll_bin",
+                *ev.FACTOR_COLUMNS}
+    assert expected <= set(df.columns)
+    assert main.groupby(["method", "condition"]).size().eq(8).all()
+    # the paired design: both methods saw the same 8 faces with the same factors
+    a = main[main["method"] == "bicubic"].reset_index(drop=True)
+    b = main[main["method"] == "classical"].reset_index(drop=True)
+    assert a[["image", "condition", "noise_sigma", "yaw"]].equals(b[["image", "condition", "noise_sigma", "yaw"]])
+    low = main[main["condition"] == "low"].groupby("method")["psnr"].mean()
+    assert low["classical"] > low["bicubic"] + 3  # auto exposure recovers the dark frames
+    # the sweep: more noise, lower PSNR
+    sw = df[df["sweep"] == "noise"].groupby("severity")["psnr"].mean()
+    assert sw[0.02] > sw[0.06]
+
+    paths = ev.save_results(df, tmp_path / "run")
+    assert paths["csv"].name == "metrics.csv" and paths["json"].name == "metrics.json"
+    rows, info = ev.load_results(tmp_path / "run")
+    assert len(rows) == len(df) and set(df.columns) <= set(rows.columns)
+    assert np.allclose(rows["psnr"], df["psnr"])
+    cond = info["summary"]["condition"].set_index(["method", "condition"])
+    assert cond.at[("classical", "low"), "psnr"] == pytest.approx(low["classical"], abs=1e-5)
+    assert info["config"]["sample_size"] == 8 and info["config"]["conditions"] == ["warm", "low"]
+    assert json.loads(paths["json"].read_text())["n_rows"] == len(df)
+    assert {"condition", "yaw", "occlusion", "noise", "sweep"} <= set(info["summary"])
+
+
+def test_identification_high_for_clean_probes_and_drops_when_degraded(orl):
+    _needs("metrics")
+    _needs("recognition")
+    test = orl.subset("test")
+    keep = lambda lq: lq  # noqa: E731  (scale 1, no degradation: the probe is the clean face)
+    clean = ev.evaluate(test, {"as-is": keep}, conditions=("medium",), preset=[], scale=1, angles=False,
+                        progress=False, lpips=False, gallery=orl)
+    idc = ev.identification(clean)
+    if idc.empty:
+        pytest.skip(f"identification not available: {clean.attrs['missing'].get('rank1_hit')}")
+    heavy = ev.evaluate(test, {"bicubic": baselines.build_method("bicubic", 8)}, conditions=("low",),
+                        preset="cctv-heavy", scale=8, progress=False, lpips=False, gallery=orl)
+    idh = ev.identification(heavy)
+    assert idc.loc[0, "n_gallery"] == len(set(orl.identity))
+    assert idc.loc[0, "rank1"] >= 0.9
+    assert idh.loc[0, "rank1"] < idc.loc[0, "rank1"] - 0.2
+    # the per-row hits agree with the table
+    hits = clean["rank1_hit"].dropna().astype(float)
+    assert hits.mean() == pytest.approx(idc.loc[0, "rank1"])
+    assert clean["id_sface"].mean() > heavy["id_sface"].mean()
