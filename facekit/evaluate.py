@@ -843,13 +843,42 @@ def plot_conditions(summary: pd.DataFrame, metric: str = "psnr", ax=None, title:
     return ax
 
 
+# Display order of the binned columns (worst last); other columns are sorted.
+LEVEL_ORDER: dict[str, tuple] = {
+    "condition": CONDITIONS,
+    "yaw_bin": ("0-5", "5-10", "10-20", "20-30", ">30"),
+    "roll_bin": ("0-5", "5-10", "10-20", "20-30", ">30"),
+    "blur_level": ("none", "<4px", "4-8px", ">=8px"),
+    "noise_level": ("none", "<0.02", "0.02-0.04", ">=0.04"),
+    "jpeg_level": ("none", "q>=60", "q35-60", "q<35"),
+    "occlusion": ("none",) + degrade.OCCLUSION_KINDS,
+}
+
+
+def level_order(column: str, values) -> list:
+    """The values of a breakdown column in display order (see :data:`LEVEL_ORDER`)."""
+    present = list(dict.fromkeys(values))
+    known = [v for v in LEVEL_ORDER.get(column, ()) if v in present]
+    return known + sorted((v for v in present if v not in known), key=str)
+
+
+def ci_table(summary: pd.DataFrame, by: str, metric: str = "psnr", digits: int = 2) -> pd.DataFrame:
+    """A breakdown as text cells ``"mean [lo, hi]"``: rows = levels of ``by``, columns = methods."""
+    cells = summary.assign(cell=[f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(m) else ""
+                                 for m, lo, hi in zip(summary[metric], summary[f"{metric}_lo"], summary[f"{metric}_hi"])])
+    table = cells.pivot(index=by, columns="method", values="cell")
+    table = table.loc[level_order(by, table.index), list(dict.fromkeys(summary["method"]))]
+    table.columns.name = f"{metric} (95% CI)"
+    return table
+
+
 def plot_breakdown(summary: pd.DataFrame, by: str, metric: str = "psnr", ax=None, order=None):
     """Grouped bars of any breakdown (yaw_bin, occlusion, noise_level ...) with CI error bars."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.2))
-    _ci_bars(ax, summary, by, "method", metric, order=order or sorted(set(summary[by]), key=str))
+    _ci_bars(ax, summary, by, "method", metric, order=order or level_order(by, summary[by]))
     ax.set_title(f"{metric} by {by} (95% CI)")
     ax.legend(fontsize=8)
     return ax
@@ -897,7 +926,7 @@ def worst_cases(df: pd.DataFrame, faces, methods: dict, metric: str = "psnr", k:
                 config: dict | None = None):
     """Grid of the ``k`` worst faces: lq | each method | gt, with each method's score.
 
-    The worst faces are the lowest ``metric`` (highest for lower-is-better metrics) of ``method``
+    The worst faces (each face once, under its worst condition) are the lowest ``metric`` (highest for lower-is-better metrics) of ``method``
     (default: the method with the best mean, so these are the failures that remain). The pairs
     are rebuilt from the saved config (deterministic), so no images are kept during evaluation.
 
@@ -922,7 +951,10 @@ def worst_cases(df: pd.DataFrame, faces, methods: dict, metric: str = "psnr", k:
     lower_better = metric in LOWER_IS_BETTER
     means = main.groupby("method")[metric].mean()
     method = method or (means.idxmin() if lower_better else means.idxmax())
-    rows = main[main["method"] == method].sort_values(metric, ascending=not lower_better).head(int(k))
+    # One row per face (its worst condition): under paired degradations a hopeless face would
+    # otherwise fill the grid five times.
+    rows = (main[main["method"] == method].sort_values(metric, ascending=not lower_better)
+            .drop_duplicates("image").head(int(k)))
     images, _, _ = _face_arrays(faces)
     size = images.shape[1]
     maker = PairMaker(cfg["preset"], cfg["scale"], cfg["angles"], cfg["seed"])
