@@ -993,7 +993,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="face crop side")
     parser.add_argument("--split", default="test", help="split to evaluate (train/val/test)")
     parser.add_argument("--methods", default="bicubic,classical",
-                        help="comma-separated: bicubic, classical, realesrgan-x4plus, model:PATH, chain:PATH")
+                        help="comma-separated: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, "
+                             "chain:PATH")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated lighting conditions")
     parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
     parser.add_argument("--scale", type=int, default=4)
@@ -1017,7 +1018,8 @@ def run_cli(args: argparse.Namespace) -> int:
     test = faces.subset(args.split)
     if len(test) == 0:
         raise DataSourceError(f"{args.data}: the {args.split!r} split is empty")
-    methods, skipped = build_methods(args.methods, args.scale, args.device)
+    methods, skipped = build_methods(args.methods, args.scale, args.device,
+                                     train_faces=faces.subset("train") if args.split != "train" else None)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if not methods:

@@ -99,7 +99,7 @@ def test_registry_names_and_errors():
     out = m(torch.rand(3, 3, 16, 16))
     assert out.shape == (3, 3, 64, 64)
     assert m(torch.rand(1, 3, 16, 16), (48, 48)).shape == (1, 3, 48, 48)
-    with pytest.raises(ConfigError, match="valid: bicubic, classical, realesrgan-x4plus, model:PATH, chain:PATH"):
+    with pytest.raises(ConfigError, match="valid: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, chain:PATH"):
         baselines.build_method("lanczos")
     with pytest.raises(ConfigError, match="valid"):
         baselines.build_method("model")  # needs :PATH
@@ -138,3 +138,20 @@ def test_model_checkpoint_missing_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="not found"):
         baselines.build_method(f"model:{tmp_path / 'nope.pt'}")
+
+
+def test_face_reference_white_balance_keeps_skin_colour(faces):
+    """Grey world greys out a colour face; aiming at the training faces' mean colour does not."""
+    assert baselines.face_reference(faces) == pytest.approx((1.0, 1.0, 1.0), abs=1e-3)  # ORL is grey
+    rng = np.random.default_rng(0)
+    skin = np.array([0.72, 0.55, 0.45], np.float32)  # channel means of a typical face, ratios ~(1.2,0.96,0.84)
+    train = np.clip(skin + 0.1 * rng.standard_normal((30, 32, 32, 1)), 0, 1)
+    train = (train * np.clip(1 + 0.05 * rng.standard_normal((30, 32, 32, 3)), 0, 2) * 255).round().astype(np.uint8)
+    ref = baselines.face_reference(train)
+    assert ref[0] > 1.15 and ref[2] < 0.88
+    face = train[0].astype(np.float32) / 255.0
+    assert _psnr(baselines.grey_world(face, reference=ref), face) > _psnr(baselines.grey_world(face), face) + 5
+    m = baselines.build_method("classical-ref", train_faces=train)
+    assert "mean colour" in m.note and m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 64, 64)
+    _, skipped = baselines.build_methods(["classical-ref"])
+    assert "train_faces" in skipped["classical-ref"]
