@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("facekit.train", "train a restoration GAN from a config file"),
     "run": ("facekit.runner", "run the notebooks headless and write HTML reports"),
     "evaluate": ("facekit.evaluate", "score restorers across lighting, angles and severities vs baselines"),
+    "identify": ("facekit.identify", "match probe faces against a gallery of known people"),
 }
 
 

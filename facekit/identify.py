@@ -1,0 +1,440 @@
+"""Gallery matching: enrol known people, match probe faces (raw or restored), ranked candidates.
+
+A :class:`Gallery` holds one identity embedding per enrolled image (SFace by default), the
+identity of each, and a decision threshold calibrated on a labelled set (ORL by default: the
+threshold at which 1% of impostor pairs would be accepted). It is saved/loaded as ``.npz``.
+
+Faces are handled as margin crops (``facekit.faces.align_face`` framing, margin 0.15): photos are
+detected and aligned with YuNet; images in which no face is found are taken as ready-made crops
+(centre square). Command line::
+
+    python -m facekit identify GALLERY PROBES [--top-k 5] [--threshold auto|0.4] [--restore [METHOD]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from facekit import recognition
+from facekit.errors import ConfigError, DataSourceError, FacekitError, ImageReadError
+from facekit.faces import align_face, center_crop
+from facekit.imageio import IMAGE_EXTENSIONS, read_image
+
+CROP_SIZE = 160  # margin-crop side used for enrolment and probes read from files (ArcFace frame ~123 px)
+MARGIN = recognition.DEFAULT_MARGIN
+UNKNOWN = ""
+
+
+class Candidate(NamedTuple):
+    """One ranked match: an enrolled identity and its best cosine similarity to the probe."""
+
+    identity: str
+    similarity: float
+
+
+@dataclass
+class FaceInput:
+    """A face read from a file: its margin crop and how it was obtained."""
+
+    path: str
+    crop: np.ndarray
+    detected: bool
+
+
+def _natural_key(p: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p)]
+
+
+def read_faces(paths, size: int = CROP_SIZE, margin: float = MARGIN, detector=None):
+    """Read image files into margin crops.
+
+    A photo in which YuNet finds a face gives the aligned crop of its most confident face; an
+    image without a detectable face is taken as a crop already (centre square, resized).
+
+    Args:
+        paths: image files.
+        size: crop side.
+        margin: crop margin.
+        detector: a :class:`facekit.faces.FaceDetector` (default: the shared one).
+
+    Returns:
+        ``(faces list[FaceInput], skipped list[(path, reason)])``.
+    """
+    det = detector or recognition._detector()
+    faces, skipped = [], []
+    for p in paths:
+        try:
+            img = read_image(p)
+        except ImageReadError as exc:
+            skipped.append((str(p), str(exc)))
+            continue
+        if min(img.shape[:2]) < 8:
+            skipped.append((str(p), f"image too small ({img.shape[1]}x{img.shape[0]})"))
+            continue
+        dets = det.detect(img)
+        if dets:
+            faces.append(FaceInput(str(p), align_face(img, dets[0].landmarks, size, margin), True))
+        else:
+            faces.append(FaceInput(str(p), center_crop(img, size), False))
+    return faces, skipped
+
+
+def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:
+    """``(file, identity)`` pairs of a gallery folder.
+
+    Images inside a sub-folder belong to the sub-folder's name; images directly in ``root`` belong
+    to their file-name prefix before the first ``_`` (``alice_01.jpg`` -> ``alice``; no ``_``: the
+    whole stem).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataSourceError(f"gallery folder {root} does not exist or is not a folder")
+    out = []
+    for p in sorted(root.rglob("*"), key=lambda q: _natural_key(str(q.relative_to(root)))):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        rel = p.relative_to(root)
+        who = rel.parts[0] if len(rel.parts) > 1 else p.stem.split("_")[0]
+        out.append((p, who))
+    if not out:
+        raise DataSourceError(f"gallery folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return out
+
+
+def list_probe_files(probes: str | Path) -> list[Path]:
+    """Image files of a probe file or folder (recursive, natural order)."""
+    probes = Path(probes)
+    if probes.is_file():
+        return [probes]
+    if not probes.is_dir():
+        raise DataSourceError(f"probes {probes}: no such file or folder")
+    files = [p for p in probes.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise DataSourceError(f"probe folder {probes} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(files, key=lambda q: _natural_key(str(q.relative_to(probes))))
+
+
+@dataclass
+class Gallery:
+    """Enrolled identities and their embeddings.
+
+    Attributes:
+        net: recognition back-end ("sface", "sface-torch" or "dlib"; see ``facekit.recognition``).
+        margin: margin of the crops the gallery expects.
+        embeddings: ``(M,128) float32`` L2-normalised, one per enrolled image.
+        identities: ``(M,)`` identity of each row.
+        paths: ``(M,)`` source of each row ("" for arrays).
+        threshold: cosine similarity at or above which a match is accepted (NaN: not calibrated).
+        threshold_far: the false accept rate the threshold was calibrated for.
+        calibration: where and how the threshold came from.
+        skipped: ``[(path, reason)]`` inputs that could not be enrolled.
+    """
+
+    net: str = "sface"
+    margin: float = MARGIN
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.float32))
+    identities: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    paths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    threshold: float = float("nan")
+    threshold_far: float = float("nan")
+    calibration: str = ""
+    skipped: list = field(default_factory=list)
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.net not in recognition.BACKENDS:
+            raise ConfigError(f"unknown recognition net {self.net!r}; valid: {', '.join(recognition.BACKENDS)}")
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def people(self) -> list[str]:
+        """Enrolled identities, sorted."""
+        return sorted(set(self.identities.tolist()))
+
+    def embed(self, crops) -> np.ndarray:
+        """L2-normalised embeddings of margin crops (``(N,S,S,3) uint8`` or ``(N,3,S,S)`` in [0,1])."""
+        e = recognition.embed(crops, self.net, self.margin, self.device)
+        return recognition._l2(e)
+
+    def enroll_crops(self, crops, identities, paths=None) -> "Gallery":
+        """Add margin crops with known identities (empty identity -> skipped)."""
+        crops = recognition._as_uint8_nhwc(crops, "crops")
+        identities = np.asarray(identities, dtype=object).astype(str)
+        if len(identities) != len(crops):
+            raise DataSourceError(f"{len(crops)} crops but {len(identities)} identities")
+        paths = np.asarray(paths if paths is not None else [""] * len(crops), dtype=object).astype(str)
+        keep = identities != ""
+        for p in paths[~keep]:
+            self.skipped.append((str(p), "identity unknown"))
+        if keep.any():
+            e = self.embed(crops[keep])
+            self.embeddings = np.concatenate([self.embeddings, e]).astype(np.float32)
+            self.identities = np.concatenate([self.identities.astype(str), identities[keep]]).astype(object)
+            self.paths = np.concatenate([self.paths.astype(str), paths[keep]]).astype(object)
+        return self
+
+    def enroll(self, source, identities=None, detector=None) -> "Gallery":
+        """Enrol a gallery folder, a ``FaceSet``, or an array of crops.
+
+        Args:
+            source: folder (one sub-folder or file-name prefix ``name_xxx.jpg`` per person; photos
+                are detected and aligned with YuNet, images without a detectable face are taken as
+                crops), a ``facekit.data.FaceSet`` (its crops and identities), or ``(N,S,S,3) uint8``
+                crops with ``identities``.
+            identities: identities for an array source.
+            detector: face detector for folder sources.
+
+        Returns:
+            self (unreadable files are recorded in :attr:`skipped` with the reason).
+        """
+        if isinstance(source, (str, Path)):
+            pairs = list_gallery_folder(source)
+            who = {str(p): w for p, w in pairs}
+            faces, skipped = read_faces([p for p, _ in pairs], CROP_SIZE, self.margin, detector)
+            self.skipped.extend(skipped)
+            if faces:
+                self.enroll_crops(np.stack([f.crop for f in faces]), [who[f.path] for f in faces],
+                                  [f.path for f in faces])
+        elif hasattr(source, "images") and hasattr(source, "identity"):
+            self.enroll_crops(source.images, source.identity, getattr(source, "paths", None))
+        else:
+            if identities is None:
+                raise DataSourceError("enrolling an array of crops needs their identities")
+            self.enroll_crops(source, identities)
+        if len(self) == 0:
+            raise DataSourceError(f"nothing enrolled from {source if isinstance(source, (str, Path)) else 'the input'}; "
+                                  f"skipped: {self.skipped[:3]}")
+        return self
+
+    def calibrate(self, faces=None, far: float = 0.01) -> float:
+        """Set :attr:`threshold` to the similarity giving ``far`` false accepts on a labelled set.
+
+        Args:
+            faces: a labelled ``FaceSet`` (default: ORL, 400 faces of 40 people, 64-px crops); every
+                pair of its faces is a genuine (same person) or impostor pair.
+            far: target false accept rate.
+
+        Returns:
+            The threshold.
+        """
+        name = "given faces"
+        if faces is None:
+            from facekit.data import load_faces
+
+            faces = load_faces("orl", size=64, align="landmarks", progress=False)
+            name = "ORL"
+        ids = np.asarray(faces.identity, dtype=object)
+        known = ids != ""
+        if len(set(ids[known].tolist())) < 2:
+            raise DataSourceError("calibration needs labelled faces of at least 2 people")
+        e = self.embed(np.asarray(faces.images)[known])
+        gen, imp = recognition.pair_scores(e, ids[known])
+        self.threshold = recognition.threshold_at_far(imp, far)
+        self.threshold_far = float(far)
+        self.calibration = (f"{name}: {len(gen)} genuine / {len(imp)} impostor pairs, FAR {far:g}, "
+                            f"TAR {recognition.tar_at_far(gen, imp, far):.3f}, net {self.net}")
+        return self.threshold
+
+    def match(self, probe_crops, top_k: int = 5) -> list[list[Candidate]]:
+        """Rank enrolled identities for each probe.
+
+        Args:
+            probe_crops: ``(N,S,S,3) uint8`` or ``(N,3,S,S)`` float tensor in [0,1], margin crops
+                (raw or restored).
+            top_k: candidates per probe.
+
+        Returns:
+            Per probe, up to ``top_k`` :class:`Candidate` sorted by descending similarity (an
+            identity's similarity is its best over its enrolled images).
+        """
+        if len(self) == 0:
+            raise FacekitError("the gallery is empty: enrol faces first")
+        e = self.embed(probe_crops)
+        return self.match_embeddings(e, top_k)
+
+    def match_embeddings(self, emb: np.ndarray, top_k: int = 5) -> list[list[Candidate]]:
+        """:meth:`match` on precomputed L2-normalised probe embeddings ``(N,128)``."""
+        people = self.people
+        col = {p: i for i, p in enumerate(people)}
+        sims = np.asarray(emb, np.float32) @ self.embeddings.T
+        best = np.full((len(sims), len(people)), -np.inf, np.float32)
+        idx = np.array([col[w] for w in self.identities])
+        for j in range(len(people)):
+            cols = idx == j
+            best[:, j] = sims[:, cols].max(axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")[:, :max(1, int(top_k))]
+        return [[Candidate(people[j], float(best[i, j])) for j in row] for i, row in enumerate(order)]
+
+    def label(self, probe_crops, threshold: float | None = None) -> list[Candidate]:
+        """Best identity per probe, or ``Candidate("", sim)`` when below the threshold."""
+        t = self.threshold if threshold is None else float(threshold)
+        if np.isnan(t):
+            raise ConfigError("the gallery has no threshold: call calibrate() or pass threshold=")
+        out = []
+        for cands in self.match(probe_crops, top_k=1):
+            c = cands[0]
+            out.append(c if c.similarity >= t else Candidate(UNKNOWN, c.similarity))
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the gallery to ``.npz`` (no pickles)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"net": self.net, "margin": self.margin, "threshold": self.threshold,
+                "threshold_far": self.threshold_far, "calibration": self.calibration,
+                "skipped": [list(s) for s in self.skipped], "version": 1}
+        np.savez(path, embeddings=self.embeddings.astype(np.float32),
+                 identities=np.asarray(self.identities, dtype=str), paths=np.asarray(self.paths, dtype=str),
+                 meta=np.array(json.dumps(meta)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Gallery":
+        """Read a gallery written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataSourceError(f"gallery file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                emb, ids, paths = z["embeddings"], z["identities"], z["paths"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataSourceError(f"{path} is not a facekit gallery file ({exc})") from exc
+        return cls(net=meta["net"], margin=float(meta["margin"]), embeddings=emb.astype(np.float32),
+                   identities=ids.astype(object), paths=paths.astype(object), threshold=float(meta["threshold"]),
+                   threshold_far=float(meta["threshold_far"]), calibration=meta.get("calibration", ""),
+                   skipped=[tuple(s) for s in meta.get("skipped", [])], device=device)
+
+
+def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Restore probe crops with a ``facekit.baselines`` method (model, chain or baseline).
+
+    The crops are downsampled (area) to ``size // scale`` px, the model's input framing, and the
+    method restores them to ``size`` px.
+
+    Args:
+        crops: ``(N,S,S,3) uint8`` margin crops.
+        method: a ``facekit.baselines`` method name (e.g. ``"model:models/x.pt"``, ``"bicubic"``).
+        scale: the method's upscaling factor.
+        size: restored crop side (the model's training size).
+        device: torch device.
+
+    Returns:
+        ``(N,size,size,3) uint8`` restored crops.
+    """
+    import torch
+
+    from facekit.baselines import build_methods
+
+    methods, skipped = build_methods([method], scale, device, skip_unavailable=True)
+    if method not in methods:
+        raise ConfigError(f"restoration method {method!r} unavailable: {skipped.get(method, 'unknown reason')}")
+    lq_side = max(1, size // scale)
+    lq = np.stack([cv2.resize(c, (lq_side, lq_side), interpolation=cv2.INTER_AREA) for c in crops])
+    x = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255.0
+    out = methods[method](x, (size, size))
+    return (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def default_restore_method() -> str:
+    """``model:<newest released checkpoint>``; raises when ``models/`` holds none."""
+    from facekit.evaluate import released_checkpoints
+
+    ckpts = released_checkpoints()
+    if not ckpts:
+        raise ConfigError("--restore without a method needs a released model in models/*.pt; none found "
+                          "(pass a method, e.g. --restore bicubic or --restore model:PATH)")
+    return f"model:{ckpts[-1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m facekit identify``."""
+    parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
+    parser.add_argument("probes", help="probe image file or folder (photos or face crops)")
+    parser.add_argument("--top-k", type=int, default=5, help="candidates per probe (default 5)")
+    parser.add_argument("--threshold", default="auto",
+                        help="accept threshold on cosine similarity, or 'auto' (the gallery's, else "
+                             "calibrated on ORL at FAR 1%%)")
+    parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
+                        help="restore probes before matching; METHOD is a facekit.baselines name "
+                             "(default: the newest released model in models/)")
+    parser.add_argument("--scale", type=int, default=4, help="restoration scale (with --restore)")
+    parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
+    parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
+    parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
+    parser.add_argument("--device", default="cpu", help="torch device")
+
+
+def _threshold(arg: str, gallery: Gallery) -> float:
+    if str(arg).lower() == "auto":
+        if np.isnan(gallery.threshold):
+            gallery.calibrate()
+        return gallery.threshold
+    try:
+        return float(arg)
+    except ValueError:
+        raise ConfigError(f"--threshold must be 'auto' or a number, got {arg!r}") from None
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
+    from facekit import settings
+
+    gpath = Path(args.gallery)
+    if gpath.suffix == ".npz":
+        gallery = Gallery.load(gpath, device=args.device)
+    else:
+        gallery = Gallery(net=args.net, device=args.device).enroll(gpath)
+    threshold = _threshold(args.threshold, gallery)
+    if args.save_gallery:
+        print(f"wrote {gallery.save(args.save_gallery)}")
+    faces, skipped = read_faces(list_probe_files(args.probes), CROP_SIZE, gallery.margin)
+    for p, why in gallery.skipped + skipped:
+        print(f"skipped {p}: {why}")
+    if not faces:
+        raise DataSourceError(f"no readable probe image in {args.probes}")
+    crops = np.stack([f.crop for f in faces])
+    restored_with = ""
+    if args.restore:
+        restored_with = default_restore_method() if args.restore == "auto" else args.restore
+        crops = restore_crops(crops, restored_with, args.scale, device=args.device)
+    matches = gallery.match(crops, top_k=args.top_k)
+    rows = []
+    for f, cands in zip(faces, matches):
+        for rank, c in enumerate(cands, 1):
+            rows.append({"probe": f.path, "face_detected": f.detected, "rank": rank, "identity": c.identity,
+                         "similarity": round(c.similarity, 4), "accepted": bool(c.similarity >= threshold),
+                         "restored_with": restored_with})
+    out = Path(args.csv) if args.csv else settings.DATA_DIR / "identify" / f"identify-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"gallery: {len(gallery.people)} people, {len(gallery)} images; net {gallery.net}; "
+          f"threshold {threshold:.3f} ({gallery.calibration or 'given'})")
+    width = max(len(Path(f.path).name) for f in faces)
+    print(f"{'probe':<{width}}  rank  {'identity':<16} similarity  decision")
+    for r in rows:
+        print(f"{Path(r['probe']).name:<{width}}  {r['rank']:>4}  {r['identity']:<16} {r['similarity']:>10.3f}  "
+              f"{'MATCH' if r['accepted'] else '-'}")
+    print(f"wrote {out}")
+    return 0
