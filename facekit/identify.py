@@ -218,17 +218,25 @@ class Gallery:
                                   f"skipped: {self.skipped[:3]}")
         return self
 
-    def calibrate(self, faces=None, far: float = 0.01) -> float:
+    def calibrate(self, faces=None, far: float = 0.01, mode: str = "pair") -> float:
         """Set :attr:`threshold` to the similarity giving ``far`` false accepts on a labelled set.
 
         Args:
-            faces: a labelled ``FaceSet`` (default: ORL, 400 faces of 40 people, 64-px crops); every
-                pair of its faces is a genuine (same person) or impostor pair.
+            faces: a labelled ``FaceSet`` (default: ORL, 400 faces of 40 people, 64-px crops).
             far: target false accept rate.
+            mode: ``"pair"``: FAR over every impostor pair of ``faces`` (the verification
+                threshold). ``"open-set"``: FAR over ``faces`` used as strangers against this
+                gallery, i.e. the fraction of probes of people not enrolled whose *best* gallery
+                similarity passes (a face's own identity in the gallery is ignored). A pair
+                threshold at FAR 1% lets far more than 1% of strangers through a gallery of many
+                images, because each stranger gets one try per enrolled image; "open-set" sets
+                the threshold that keeps that rate at ``far`` for this gallery.
 
         Returns:
             The threshold.
         """
+        if mode not in ("pair", "open-set"):
+            raise ConfigError(f"unknown calibration mode {mode!r}; valid: pair, open-set")
         name = "given faces"
         if faces is None:
             from facekit.data import load_faces
@@ -240,11 +248,23 @@ class Gallery:
         if len(set(ids[known].tolist())) < 2:
             raise DataSourceError("calibration needs labelled faces of at least 2 people")
         e = self.embed(np.asarray(faces.images)[known])
-        gen, imp = recognition.pair_scores(e, ids[known])
-        self.threshold = recognition.threshold_at_far(imp, far)
+        ids = ids[known]
+        if mode == "pair":
+            gen, imp = recognition.pair_scores(e, ids)
+            self.threshold = recognition.threshold_at_far(imp, far)
+            self.calibration = (f"{name}: {len(gen)} genuine / {len(imp)} impostor pairs, FAR {far:g}, "
+                                f"TAR {recognition.tar_at_far(gen, imp, far):.3f}, net {self.net}")
+        else:
+            if len(self) == 0:
+                raise FacekitError("open-set calibration needs an enrolled gallery")
+            sims = e @ self.embeddings.T
+            sims[ids[:, None] == self.identities[None, :].astype(str)] = -np.inf
+            best = sims.max(axis=1)
+            best = best[np.isfinite(best)]
+            self.threshold = recognition.threshold_at_far(best, far)
+            self.calibration = (f"{name}: {len(best)} strangers vs this gallery ({len(self)} images), "
+                                f"open-set FAR {far:g}, net {self.net}")
         self.threshold_far = float(far)
-        self.calibration = (f"{name}: {len(gen)} genuine / {len(imp)} impostor pairs, FAR {far:g}, "
-                            f"TAR {recognition.tar_at_far(gen, imp, far):.3f}, net {self.net}")
         return self.threshold
 
     def match(self, probe_crops, top_k: int = 5) -> list[list[Candidate]]:
