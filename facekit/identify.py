@@ -230,7 +230,10 @@ class Gallery:
                 similarity passes (a face's own identity in the gallery is ignored). A pair
                 threshold at FAR 1% lets far more than 1% of strangers through a gallery of many
                 images, because each stranger gets one try per enrolled image; "open-set" sets
-                the threshold that keeps that rate at ``far`` for this gallery.
+                the threshold that keeps that rate at ``far`` for this gallery. The calibration
+                people must not be enrolled under other names (a face of an enrolled person counts
+                as a stranger unless its identity string is the gallery's), or the threshold is
+                far too strict.
 
         Returns:
             The threshold.
@@ -393,6 +396,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="auto",
                         help="accept threshold on cosine similarity, or 'auto' (the gallery's, else "
                              "calibrated on ORL at FAR 1%%)")
+    parser.add_argument("--calibration", default="pair", choices=("pair", "open-set"),
+                        help="with --threshold auto: FAR 1%% over ORL impostor pairs (pair) or over ORL "
+                             "strangers against this gallery (open-set, stricter; gallery people must not be "
+                             "ORL faces under other names)")
     parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
                         help="restore probes before matching; METHOD is a facekit.baselines name "
                              "(default: the newest released model in models/)")
@@ -403,10 +410,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
 
 
-def _threshold(arg: str, gallery: Gallery) -> float:
+def _threshold(arg: str, gallery: Gallery, mode: str = "pair") -> float:
     if str(arg).lower() == "auto":
         if np.isnan(gallery.threshold):
-            gallery.calibrate()
+            gallery.calibrate(mode=mode)
         return gallery.threshold
     try:
         return float(arg)
@@ -423,7 +430,7 @@ def run_cli(args: argparse.Namespace) -> int:
         gallery = Gallery.load(gpath, device=args.device)
     else:
         gallery = Gallery(net=args.net, device=args.device).enroll(gpath)
-    threshold = _threshold(args.threshold, gallery)
+    threshold = _threshold(args.threshold, gallery, args.calibration)
     if args.save_gallery:
         print(f"wrote {gallery.save(args.save_gallery)}")
     faces, skipped = read_faces(list_probe_files(args.probes), CROP_SIZE, gallery.margin)
