@@ -76,6 +76,7 @@ class EvalConfig:
         device: where networks run.
         lpips: compute ST-LPIPS when the package is installed.
         identity: compute identity metrics (SFace, dlib when installed, rank-1, detectability).
+        identity_nets: recognition networks for the ``id_*`` columns ("sface", "dlib").
     """
 
     conditions: tuple = CONDITIONS
@@ -89,6 +90,7 @@ class EvalConfig:
     device: str = "cpu"
     lpips: bool = True
     identity: bool = True
+    identity_nets: list = field(default_factory=lambda: ["sface"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,19 +253,26 @@ def severity_levels(df: pd.DataFrame) -> pd.DataFrame:
 class Scorers:
     """The metric functions available here, with the reason for each one that is not.
 
+    PSNR/SSIM come from :mod:`facekit.metrics`, ST-LPIPS from :mod:`facekit.perceptual`, identity
+    embeddings and YuNet detectability from :mod:`facekit.recognition`. Identity similarity is the
+    cosine of the restored and the clean face's embeddings; the clean embeddings are computed once
+    per batch (:meth:`reference`) and reused for every method, and the restored SFace embedding is
+    returned for rank-1 matching, so each output is embedded once.
+
     Args:
         lpips, identity: whether to try ST-LPIPS and the identity metrics.
         device: where networks run.
+        identity_nets: recognition networks for ``id_<net>`` columns: "sface" (default) and/or
+            "dlib" (about 2x slower than SFace on the CPU, so only when asked).
     """
 
-    def __init__(self, lpips: bool = True, identity: bool = True, device: str = "cpu"):
+    def __init__(self, lpips: bool = True, identity: bool = True, device: str = "cpu",
+                 identity_nets=("sface",)):
         self.device = device
         self.missing: dict[str, str] = {}
         self.psnr = self.ssim = self.lpips = None
-        self.id_sface = self.id_dlib = None
-        self.embed_sface = None
-        self.detect = None
-        self.rank1 = self.tar_at_far = None
+        self.nets: list[str] = []
+        self.recognition = None
         try:
             from facekit import metrics
 
@@ -279,84 +288,72 @@ class Scorers:
                 self.missing["lpips"] = "ST-LPIPS package not installed (pip install stlpips-pytorch==0.0.2)"
         else:
             self.missing["lpips"] = "disabled"
-        if identity:
-            self._identity()
-        else:
+        if not identity:
             for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
                 self.missing[k] = "disabled"
-
-    def _identity(self) -> None:
+            return
         try:
             from facekit import recognition
         except ImportError as exc:
             for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
                 self.missing[k] = f"facekit.recognition unavailable ({exc})"
             return
-        self._recognition = recognition
-        adapters = _recognition_adapters(recognition, self.device)
-        self.missing.update(adapters.pop("missing"))
-        for k, v in adapters.items():
-            setattr(self, k, v)
+        self.recognition = recognition
+        nets = (identity_nets,) if isinstance(identity_nets, str) else tuple(identity_nets)
+        for net in nets:
+            if net not in ("sface", "dlib"):
+                raise ConfigError(f"unknown identity network {net!r}; valid: sface, dlib")
+        self.nets = ["sface"] if "sface" in nets else []
+        if "sface" not in nets:
+            self.missing["id_sface"] = self.missing["rank1_hit"] = "not requested (identity_nets)"
+        if "dlib" in nets:
+            if recognition.dlib_available():
+                self.nets.append("dlib")
+            else:
+                self.missing["id_dlib"] = "dlib or its weights not installed (pip install dlib-bin face-recognition-models)"
+        else:
+            self.missing["id_dlib"] = "not requested (identity_nets; dlib is ~2x slower than SFace on the CPU)"
 
     @property
-    def columns(self) -> list[str]:
-        """Metric columns this scorer fills."""
-        cols = [c for c, f in (("psnr", self.psnr), ("ssim", self.ssim), ("lpips", self.lpips),
-                               ("id_sface", self.id_sface), ("id_dlib", self.id_dlib)) if f is not None]
-        if self.embed_sface is not None:
-            cols.append("rank1_hit")
-        if self.detect is not None:
-            cols.append("detected")
-        return cols
+    def detect(self):
+        """Per-image YuNet detection flags, or None."""
+        return self.recognition.detectability if self.recognition is not None else None
 
-    def score(self, out: torch.Tensor, gt: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per-image metrics of ``out`` against ``gt`` (both ``(N,3,H,W)`` float32 in [0,1])."""
+    def embed(self, x: torch.Tensor, net: str = "sface") -> np.ndarray:
+        """L2-normalised identity embeddings ``(N,D)`` of ``(N,3,S,S)`` crops."""
+        return _normalise(self.recognition.embed(x, backend=net, device=self.device))
+
+    def reference(self, gt: torch.Tensor) -> dict[str, np.ndarray]:
+        """Embeddings of the clean faces, one per identity network."""
+        return {net: self.embed(gt, net) for net in self.nets}
+
+    def score(self, out: torch.Tensor, gt: torch.Tensor, ref: dict | None = None):
+        """Per-image metrics of ``out`` against ``gt`` (both ``(N,3,H,W)`` float32 in [0,1]).
+
+        Returns:
+            ``(metrics name -> (N,) array, SFace embeddings of out or None)``.
+        """
         res = {}
-        for name in ("psnr", "ssim", "lpips", "id_sface", "id_dlib"):
+        for name in ("psnr", "ssim", "lpips"):
             fn = getattr(self, name)
             if fn is not None:
-                res[name] = _as_numpy(fn(out, gt))
+                res[name] = _as_numpy(fn(out, gt)).astype(np.float64)
+        ref = self.reference(gt) if ref is None else ref
+        emb_sface = None
+        for net in self.nets:
+            e = self.embed(out, net)
+            res[f"id_{net}"] = np.sum(e * ref[net], axis=1).astype(np.float64)
+            if net == "sface":
+                emb_sface = e
         if self.detect is not None:
-            res["detected"] = _as_numpy(self.detect(out)).astype(bool)
-        return res
+            res["detected"] = np.asarray(self.detect(out), dtype=bool)
+        return res, emb_sface
 
 
 def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy()
     return np.asarray(x)
-
-
-def _recognition_adapters(recognition, device: str) -> dict:
-    """Wrap :mod:`facekit.recognition` into the evaluation's calling convention.
-
-    Returns:
-        ``{"id_sface", "id_dlib", "embed_sface", "detect", "missing"}``; a callable is None (and
-        ``missing`` says why) when recognition lacks it or its backend is not installed.
-    """
-    out = {"id_sface": None, "id_dlib": None, "embed_sface": None, "detect": None, "missing": {}}
-    sim = getattr(recognition, "identity_similarity", None)
-    if sim is None:
-        out["missing"]["id_sface"] = out["missing"]["id_dlib"] = "facekit.recognition has no identity_similarity()"
-    else:
-        for col, backend in (("id_sface", "sface"), ("id_dlib", "dlib")):
-            try:
-                probe = torch.rand(1, 3, 64, 64)
-                sim(probe, probe, backend=backend)
-                out[col] = (lambda b: (lambda o, g: sim(o, g, backend=b)))(backend)
-            except Exception as exc:  # backend not installed: record why, keep going
-                out["missing"][col] = f"{backend}: {exc}"
-    emb = getattr(recognition, "embed", None)
-    if emb is None:
-        out["missing"]["rank1_hit"] = "facekit.recognition has no embed()"
-    else:
-        out["embed_sface"] = lambda x: emb(x, backend="sface")
-    det = getattr(recognition, "detectability", None)
-    if det is None:
-        out["missing"]["detected"] = "facekit.recognition has no detectability()"
-    else:
-        out["detect"] = det
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +419,7 @@ def _jobs(cfg: EvalConfig) -> list[_Job]:
 def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", scale: int = 4, seed: int = 0,
              sample_size: int | None = None, angles=True, severities=None, batch: int = 32,
              progress: bool = True, device: str | torch.device = "cpu", lpips: bool = True,
-             identity: bool = True, gallery=None) -> pd.DataFrame:
+             identity: bool = True, gallery=None, identity_nets=("sface",)) -> pd.DataFrame:
     """Degrade clean faces, restore them with every method and score each output.
 
     Args:
@@ -442,6 +439,7 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
         gallery: extra clean faces of other people (FaceSet) added to the rank-1 gallery as
             distractors; the gallery always holds the first face of each identity in ``faces``,
             and that face is then not used as a probe.
+        identity_nets: "sface" and/or "dlib" (see :class:`Scorers`).
 
     Returns:
         One row per (face, method, condition) and per (face, method, sweep level). Columns: image
@@ -462,16 +460,17 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
         preset = preset.to_spec()
     spec = preset if isinstance(preset, str) else degrade.load_spec(preset)
     cfg = EvalConfig(conditions, spec, int(scale), int(seed), sample_size, angles, _sweep_levels(severities) or None,
-                     int(batch), str(torch.device(device)), lpips, identity)
+                     int(batch), str(torch.device(device)), lpips, identity,
+                     [identity_nets] if isinstance(identity_nets, str) else list(identity_nets))
     images, ident, _paths = _face_arrays(faces)
     size = images.shape[1]
     if size % cfg.scale:
         raise ConfigError(f"scale {cfg.scale} does not divide the face size {size}")
     picked = _pick(len(images), sample_size, seed)
-    scorers = Scorers(lpips, identity, cfg.device)
+    scorers = Scorers(lpips, identity, cfg.device, cfg.identity_nets)
     jobs = _jobs(cfg)
 
-    gal = _Gallery(scorers, images, ident, picked, gallery) if scorers.embed_sface is not None else None
+    gal = _Gallery(scorers, images, ident, picked, gallery) if "sface" in scorers.nets else None
     if gal is not None and gal.reason:
         scorers.missing["rank1_hit"] = gal.reason
         gal = None
@@ -488,19 +487,20 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
             lq = _to_batch([t[0] for t in triples])
             gt = _to_batch([t[1] for t in triples])
             factors = [degradation_factors(t[2]) for t in triples]
-            lq_det = _as_numpy(scorers.detect(lq)).astype(bool) if scorers.detect is not None else None
+            lq_det = np.asarray(scorers.detect(lq), dtype=bool) if scorers.detect is not None else None
+            ref = scorers.reference(gt)
             for name, method in methods.items():
                 t0 = time.perf_counter()
                 out = _call(method, lq, (size, size))
                 spf = (time.perf_counter() - t0) / len(idx)
-                scores = scorers.score(out, gt)
-                hits = gal.hits(out, idx) if gal is not None else None
+                scores, emb = scorers.score(out, gt, ref)
+                hits = gal.hits(emb, idx) if gal is not None else None
                 for j, i in enumerate(idx):
                     row = {"image": int(i), "identity": str(ident[i]), "method": name, "condition": job.condition,
                            "sweep": job.sweep, "severity": job.severity}
                     row.update({k: float(v[j]) if v.dtype != bool else bool(v[j]) for k, v in scores.items()})
                     if hits is not None:
-                        row["rank1_hit"] = hits[0][j]
+                        row["rank1_hit"] = hits[j]
                     if lq_det is not None:
                         row["lq_detected"] = bool(lq_det[j])
                     row["seconds_per_face"] = spf
@@ -508,8 +508,7 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
                     rows.append(row)
                 if hits is not None:
                     key = (name, job.condition, job.sweep + (f"={job.severity:g}" if job.sweep else ""))
-                    embeddings[key] = np.concatenate([embeddings.get(key, np.zeros((0, hits[1].shape[1]), np.float32)),
-                                                      hits[1]])
+                    embeddings.setdefault(key, []).append(emb)
                 bar.update(len(idx))
     bar.close()
     df = severity_levels(pd.DataFrame(rows))
@@ -517,7 +516,8 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
     df.attrs["missing"] = dict(scorers.missing)
     df.attrs["methods"] = {n: getattr(m, "note", "") for n, m in methods.items()}
     if gal is not None:
-        df.attrs["identification"] = gal.identification(embeddings, picked)
+        df.attrs["identification"] = gal.identification({k: np.concatenate(v) for k, v in embeddings.items()},
+                                                        picked)
     return df
 
 
@@ -538,7 +538,6 @@ class _Gallery:
 
     def __init__(self, scorers: Scorers, images, ident, picked, extra):
         self.reason = ""
-        self.embed = scorers.embed_sface
         known = [i for i in picked if ident[i]]
         if not known:
             self.reason = "no identities known for the evaluated faces"
@@ -561,27 +560,24 @@ class _Gallery:
             self.reason = f"rank-1 needs at least 2 identities in the gallery, got {len(g_ids)}"
             return
         g = torch.from_numpy(np.stack(g_imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        self.gallery = _normalise(_as_numpy(self.embed(g)))
+        self.gallery = scorers.embed(g, "sface")
         self.gallery_ids = np.array(g_ids, dtype=object)
         self.ident = ident
         self.probe_mask = np.array([bool(ident[i]) and int(i) not in self.gallery_index for i in picked])
 
-    def hits(self, out: torch.Tensor, idx: np.ndarray):
-        """``(rank-1 hit per face (True/False, None for gallery faces), probe embeddings)``."""
-        emb = _normalise(_as_numpy(self.embed(out)))
+    def hits(self, emb: np.ndarray, idx: np.ndarray) -> list:
+        """Rank-1 hit per face (True/False; None for gallery faces and unknown identities)."""
         best = self.gallery_ids[np.argmax(emb @ self.gallery.T, axis=1)]
-        hit = [None if (not self.ident[i] or int(i) in self.gallery_index) else bool(best[j] == self.ident[i])
-               for j, i in enumerate(idx)]
-        return hit, emb
+        return [None if (not self.ident[i] or int(i) in self.gallery_index) else bool(best[j] == self.ident[i])
+                for j, i in enumerate(idx)]
 
     def identification(self, embeddings: dict, picked: np.ndarray) -> pd.DataFrame:
         """Rank-1 and TAR at FAR 1% / 0.1% per (method, condition/sweep level)."""
         probe_ids = np.array([self.ident[i] for i in picked], dtype=object)[self.probe_mask]
         rows = []
         for (method, condition, sweep), emb in embeddings.items():
-            e = emb[self.probe_mask]
             rows.append({"method": method, "condition": condition, "sweep": sweep,
-                         **identification_scores(e, probe_ids, self.gallery, self.gallery_ids)})
+                         **identification_scores(emb[self.probe_mask], probe_ids, self.gallery, self.gallery_ids)})
         return pd.DataFrame(rows)
 
 
@@ -593,33 +589,32 @@ def _normalise(e: np.ndarray) -> np.ndarray:
 def identification_scores(probe: np.ndarray, probe_ids, gallery: np.ndarray, gallery_ids) -> dict:
     """Rank-1 accuracy and TAR at FAR 1% / 0.1% of probe embeddings against a gallery.
 
-    Verification uses every probe x gallery pair: genuine when the identities match, impostor
-    otherwise; the threshold for a FAR is the impostor-score quantile at ``1 - FAR``.
+    Uses :func:`facekit.recognition.rank1` and :func:`facekit.recognition.tar_at_far`. Verification
+    scores every probe x gallery pair: genuine when the identities match, impostor otherwise.
 
     Args:
-        probe: ``(P,D)`` L2-normalised embeddings; probe_ids: ``(P,)`` identities.
-        gallery: ``(G,D)`` L2-normalised embeddings; gallery_ids: ``(G,)`` identities.
+        probe: ``(P,D)`` embeddings; probe_ids: ``(P,)`` identities.
+        gallery: ``(G,D)`` embeddings; gallery_ids: ``(G,)`` identities.
 
     Returns:
         ``{"rank1", "tar_far1", "tar_far01", "n_probes", "n_gallery", "n_impostor"}``; TAR is NaN
-        when there are too few impostor pairs for that FAR (fewer than 1/FAR).
+        when fewer than ``1/FAR`` impostor pairs exist (that FAR cannot be measured).
     """
+    from facekit import recognition
+
     probe_ids = np.asarray(probe_ids, dtype=object)
     gallery_ids = np.asarray(gallery_ids, dtype=object)
-    sims = probe @ gallery.T
+    p, g = _normalise(probe), _normalise(gallery)
     same = probe_ids[:, None] == gallery_ids[None, :]
-    res = {"n_probes": int(len(probe)), "n_gallery": int(len(gallery)), "n_impostor": int((~same).sum())}
-    if len(probe) == 0:
+    res = {"n_probes": int(len(p)), "n_gallery": int(len(g)), "n_impostor": int((~same).sum())}
+    if len(p) == 0:
         return dict(res, rank1=float("nan"), tar_far1=float("nan"), tar_far01=float("nan"))
-    res["rank1"] = float(np.mean(gallery_ids[np.argmax(sims, axis=1)] == probe_ids))
+    res["rank1"] = recognition.rank1(p, probe_ids, g, gallery_ids)
+    sims = p @ g.T
     genuine, impostor = sims[same], sims[~same]
     for key, far in (("tar_far1", 0.01), ("tar_far01", 0.001)):
-        if len(impostor) < 1.0 / far or len(genuine) == 0:
-            res[key] = float("nan")
-            continue
-        # The threshold admits at most FAR of the impostors (strictly above it).
-        thr = np.quantile(impostor, 1.0 - far, method="higher")
-        res[key] = float(np.mean(genuine > thr))
+        ok = len(impostor) >= 1.0 / far and len(genuine) > 0
+        res[key] = recognition.tar_at_far(genuine, impostor, far) if ok else float("nan")
     return res
 
 
@@ -1004,6 +999,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(SWEEPS))
     parser.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS")
     parser.add_argument("--no-identity", action="store_true", help="skip identity metrics")
+    parser.add_argument("--dlib", action="store_true", help="also score identity with dlib (slower than SFace)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--name", default=None, help="run name: results go to DATA_DIR/runs/eval-NAME/")
@@ -1029,7 +1025,7 @@ def run_cli(args: argparse.Namespace) -> int:
     df = evaluate(test, methods, conditions, args.preset, args.scale, args.seed, args.sample_size,
                   angles=not args.no_angles, severities=args.severities or None, batch=args.batch,
                   progress=True, device=args.device, lpips=not args.no_lpips, identity=not args.no_identity,
-                  gallery=others)
+                  gallery=others, identity_nets=("sface", "dlib") if args.dlib else ("sface",))
     df.attrs["skipped_methods"] = skipped
     name = args.name or time.strftime("%Y%m%d-%H%M%S")
     paths = save_results(df, run_dir(name))
