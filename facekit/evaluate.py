@@ -130,8 +130,11 @@ class PairMaker:
 
         full = build_pipeline(preset, scale, angles)  # validates the spec and places the pose op
         before, _, after = _split_spec(full.to_spec())
-        self.pre = degrade.Pipeline(before, scale=scale)
-        self.post = degrade.Pipeline(after, scale=1) if after else None
+        # The resolution loss belongs to whichever part holds the downsample op (presets put the
+        # light after it; a spec without a lighting op gets the light first, as Pipeline does).
+        pre_scale = scale if any(isinstance(e, dict) and e.get("op") == "downsample" for e in before) else 1
+        self.pre = degrade.Pipeline(before, scale=pre_scale)
+        self.post = degrade.Pipeline(after, scale=scale // pre_scale) if after or pre_scale != scale else None
         self.scale = int(scale)
         self.seed = int(seed)
 

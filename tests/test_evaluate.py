@@ -110,6 +110,16 @@ def test_pairs_share_degradations_across_conditions_and_replay(orl):
     assert f["kelvin"] < 4000 and ev.degradation_factors(by_cond["low"][2])["exposure_stops"] < 0
 
 
+def test_sweep_pairs_blur_at_full_resolution_then_downsample(orl):
+    """A spec without a lighting op gets the light first and blurs the full-size face (as Pipeline does)."""
+    ops, _ = ev.SWEEPS["blur"][1](0.1)
+    lq, gt, params = ev.PairMaker(ops, 4, angles=False, seed=0)(orl.images[0], 0, "medium")
+    assert lq.shape == (16, 16, 3) and gt.shape == (64, 64, 3)
+    assert [r["op"] for r in params["ops"]] == ["lighting", "motion_blur", "downsample"]
+    assert ev.degradation_factors(params)["blur_length_px"] == round(0.1 * 64)
+    assert np.array_equal(degrade.replay(params, gt), lq)
+
+
 def test_degradation_factors_from_recorded_params():
     params = {"scale": 4, "shape": [64, 64], "condition": "warm", "ops": [
         {"op": "pose", "roll": 12.0, "yaw": -25.0, "pitch": 3.0, "flip": True},
