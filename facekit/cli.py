@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("facekit.runner", "run the notebooks headless and write HTML reports"),
     "evaluate": ("facekit.evaluate", "score restorers across lighting, angles and severities vs baselines"),
     "identify": ("facekit.identify", "match probe faces against a gallery of known people"),
+    "restore": ("facekit.restore", "restore a face image or a folder of face crops with the deblur/reconstruct/upscale chain"),
 }
 
 
