@@ -75,14 +75,14 @@ def main() -> None:
         e_all = R.embed(faces.images, name)
         res[f"{name}_embed_crops_per_s"] = round(len(faces.images) / (time.perf_counter() - t), 1)
         e_bad = R.embed(bad, name)
-        e_g, e_p = R._l2(e_all[g]), R._l2(e_all[p])
+        e_g, e_p = R.l2_normalize(e_all[g]), R.l2_normalize(e_all[p])
         res[f"{name}_rank1_clean"] = R.rank1(e_p, ids[p], e_g, ids[g])
-        res[f"{name}_rank1_degraded"] = R.rank1(R._l2(e_bad), ids[p], e_g, ids[g])
+        res[f"{name}_rank1_degraded"] = R.rank1(R.l2_normalize(e_bad), ids[p], e_g, ids[g])
         gen, imp = R.pair_scores(e_all, ids)
         res[f"{name}_tar_far1_all_pairs"] = R.tar_at_far(gen, imp, 0.01)
         res[f"{name}_tar_far01_all_pairs"] = R.tar_at_far(gen, imp, 0.001)
         res[f"{name}_threshold_far1"] = R.threshold_at_far(imp, 0.01)
-        sims = R._l2(e_bad) @ e_g.T
+        sims = R.l2_normalize(e_bad) @ e_g.T
         same = ids[p][:, None] == ids[g][None, :]
         res[f"{name}_tar_far1_degraded_vs_gallery"] = R.tar_at_far(sims[same], sims[~same], 0.01)
         if name == "dlib":

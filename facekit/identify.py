@@ -70,7 +70,7 @@ def read_faces(paths, size: int = CROP_SIZE, margin: float = MARGIN, detector=No
     Returns:
         ``(faces list[FaceInput], skipped list[(path, reason)])``.
     """
-    det = detector or recognition._detector()
+    det = detector or recognition.shared_detector()
     faces, skipped = [], []
     for p in paths:
         try:
@@ -166,11 +166,11 @@ class Gallery:
     def embed(self, crops) -> np.ndarray:
         """L2-normalised embeddings of margin crops (``(N,S,S,3) uint8`` or ``(N,3,S,S)`` in [0,1])."""
         e = recognition.embed(crops, self.net, self.margin, self.device)
-        return recognition._l2(e)
+        return recognition.l2_normalize(e)
 
     def enroll_crops(self, crops, identities, paths=None) -> "Gallery":
         """Add margin crops with known identities (empty identity -> skipped)."""
-        crops = recognition._as_uint8_nhwc(crops, "crops")
+        crops = recognition.as_uint8_images(crops, "crops")
         identities = np.asarray(identities, dtype=object).astype(str)
         if len(identities) != len(crops):
             raise DataSourceError(f"{len(crops)} crops but {len(identities)} identities")

@@ -43,7 +43,7 @@ BACKENDS = ("sface", "sface-torch", "dlib")
 # Input handling and ArcFace re-framing
 
 
-def _as_uint8_nhwc(x, name: str = "images") -> np.ndarray:
+def as_uint8_images(x, name: str = "images") -> np.ndarray:
     """Convert ``(N,S,S,3) uint8`` / ``(S,S,3)`` arrays or ``(N,3,S,S)`` float tensors in [0,1] to uint8 NHWC."""
     if isinstance(x, torch.Tensor):
         t = x.detach().float().cpu()
@@ -72,7 +72,7 @@ def _as_float_nchw(x, device, name: str = "images") -> torch.Tensor:
         if t.ndim != 4 or t.shape[1] != 3:
             raise FacekitError(f"{name}: expected a (N,3,H,W) tensor in [0,1], got shape {tuple(x.shape)}")
         return t.to(device=device, dtype=torch.float32)
-    a = _as_uint8_nhwc(x, name)
+    a = as_uint8_images(x, name)
     return torch.from_numpy(a).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 255.0
 
 
@@ -104,7 +104,7 @@ def to_arcface_112(crops, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     Returns:
         ``(N,112,112,3) uint8`` RGB.
     """
-    a = _as_uint8_nhwc(crops, "crops")
+    a = as_uint8_images(crops, "crops")
     n, h, w = a.shape[:3]
     if h != w:
         raise FacekitError(f"crops must be square, got {h}x{w}")
@@ -194,7 +194,7 @@ class SFaceCV:
         Returns:
             ``(N,128) float32``, L2-normalised.
         """
-        a = _as_uint8_nhwc(aligned, "aligned")
+        a = as_uint8_images(aligned, "aligned")
         if a.shape[1:3] != (SFACE_SIZE, SFACE_SIZE):
             raise FacekitError(f"SFace needs 112x112 aligned crops, got {a.shape[1]}x{a.shape[2]}; "
                                "use to_arcface_112() for margin crops")
@@ -203,14 +203,15 @@ class SFaceCV:
             for i, img in enumerate(a):
                 # FaceRecognizerSF.feature expects BGR (it swaps to RGB inside blobFromImage).
                 out[i] = self._net.feature(np.ascontiguousarray(img[:, :, ::-1])).reshape(-1)
-        return _l2(out)
+        return l2_normalize(out)
 
     def embed_crops(self, crops, margin: float = DEFAULT_MARGIN) -> np.ndarray:
         """Embed margin crops (re-framed with :func:`to_arcface_112`); ``(N,128) float32`` normalised."""
         return self.embed(to_arcface_112(crops, margin))
 
 
-def _l2(e: np.ndarray) -> np.ndarray:
+def l2_normalize(e: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation of ``(N,D)`` embeddings -> ``(N,D) float32`` (zero rows stay zero)."""
     e = np.asarray(e, np.float32)
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
@@ -497,7 +498,7 @@ class DlibDescriptor:
 
     def chips(self, crops) -> list[np.ndarray]:
         """Aligned ``(150,150,3) uint8`` RGB chips for ``(N,S,S,3)`` margin crops."""
-        a = _as_uint8_nhwc(crops, "crops")
+        a = as_uint8_images(crops, "crops")
         s = a.shape[1]
         big = int(round(DLIB_CHIP_SIZE * (1.0 + 2.0 * self.margin)))
         out = []
@@ -571,7 +572,7 @@ def embed(crops, backend: str = "sface", margin: float = DEFAULT_MARGIN, device:
         ``(N,128) float32``; SFace embeddings are L2-normalised, dlib descriptors are raw.
     """
     model = get_model(backend, device)
-    a = _as_uint8_nhwc(crops, "crops")
+    a = as_uint8_images(crops, "crops")
     parts = []
     for i in range(0, len(a), batch):
         chunk = a[i:i + batch]
@@ -596,7 +597,7 @@ def identity_similarity(a_crops, b_crops, net: str = "sface", margin: float = DE
     ea, eb = embed(a_crops, net, margin, device), embed(b_crops, net, margin, device)
     if len(ea) != len(eb):
         raise FacekitError(f"identity_similarity needs as many faces in a as in b, got {len(ea)} and {len(eb)}")
-    return np.sum(_l2(ea) * _l2(eb), axis=1).astype(np.float32)
+    return np.sum(l2_normalize(ea) * l2_normalize(eb), axis=1).astype(np.float32)
 
 
 def rank1(probe_emb, probe_ids, gallery_emb, gallery_ids) -> float:
@@ -609,7 +610,7 @@ def rank1(probe_emb, probe_ids, gallery_emb, gallery_ids) -> float:
     Returns:
         Fraction of probes whose most similar gallery image has their identity.
     """
-    p, g = _l2(np.asarray(probe_emb)), _l2(np.asarray(gallery_emb))
+    p, g = l2_normalize(np.asarray(probe_emb)), l2_normalize(np.asarray(gallery_emb))
     if len(p) == 0 or len(g) == 0:
         raise FacekitError(f"rank1 needs probes and a gallery, got {len(p)} probes and {len(g)} gallery faces")
     best = np.argmax(p @ g.T, axis=1)
@@ -625,7 +626,7 @@ def pair_scores(emb, ids) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(genuine, impostor)`` 1-D float32 arrays.
     """
-    e = _l2(np.asarray(emb))
+    e = l2_normalize(np.asarray(emb))
     ids = np.asarray(ids, dtype=object)
     sims = e @ e.T
     iu = np.triu_indices(len(e), k=1)
@@ -674,7 +675,8 @@ def tar_at_far(scores_genuine, scores_impostor, far: float = 0.01) -> float:
 _DETECTOR: dict = {}
 
 
-def _detector() -> FaceDetector:
+def shared_detector() -> FaceDetector:
+    """The process-wide YuNet detector (score threshold 0.6) used by detectability and identify."""
     with _SHARED_LOCK:
         if "yunet" not in _DETECTOR:
             _DETECTOR["yunet"] = FaceDetector(score_threshold=0.6)
@@ -694,8 +696,8 @@ def face_detected(images, min_side: int = 160, pad: float = 0.25) -> np.ndarray:
     Returns:
         ``(N,) bool``.
     """
-    a = _as_uint8_nhwc(images, "images")
-    det = _detector()
+    a = as_uint8_images(images, "images")
+    det = shared_detector()
     h, w = a.shape[1:3]
     f = max(1.0, min_side / max(h, w))
     size = (int(round(w * f)), int(round(h * f)))

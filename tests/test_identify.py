@@ -73,11 +73,11 @@ def test_orl_rank1_clean_high_degraded_lower(orl, split, gallery):
 
 
 def test_calibrate_on_labelled_faces_and_label(orl, split, gallery):
-    # calibrate on ORL people 21-39 (disjoint from the gallery; s40 is kept as a stranger)
-    others = np.array([20 < int(i[1:]) < 40 for i in orl.identity])
+    # calibrate on ORL people 21-30 (disjoint from the gallery; s40 is kept as a stranger)
+    others = np.array([20 < int(i[1:]) <= 30 for i in orl.identity])
     cal = SimpleNamespace(images=orl.images[others], identity=orl.identity[others])
     t = gallery.calibrate(cal, far=0.01)
-    assert 0.1 < t < 0.7 and gallery.threshold_far == 0.01 and "855 genuine" in gallery.calibration
+    assert 0.1 < t < 0.7 and gallery.threshold_far == 0.01 and "450 genuine" in gallery.calibration
     gen, imp = I.recognition.pair_scores(gallery.embed(cal.images), cal.identity)
     assert np.mean(imp >= t) <= 0.01 < np.mean(imp >= t - 0.02)
     _, p = split

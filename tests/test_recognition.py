@@ -181,15 +181,15 @@ def test_detectability_finds_faces_not_blank_images(orl):
     assert R.detectability_rate(mixed) == pytest.approx(0.5)
 
 
-def test_evaluate_adapters_find_every_recognition_metric():
-    from facekit.evaluate import _recognition_adapters
+def test_evaluate_scorers_use_recognition(orl):
+    from facekit.evaluate import Scorers
 
-    ad = _recognition_adapters(R, "cpu")
-    for key in ("id_sface", "embed_sface", "detect"):
-        assert ad[key] is not None, ad["missing"]
-    x = torch.rand(2, 3, 64, 64)
-    assert ad["detect"](x).shape == (2,)
-    assert ad["embed_sface"](x).shape == (2, 128)
+    sc = Scorers(lpips=False, identity=True, identity_nets=("sface",))
+    assert sc.recognition is R and "id_sface" not in sc.missing
+    x = torch.from_numpy(orl.images[:2]).permute(0, 3, 1, 2).float() / 255.0
+    assert sc.detect(x).tolist() == [True, True]
+    e = sc.embed(x)
+    assert e.shape == (2, 128) and 0.4 < float(e[0] @ e[1]) < 0.999  # two photos of s1
 
 
 @pytest.mark.skipif(not R.dlib_available(), reason="dlib-bin / face-recognition-models not installed")
