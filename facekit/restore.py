@@ -74,7 +74,7 @@ def read_chain_spec(path: str | Path) -> ChainSpec:
     import yaml
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
         path = path / CHAIN_FILE
     if not path.is_file():
         raise ConfigError(_no_default_message(path))

@@ -1,0 +1,154 @@
+"""Restoration chain: order, intermediates, timings, ONNX vs PyTorch, checkpoint checks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from facekit.archs.deblurganv2 import FPNMobileNetGenerator
+from facekit.archs.rrdbnet import CompactRRDBNet, SRVGGNetCompact
+from facekit.chain import RestorationChain, Stage, load_chain, save_stage
+from facekit.errors import CheckpointError, ConfigError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning",
+                                        "ignore:ONNX export mode")
+
+DEBLUR_KW = dict(num_filters=16, num_filters_fpn=32, norm="instance")
+UPSCALE_KW = dict(num_feat=8, num_block=1, num_grow_ch=8, scale=4)
+RECON_KW = dict(num_feat=8, num_conv=2, scale=1)
+
+
+def tiny_deblur(seed: int = 0) -> FPNMobileNetGenerator:
+    """A small random DeblurGAN-v2 generator with calibrated BatchNorm statistics.
+
+    A random backbone with BatchNorm stats 0/1 shrinks features to ~1e-7, where the FPN's
+    InstanceNorms amplify float rounding; one calibration pass (as any training does) removes
+    that degenerate case so comparisons measure the chain, not rounding noise.
+    """
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = FPNMobileNetGenerator(pretrained_backbone=False, **DEBLUR_KW)
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        g(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed + 1)))
+    return g.eval()
+
+
+def tiny_upscale(seed: int = 0) -> CompactRRDBNet:
+    torch.manual_seed(seed)
+    return CompactRRDBNet(**UPSCALE_KW).eval()
+
+
+def tiny_reconstruct(seed: int = 0) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(**RECON_KW).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stages")
+    return {
+        "deblur": save_stage(d / "deblur.pt", "deblur", tiny_deblur(), DEBLUR_KW, in_size=16),
+        "reconstruct": save_stage(d / "reconstruct.pt", "reconstruct", tiny_reconstruct(), RECON_KW, in_size=16),
+        "upscale": save_stage(d / "upscale.pt", "upscale", tiny_upscale(), UPSCALE_KW, in_size=16),
+    }
+
+
+def _faces(n=3, size=16, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chain_order_changes_result_and_returns_intermediates(ckpts):
+    x = _faces()
+    a = load_chain(ckpts, order=["deblur", "upscale"])
+    b = load_chain(ckpts, order=["upscale", "deblur"])
+    ra, rb = a(x), b(x)
+    assert a.scale == b.scale == 4
+    assert ra.out.shape == rb.out.shape == (3, 3, 64, 64)
+    assert list(ra.intermediates) == ["deblur", "upscale"]
+    assert list(rb.intermediates) == ["upscale", "deblur"]
+    assert ra.intermediates["deblur"].shape[-1] == 16 and rb.intermediates["upscale"].shape[-1] == 64
+    assert torch.equal(ra.out, ra.intermediates["upscale"])
+    # Deblurring before vs after upscaling gives a different face.
+    assert (ra.out - rb.out).abs().mean() > 1e-3
+    # Every intermediate is exactly that stage applied to the previous one.
+    with torch.inference_mode():
+        ref_deblur = a.stages[0].model(x).clamp(0, 1)
+    assert torch.allclose(ra.intermediates["deblur"], ref_deblur, atol=1e-5)
+    assert list(ra.seconds) == ["deblur", "upscale"] and all(t > 0 for t in ra.seconds.values())
+    assert ra.total_seconds == pytest.approx(sum(ra.seconds.values()))
+    for r in (ra, rb):
+        assert all(0 <= float(t.min()) and float(t.max()) <= 1 for t in r.intermediates.values())
+
+
+def test_membership_and_scale(ckpts):
+    chain = load_chain(ckpts)  # default order
+    assert chain.names == ["deblur", "reconstruct", "upscale"]
+    assert chain.stage_in_sizes(16) == [16, 16, 16]
+    r = chain(_faces(2))
+    assert r.out.shape == (2, 3, 64, 64) and len(r.intermediates) == 3
+    only = load_chain({"reconstruct": ckpts["reconstruct"]})
+    assert only.scale == 1 and only(_faces(2)).out.shape == (2, 3, 16, 16)
+    with pytest.raises(ConfigError, match="no checkpoint for stage"):
+        load_chain({"deblur": ckpts["deblur"]}, order=["deblur", "upscale"])
+    with pytest.raises(ConfigError, match="unique"):
+        RestorationChain([Stage("deblur", tiny_deblur()), Stage("deblur", tiny_deblur())])
+    with pytest.raises(ConfigError, match="unknown backend 'gpu'"):
+        load_chain(ckpts, backend="gpu")
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_onnx_matches_pytorch(ckpts, tmp_path, size):
+    chain = load_chain(ckpts, backend="onnx", onnx_dir=tmp_path, in_size=size)
+    assert chain.backend == "onnx"
+    x = _faces(3, size, seed=size)
+    ref, out = chain(x, backend="torch"), chain(x)
+    assert len(chain.onnx_paths()) == 3 and all(p.is_file() for p in chain.onnx_paths().values())
+    for name in chain.names:
+        diff = (ref.intermediates[name] - out.intermediates[name]).abs().max().item()
+        assert diff < 1e-4, (name, diff)
+    assert (ref.out - out.out).abs().max().item() < 1e-4
+    # Files are named by a digest of the weights: a second chain reuses them without exporting.
+    mtimes = {k: p.stat().st_mtime_ns for k, p in chain.onnx_paths().items()}
+    again = load_chain(ckpts, backend="onnx", onnx_dir=tmp_path, in_size=size)
+    assert {k: p.stat().st_mtime_ns for k, p in again.onnx_paths().items()} == mtimes
+
+
+def test_auto_backend_measures_both(ckpts, tmp_path):
+    chain = load_chain(ckpts, order=["upscale"], backend="auto", onnx_dir=tmp_path, auto_batch=2)
+    assert set(chain.timings) == {"torch", "onnx"} and all(t > 0 for t in chain.timings.values())
+    assert chain.backend == min(chain.timings, key=chain.timings.get)
+
+
+def test_wrong_checkpoint_for_stage_fails_clearly(ckpts, tmp_path):
+    with pytest.raises(CheckpointError, match="holds a 'upscale' stage.*not a 'deblur' stage"):
+        Stage.from_checkpoint("deblur", ckpts["upscale"])
+    # A checkpoint that records no stage role (e.g. a plain training run) is still refused as a
+    # deblur stage when its model enlarges the image.
+    data = torch.load(ckpts["upscale"], weights_only=True)
+    data["stage"] = None
+    odd = tmp_path / "odd.pt"
+    torch.save(data, odd)
+    with pytest.raises(CheckpointError, match="scale 4, but a deblur stage keeps the image size"):
+        Stage.from_checkpoint("deblur", odd)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable PyTorch checkpoint"):
+        Stage.from_checkpoint("deblur", junk)
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint file does not exist"):
+        Stage.from_checkpoint("deblur", tmp_path / "missing.pt")
+    # Weights that do not fit the recorded architecture.
+    data = torch.load(ckpts["upscale"], weights_only=True)
+    data["arch_kwargs"] = dict(UPSCALE_KW, num_feat=16)
+    torch.save(data, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit architecture"):
+        Stage.from_checkpoint("upscale", tmp_path / "mismatch.pt")
+    torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a restoration stage checkpoint"):
+        Stage.from_checkpoint("upscale", tmp_path / "other.pt")
