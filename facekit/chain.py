@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from facekit.errors import CheckpointError, ConfigError
 
@@ -543,3 +544,137 @@ def load_chain(checkpoints: dict[str, str | Path], order: list[str] | None = Non
         raise ConfigError(f"no checkpoint for stage(s) {', '.join(missing)}; have: {', '.join(checkpoints) or 'none'}")
     stages = [Stage.from_checkpoint(n, checkpoints[n], device=device) for n in order]
     return RestorationChain(stages, device=device, backend=backend, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small stage trainer (pixel + relativistic GAN losses) for the chain's deblur/upscale stages
+
+
+GAN_LOSSES = ("none", "ragan_ls", "ragan")  # DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
+
+
+def _gan_losses(kind: str):
+    if kind == "ragan_ls":
+        from facekit.archs.deblurganv2 import ragan_ls_d_loss, ragan_ls_g_loss
+
+        return ragan_ls_d_loss, ragan_ls_g_loss
+    if kind == "ragan":
+        from facekit.archs.rrdbnet import ragan_d_loss, ragan_g_loss
+
+        return ragan_d_loss, ragan_g_loss
+    raise ConfigError(f"unknown GAN loss {kind!r}; valid: {', '.join(GAN_LOSSES)}")
+
+
+def _d_loss_terms(kind: str, real_pred, fake_pred) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(l_d_real, l_d_fake)``: the two halves of the relativistic D loss (their sum is the loss
+    of :mod:`facekit.archs`), averaged over scales for a multi-scale D's dict of logit maps."""
+    if isinstance(real_pred, dict):
+        terms = [_d_loss_terms(kind, real_pred[k], fake_pred[k]) for k in sorted(real_pred)]
+        return (torch.stack([t[0] for t in terms]).mean(), torch.stack([t[1] for t in terms]).mean())
+    rel_real, rel_fake = real_pred - fake_pred.mean(), fake_pred - real_pred.mean()
+    if kind == "ragan_ls":
+        return 0.5 * torch.mean((rel_real - 1) ** 2), 0.5 * torch.mean((rel_fake + 1) ** 2)
+    return (0.5 * F.binary_cross_entropy_with_logits(rel_real, torch.ones_like(rel_real)),
+            0.5 * F.binary_cross_entropy_with_logits(rel_fake, torch.zeros_like(rel_fake)))
+
+
+@dataclass
+class StageTrainConfig:
+    """Settings of :func:`train_stage` (saved inside the stage checkpoint's ``extra``).
+
+    Attributes:
+        steps: optimiser steps; batch: pairs per step.
+        lr_g / lr_d: Adam learning rates (betas 0.9, 0.99 as ESRGAN).
+        gan: adversarial loss, one of :data:`GAN_LOSSES` (``"none"`` trains with the pixel loss only).
+        gan_weight: weight of ``l_g_gan`` against the L1 ``l_g_pix`` (DeblurGAN-v2 uses 1e-3,
+            ESRGAN 5e-3).
+        warmup_steps: pixel-loss-only steps before the GAN loss switches on (ESRGAN's PSNR
+            pre-training, shortened).
+        seed: seeds weight sampling order and the discriminator's init.
+    """
+
+    steps: int = 100
+    batch: int = 8
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    gan: str = "none"
+    gan_weight: float = 1e-3
+    warmup_steps: int = 0
+    seed: int = 0
+
+
+def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: torch.nn.Module | None = None,
+                device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, float]]:
+    """Train one stage generator on ``(lq, gt)`` pairs with L1 + optional relativistic GAN loss.
+
+    Args:
+        net_g: the stage generator (trained in place), ``(N,3,h,w)`` -> ``(N,3,s*h,s*w)`` in [0,1].
+        pairs: a dataset whose items are dicts with ``"lq"`` ``(3,h,w)`` and ``"gt"``
+            ``(3,s*h,s*w)`` float32 in [0,1] (e.g. :class:`facekit.dataset.PairedFaceDataset`).
+        cfg: the settings.
+        net_d: discriminator on ``gt``-sized images (required unless ``cfg.gan == "none"``).
+        device: torch device.
+        progress: show a tqdm bar with the live losses.
+
+    Returns:
+        One dict of losses per step: ``l_g_pix``, and once the GAN loss is on ``l_g_gan``,
+        ``l_d_real`` and ``l_d_fake`` (the real and fake halves of the relativistic D loss).
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.gan not in GAN_LOSSES:
+        raise ConfigError(f"unknown GAN loss {cfg.gan!r}; valid: {', '.join(GAN_LOSSES)}")
+    if cfg.gan != "none" and net_d is None:
+        raise ConfigError(f"gan={cfg.gan!r} needs a discriminator (net_d)")
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise ConfigError(f"steps and batch must be >= 1, got {cfg.steps} and {cfg.batch}")
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=cfg.batch, shuffle=True, generator=gen, drop_last=True)
+    if len(loader) == 0:
+        raise ConfigError(f"{len(pairs)} training pairs are fewer than one batch of {cfg.batch}")
+    net_g.to(device).train()
+    opt_g = torch.optim.Adam([p for p in net_g.parameters() if p.requires_grad], lr=cfg.lr_g, betas=(0.9, 0.99))
+    if net_d is not None and cfg.gan != "none":
+        net_d.to(device).train()
+        opt_d = torch.optim.Adam(net_d.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99))
+        _, g_loss_fn = _gan_losses(cfg.gan)
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.steps, desc="train stage", disable=not progress)
+    epoch = 0
+    while len(history) < cfg.steps:
+        if hasattr(pairs, "set_epoch"):
+            pairs.set_epoch(epoch)
+        for item in loader:
+            if len(history) >= cfg.steps:
+                break
+            lq, gt = item["lq"].to(device), item["gt"].to(device)
+            use_gan = cfg.gan != "none" and len(history) >= cfg.warmup_steps
+            out = net_g(lq)
+            losses = {"l_g_pix": F.l1_loss(out, gt)}
+            l_g = losses["l_g_pix"]
+            if use_gan:
+                for p in net_d.parameters():
+                    p.requires_grad_(False)
+                with torch.no_grad():
+                    real_pred = net_d(gt)
+                losses["l_g_gan"] = g_loss_fn(real_pred, net_d(out))
+                l_g = l_g + cfg.gan_weight * losses["l_g_gan"]
+            opt_g.zero_grad(set_to_none=True)
+            l_g.backward()
+            opt_g.step()
+            if use_gan:
+                for p in net_d.parameters():
+                    p.requires_grad_(True)
+                losses["l_d_real"], losses["l_d_fake"] = _d_loss_terms(cfg.gan, net_d(gt), net_d(out.detach()))
+                opt_d.zero_grad(set_to_none=True)
+                (losses["l_d_real"] + losses["l_d_fake"]).backward()
+                opt_d.step()
+            row = {k: float(v.detach()) for k, v in losses.items()}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()})
+        epoch += 1
+    bar.close()
+    net_g.eval()
+    return history

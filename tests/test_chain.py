@@ -152,3 +152,46 @@ def test_wrong_checkpoint_for_stage_fails_clearly(ckpts, tmp_path):
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a restoration stage checkpoint"):
         Stage.from_checkpoint("upscale", tmp_path / "other.pt")
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, n=4, size=8, scale=4):
+        g = torch.Generator().manual_seed(3)
+        self.gt = torch.rand(n, 3, size * scale, size * scale, generator=g)
+        self.lq = torch.nn.functional.avg_pool2d(self.gt, scale)
+
+    def __len__(self):
+        return len(self.gt)
+
+    def __getitem__(self, i):
+        return {"lq": self.lq[i], "gt": self.gt[i]}
+
+
+def test_d_loss_terms_sum_to_the_archs_losses():
+    from facekit.archs.deblurganv2 import ragan_ls_d_loss
+    from facekit.archs.rrdbnet import ragan_d_loss
+    from facekit.chain import _d_loss_terms
+
+    g = torch.Generator().manual_seed(0)
+    r, f = torch.randn(2, 1, 5, 5, generator=g), torch.randn(2, 1, 5, 5, generator=g)
+    assert sum(_d_loss_terms("ragan", r, f)).item() == pytest.approx(ragan_d_loss(r, f).item(), rel=1e-6)
+    rd, fd = {"patch": r, "full": f[:, :, :2]}, {"patch": f, "full": r[:, :, :2]}
+    assert sum(_d_loss_terms("ragan_ls", rd, fd)).item() == pytest.approx(ragan_ls_d_loss(rd, fd).item(), rel=1e-6)
+
+
+def test_train_stage_steps_change_weights_and_name_losses():
+    from facekit.archs.rrdbnet import UNetDiscriminatorSN
+    from facekit.chain import StageTrainConfig, train_stage
+
+    net_g, net_d = tiny_upscale(), UNetDiscriminatorSN(num_feat=4)
+    before = {k: v.clone() for k, v in net_g.state_dict().items()}
+    cfg = StageTrainConfig(steps=3, batch=2, gan="ragan", warmup_steps=1, gan_weight=5e-3)
+    hist = train_stage(net_g, _Pairs(), cfg, net_d, progress=False)
+    assert len(hist) == 3 and set(hist[0]) == {"l_g_pix"}
+    assert set(hist[2]) == {"l_g_pix", "l_g_gan", "l_d_real", "l_d_fake"}
+    assert any(not torch.equal(before[k], v) for k, v in net_g.state_dict().items())
+    assert not net_g.training
+    with pytest.raises(ConfigError, match="needs a discriminator"):
+        train_stage(net_g, _Pairs(), StageTrainConfig(gan="ragan"), progress=False)
+    with pytest.raises(ConfigError, match="unknown GAN loss 'wgan'"):
+        train_stage(net_g, _Pairs(), StageTrainConfig(gan="wgan"), net_d, progress=False)
