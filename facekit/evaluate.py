@@ -719,13 +719,28 @@ def breakdowns(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str,
 # Files
 
 
-def released_checkpoints() -> list[Path]:
-    """Generator checkpoints released with the project (``models/*.pt``), newest name last; [] when none."""
-    from facekit import settings
+def released_methods() -> list[str]:
+    """Method names for the models released under ``models/``; [] when there are none.
 
-    if not settings.MODELS_DIR.is_dir():
-        return []
-    return sorted(p for p in settings.MODELS_DIR.glob("*.pt") if p.is_file())
+    The released chain ``models/default`` (its ``chain.yaml``) gives ``chain:default`` and, when it
+    has several stages, each stage alone (``chain:default@deblur`` ...); every ``models/*.pt``
+    generator checkpoint gives ``model:models/NAME.pt``.
+    """
+    from facekit import restore, settings
+
+    names = []
+    spec_file = restore.default_model_dir() / restore.CHAIN_FILE
+    if spec_file.is_file():
+        names.append("chain:default")
+        try:
+            stages = list(restore.read_chain_spec(spec_file).stages)
+        except ConfigError:
+            stages = []
+        if len(stages) > 1:
+            names += [f"chain:default@{s}" for s in stages]
+    if settings.MODELS_DIR.is_dir():
+        names += [f"model:models/{p.name}" for p in sorted(settings.MODELS_DIR.glob("*.pt")) if p.is_file()]
+    return names
 
 
 def run_dir(name: str) -> Path:

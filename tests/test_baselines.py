@@ -155,3 +155,53 @@ def test_face_reference_white_balance_keeps_skin_colour(faces):
     assert "mean colour" in m.note and m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 64, 64)
     _, skipped = baselines.build_methods(["classical-ref"])
     assert "train_faces" in skipped["classical-ref"]
+
+
+def test_model_and_chain_methods_load_saved_generators(tmp_path):
+    """model:PATH loads a facekit generator checkpoint; chain:DIR and chain:DIR@stage run chain folders."""
+    chain = pytest.importorskip("facekit.chain")
+    from facekit.archs import build_model
+
+    torch.manual_seed(0)
+    kwargs = {"scale": 4, "base": 8, "depth": 2}
+    net = build_model("unet", **kwargs).eval()
+    ckpt = chain.save_stage(tmp_path / "reconstruct.pt", "reconstruct", net, kwargs, arch="unet", in_size=16)
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = net(lq).clamp(0, 1)
+
+    m = baselines.build_method(f"model:{ckpt}", scale=4)
+    assert m.native_scale == 4 and m.name == f"model:{ckpt}" and "chain stage" in m.note
+    assert torch.allclose(m(lq), expected, atol=1e-5)
+
+    # a training checkpoint (facekit.checkpoint layout): the EMA weights are the ones used
+    from facekit import checkpoint
+
+    ema = build_model("unet", **kwargs).eval()
+    train_ckpt = checkpoint.save_checkpoint(tmp_path / "train.pt", {
+        "format": checkpoint.FORMAT, "step": 10, "config": {"scale": 4, "size": 64},
+        "arch_g": checkpoint.arch_entry("unet", kwargs, net), "net_g": net.state_dict(), "net_g_ema": ema.state_dict()})
+    m = baselines.build_method(f"model:{train_ckpt}", scale=4)
+    assert "training checkpoint" in m.note
+    with torch.inference_mode():
+        assert torch.allclose(m(lq), ema(lq).clamp(0, 1), atol=1e-5)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    from facekit.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        baselines.build_method(f"model:{tmp_path / 'junk.pt'}")
+
+    deblur = build_model("unet", scale=1, base=8, depth=2).eval()
+    chain.save_stage(tmp_path / "deblur.pt", "deblur", deblur, {"scale": 1, "base": 8, "depth": 2}, arch="unet",
+                     in_size=16)
+    (tmp_path / "chain.yaml").write_text("size: 16\nstages:\n  deblur: deblur.pt\n  reconstruct: reconstruct.pt\n")
+    full = baselines.build_method(f"chain:{tmp_path}", scale=4)
+    assert full.native_scale == 4 and "deblur -> reconstruct" in full.note
+    with torch.inference_mode():
+        assert torch.allclose(full(lq), net(deblur(lq).clamp(0, 1)).clamp(0, 1), atol=1e-5)
+    alone = baselines.build_method(f"chain:{tmp_path}@deblur", scale=4)
+    assert alone.native_scale == 1
+    out = alone(lq)
+    assert out.shape == (3, 3, 64, 64)  # a x1 stage alone is resized to the gt size
+    _, skipped = baselines.build_methods([f"chain:{tmp_path / 'nowhere'}"])
+    assert "does not exist" in skipped[f"chain:{tmp_path / 'nowhere'}"]
