@@ -131,9 +131,9 @@ def check_architecture(ckpt: dict, path: str | Path, key: str, expected_name: st
         missing = sorted(set(want) - set(have))[:3]
         extra = sorted(set(have) - set(want))[:3]
         shape = [f"{k}: expected {want[k]}, found {have[k]}" for k in want if k in have and want[k] != have[k]][:3]
-        raise CheckpointError(f"{path}: {key} {expected_name!r} has a different configuration: expected kwargs "
-                              f"{{...}} giving other shapes; found kwargs {entry.get('kwargs')}; "
-                              f"missing {missing}, unexpected {extra}, shape mismatches {shape}")
+        raise CheckpointError(f"{path}: {key} {expected_name!r} was saved with another configuration "
+                              f"(kwargs {entry.get('kwargs')}): missing {missing}, unexpected {extra}, "
+                              f"shape mismatches {shape}")
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True):

@@ -1,0 +1,663 @@
+"""GAN training of a face restorer on CPU (or GPU), resumable exactly, data parallel via torchrun.
+
+``train(cfg)`` writes ``DATA_DIR/runs/<name>/`` with ``config.yaml``, ``metrics.csv``,
+``summary.json``, ``samples/step_XXXXXX.png`` (rows of lq | out | gt) and
+``checkpoints/last.pt`` (+ ``step_XXXXXX.pt`` every ``ckpt_every`` steps).
+
+Exact resume: the sampler order of epoch ``e`` is a permutation from a ``torch.Generator`` seeded
+by ``(seed, e)``, sample ``i`` is synthesised from ``(seed, e, i)`` (see
+:class:`facekit.dataset.PairedFaceDataset`), the only other randomness (gradient-penalty
+interpolation weights) comes from a generator saved in the checkpoint with every global RNG
+state, and checkpoints are written at step boundaries. A run killed after a checkpoint and
+resumed therefore ends with the same weights as one that ran straight through (deterministic
+mode, same thread count).
+
+Data parallel: started under ``torchrun`` (``WORLD_SIZE`` > 1), each process takes its own
+slice of every global batch, gradients are averaged with one all-reduce per network (gloo on
+CPU, nccl on CUDA), and only rank 0 validates and writes files. We average gradients explicitly
+instead of wrapping in ``DistributedDataParallel`` because the gradient penalty needs
+double backward through the discriminator, which DDP's reducer does not support.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from facekit import losses, metrics, settings
+from facekit.archs import ARCHS, build_model
+from facekit.checkpoint import (arch_entry, check_architecture, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
+from facekit.errors import CheckpointError, ConfigError
+
+SCHEDULES = ("cosine", "step", "constant")
+LOSS_KEYS = ("l_g_pix", "l_g_gan", "l_d_real", "l_d_fake", "l_d_gp")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.yaml`` and inside checkpoints."""
+
+    name: str = "smoke"
+    data: str = "orl"  # facekit.data source: "orl", "celeba:PATH", "folder:PATH"
+    size: int = 64  # gt side
+    scale: int = 4  # lq side = size / scale
+    limit: int | None = None  # only the first N source images
+    preset: str = "cctv-heavy"  # facekit.degrade preset
+    conditions: list[str] | None = None  # lighting conditions (None = all five)
+    angles: bool = True  # head-pose augmentation
+    val_count: int = 64  # held-out val faces (spread over the conditions)
+    arch_g: str = "unet"
+    arch_g_kwargs: dict = field(default_factory=lambda: {"base": 32, "depth": 3})
+    arch_d: str = "patchgan"
+    arch_d_kwargs: dict = field(default_factory=lambda: {"base": 32, "n_layers": 3})
+    d_norm: str = "none"  # batch | instance | none
+    batch: int = 16  # per process
+    steps: int = 1000
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: int = 0  # linear LR warmup steps
+    lr_step: int = 1000  # "step" schedule: multiply by lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    ema_decay: float = 0.999
+    pixel_loss: str = "l1"  # l1 | charbonnier
+    pixel_weight: float = 1.0
+    gan_weight: float = 0.01
+    gan_type: str = "hinge"  # wgan | hinge | lsgan | vanilla
+    gan_start: int = 0  # pixel-only steps before the adversarial terms start
+    gp_weight: float = 0.0
+    gp_mode: str = "interpolate"  # interpolate (WGAN-GP) | r1
+    lazy_k: int = 1  # gradient penalty every k steps, scaled by k
+    log_every: int = 10
+    val_every: int = 200
+    ckpt_every: int = 500
+    sample_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    deterministic: bool = False
+    channels_last: bool = False
+    fused_optim: bool = True  # Adam(foreach=True) on CPU, fused=True on CUDA
+    threads: int | None = None  # torch threads per process (None: FACEKIT_THREADS / all cores)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value."""
+        def bad(key, why):
+            raise ConfigError(f"train config: {key}={getattr(self, key)!r}: {why}")
+
+        if not self.name or "/" in self.name:
+            bad("name", "must be a non-empty folder name")
+        if int(self.size) < 8 or int(self.scale) < 1 or int(self.scale) > 8 or int(self.size) % int(self.scale):
+            bad("scale", f"must be 1..8 and divide size {self.size}")
+        for key in ("arch_g", "arch_d"):
+            if getattr(self, key) not in ARCHS:
+                bad(key, f"unknown architecture; valid: {', '.join(sorted(ARCHS))}")
+        if self.d_norm not in ("batch", "instance", "none"):
+            bad("d_norm", "valid: batch, instance, none")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"valid: {', '.join(SCHEDULES)}")
+        if self.gan_type not in losses.GAN_TYPES:
+            bad("gan_type", f"valid: {', '.join(losses.GAN_TYPES)}")
+        if self.gp_mode not in losses.GP_MODES:
+            bad("gp_mode", f"valid: {', '.join(losses.GP_MODES)}")
+        if self.pixel_loss not in losses.PIXEL_LOSSES:
+            bad("pixel_loss", f"valid: {', '.join(losses.PIXEL_LOSSES)}")
+        for key in ("batch", "steps", "lazy_k", "log_every", "val_every", "ckpt_every", "sample_every"):
+            if int(getattr(self, key)) < 1:
+                bad(key, "must be >= 1")
+        if not 0 <= float(self.ema_decay) < 1:
+            bad("ema_decay", "must be in [0, 1)")
+        if len(self.betas) != 2:
+            bad("betas", "must be two numbers")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/checkpoint safe)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"train config: unknown keys {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """YAML text of the config; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file does not exist")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def with_overrides(self, items: list[str]) -> "TrainConfig":
+        """Apply ``key=value`` strings (values parsed as YAML, e.g. ``steps=50``, ``conditions=[low]``)."""
+        d = self.to_dict()
+        for item in items or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            key, value = item.split("=", 1)
+            key = key.strip()
+            parsed = yaml.safe_load(value)
+            if "." in key:  # nested dict entry, e.g. arch_g_kwargs.base=16
+                top, sub = key.split(".", 1)
+                if not isinstance(d.get(top), dict):
+                    raise ConfigError(f"--set {item!r}: {top!r} is not a mapping")
+                d[top][sub] = parsed
+            else:
+                if key not in d:
+                    raise ConfigError(f"--set {item!r}: unknown key; valid: {', '.join(sorted(d))}")
+                d[key] = parsed
+        return TrainConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the torchrun environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Sample order of ``epoch``: a permutation of ``range(n)`` from a generator seeded by (seed, epoch)."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0]))
+    return torch.randperm(n, generator=g)
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's index batches for ``epoch``: each global batch of ``batch*world`` samples is
+    split into contiguous per-rank slices (an incomplete last global batch is dropped)."""
+    perm = epoch_permutation(n, seed, epoch).tolist()
+    gb = batch * world
+    return [perm[b * gb + rank * batch: b * gb + (rank + 1) * batch] for b in range(n // gb)]
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier per step: linear warmup, then cosine to 0, step decay or constant."""
+    def f(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "cosine":
+            t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if cfg.schedule == "step":
+            return cfg.lr_gamma ** ((step - cfg.warmup) // cfg.lr_step)
+        return 1.0
+    return f
+
+
+def _make_optim(params, lr: float, betas, fused: bool, device: torch.device) -> torch.optim.Adam:
+    kwargs = {}
+    if fused:
+        kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), **kwargs)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """``ema = decay*ema + (1-decay)*net`` for parameters (one fused op), buffers copied."""
+    ep = [p for p in ema.parameters()]
+    np_ = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(ep, np_, 1.0 - decay)
+    for eb, nb in zip(ema.buffers(), net.buffers()):
+        eb.copy_(nb)
+
+
+def _average_gradients(module: torch.nn.Module, world: int) -> None:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if world <= 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _broadcast_module(module: torch.nn.Module, world: int) -> None:
+    if world > 1:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, 0)
+
+
+def split_faces(faces, val_count: int):
+    """``(train uint8, val uint8)`` from a FaceSet (its train/val splits) or an array (last
+    ``val_count`` images held out)."""
+    if hasattr(faces, "subset"):
+        train = faces.subset("train").images
+        val = faces.subset("val").images
+        if len(val) == 0:  # sources without a val split
+            train, val = faces.images[:-val_count], faces.images[-val_count:]
+        return train, val[:val_count]
+    images = np.asarray(faces)
+    if len(images) <= val_count:
+        raise ConfigError(f"need more than val_count={val_count} faces to hold out a val set, got {len(images)}")
+    return images[:-val_count], images[-val_count:]
+
+
+def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Fixed val pairs: the val faces spread round-robin over the lighting conditions."""
+    from facekit import augment
+    from facekit.dataset import make_eval_pairs
+
+    conds = list(cfg.conditions or augment.CONDITIONS)
+    lqs, gts, names = [], [], []
+    for k, c in enumerate(conds):
+        part = val_images[k::len(conds)]
+        if len(part) == 0:
+            continue
+        lq, gt = make_eval_pairs(part, cfg.preset, cfg.scale, condition=c, seed=cfg.seed + 1)
+        lqs.append(lq), gts.append(gt), names.extend([c] * len(part))
+    return torch.cat(lqs), torch.cat(gts), names
+
+
+@torch.inference_mode()
+def evaluate(net_g: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, device: torch.device,
+             batch: int = 32, channels_last: bool = False) -> dict[str, float]:
+    """Mean PSNR/SSIM of ``net_g`` on pairs, plus those of bicubic upsampling."""
+    was_training = net_g.training
+    net_g.eval()
+    ps, ss, outs = [], [], []
+    for i in range(0, len(lq), batch):
+        x = lq[i: i + batch].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = net_g(x).clamp(0, 1).float().cpu()
+        g = gt[i: i + batch]
+        ps.append(metrics.psnr(out, g)), ss.append(metrics.ssim(out, g)), outs.append(out)
+    net_g.train(was_training)
+    return {"psnr": float(torch.cat(ps).mean()), "ssim": float(torch.cat(ss).mean())}
+
+
+def bicubic_scores(lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """PSNR/SSIM of plain bicubic upsampling of ``lq`` to ``gt``'s size (the baseline to beat)."""
+    up = torch.nn.functional.interpolate(lq, size=gt.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    return {"psnr": float(metrics.psnr(up, gt).mean()), "ssim": float(metrics.ssim(up, gt).mean())}
+
+
+@torch.inference_mode()
+def save_samples(path: Path, net_g: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, device: torch.device,
+                 n: int = 8) -> Path:
+    """PNG grid: one row per face, columns lq (nearest-upsampled) | out | gt."""
+    from torchvision.utils import save_image
+
+    was_training = net_g.training
+    net_g.eval()
+    lq, gt = lq[:n], gt[:n]
+    out = net_g(lq.to(device)).clamp(0, 1).float().cpu()
+    net_g.train(was_training)
+    lq_up = torch.nn.functional.interpolate(lq, size=gt.shape[-2:], mode="nearest")
+    tiles = torch.stack([lq_up, out, gt], dim=1).flatten(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(tiles, str(path), nrow=3, padding=2, pad_value=1.0)
+    return path
+
+
+def _load_training_faces(cfg: TrainConfig, progress: bool):
+    from facekit.data import load_faces
+
+    return load_faces(cfg.data, size=cfg.size, limit=cfg.limit, seed=cfg.seed, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """Holds the networks, optimizers and data of one run; :meth:`step` does one G+D iteration."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.net_g = build_model(cfg.arch_g, scale=cfg.scale, **cfg.arch_g_kwargs).to(device)
+        self.net_d = build_model(cfg.arch_d, norm=cfg.d_norm, **cfg.arch_d_kwargs).to(device)
+        if cfg.channels_last:
+            self.net_g.to(memory_format=torch.channels_last)
+            self.net_d.to(memory_format=torch.channels_last)
+        _broadcast_module(self.net_g, world)
+        _broadcast_module(self.net_d, world)
+        self.net_g_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False)
+        self.optim_g = _make_optim(self.net_g.parameters(), cfg.lr_g, cfg.betas, cfg.fused_optim, device)
+        self.optim_d = _make_optim(self.net_d.parameters(), cfg.lr_d, cfg.betas, cfg.fused_optim, device)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.optim_g, lr_lambda(cfg))
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.optim_d, lr_lambda(cfg))
+        # GP interpolation weights: their own generator, offset per rank, saved in checkpoints.
+        self.gp_gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + 17 + rank)
+        self.extra_losses: losses.ExtraLosses = {}
+        self.step_count = 0
+
+    def step(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+        """One iteration: a single G forward shared by the D step (detached) and the G step.
+
+        Args:
+            lq: ``(B,3,h,w)`` in [0,1]; gt: ``(B,3,H,W)`` in [0,1].
+
+        Returns:
+            Loss values by name (``l_g_pix``, ``l_g_gan``, ``l_d_real``, ``l_d_fake``, ``l_d_gp``, extras).
+        """
+        cfg, step = self.cfg, self.step_count
+        lq, gt = lq.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            lq = lq.contiguous(memory_format=torch.channels_last)
+            gt = gt.contiguous(memory_format=torch.channels_last)
+        out = self.net_g(lq, out_size=gt.shape[-2:])
+        use_gan = cfg.gan_weight > 0 and step >= cfg.gan_start
+        logs: dict[str, torch.Tensor] = {}
+        fake_pred = None
+        if use_gan:
+            self.net_d.requires_grad_(True)
+            l_d, d_terms = losses.discriminator_losses(
+                self.net_d, gt, out.detach(), gan_type=cfg.gan_type, gp_weight=cfg.gp_weight, gp_mode=cfg.gp_mode,
+                gp_scale=losses.lazy_scale(step, cfg.lazy_k), generator=self.gp_gen)
+            self.optim_d.zero_grad(set_to_none=True)
+            l_d.backward()
+            _average_gradients(self.net_d, self.world)
+            self.optim_d.step()
+            logs.update(d_terms)
+            self.net_d.requires_grad_(False)  # G step: no grads into D's weights
+            fake_pred = self.net_d(out)
+        l_g, g_terms = losses.generator_losses(out, gt, fake_pred, pixel_weight=cfg.pixel_weight,
+                                               gan_weight=cfg.gan_weight, gan_type=cfg.gan_type,
+                                               pixel_kind=cfg.pixel_loss, extra=self.extra_losses)
+        self.optim_g.zero_grad(set_to_none=True)
+        l_g.backward()
+        _average_gradients(self.net_g, self.world)
+        self.optim_g.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        ema_update(self.net_g_ema, self.net_g, cfg.ema_decay)
+        self.step_count += 1
+        logs.update(g_terms)
+        result = {k: 0.0 for k in LOSS_KEYS}
+        result.update({k: float(v.detach()) for k, v in logs.items()})
+        return result
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "format": "facekit-train-1", "step": self.step_count, "epoch": epoch, "config": cfg.to_dict(),
+            "arch_g": arch_entry(cfg.arch_g, dict(cfg.arch_g_kwargs, scale=cfg.scale), self.net_g),
+            "arch_d": arch_entry(cfg.arch_d, dict(cfg.arch_d_kwargs, norm=cfg.d_norm), self.net_d),
+            "net_g": self.net_g.state_dict(), "net_g_ema": self.net_g_ema.state_dict(),
+            "net_d": self.net_d.state_dict(),
+            "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "rng": rng_state({"gp": self.gp_gen}),
+        }
+
+    def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
+        check_architecture(ckpt, path, "arch_d", self.cfg.arch_d, self.net_d)
+        try:
+            self.net_g.load_state_dict(ckpt["net_g"])
+            self.net_g_ema.load_state_dict(ckpt["net_g_ema"])
+            self.net_d.load_state_dict(ckpt["net_d"])
+            self.optim_g.load_state_dict(ckpt["optim_g"])
+            self.optim_d.load_state_dict(ckpt["optim_d"])
+            self.sched_g.load_state_dict(ckpt["sched_g"])
+            self.sched_d.load_state_dict(ckpt["sched_d"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot restore training state ({type(exc).__name__}: {exc})") from None
+        set_rng_state(ckpt["rng"], {"gp": self.gp_gen})
+        self.step_count = int(ckpt["step"])
+
+
+def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([it["lq"] for it in items]), torch.stack([it["gt"] for it in items])
+
+
+def _batch_iter(dataset, cfg: TrainConfig, rank: int, world: int, start_step: int):
+    """Yield ``(epoch, lq, gt)`` forever, starting at global step ``start_step``."""
+    n_batches = len(dataset) // (cfg.batch * world)
+    if n_batches == 0:
+        raise ConfigError(f"batch {cfg.batch} x {world} processes is larger than the {len(dataset)} training faces")
+    epoch, first = divmod(start_step, n_batches)
+    while True:
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg.batch, cfg.seed, epoch, rank, world)[first:]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=_collate,
+            worker_init_fn=getattr(dataset, "worker_init_fn", None) if cfg.num_workers else None)
+        for lq, gt in loader:
+            yield epoch, lq, gt
+        epoch, first = epoch + 1, 0
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (a killed run may have logged past its last checkpoint)."""
+    if not path.exists():
+        return
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(keep)
+
+
+def run_dir_for(cfg: TrainConfig, runs_dir: str | Path | None = None) -> Path:
+    return Path(runs_dir or settings.DATA_DIR / "runs") / cfg.name
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=None, val_faces=None,
+          runs_dir: str | Path | None = None, overwrite: bool = False,
+          extra_losses: losses.ExtraLosses | None = None,
+          on_checkpoint: Callable[[int, Path], None] | None = None,
+          on_log: Callable[[dict], None] | None = None) -> Path:
+    """Train a restorer; returns the run folder.
+
+    Args:
+        cfg: the run's config.
+        resume: continue from ``checkpoints/last.pt`` of the run folder (exactly).
+        progress: tqdm bar with live losses.
+        faces: training faces instead of ``load_faces(cfg.data)``: a FaceSet or ``(N,S,S,3)`` uint8.
+        val_faces: val faces (``(M,S,S,3)`` uint8); default: the FaceSet's val split or the last
+            ``cfg.val_count`` of the array.
+        runs_dir: parent of the run folder (default ``DATA_DIR/runs``).
+        overwrite: start afresh even if the run folder already holds a checkpoint.
+        extra_losses: ``{name: (weight, fn(out, gt) -> scalar)}`` added to the generator loss.
+        on_checkpoint: called as ``fn(step, path)`` after each checkpoint write (rank 0).
+        on_log: called with each metrics row (rank 0), e.g. for a live plot.
+
+    Returns:
+        ``Path`` of the run folder.
+    """
+    rank, world, local_rank = _dist_info()
+    dev = torch.device(cfg.device)
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+    settings.set_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    is_main = rank == 0
+    run_dir = run_dir_for(cfg, runs_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if is_main and not resume and last.exists() and not overwrite:
+        raise ConfigError(f"{run_dir}: a run with this name already has checkpoints; pass resume "
+                          f"(--resume) to continue it or overwrite (--overwrite) to start again")
+    if resume and not last.exists():
+        raise CheckpointError(f"{last}: no checkpoint to resume from")
+
+    from facekit.dataset import PairedFaceDataset
+
+    if faces is None:
+        faces = _load_training_faces(cfg, progress and is_main)
+    train_images, held_out = split_faces(faces, cfg.val_count)
+    if val_faces is not None:
+        held_out = np.asarray(val_faces)[: cfg.val_count]
+    if train_images.shape[1] != cfg.size:
+        raise ConfigError(f"faces are {train_images.shape[1]} px but the config says size={cfg.size}")
+    dataset = PairedFaceDataset(train_images, preset=cfg.preset, scale=cfg.scale,
+                                conditions=cfg.conditions if cfg.conditions else None, angles=cfg.angles,
+                                seed=cfg.seed)
+    val_lq, val_gt, _ = make_val_pairs(held_out, cfg)
+
+    trainer = Trainer(cfg, dev, rank, world)
+    if extra_losses:
+        trainer.extra_losses = dict(extra_losses)
+    metrics_path = run_dir / "metrics.csv"
+    if resume:
+        ckpt = load_checkpoint(last)
+        trainer.load_state(ckpt, last)
+    elif is_main:
+        for old in list(ckpt_dir.glob("*.pt")) + list((run_dir / "samples").glob("*.png")):
+            old.unlink()
+        if metrics_path.exists():
+            metrics_path.unlink()
+    start = trainer.step_count
+    baseline = bicubic_scores(val_lq, val_gt)
+    columns = ["step", "epoch", "lr_g", *LOSS_KEYS, *[f"l_g_{k}" if not k.startswith("l_g_") else k
+                                                      for k in trainer.extra_losses],
+               "val_psnr", "val_ssim", "images_per_s"]
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(run_dir / "config.yaml")
+        if resume:
+            _truncate_metrics(metrics_path, start)
+        if not metrics_path.exists():
+            with metrics_path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(columns)
+
+    bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.name}", unit="step")
+    batches = _batch_iter(dataset, cfg, rank, world, start)
+    epoch = 0
+    t0, seen = time.perf_counter(), 0
+    val = {"psnr": float("nan"), "ssim": float("nan")}
+    t_start = time.perf_counter()
+    while trainer.step_count < cfg.steps:
+        epoch, lq, gt = next(batches)
+        logs = trainer.step(lq, gt)
+        seen += lq.shape[0] * world
+        step = trainer.step_count
+        done = step == cfg.steps
+        if is_main:
+            row_due = step % cfg.log_every == 0 or step % cfg.val_every == 0 or done
+            val_due = step % cfg.val_every == 0 or done
+            if val_due:
+                val = evaluate(trainer.net_g_ema, val_lq, val_gt, dev, channels_last=cfg.channels_last)
+            if step % cfg.sample_every == 0 or done:
+                save_samples(run_dir / "samples" / f"step_{step:06d}.png", trainer.net_g_ema, val_lq, val_gt, dev)
+            if row_due:
+                ips = seen / max(1e-9, time.perf_counter() - t0)
+                t0, seen = time.perf_counter(), 0
+                row = {"step": step, "epoch": epoch, "lr_g": trainer.optim_g.param_groups[0]["lr"], **logs,
+                       "val_psnr": val["psnr"] if val_due else "", "val_ssim": val["ssim"] if val_due else "",
+                       "images_per_s": round(ips, 2)}
+                with metrics_path.open("a", newline="") as fh:
+                    csv.writer(fh).writerow([row.get(c, "") for c in columns])
+                if on_log is not None:
+                    on_log(row)
+            if step % cfg.ckpt_every == 0 or done:
+                state = trainer.state(epoch)
+                save_checkpoint(last, state)
+                if step % cfg.ckpt_every == 0:
+                    save_checkpoint(ckpt_dir / f"step_{step:06d}.pt", state)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, last)
+            if bar is not None:
+                bar.update(1)
+                if row_due:
+                    bar.set_postfix({k.removeprefix("l_"): f"{v:.3g}" for k, v in logs.items()}
+                                    | ({"val_psnr": f"{val['psnr']:.2f}"} if val["psnr"] == val["psnr"] else {}))
+    if bar is not None:
+        bar.close()
+    if is_main:
+        elapsed = time.perf_counter() - t_start
+        summary = {"name": cfg.name, "steps": cfg.steps, "resumed_from": start, "val_psnr": val["psnr"],
+                   "val_ssim": val["ssim"], "bicubic_psnr": baseline["psnr"], "bicubic_ssim": baseline["ssim"],
+                   "seconds": round(elapsed, 2),
+                   "steps_per_s": round((cfg.steps - start) / max(elapsed, 1e-9), 3), "world_size": world,
+                   "val_faces": int(len(val_lq)), "train_faces": int(len(dataset))}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+def load_metrics(run_dir: str | Path):
+    """``metrics.csv`` of a run as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / "metrics.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start again even if the run has checkpoints")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (YAML syntax), repeatable; e.g. --set steps=100")
+    parser.add_argument("--runs-dir", default=None, help="parent folder of run folders (default data/runs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    cfg = TrainConfig.from_yaml(args.config).with_overrides(args.overrides)
+    if getattr(args, "threads", None) is not None and cfg.threads is None:
+        cfg.threads = args.threads
+    run_dir = train(cfg, resume=args.resume, progress=not args.no_progress, runs_dir=args.runs_dir,
+                    overwrite=args.overwrite)
+    if _dist_info()[0] == 0:
+        print(run_dir)
+        summary = run_dir / "summary.json"
+        if summary.exists():
+            print(summary.read_text())
+    return 0
