@@ -1,0 +1,67 @@
+"""Model registry, U-Net generator and PatchGAN discriminator."""
+
+import pytest
+import torch
+
+from facekit.archs import ARCHS, arch_name, build_model
+from facekit.archs.discriminator import PatchDiscriminator
+from facekit.archs.unet import UNetGenerator
+from facekit.errors import ConfigError
+
+
+def test_registry_is_a_literal_dict_and_unknown_names_list_the_valid_ones():
+    assert ARCHS["unet"] is UNetGenerator and ARCHS["patchgan"] is PatchDiscriminator
+    with pytest.raises(ConfigError, match="unknown architecture 'nope'.*patchgan.*unet"):
+        build_model("nope")
+    with pytest.raises(ConfigError, match="does not accept"):
+        build_model("unet", widthh=3)
+    assert arch_name(build_model("unet", base=4, depth=1)) == "unet"
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("up", ["resize", "transpose"])
+def test_unet_output_is_gt_sized_for_any_scale(scale, up):
+    net = build_model("unet", scale=scale, base=4, depth=2, up=up)
+    lq = torch.rand(2, 3, 48 // scale, 48 // scale)
+    assert net(lq).shape == (2, 3, 48, 48)
+    # sizes that are not a multiple of 2**depth work too (internal padding)
+    assert net(lq, out_size=(37, 41)).shape == (2, 3, 37, 41)
+
+
+def test_unet_starts_near_bicubic_and_learns_a_residual():
+    net = build_model("unet", scale=4, base=8, depth=2)
+    lq = torch.rand(1, 3, 8, 8)
+    bic = torch.nn.functional.interpolate(lq, size=(32, 32), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        torch.nn.init.zeros_(net.tail.weight)
+        assert torch.equal(net(lq), bic)
+
+
+def test_unet_rejects_bad_options():
+    with pytest.raises(ConfigError, match="upsampling mode 'pixel'.*resize, transpose"):
+        build_model("unet", up="pixel")
+    with pytest.raises(ConfigError, match="scale must be between 1 and 8"):
+        build_model("unet", scale=16)
+
+
+@pytest.mark.parametrize("norm,layer", [("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d),
+                                        ("none", None)])
+def test_discriminator_norm_switch_builds(norm, layer):
+    net = build_model("patchgan", norm=norm, base=8, n_layers=3)
+    kinds = {type(m) for m in net.modules()}
+    if layer is None:
+        assert not kinds & {torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d}
+    else:
+        assert layer in kinds
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 1, 6, 6)
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_multiscale_discriminator_returns_one_map_per_scale():
+    net = build_model("patchgan", norm="instance", base=8, n_layers=2, num_scales=3)
+    outs = net(torch.rand(2, 3, 64, 64))
+    assert [o.shape[-1] for o in outs] == [14, 6, 2]
+    with pytest.raises(ConfigError, match="unknown discriminator norm 'layer'.*batch, instance, none"):
+        build_model("patchgan", norm="layer")
