@@ -30,6 +30,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -404,7 +405,12 @@ class Trainer:
         _average_gradients(self.net_g, self.world)
         self.optim_g.step()
         self.sched_g.step()
-        self.sched_d.step()
+        if use_gan:
+            self.sched_d.step()
+        else:  # keep D's schedule aligned with the step count while D rests (pixel-only warmup)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched_d.step()
         ema_update(self.net_g_ema, self.net_g, cfg.ema_decay)
         self.step_count += 1
         logs.update(g_terms)

@@ -1,0 +1,242 @@
+"""Training loop: one step, overfitting, exact resume after SIGKILL, wrong checkpoints, DDP, config."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facekit import checkpoint
+from facekit.errors import CheckpointError, ConfigError
+from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def orl_faces(n: int, size: int = 32) -> np.ndarray:
+    """First ``n`` ORL faces (one per person, then the next shot) as ``(n,size,size,3) uint8``."""
+    from facekit.data import orl_dir
+
+    files = sorted(glob.glob(str(orl_dir() / "s*" / "*.pgm")), key=lambda p: (int(Path(p).stem), p))[:n]
+    assert len(files) == n, f"ORL faces missing under {orl_dir()}"
+    out = []
+    for f in files:
+        g = cv2.imread(f, cv2.IMREAD_GRAYSCALE)[10:102]  # 92x92 around the face
+        g = cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA)
+        out.append(np.repeat(g[..., None], 3, 2))
+    return np.stack(out)
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(name="tiny", size=32, scale=4, batch=4, steps=6, val_count=4, arch_g_kwargs={"base": 8, "depth": 2},
+                arch_d_kwargs={"base": 8, "n_layers": 2}, log_every=2, val_every=3, ckpt_every=3, sample_every=3,
+                threads=1, gan_type="wgan", gp_weight=10.0, lazy_k=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_one_step_changes_weights_and_returns_the_named_losses():
+    cfg = tiny_cfg(d_norm="batch")
+    tr = Trainer(cfg, torch.device("cpu"))
+    g0 = [p.detach().clone() for p in tr.net_g.parameters()]
+    d0 = [p.detach().clone() for p in tr.net_d.parameters()]
+    e0 = [p.detach().clone() for p in tr.net_g_ema.parameters()]
+    lq, gt = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 32, 32)
+    logs = tr.step(lq, gt)
+    assert set(logs) == set(LOSS_KEYS)
+    assert all(np.isfinite(v) for v in logs.values())
+    assert logs["l_d_gp"] > 0  # step 0 is a lazy-regularisation step
+    assert all(not torch.equal(a, b) for a, b in zip(g0, tr.net_g.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, tr.net_d.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(e0, tr.net_g_ema.parameters()))
+    logs = tr.step(lq, gt)
+    assert logs["l_d_gp"] == 0.0  # step 1 is not (lazy_k=2)
+
+
+def test_pixel_only_warmup_skips_the_discriminator():
+    tr = Trainer(tiny_cfg(gan_start=5), torch.device("cpu"))
+    d0 = [p.detach().clone() for p in tr.net_d.parameters()]
+    logs = tr.step(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32))
+    assert logs["l_g_gan"] == 0.0 and logs["l_g_pix"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(d0, tr.net_d.parameters()))
+
+
+def test_epoch_batches_shard_a_seeded_permutation():
+    full = epoch_batches(20, 2, seed=3, epoch=1, rank=0, world=1)
+    r0 = epoch_batches(20, 2, seed=3, epoch=1, rank=0, world=2)
+    r1 = epoch_batches(20, 2, seed=3, epoch=1, rank=1, world=2)
+    assert len(r0) == len(r1) == 5
+    assert [a + b for a, b in zip(r0, r1)] == [full[2 * i] + full[2 * i + 1] for i in range(5)]
+    assert sorted(sum(full, [])) == list(range(20))
+    assert full == epoch_batches(20, 2, seed=3, epoch=1)
+    assert full != epoch_batches(20, 2, seed=3, epoch=2)
+
+
+def test_run_folder_contents_and_wrong_architecture_checkpoint(tmp_path):
+    faces = orl_faces(12)
+    run = train(tiny_cfg(), faces=faces, runs_dir=tmp_path, progress=False)
+    assert (run / "config.yaml").exists()
+    assert TrainConfig.from_yaml(run / "config.yaml") == tiny_cfg()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_000003.pt", "step_000006.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    grid = cv2.imread(str(run / "samples" / "step_000006.png"))
+    assert grid.shape[1] == 3 * 32 + 4 * 2  # lq | out | gt
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:8] == ["step", "epoch", "lr_g", *LOSS_KEYS]
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "3", "4", "6"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and np.isfinite(summary["val_psnr"]) and np.isfinite(summary["bicubic_psnr"])
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(tiny_cfg(), faces=faces, runs_dir=tmp_path, progress=False)
+
+    net, info = checkpoint.load_generator(run / "checkpoints" / "last.pt")
+    assert info["arch"] == "unet" and info["scale"] == 4
+    assert net(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+    # Resuming into a different generator architecture names the file, expected and found archs.
+    ckpt_path = run / "checkpoints" / "last.pt"
+    data = checkpoint.load_checkpoint(ckpt_path)
+    data["arch_g"]["name"] = "rrdbnet"
+    bad = tmp_path / "tiny" / "checkpoints" / "last.pt"
+    checkpoint.save_checkpoint(bad, data)
+    with pytest.raises(CheckpointError, match=r"last\.pt: wrong architecture for arch_g: expected 'unet', found 'rrdbnet'"):
+        train(tiny_cfg(steps=8), faces=faces, runs_dir=tmp_path, progress=False, resume=True)
+    # Same name, other widths: shapes differ.
+    data["arch_g"]["name"] = "unet"
+    checkpoint.save_checkpoint(bad, data)
+    with pytest.raises(CheckpointError, match="another configuration.*shape mismatches"):
+        train(tiny_cfg(steps=8, arch_g_kwargs={"base": 16, "depth": 2}), faces=faces, runs_dir=tmp_path,
+              progress=False, resume=True)
+    # Not a checkpoint at all.
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        checkpoint.load_generator(bad)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from facekit.train import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(sys.argv[1])
+    faces = np.load(sys.argv[2])
+    kill_at = int(sys.argv[4])
+
+    def on_checkpoint(step, path):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, exactly like a crash
+
+    train(cfg, faces=faces, runs_dir=sys.argv[3], progress=False, resume=bool(int(sys.argv[5])),
+          on_checkpoint=on_checkpoint)
+""")
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
+    faces = orl_faces(16)
+    np.save(tmp_path / "faces.npy", faces)
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    # 12 training faces / batch 4 = 3 steps per epoch: the kill at step 4 is mid-epoch.
+    common = dict(steps=8, ckpt_every=2, deterministic=True, num_workers=0, d_norm="instance")
+    straight = train(tiny_cfg(name="straight", **common), faces=faces, runs_dir=tmp_path, progress=False)
+
+    cfg = tiny_cfg(name="killed", **common)
+    cfg.to_yaml(tmp_path / "killed.yaml")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FACEKIT_THREADS="1")
+    args = [sys.executable, str(tmp_path / "kill.py"), str(tmp_path / "killed.yaml"), str(tmp_path / "faces.npy"),
+            str(tmp_path)]
+    proc = subprocess.run(args + ["4", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"] == 4
+    proc = subprocess.run(args + ["-1", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    a = checkpoint.load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for key in ("net_g", "net_g_ema", "net_d"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert torch.equal(a["rng"]["generators"]["gp"], b["rng"]["generators"]["gp"])
+    steps = [r.split(",")[0] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["2", "3", "4", "6", "8"]
+
+
+@pytest.mark.slow
+def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
+    faces = orl_faces(8)
+    cfg = TrainConfig(name="overfit", size=32, scale=4, batch=8, steps=300, val_count=8, preset="cctv-light",
+                      conditions=["medium"], angles=False, arch_g_kwargs={"base": 16, "depth": 2},
+                      arch_d_kwargs={"base": 8, "n_layers": 2}, gan_weight=0.0, lr_g=1e-3, betas=[0.9, 0.99],
+                      schedule="constant", ema_decay=0.0, log_every=100, val_every=1000, ckpt_every=1000,
+                      sample_every=1000, threads=1)
+    # train on the 8 faces (the array's last val_count are held out, so pass them twice) and
+    # validate on fresh degradations of the same 8 faces
+    run = train(cfg, faces=np.concatenate([faces, faces]), val_faces=faces, runs_dir=tmp_path, progress=False)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["train_faces"] == 8 and s["val_faces"] == 8
+    assert s["val_psnr"] > s["bicubic_psnr"] + 4.0, s
+    assert s["val_ssim"] > s["bicubic_ssim"] + 0.05, s
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from facekit.train import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(sys.argv[1])
+    train(cfg, faces=np.load(sys.argv[2]), runs_dir=sys.argv[3], progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_runs_and_matches_one_process_with_the_same_global_batch(tmp_path):
+    faces = orl_faces(20)
+    np.save(tmp_path / "faces.npy", faces)
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    # pixel loss only and no batch-dependent layers: two ranks of batch 2 must equal one of 4.
+    common = dict(steps=4, gan_weight=0.0, deterministic=True, ckpt_every=4, val_every=4, sample_every=4)
+    tiny_cfg(name="ddp", batch=2, **common).to_yaml(tmp_path / "ddp.yaml")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FACEKIT_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                           str(tmp_path / "ddp.py"), str(tmp_path / "ddp.yaml"), str(tmp_path / "faces.npy"),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    single = train(tiny_cfg(name="single", batch=4, **common), faces=faces, runs_dir=tmp_path, progress=False)
+    a = checkpoint.load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["net_g"]
+    b = checkpoint.load_checkpoint(single / "checkpoints" / "last.pt")["net_g"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    cfg = tiny_cfg()
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert TrainConfig.from_yaml(path) == cfg
+    cfg2 = cfg.with_overrides(["steps=50", "conditions=[low, bright]", "arch_g_kwargs.base=16"])
+    assert (cfg2.steps, cfg2.conditions, cfg2.arch_g_kwargs["base"]) == (50, ["low", "bright"], 16)
+    with pytest.raises(ConfigError, match="unknown key"):
+        cfg.with_overrides(["stepz=3"])
+    with pytest.raises(ConfigError, match="gan_type='nope'.*valid: wgan, hinge"):
+        cfg.with_overrides(["gan_type=nope"])
+    with pytest.raises(ConfigError, match="arch_g='nope'.*valid: patchgan, unet"):
+        TrainConfig(arch_g="nope")
+    path.write_text("steps: 3\nbogus: 1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: .*unknown keys \['bogus'\]"):
+        TrainConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "celeba-default.yaml"])
+def test_shipped_configs_load(name):
+    cfg = TrainConfig.from_yaml(ROOT / "configs" / name)
+    assert cfg.size % cfg.scale == 0
