@@ -1,0 +1,1032 @@
+"""Real-time CCTV video: read frames (file, image sequence, webcam, stream URL), detect and track
+faces, enhance each face crop, paste it back with a feathered blend, keep enhanced faces stable
+over time, and write an annotated video, a browser-playable VP8 ``.webm``, a per-track gallery and
+compact track files.
+
+Reader, processing and writer run in separate threads joined by bounded queues. Files process
+every frame (the reader waits); live sources drop the oldest queued frame when processing falls
+behind, and the count is reported.
+
+Command line: ``python -m facekit video INPUT OUTPUT_DIR [--enhancer ...] [--detect-every k] ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from facekit.errors import ConfigError, FacekitError, VideoReadError
+from facekit.tracking import CropStabilizer, FlickerMeter, IoUTracker, TrackerConfig
+
+Enhancer = Callable[[np.ndarray], np.ndarray]
+"""``(N,S,S,3) uint8 RGB crops -> (N,S2,S2,3) uint8 RGB`` enhanced crops."""
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# codec -> container extension for the main output (VP8 is the browser copy, always .webm).
+CODECS: dict[str, str] = {"mp4v": ".mp4", "MJPG": ".avi", "XVID": ".avi", "VP80": ".webm"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Enhancers
+
+
+def _enhance_none(crops: np.ndarray) -> np.ndarray:
+    return crops
+
+
+def _enhance_bicubic(crops: np.ndarray) -> np.ndarray:
+    if len(crops) == 0:
+        return crops
+    s = crops.shape[1] * 2
+    return np.stack([cv2.resize(c, (s, s), interpolation=cv2.INTER_CUBIC) for c in crops])
+
+
+_CLAHE = threading.local()
+
+
+def _enhance_classical(crops: np.ndarray) -> np.ndarray:
+    """Edge-preserving denoise, CLAHE on lightness, unsharp mask: a fast non-learned baseline."""
+    if not hasattr(_CLAHE, "op"):
+        _CLAHE.op = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+    out = np.empty_like(crops)
+    for i, c in enumerate(crops):
+        d = cv2.bilateralFilter(c, 5, 30, 5)
+        lab = cv2.cvtColor(d, cv2.COLOR_RGB2LAB)
+        lab[:, :, 0] = _CLAHE.op.apply(lab[:, :, 0])
+        d = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+        blur = cv2.GaussianBlur(d, (0, 0), 1.2)
+        out[i] = cv2.addWeighted(d, 1.6, blur, -0.6, 0)
+    return out
+
+
+class ModelEnhancer:
+    """Restore crops with a trained facekit model.
+
+    Args:
+        path: a chain folder (``chain.yaml``), a ``chain.yaml``, a stage checkpoint (``.pt``/``.pth``)
+            run as a one-stage "reconstruct" chain, or an exported ``.onnx`` taking ``(N,3,S,S)``
+            float in [0,1].
+        backend: chain backend ("auto", "onnx", "torch"); ONNX Runtime is usually fastest on CPU.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", device: str = "cpu"):
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"enhancer model {path} does not exist (expected a chain folder with chain.yaml, "
+                              "a .pt checkpoint or an .onnx file)")
+        self.path = path
+        self._session = None
+        self._chain = None
+        if path.suffix.lower() == ".onnx":
+            import onnxruntime as ort
+
+            from facekit.settings import default_threads
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = default_threads()
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            shape = self._session.get_inputs()[0].shape
+            self.size = shape[-1] if isinstance(shape[-1], int) else 32
+        else:
+            try:
+                from facekit import chain as chain_mod
+                from facekit import restore
+            except ImportError as exc:
+                raise ConfigError(f"enhancer model:{path}: the restoration chain is not available ({exc})") from None
+            if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+                stage = chain_mod.Stage.from_checkpoint("reconstruct", path, device=device)
+                self.size = int(stage.in_size or 16)
+                self._chain = chain_mod.RestorationChain([stage], device=device, backend=backend, in_size=self.size)
+            else:
+                self._chain, self.size = restore.build_chain(model_dir=path, backend=backend, device=device)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return crops
+        s = self.size
+        small = np.stack([cv2.resize(c, (s, s), interpolation=cv2.INTER_AREA) for c in crops])
+        x = small.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        if self._session is not None:
+            name = self._session.get_inputs()[0].name
+            y = self._session.run(None, {name: x})[0]
+        else:
+            import torch
+
+            y = self._chain(torch.from_numpy(x)).out.cpu().numpy()
+        return (np.clip(y, 0, 1).transpose(0, 2, 3, 1) * 255 + 0.5).astype(np.uint8)
+
+
+ENHANCERS: dict[str, Callable[[], Enhancer]] = {
+    "none": lambda: _enhance_none,
+    "bicubic": lambda: _enhance_bicubic,
+    "classical": lambda: _enhance_classical,
+}
+
+
+def make_enhancer(spec: str | Enhancer) -> Enhancer:
+    """Build an enhancer from a name (:data:`ENHANCERS`), ``"model:PATH"``, or pass a callable through."""
+    if callable(spec):
+        return spec
+    if isinstance(spec, str) and spec.startswith("model:"):
+        return ModelEnhancer(spec[len("model:"):])
+    if spec not in ENHANCERS:
+        raise ConfigError(f"unknown enhancer {spec!r}; valid: {', '.join(ENHANCERS)}, model:PATH")
+    return ENHANCERS[spec]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+class ImageSequence:
+    """A ``cv2.VideoCapture``-like reader over a sorted list of image files."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.pos = 0
+        self.skipped: list[str] = []
+
+    def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoCapture
+        return True
+
+    def read(self):
+        while self.pos < len(self.files):
+            f = self.files[self.pos]
+            self.pos += 1
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is not None:
+                return True, img
+            self.skipped.append(str(f))
+        return False, None
+
+    def get(self, prop):
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return float(len(self.files))
+        return 0.0
+
+    def release(self) -> None:
+        pass
+
+
+@dataclass
+class Source:
+    """An input resolved from the user's spec: what to open and whether it is live."""
+
+    spec: str
+    kind: str  # "file", "sequence", "webcam", "url"
+    target: object
+    live: bool
+
+
+def resolve_source(spec) -> Source:
+    """Classify ``spec``: webcam index (int or digits), stream URL, folder/glob of images, or a file.
+
+    Raises:
+        VideoReadError: a file, folder or glob that does not exist or holds no images.
+    """
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return Source(str(spec), "webcam", int(spec), True)
+    s = str(spec)
+    if "://" in s:
+        return Source(s, "url", s, not s.startswith("file://"))
+    p = Path(s)
+    if p.is_dir() or any(ch in s for ch in "*?["):
+        files = sorted(p.iterdir()) if p.is_dir() else sorted(Path(f) for f in glob.glob(s))
+        files = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        if not files:
+            raise VideoReadError(f"{s}: no image files ({', '.join(IMAGE_EXTS)}) for an image sequence")
+        return Source(s, "sequence", files, False)
+    if not p.exists():
+        raise VideoReadError(f"{s}: no such video file")
+    if not p.is_file():
+        raise VideoReadError(f"{s}: not a regular file")
+    return Source(s, "file", str(p), False)
+
+
+def _default_capture(target, timeout_s: float):
+    if isinstance(target, str) and "://" in target:
+        ms = int(timeout_s * 1000)
+        return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    return cv2.VideoCapture(target)
+
+
+def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
+    """Open ``source`` within ``timeout_s`` seconds.
+
+    OpenCV's open of an RTSP/HTTP URL can block far longer than its own timeout properties on some
+    backends, so the open runs in a daemon thread and is abandoned when it overruns.
+
+    Args:
+        factory: ``factory(target) -> capture`` (anything with ``read``/``release``/``isOpened``),
+            for tests and custom sources; default ``cv2.VideoCapture`` with timeouts.
+
+    Raises:
+        VideoReadError: the source did not open, or not in time.
+    """
+    if source.kind == "sequence" and factory is None:
+        return ImageSequence(source.target)
+    box: dict = {}
+
+    def _open():
+        try:
+            box["cap"] = factory(source.target) if factory else _default_capture(source.target, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - reported below with the source named
+            box["error"] = exc
+
+    th = threading.Thread(target=_open, daemon=True, name="facekit-video-open")
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        raise VideoReadError(f"{source.spec}: could not open the {source.kind} within {timeout_s:g} s "
+                             "(unreachable stream or camera?)")
+    if "error" in box:
+        raise VideoReadError(f"{source.spec}: could not open the {source.kind}: {box['error']}")
+    cap = box["cap"]
+    if cap is None or not cap.isOpened():
+        if cap is not None:
+            cap.release()
+        what = {"file": "as a video (corrupt, truncated or unsupported codec)",
+                "url": "(unreachable URL, wrong path or unsupported protocol)",
+                "webcam": "(no such camera or it is busy)"}.get(source.kind, "")
+        raise VideoReadError(f"{source.spec}: cannot open {what}".rstrip())
+    return cap
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and results
+
+
+@dataclass
+class VideoConfig:
+    """Settings of :func:`process_video` (saved in ``summary.json``).
+
+    Attributes:
+        enhancer: name in :data:`ENHANCERS` or ``model:PATH``.
+        detect_every: run YuNet on every k-th frame, track in between.
+        max_frames: stop after this many frames (None: all).
+        crop_size: side the face crop is resized to before enhancement.
+        margin: crop margin around the face box (fraction of its side).
+        temporal: history weight of the enhanced-crop EMA (0 disables stabilisation).
+        feather: width of the soft edge of the elliptical paste mask (fraction of the radius).
+        codec: FourCC of the main annotated video (:data:`CODECS`).
+        quality: encoder quality 0-100 (used by codecs that honour it: MJPG, VP8).
+        webm: also write a browser-playable VP8 ``annotated.webm``; webm_scale: its size factor.
+        annotate: draw boxes, IDs and fps on the output.
+        queue_size: bounded queue length between threads.
+        live: treat the source as live (drop stale frames); None = from the source kind.
+        reconnect: reopen attempts when a live source stops delivering; reconnect_delay_s between.
+        open_timeout_s: give up opening a source after this long.
+        score_threshold, min_face: detector confidence and smallest face side (px) kept.
+        gallery: save the best enhanced face per track; gallery_size: its side in px.
+        progress: tqdm progress bar with live fps.
+    """
+
+    enhancer: str = "classical"
+    detect_every: int = 3
+    max_frames: int | None = None
+    crop_size: int = 64
+    margin: float = 0.2
+    temporal: float = 0.6
+    feather: float = 0.35
+    codec: str = "mp4v"
+    quality: int = 90
+    webm: bool = True
+    webm_scale: float = 1.0
+    annotate: bool = True
+    queue_size: int = 8
+    live: bool | None = None
+    reconnect: int = 3
+    reconnect_delay_s: float = 0.5
+    open_timeout_s: float = 5.0
+    score_threshold: float = 0.6
+    min_face: int = 12
+    gallery: bool = True
+    gallery_size: int = 128
+    progress: bool = True
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def validate(self) -> None:
+        if self.detect_every < 1:
+            raise ConfigError(f"detect_every must be >= 1, got {self.detect_every}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}; valid: {', '.join(CODECS)}")
+        if not 0 <= self.quality <= 100:
+            raise ConfigError(f"quality must be within 0-100, got {self.quality}")
+        if not 0 <= self.temporal < 1:
+            raise ConfigError(f"temporal must be within [0, 1), got {self.temporal}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.crop_size < 8:
+            raise ConfigError(f"crop_size must be >= 8, got {self.crop_size}")
+
+
+@dataclass
+class TrackRecord:
+    """Everything kept about one track for the outputs (boxes as int16 per frame in its range)."""
+
+    id: int
+    first: int
+    last: int
+    boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    best_quality: float = -1.0
+    best_frame: int = -1
+    best_score: float = 0.0
+    best_sharpness: float = 0.0
+    best_crop: np.ndarray | None = None
+    max_score: float = 0.0
+
+
+@dataclass
+class VideoResult:
+    """Summary of a run (also written as ``summary.json``)."""
+
+    input: str
+    output_dir: str
+    frames: int
+    width: int
+    height: int
+    fps_in: float
+    fps: float
+    seconds: float
+    tracks: int
+    dropped: int
+    reconnects: int
+    truncated: bool
+    message: str
+    stage_ms: dict[str, float]
+    flicker: float | None
+    outputs: dict[str, str]
+    webm_backend: str
+    config: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline pieces
+
+
+def _ellipse_mask(h: int, w: int, feather: float) -> np.ndarray:
+    """Soft elliptical alpha ``(h,w,1) float32``: 1 inside, ramping to 0 at the box edge."""
+    yy = (np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1
+    xx = (np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1
+    r = np.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)
+    return np.clip((1.0 - r) / max(feather, 1e-3), 0.0, 1.0)[..., None]
+
+
+def _square_crop_box(box, margin: float, w: int, h: int) -> tuple[int, int, int] | None:
+    """Square region ``(x0, y0, side)`` around a face box, shifted to stay inside the frame."""
+    x, y, bw, bh = box
+    side = int(round(max(bw, bh) * (1 + 2 * margin)))
+    side = min(side, w, h)
+    if side < 4:
+        return None
+    cx, cy = x + bw / 2, y + bh / 2
+    x0 = int(round(min(max(cx - side / 2, 0), w - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), h - side)))
+    return x0, y0, side
+
+
+def sharpness(img: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image (higher = sharper)."""
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(g, cv2.CV_32F).var())
+
+
+class FfmpegWebmWriter:
+    """VP8 ``.webm`` through the ffmpeg binary of the pip package ``imageio-ffmpeg``.
+
+    libvpx in realtime mode runs in its own process, ~5-10x faster than OpenCV's VP8 writer
+    (whose quality property is ignored), which keeps the browser copy off the critical path.
+
+    Args:
+        quality: 0-100, mapped to libvpx's CRF (100 -> 4, 0 -> 63) with a bitrate cap scaled to the frame size.
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, quality: int):
+        import subprocess
+        import tempfile
+
+        import imageio_ffmpeg
+
+        w, h = size
+        crf = int(round(4 + (100 - quality) * 0.59))
+        bitrate = max(200_000, int(w * h * fps * 0.2))
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+               "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-an", "-c:v", "libvpx", "-crf", str(crf),
+               "-b:v", str(bitrate), "-deadline", "realtime", "-cpu-used", "8", "-threads", "1",
+               "-pix_fmt", "yuv420p", str(path)]
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.path = path
+        self.error = ""
+
+    def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoWriter
+        return self._proc.poll() is None
+
+    def write(self, bgr: np.ndarray) -> None:
+        if self.error:
+            return
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(bgr).tobytes())
+        except (BrokenPipeError, OSError) as exc:
+            self.error = f"ffmpeg stopped: {exc}"
+
+    def release(self) -> None:
+        import subprocess
+
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            rc = self._proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            rc = -9
+        if rc != 0:
+            self._log.seek(0)
+            self.error = f"ffmpeg exited with {rc}: {self._log.read().decode(errors='replace')[-400:]}"
+        self._log.close()
+
+
+class _Writer:
+    """Owns the output video writers; runs in its own thread fed by a bounded queue."""
+
+    def __init__(self, out_dir: Path, size: tuple[int, int], fps: float, cfg: VideoConfig):
+        self.paths: dict[str, Path] = {}
+        self.frames = 0
+        self.seconds = 0.0
+        w, h = size
+        self.video_path = out_dir / ("annotated" + CODECS[cfg.codec])
+        self.main = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
+        if not self.main.isOpened():
+            raise ConfigError(f"OpenCV cannot write {self.video_path} with codec {cfg.codec}")
+        self.main.set(cv2.VIDEOWRITER_PROP_QUALITY, float(cfg.quality))
+        self.paths["video"] = self.video_path
+        self.webm = None
+        self.webm_backend = "none"
+        self.webm_size = (max(2, int(round(w * cfg.webm_scale / 2)) * 2), max(2, int(round(h * cfg.webm_scale / 2)) * 2))
+        if cfg.webm:
+            self.webm_path = out_dir / "annotated.webm"
+            try:
+                self.webm = FfmpegWebmWriter(self.webm_path, self.webm_size, fps, cfg.quality)
+                self.webm_backend = "imageio-ffmpeg libvpx (realtime)"
+            except (ImportError, OSError, RuntimeError):
+                wr = cv2.VideoWriter(str(self.webm_path), cv2.VideoWriter_fourcc(*"VP80"), fps, self.webm_size)
+                if wr.isOpened():
+                    self.webm, self.webm_backend = wr, "opencv VP80"
+                else:  # neither ffmpeg nor an OpenCV build with libvpx: report, do not fail the run
+                    wr.release()
+                    self.webm_backend = "unavailable (no imageio-ffmpeg, OpenCV without VP8)"
+            if self.webm is not None:
+                self.paths["webm"] = self.webm_path
+
+    def write(self, bgr: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.main.write(bgr)
+        if self.webm is not None:
+            small = bgr if (bgr.shape[1], bgr.shape[0]) == self.webm_size else cv2.resize(
+                bgr, self.webm_size, interpolation=cv2.INTER_AREA)
+            self.webm.write(small)
+        self.frames += 1
+        self.seconds += time.perf_counter() - t0
+
+    def close(self) -> str:
+        """Finalise every file; returns a problem description ("" when all is well)."""
+        self.main.release()
+        if self.webm is not None:
+            self.webm.release()
+            return getattr(self.webm, "error", "")
+        return ""
+
+
+_STOP = object()
+
+
+def _reader(cap_holder: dict, source: Source, cfg: VideoConfig, q: "queue.Queue", state: dict,
+            stop: threading.Event, factory) -> None:
+    """Read frames into ``q``; live sources drop the oldest queued frame instead of waiting."""
+    live = state["live"]
+    index = 0
+    failures = 0
+    try:
+        while not stop.is_set():
+            if cfg.max_frames is not None and index >= cfg.max_frames:
+                break
+            t0 = time.perf_counter()
+            cap = cap_holder["cap"]
+            try:
+                ok, frame = cap.read()
+            except cv2.error as exc:
+                ok, frame = False, None
+                state["message"] = f"read error: {exc}"
+            state["read_s"] += time.perf_counter() - t0
+            if not ok or frame is None:
+                if not live or failures >= cfg.reconnect:
+                    if live and failures:
+                        state["message"] = (f"{source.spec}: stream stopped after {index} frames; "
+                                            f"gave up after {failures} reconnect attempt(s)")
+                    break
+                failures += 1
+                state["reconnects"] += 1
+                try:
+                    cap.release()
+                except Exception:  # noqa: BLE001 - a dead capture may fail to release
+                    pass
+                time.sleep(cfg.reconnect_delay_s)
+                try:
+                    cap_holder["cap"] = open_capture(source, cfg.open_timeout_s, factory)
+                except VideoReadError as exc:
+                    state["message"] = str(exc)
+                    cap_holder["cap"] = _DeadCapture()
+                continue
+            failures = 0
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            elif frame.shape[2] == 4:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+            item = (index, frame)
+            index += 1
+            if live:
+                while True:
+                    try:
+                        q.put_nowait(item)
+                        break
+                    except queue.Full:
+                        try:
+                            q.get_nowait()
+                            state["dropped"] += 1
+                        except queue.Empty:
+                            pass
+            else:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+    except Exception as exc:  # noqa: BLE001 - surfaced by the processing thread
+        state["error"] = exc
+    finally:
+        state["read_frames"] = index
+        q.put(_STOP)
+
+
+class _DeadCapture:
+    def read(self):
+        return False, None
+
+    def release(self):
+        pass
+
+    def isOpened(self):  # noqa: N802
+        return False
+
+
+class FaceVideoProcessor:
+    """Per-frame detection, tracking, enhancement, stabilisation, compositing and annotation.
+
+    Usable on its own (``process(index, bgr) -> bgr``) or through :func:`process_video`.
+    """
+
+    def __init__(self, cfg: VideoConfig, enhancer: Enhancer | None = None, detector=None):
+        from facekit.faces import FaceDetector
+
+        self.cfg = cfg
+        self.enhancer = enhancer or make_enhancer(cfg.enhancer)
+        self.detector = detector or FaceDetector(score_threshold=cfg.score_threshold)
+        self.tracker = IoUTracker(cfg.tracker)
+        self.stabilizer = CropStabilizer(cfg.temporal)
+        self.flicker = FlickerMeter()
+        self.records: dict[int, TrackRecord] = {}
+        self.times = {"detect": 0.0, "track": 0.0, "enhance": 0.0, "composite": 0.0, "annotate": 0.0}
+        self.detections = 0
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self.fps = 0.0
+
+    def _mask(self, h: int, w: int) -> np.ndarray:
+        key = (h, w)
+        if key not in self._masks:
+            if len(self._masks) > 256:
+                self._masks.clear()
+            self._masks[key] = _ellipse_mask(h, w, self.cfg.feather)
+        return self._masks[key]
+
+    def process(self, index: int, bgr: np.ndarray, annotate: bool | None = None) -> tuple[np.ndarray, list]:
+        """Process one frame.
+
+        Args:
+            index: frame index (increasing). bgr: ``(H,W,3) uint8`` BGR frame (not modified).
+
+        Returns:
+            ``(output BGR frame, [(track_id, (x0, y0, side), enhanced RGB crop)])``.
+        """
+        cfg = self.cfg
+        h, w = bgr.shape[:2]
+        t0 = time.perf_counter()
+        if index % cfg.detect_every == 0:
+            dets = [d for d in self.detector.detect(bgr[:, :, ::-1]) if min(d.box[2], d.box[3]) >= cfg.min_face]
+            t1 = time.perf_counter()
+            self.times["detect"] += t1 - t0
+            self.detections += len(dets)
+            tracks = self.tracker.update(index, [d.box for d in dets], [d.score for d in dets],
+                                         [d.landmarks for d in dets] if dets else None)
+            fresh = True
+        else:
+            t1 = t0
+            tracks = self.tracker.predict(index)
+            fresh = False
+        for t in self.tracker.finished:
+            self.stabilizer.drop(t.id)
+        self.tracker.finished.clear()
+        t2 = time.perf_counter()
+        self.times["track"] += t2 - t1
+
+        regions, crops, live_tracks = [], [], []
+        for t in tracks:
+            r = _square_crop_box(t.box, cfg.margin, w, h)
+            if r is None:
+                continue
+            x0, y0, side = r
+            crop = bgr[y0:y0 + side, x0:x0 + side, ::-1]
+            crops.append(cv2.resize(crop, (cfg.crop_size, cfg.crop_size),
+                                    interpolation=cv2.INTER_AREA if side > cfg.crop_size else cv2.INTER_LINEAR))
+            regions.append(r)
+            live_tracks.append(t)
+        out = bgr.copy()
+        faces = []
+        if crops:
+            batch = np.stack(crops)
+            enhanced = self.enhancer(batch)
+            if (not isinstance(enhanced, np.ndarray) or enhanced.dtype != np.uint8 or enhanced.ndim != 4
+                    or len(enhanced) != len(batch) or enhanced.shape[-1] != 3):
+                raise ConfigError(f"enhancer returned {getattr(enhanced, 'shape', type(enhanced))} "
+                                  f"{getattr(enhanced, 'dtype', '')}; expected ({len(batch)},S,S,3) uint8")
+            t3 = time.perf_counter()
+            self.times["enhance"] += t3 - t2
+            for t, (x0, y0, side), e in zip(live_tracks, regions, enhanced):
+                e = self.stabilizer(t.id, e, reset=t.reset)
+                self.flicker.add(t.id, index, e)
+                faces.append((t.id, (x0, y0, side), e))
+                patch = cv2.resize(e, (side, side), interpolation=cv2.INTER_AREA if e.shape[0] > side
+                                   else cv2.INTER_CUBIC)[:, :, ::-1]
+                region = out[y0:y0 + side, x0:x0 + side]
+                m = self._mask(side, side)
+                region[:] = (region * (1.0 - m) + patch * m + 0.5).astype(np.uint8)
+                self._record(t, index, e, fresh)
+            self.times["composite"] += time.perf_counter() - t3
+        else:
+            self.times["enhance"] += time.perf_counter() - t2
+        for t in live_tracks:
+            rec = self.records[t.id]
+            rec.last = index
+            bx = t.box
+            rec.boxes[index] = tuple(int(round(v)) for v in bx)
+        if annotate if annotate is not None else cfg.annotate:
+            t4 = time.perf_counter()
+            self._annotate(out, live_tracks)
+            self.times["annotate"] += time.perf_counter() - t4
+        return out, faces
+
+    def _record(self, t, index: int, crop: np.ndarray, fresh: bool) -> None:
+        rec = self.records.get(t.id)
+        if rec is None:
+            rec = self.records[t.id] = TrackRecord(id=t.id, first=index, last=index)
+        rec.max_score = max(rec.max_score, t.score)
+        if fresh and self.cfg.gallery:
+            sharp = sharpness(crop)
+            quality = t.score * sharp
+            if quality > rec.best_quality:
+                rec.best_quality, rec.best_frame, rec.best_score, rec.best_sharpness = quality, index, t.score, sharp
+                rec.best_crop = crop.copy()
+
+    def _annotate(self, out: np.ndarray, tracks) -> None:
+        h = out.shape[0]
+        thick = max(1, h // 360)
+        fs = max(0.4, h / 900)
+        for t in tracks:
+            x, y, bw, bh = (int(round(v)) for v in t.box)
+            color = _track_color(t.id)
+            cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
+            cv2.putText(out, f"ID {t.id}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, fs, color, thick,
+                        cv2.LINE_AA)
+        cv2.putText(out, f"{self.fps:5.1f} fps", (6, int(18 * fs / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, fs,
+                    (0, 255, 255), thick, cv2.LINE_AA)
+
+
+def _track_color(i: int) -> tuple[int, int, int]:
+    hue = (i * 47) % 180
+    c = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    return int(c[0]), int(c[1]), int(c[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128) -> dict[str, str]:
+    """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
+
+    ``tracks.json`` stores each track as its frame range and one ``[x, y, w, h]`` per frame of the
+    range (``null`` where the face was not visible), which is compact and easy to replay.
+    """
+    gallery = out_dir / "gallery"
+    gallery.mkdir(exist_ok=True)
+    rows, tracks_json = [], []
+    for tid in sorted(records):
+        rec = records[tid]
+        gfile = ""
+        if rec.best_crop is not None:
+            img = cv2.resize(rec.best_crop, (gallery_size, gallery_size), interpolation=cv2.INTER_CUBIC)
+            gpath = gallery / f"track_{tid:04d}.png"
+            cv2.imwrite(str(gpath), img[:, :, ::-1])
+            gfile = str(gpath.relative_to(out_dir))
+        rows.append({"track_id": tid, "first_frame": rec.first, "last_frame": rec.last, "frames": len(rec.boxes),
+                     "max_score": round(rec.max_score, 4), "best_frame": rec.best_frame,
+                     "best_score": round(rec.best_score, 4), "best_sharpness": round(rec.best_sharpness, 2),
+                     "gallery": gfile})
+        boxes = [list(rec.boxes[f]) if f in rec.boxes else None for f in range(rec.first, rec.last + 1)]
+        tracks_json.append({"id": tid, "first": rec.first, "last": rec.last, "best_frame": rec.best_frame,
+                            "gallery": gfile, "boxes": boxes})
+    fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
+              "best_sharpness", "gallery"]
+    with open(out_dir / "tracks.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=fields)
+        wr.writeheader()
+        wr.writerows(rows)
+    (out_dir / "tracks.json").write_text(json.dumps({"box_format": "xywh", "tracks": tracks_json},
+                                                    separators=(",", ":")))
+    return {"tracks_csv": str(out_dir / "tracks.csv"), "tracks_json": str(out_dir / "tracks.json"),
+            "gallery": str(gallery)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enhancer: Enhancer | None = None,
+                  capture_factory=None, detector=None, frame_hook=None) -> VideoResult:
+    """Run the whole pipeline on a video source and write every output.
+
+    Args:
+        input_spec: file path, folder/glob of images, webcam index, or stream URL.
+        out_dir: output folder (created).
+        config: :class:`VideoConfig` (defaults when None).
+        enhancer: a callable overriding ``config.enhancer``.
+        capture_factory: ``factory(target) -> capture`` used to open (and reopen) the source.
+        detector: a face detector with ``detect(rgb) -> [Detection]`` (default YuNet).
+        frame_hook: ``hook(index, input_bgr, output_bgr, faces)`` called in the processing thread
+            for every frame, before annotation is applied to ``output_bgr``'s copy that is written.
+
+    Returns:
+        A :class:`VideoResult`; ``summary.json`` in ``out_dir`` holds the same.
+
+    Raises:
+        VideoReadError: the source cannot be opened or yields no frame.
+        ConfigError: bad settings.
+    """
+    cfg = config or VideoConfig()
+    cfg.validate()
+    source = resolve_source(input_spec)
+    out_dir = Path(out_dir)
+    live = source.live if cfg.live is None else bool(cfg.live)
+    cap = open_capture(source, cfg.open_timeout_s, capture_factory)
+    expected = 0
+    fps_in = 0.0
+    try:
+        expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    except Exception:  # noqa: BLE001 - fake captures may not implement get()
+        pass
+    ok, first = cap.read()
+    if not ok or first is None:
+        cap.release()
+        raise VideoReadError(f"{source.spec}: no readable frame (empty, zero-frame or truncated video)")
+    if fps_in <= 0 or fps_in > 240:
+        fps_in = 25.0
+    processor = FaceVideoProcessor(cfg, enhancer=enhancer, detector=detector)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if first.ndim == 2:
+        first = cv2.cvtColor(first, cv2.COLOR_GRAY2BGR)
+    first = first[:, :, :3]
+    h, w = first.shape[:2]
+    writer = _Writer(out_dir, (w, h), fps_in, cfg)
+
+    state = {"dropped": 0, "reconnects": 0, "message": "", "read_s": 0.0, "live": live, "read_frames": 0}
+    frames_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    out_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    stop = threading.Event()
+    frames_q.put((0, first))
+    cap_holder = {"cap": cap}
+    reader_cfg = cfg if cfg.max_frames is None else VideoConfig(**{**asdict(cfg), "max_frames": cfg.max_frames - 1,
+                                                                   "tracker": cfg.tracker})
+
+    def _reader_offset():
+        # The first frame was read above (to size the writers); the reader continues from frame 1.
+        q_proxy = _OffsetQueue(frames_q, 1)
+        _reader(cap_holder, source, reader_cfg, q_proxy, state, stop, capture_factory)
+
+    writer_err: dict = {}
+
+    def _write_loop():
+        try:
+            while True:
+                item = out_q.get()
+                if item is _STOP:
+                    break
+                writer.write(item)
+        except Exception as exc:  # noqa: BLE001 - surfaced after the run
+            writer_err["error"] = exc
+            while out_q.get() is not _STOP:  # keep draining so the producer never blocks
+                pass
+
+    rt = threading.Thread(target=_reader_offset, daemon=True, name="facekit-video-reader")
+    wt = threading.Thread(target=_write_loop, daemon=True, name="facekit-video-writer")
+    rt.start()
+    wt.start()
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        total = expected if (expected > 0 and not live) else None
+        if cfg.max_frames:
+            total = min(total, cfg.max_frames) if total else cfg.max_frames
+        bar = tqdm(total=total, desc="video", unit="frame", leave=False)
+    t_start = time.perf_counter()
+    n = 0
+    last_index = -1
+    error = None
+    recent: list[float] = []
+    try:
+        while True:
+            item = frames_q.get()
+            if item is _STOP:
+                break
+            index, frame = item
+            last_index = index
+            out, faces = processor.process(index, frame, annotate=False)
+            if frame_hook is not None:
+                frame_hook(index, frame, out, faces)
+            if cfg.annotate:
+                t4 = time.perf_counter()
+                processor._annotate(out, processor.tracker.visible())
+                processor.times["annotate"] += time.perf_counter() - t4
+            out_q.put(out)
+            n += 1
+            now = time.perf_counter()
+            recent.append(now)
+            if len(recent) > 30:
+                recent.pop(0)
+            if len(recent) > 1:
+                processor.fps = (len(recent) - 1) / (recent[-1] - recent[0])
+            if bar is not None:
+                bar.update(1)
+                if n % 10 == 0:
+                    bar.set_postfix(fps=f"{processor.fps:.1f}", tracks=len(processor.records),
+                                    dropped=state["dropped"])
+    except BaseException as exc:  # finalise outputs even on errors / Ctrl-C, then re-raise
+        error = exc
+    finally:
+        stop.set()
+        while True:  # unblock a reader waiting on a full queue
+            try:
+                frames_q.get_nowait()
+            except queue.Empty:
+                break
+        out_q.put(_STOP)
+        wt.join()
+        webm_error = writer.close()
+        rt.join(timeout=2.0)
+        try:
+            cap_holder["cap"].release()
+        except Exception:  # noqa: BLE001
+            pass
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t_start
+    if error is not None:
+        raise error
+    if "error" in writer_err:
+        raise FacekitError(f"writing {out_dir}: {writer_err['error']}")
+    if "error" in state:
+        raise VideoReadError(f"{source.spec}: reader failed: {state['error']}")
+
+    truncated = False
+    message = state["message"]
+    read_frames = state["read_frames"]
+    wanted = expected if cfg.max_frames is None else min(expected, cfg.max_frames)
+    if source.kind == "file" and expected > 0 and read_frames < wanted - 1:
+        truncated = True
+        message = (f"{source.spec}: video ended after {read_frames} of {expected} frames "
+                   "(truncated or corrupt); outputs hold the frames read")
+    if source.kind == "sequence" and getattr(cap_holder["cap"], "skipped", None):
+        message = f"skipped {len(cap_holder['cap'].skipped)} unreadable image(s): {cap_holder['cap'].skipped[:3]}"
+    if webm_error:
+        message = (message + "; " if message else "") + f"webm: {webm_error}"
+    if message:
+        print(f"facekit video: {message}", file=sys.stderr)
+
+    outputs = {k: str(v) for k, v in writer.paths.items()}
+    outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size))
+    stage_ms = {k: 1000.0 * v / max(n, 1) for k, v in processor.times.items()}
+    stage_ms["read"] = 1000.0 * state["read_s"] / max(read_frames, 1)
+    stage_ms["write"] = 1000.0 * writer.seconds / max(writer.frames, 1)
+    flick = processor.flicker.mean()
+    result = VideoResult(
+        input=source.spec, output_dir=str(out_dir), frames=n, width=w, height=h, fps_in=fps_in,
+        fps=n / elapsed if elapsed > 0 else 0.0, seconds=elapsed, tracks=len(processor.records),
+        dropped=state["dropped"], reconnects=state["reconnects"], truncated=truncated, message=message,
+        stage_ms={k: round(v, 3) for k, v in stage_ms.items()},
+        flicker=None if flick is None else round(flick, 4), outputs=outputs,
+        webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)))
+    outputs["summary"] = str(out_dir / "summary.json")
+    (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+class _OffsetQueue:
+    """Queue proxy that shifts the reader's frame indices by ``offset`` (frames read before it)."""
+
+    def __init__(self, q: queue.Queue, offset: int):
+        self.q, self.offset = q, offset
+
+    def _shift(self, item):
+        return item if item is _STOP else (item[0] + self.offset, item[1])
+
+    def put(self, item, timeout=None):
+        self.q.put(self._shift(item), timeout=timeout)
+
+    def put_nowait(self, item):
+        self.q.put_nowait(self._shift(item))
+
+    def get_nowait(self):
+        return self.q.get_nowait()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = VideoConfig()
+    parser.add_argument("input", help="video file, image folder/glob, webcam index (0) or stream URL")
+    parser.add_argument("output_dir", help="folder for annotated video, webm, gallery, tracks, summary.json")
+    parser.add_argument("--enhancer", default=d.enhancer,
+                        help=f"face enhancer: {', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
+    parser.add_argument("--detect-every", type=int, default=d.detect_every, help="run the detector every k frames")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    parser.add_argument("--temporal", type=float, default=d.temporal,
+                        help="enhanced-face EMA history weight in [0,1) (0 = off)")
+    parser.add_argument("--crop-size", type=int, default=d.crop_size, help="face crop side fed to the enhancer")
+    parser.add_argument("--codec", default=d.codec, choices=list(CODECS), help="codec of annotated video")
+    parser.add_argument("--quality", type=int, default=d.quality, help="encoder quality 0-100")
+    parser.add_argument("--no-webm", action="store_true", help="skip the browser-playable VP8 copy")
+    parser.add_argument("--webm-scale", type=float, default=d.webm_scale, help="size factor of the webm copy")
+    parser.add_argument("--no-annotate", action="store_true", help="do not draw boxes/IDs/fps")
+    parser.add_argument("--live", action="store_true", default=None,
+                        help="treat the input as live (drop stale frames) even if it is a file")
+    parser.add_argument("--reconnect", type=int, default=d.reconnect, help="reconnect attempts for live sources")
+    parser.add_argument("--open-timeout", type=float, default=d.open_timeout_s, help="seconds to open a source")
+    parser.add_argument("--queue-size", type=int, default=d.queue_size, help="bounded queue length")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    cfg = VideoConfig(enhancer=args.enhancer, detect_every=args.detect_every, max_frames=args.max_frames,
+                      temporal=args.temporal, crop_size=args.crop_size, codec=args.codec, quality=args.quality,
+                      webm=not args.no_webm, webm_scale=args.webm_scale, annotate=not args.no_annotate,
+                      live=args.live, reconnect=args.reconnect, open_timeout_s=args.open_timeout,
+                      queue_size=args.queue_size, progress=not args.no_progress)
+    res = process_video(args.input, args.output_dir, cfg)
+    summary = {k: getattr(res, k) for k in ("frames", "fps", "tracks", "dropped", "reconnects", "truncated",
+                                            "flicker", "stage_ms")}
+    summary["fps"] = round(summary["fps"], 2)
+    print(json.dumps(summary, indent=2))
+    print(f"outputs in {res.output_dir}")
+    return 0
