@@ -827,6 +827,12 @@ def _ci_bars(ax, table: pd.DataFrame, x: str, hue: str, metric: str, order=None,
             lo, hi, m = sub.at[xv, f"{metric}_lo"], sub.at[xv, f"{metric}_hi"], sub.at[xv, metric]
             ax.errorbar(bar.get_x() + bar.get_width() / 2, m, yerr=[[m - lo], [hi - m]], color="black",
                         capsize=2, linewidth=1)
+    # Room above the bars for a one-row legend, so it never hides a bar.
+    top = np.nanmax(table[f"{metric}_hi"].to_numpy(float))
+    bottom = ax.get_ylim()[0]
+    if np.isfinite(top):
+        ax.set_ylim(bottom, top + 0.22 * (top - bottom))
+    ax.legend(fontsize=7, loc="upper center", ncol=len(hue_order), frameon=False)
     return ax
 
 
@@ -850,9 +856,8 @@ def plot_conditions(summary: pd.DataFrame, metric: str = "psnr", ax=None, title:
     ax.set_title(title or f"{metric} per lighting condition (mean, 95% bootstrap CI)")
     ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
     if metric == "psnr":
-        finite = summary[[f"{metric}_lo"]].to_numpy(float)
-        ax.set_ylim(max(0.0, np.nanmin(finite) - 2.0), None)
-    ax.legend(fontsize=8, loc="lower right")
+        low = np.nanmin(summary[f"{metric}_lo"].to_numpy(float))
+        ax.set_ylim(max(0.0, low - 2.0), ax.get_ylim()[1])
     return ax
 
 
@@ -893,7 +898,6 @@ def plot_breakdown(summary: pd.DataFrame, by: str, metric: str = "psnr", ax=None
         _, ax = plt.subplots(figsize=(7, 3.2))
     _ci_bars(ax, summary, by, "method", metric, order=order or level_order(by, summary[by]))
     ax.set_title(f"{metric} by {by} (95% CI)")
-    ax.legend(fontsize=8)
     return ax
 
 
@@ -932,6 +936,8 @@ def plot_severity_heatmap(df: pd.DataFrame, metric: str = "psnr", ax=None):
     ax.set_title(f"{metric}: severity x method")
     ax.set_xlabel("")
     ax.set_ylabel("")
+    ax.tick_params(axis="y", rotation=0)
+    ax.tick_params(axis="x", rotation=20)
     return ax
 
 
