@@ -374,14 +374,18 @@ def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64
 
 
 def default_restore_method() -> str:
-    """``model:<newest released checkpoint>``; raises when ``models/`` holds none."""
-    from facekit.evaluate import released_checkpoints
+    """The first released restoration method (``chain:default`` before ``model:models/*.pt``).
 
-    ckpts = released_checkpoints()
-    if not ckpts:
-        raise ConfigError("--restore without a method needs a released model in models/*.pt; none found "
-                          "(pass a method, e.g. --restore bicubic or --restore model:PATH)")
-    return f"model:{ckpts[-1]}"
+    Raises:
+        ConfigError: ``models/`` holds no released model.
+    """
+    from facekit.evaluate import released_methods
+
+    names = released_methods()
+    if not names:
+        raise ConfigError("--restore without a method needs a released model (models/default/chain.yaml or "
+                          "models/*.pt); none found (pass a method, e.g. --restore bicubic or --restore model:PATH)")
+    return names[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +406,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ORL faces under other names)")
     parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
                         help="restore probes before matching; METHOD is a facekit.baselines name "
-                             "(default: the newest released model in models/)")
+                             "(default: the released model, chain:default or models/*.pt)")
     parser.add_argument("--scale", type=int, default=4, help="restoration scale (with --restore)")
     parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
     parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")

@@ -170,16 +170,28 @@ def test_cli_rejects_bad_threshold(tmp_path):
 
 
 def test_restored_probes_score_above_degraded(orl, split, gallery):
-    from facekit.evaluate import released_checkpoints
+    from facekit.evaluate import released_methods
 
-    ckpts = released_checkpoints()
-    if not ckpts:
-        pytest.skip("no released model in models/*.pt yet; restored-vs-degraded rank-1 needs a trained generator")
+    if not released_methods():
+        pytest.skip("no released model in models/ yet (chain:default or models/*.pt); "
+                    "restored-vs-degraded needs a trained generator")
     _, p = split
     probes = orl.images[p]
     lq_up = I.restore_crops(probes, "bicubic", 4, size=64)
-    restored = I.restore_crops(probes, f"model:{ckpts[-1]}", 4, size=64)
+    restored = I.restore_crops(probes, I.default_restore_method(), 4, size=64)
     sim_deg = I.recognition.identity_similarity(lq_up, probes).mean()
     sim_res = I.recognition.identity_similarity(restored, probes).mean()
     assert sim_res > sim_deg
     assert _rank1(gallery, restored, orl.identity[p]) >= _rank1(gallery, lq_up, orl.identity[p])
+
+
+def test_restore_crops_with_a_baseline(orl):
+    probes = orl.images[orl.identity == "s7"][:4]
+    out = I.restore_crops(probes, "bicubic", 4, size=64)
+    assert out.shape == probes.shape and out.dtype == np.uint8
+    sim = I.recognition.identity_similarity(out, probes)
+    # 16-px input: clearly not the clean face, but still the same person more than a stranger is
+    assert (sim < 0.99).all()
+    assert sim.mean() > I.recognition.identity_similarity(out, orl.images[orl.identity == "s8"][:4]).mean()
+    with pytest.raises(ConfigError, match="nonsense"):
+        I.restore_crops(probes, "nonsense", 4)
