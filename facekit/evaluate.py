@@ -1040,8 +1040,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise DataSourceError(f"{args.data}: the {args.split!r} split is empty")
     methods, skipped = build_methods(args.methods, args.scale, args.device,
                                      train_faces=faces.subset("train") if args.split != "train" else None)
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
+    for why in skipped.values():
+        print(f"skipped: {why}")
     if not methods:
         raise ConfigError(f"none of the methods {args.methods!r} is available")
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
