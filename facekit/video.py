@@ -539,7 +539,7 @@ def _reader(cap_holder: dict, source: Source, cfg: VideoConfig, q: "queue.Queue"
             if not ok or frame is None:
                 if not live or failures >= cfg.reconnect:
                     if live and failures:
-                        state["message"] = (f"{source.spec}: stream stopped after {index} frames; "
+                        state["message"] = (f"{source.spec}: stream stopped after {index + state.get('offset', 0)} frames; "
                                             f"gave up after {failures} reconnect attempt(s)")
                     break
                 failures += 1
@@ -827,7 +827,8 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     h, w = first.shape[:2]
     writer = _Writer(out_dir, (w, h), fps_in, cfg)
 
-    state = {"dropped": 0, "reconnects": 0, "message": "", "read_s": 0.0, "live": live, "read_frames": 0}
+    state = {"dropped": 0, "reconnects": 0, "message": "", "read_s": 0.0, "live": live, "read_frames": 0,
+             "offset": 1}
     frames_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     out_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     stop = threading.Event()
@@ -929,7 +930,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
 
     truncated = False
     message = state["message"]
-    read_frames = state["read_frames"]
+    read_frames = state["read_frames"] + 1  # + the first frame, read before the reader started
     wanted = expected if cfg.max_frames is None else min(expected, cfg.max_frames)
     if source.kind == "file" and expected > 0 and read_frames < wanted - 1:
         truncated = True
