@@ -290,6 +290,7 @@ class VideoConfig:
         reconnect: reopen attempts when a live source stops delivering; reconnect_delay_s between.
         open_timeout_s: give up opening a source after this long.
         score_threshold, min_face: detector confidence and smallest face side (px) kept.
+        detect_side: longest side of the frame the detector sees (smaller is faster, misses small faces).
         gallery: save the best enhanced face per track; gallery_size: its side in px.
         progress: tqdm progress bar with live fps.
     """
@@ -313,6 +314,7 @@ class VideoConfig:
     open_timeout_s: float = 5.0
     score_threshold: float = 0.6
     min_face: int = 12
+    detect_side: int = 640
     gallery: bool = True
     gallery_size: int = 128
     progress: bool = True
@@ -381,11 +383,11 @@ class VideoResult:
 
 
 def _ellipse_mask(h: int, w: int, feather: float) -> np.ndarray:
-    """Soft elliptical alpha ``(h,w,1) float32``: 1 inside, ramping to 0 at the box edge."""
+    """Soft elliptical alpha ``(h,w) float32``: 1 inside, ramping to 0 at the box edge."""
     yy = (np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1
     xx = (np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1
     r = np.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)
-    return np.clip((1.0 - r) / max(feather, 1e-3), 0.0, 1.0)[..., None]
+    return np.ascontiguousarray(np.clip((1.0 - r) / max(feather, 1e-3), 0.0, 1.0))
 
 
 def _square_crop_box(box, margin: float, w: int, h: int) -> tuple[int, int, int] | None:
@@ -609,22 +611,23 @@ class FaceVideoProcessor:
 
         self.cfg = cfg
         self.enhancer = enhancer or make_enhancer(cfg.enhancer)
-        self.detector = detector or FaceDetector(score_threshold=cfg.score_threshold)
+        self.detector = detector or FaceDetector(score_threshold=cfg.score_threshold, max_side=cfg.detect_side)
         self.tracker = IoUTracker(cfg.tracker)
         self.stabilizer = CropStabilizer(cfg.temporal)
         self.flicker = FlickerMeter()
         self.records: dict[int, TrackRecord] = {}
         self.times = {"detect": 0.0, "track": 0.0, "enhance": 0.0, "composite": 0.0, "annotate": 0.0}
         self.detections = 0
-        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.fps = 0.0
 
-    def _mask(self, h: int, w: int) -> np.ndarray:
+    def _mask(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         key = (h, w)
         if key not in self._masks:
             if len(self._masks) > 256:
                 self._masks.clear()
-            self._masks[key] = _ellipse_mask(h, w, self.cfg.feather)
+            m = _ellipse_mask(h, w, self.cfg.feather)
+            self._masks[key] = (m, 1.0 - m)
         return self._masks[key]
 
     def process(self, index: int, bgr: np.ndarray, annotate: bool | None = None) -> tuple[np.ndarray, list]:
@@ -686,8 +689,8 @@ class FaceVideoProcessor:
                 patch = cv2.resize(e, (side, side), interpolation=cv2.INTER_AREA if e.shape[0] > side
                                    else cv2.INTER_CUBIC)[:, :, ::-1]
                 region = out[y0:y0 + side, x0:x0 + side]
-                m = self._mask(side, side)
-                region[:] = (region * (1.0 - m) + patch * m + 0.5).astype(np.uint8)
+                m, inv = self._mask(side, side)
+                region[:] = cv2.blendLinear(np.ascontiguousarray(patch), np.ascontiguousarray(region), m, inv)
                 self._record(t, index, e, fresh)
             self.times["composite"] += time.perf_counter() - t3
         else:
@@ -1002,6 +1005,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"face enhancer: {', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
     parser.add_argument("--detect-every", type=int, default=d.detect_every, help="run the detector every k frames")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    parser.add_argument("--detect-side", type=int, default=d.detect_side,
+                        help="longest frame side the detector sees (smaller = faster)")
     parser.add_argument("--temporal", type=float, default=d.temporal,
                         help="enhanced-face EMA history weight in [0,1) (0 = off)")
     parser.add_argument("--crop-size", type=int, default=d.crop_size, help="face crop side fed to the enhancer")
@@ -1020,6 +1025,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = VideoConfig(enhancer=args.enhancer, detect_every=args.detect_every, max_frames=args.max_frames,
+                      detect_side=args.detect_side,
                       temporal=args.temporal, crop_size=args.crop_size, codec=args.codec, quality=args.quality,
                       webm=not args.no_webm, webm_scale=args.webm_scale, annotate=not args.no_annotate,
                       live=args.live, reconnect=args.reconnect, open_timeout_s=args.open_timeout,

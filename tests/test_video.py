@@ -233,7 +233,6 @@ def test_temporal_smoothing_lowers_flicker(faces, tmp_path):
                                                                   detect_every=1, webm=False), frame_hook=hook)
         assert res.tracks == 1
         out[temporal] = (res.flicker, float(np.mean(psnrs)))
-    print("flicker, psnr", out)
     assert out[0.7][0] < 0.8 * out[0.0][0], out
     assert out[0.7][1] > out[0.0][1] - 0.5, out  # smoothing does not cost fidelity to the truth
 

@@ -1,0 +1,67 @@
+"""Benchmark facekit.video end to end: fps and per-stage milliseconds per frame.
+
+Prints one JSON object. Clips: ``../shared/data/video/WolfgangLanger_Pexels.mp4`` (640x360, one
+face) and ``vtest.avi`` (768x576, surveillance camera), each skipped with a reason when absent;
+plus a synthetic 640x360 clip from ORL faces so the script always measures something. Every run
+writes all outputs (annotated mp4 + VP8 webm + gallery + tracks) to a temporary folder.
+
+    PYTHONPATH=. python benchmarks/bench_video.py [--threads 2] [--enhancer classical]
+        [--detect-every 3] [--max-frames 300]
+
+Timings are wall-clock on a shared machine: other processes using the CPU lower them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from facekit.settings import set_threads, shared_path
+from facekit.video import VideoConfig, process_video
+
+CLIPS = {"pexels_640x360": ("data", "video", "WolfgangLanger_Pexels.mp4"),
+         "vtest_768x576": ("data", "video", "vtest.avi")}
+
+
+def run_one(path, cfg: VideoConfig) -> dict:
+    with tempfile.TemporaryDirectory(prefix="facekit-bench-video-") as tmp:
+        res = process_video(path, tmp, cfg)
+    return {"frames": res.frames, "size": f"{res.width}x{res.height}", "fps": round(res.fps, 2),
+            "tracks": res.tracks, "dropped": res.dropped, "flicker": res.flicker,
+            "stage_ms": res.stage_ms, "webm": res.webm_backend}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--enhancer", default="classical")
+    ap.add_argument("--detect-every", type=int, default=3)
+    ap.add_argument("--max-frames", type=int, default=300)
+    args = ap.parse_args()
+    threads = set_threads(args.threads)
+    base = dict(enhancer=args.enhancer, max_frames=args.max_frames, progress=False)
+    out = {"threads": threads, "enhancer": args.enhancer, "note": "shared CPU: numbers are noisy", "clips": {}}
+    for name, parts in CLIPS.items():
+        path = shared_path(*parts)
+        if not path.is_file():
+            out["clips"][name] = {"skipped": f"{path} not found"}
+            continue
+        out["clips"][name] = {
+            f"detect_every_{k}": run_one(path, VideoConfig(detect_every=k, **base))
+            for k in sorted({1, args.detect_every})
+        }
+    from facekit import synthclip
+    from facekit.data import load_faces
+
+    with tempfile.TemporaryDirectory(prefix="facekit-bench-clip-") as tmp:
+        faces = load_faces("orl", size=64, progress=False).images
+        clip = synthclip.make_clip(faces, tmp, n_frames=100, size=(640, 360), seed=0, n_faces=2, face_frac=0.3)
+        out["clips"]["synthetic_640x360_2faces"] = {
+            f"detect_every_{args.detect_every}": run_one(clip, VideoConfig(detect_every=args.detect_every, **base))}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
