@@ -172,9 +172,9 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.slow
 def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
     faces = orl_faces(8)
-    cfg = TrainConfig(name="overfit", size=32, scale=4, batch=8, steps=300, val_count=8, preset="cctv-light",
+    cfg = TrainConfig(name="overfit", size=32, scale=4, batch=8, steps=200, val_count=8, preset="cctv-light",
                       conditions=["medium"], angles=False, arch_g_kwargs={"base": 16, "depth": 2},
-                      arch_d_kwargs={"base": 8, "n_layers": 2}, gan_weight=0.0, lr_g=1e-3, betas=[0.9, 0.99],
+                      arch_d_kwargs={"base": 8, "n_layers": 2}, gan_weight=0.0, lr_g=2e-3, betas=[0.9, 0.99],
                       schedule="constant", ema_decay=0.0, log_every=100, val_every=1000, ckpt_every=1000,
                       sample_every=1000, threads=1)
     # train on the 8 faces (the array's last val_count are held out, so pass them twice) and
@@ -182,8 +182,8 @@ def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
     run = train(cfg, faces=np.concatenate([faces, faces]), val_faces=faces, runs_dir=tmp_path, progress=False)
     s = json.loads((run / "summary.json").read_text())
     assert s["train_faces"] == 8 and s["val_faces"] == 8
-    assert s["val_psnr"] > s["bicubic_psnr"] + 4.0, s
-    assert s["val_ssim"] > s["bicubic_ssim"] + 0.05, s
+    assert s["val_psnr"] > s["bicubic_psnr"] + 3.0, s  # measured: +4.3 dB
+    assert s["val_ssim"] > s["bicubic_ssim"] + 0.1, s  # measured: +0.27
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -234,6 +234,14 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     path.write_text("steps: 3\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: .*unknown keys \['bogus'\]"):
         TrainConfig.from_yaml(path)
+
+
+def test_cli_parses_train_arguments():
+    from facekit.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--config", "configs/smoke.yaml", "--resume", "--set", "steps=3",
+                                      "--set", "batch=2"])
+    assert (args._module, args.resume, args.overrides) == ("facekit.train", True, ["steps=3", "batch=2"])
 
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "celeba-default.yaml"])
