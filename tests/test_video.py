@@ -281,3 +281,17 @@ def test_image_sequence_and_cli(clip_frames, clip, tmp_path):
     assert summary["frames"] == 10 and summary["config"]["enhancer"] == "bicubic"
     assert _count_frames(Path(summary["outputs"]["video"]))[0] == 10
     assert main(["video", str(tmp_path / "missing.avi"), str(tmp_path / "o")]) == 1
+
+
+def test_model_enhancer_runs_chain_folder(tmp_path):
+    """``model:FOLDER`` loads a restoration chain (chain.yaml + stage checkpoint) as the enhancer."""
+    chain = pytest.importorskip("facekit.chain")
+    kw = {"num_feat": 8, "num_conv": 2, "scale": 2}
+    chain.save_stage(tmp_path / "reconstruct.pt", "reconstruct", chain.build_stage_model("srvgg_compact", kw), kw,
+                     in_size=16)
+    (tmp_path / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
+    out = make_enhancer(f"model:{tmp_path}")(np.full((2, 64, 64, 3), 90, np.uint8))
+    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    (tmp_path / "chain.yaml").unlink()
+    with pytest.raises(ConfigError, match="chain.yaml"):
+        make_enhancer(f"model:{tmp_path}")
