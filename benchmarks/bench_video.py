@@ -52,6 +52,9 @@ def main() -> None:
             f"detect_every_{k}": run_one(path, VideoConfig(detect_every=k, **base))
             for k in sorted({1, args.detect_every})
         }
+        if name.startswith("vtest"):  # faces of 7-10 px: the detector needs the frame upscaled to find them
+            out["clips"][name][f"detect_every_{args.detect_every}_detect_side_1536"] = run_one(
+                path, VideoConfig(detect_every=args.detect_every, detect_side=1536, min_face=6, **base))
     from facekit import synthclip
     from facekit.data import load_faces
 

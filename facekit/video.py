@@ -313,7 +313,7 @@ class VideoConfig:
     reconnect_delay_s: float = 0.5
     open_timeout_s: float = 5.0
     score_threshold: float = 0.6
-    min_face: int = 12
+    min_face: int = 8
     detect_side: int = 640
     gallery: bool = True
     gallery_size: int = 128
@@ -1007,6 +1007,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--detect-side", type=int, default=d.detect_side,
                         help="longest frame side the detector sees (smaller = faster)")
+    parser.add_argument("--min-face", type=int, default=d.min_face, help="smallest face side (px) kept")
     parser.add_argument("--temporal", type=float, default=d.temporal,
                         help="enhanced-face EMA history weight in [0,1) (0 = off)")
     parser.add_argument("--crop-size", type=int, default=d.crop_size, help="face crop side fed to the enhancer")
@@ -1025,7 +1026,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = VideoConfig(enhancer=args.enhancer, detect_every=args.detect_every, max_frames=args.max_frames,
-                      detect_side=args.detect_side,
+                      detect_side=args.detect_side, min_face=args.min_face,
                       temporal=args.temporal, crop_size=args.crop_size, codec=args.codec, quality=args.quality,
                       webm=not args.no_webm, webm_scale=args.webm_scale, annotate=not args.no_annotate,
                       live=args.live, reconnect=args.reconnect, open_timeout_s=args.open_timeout,
