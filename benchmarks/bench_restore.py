@@ -2,7 +2,8 @@
 
 Prints one JSON object. For every chain (``realtime``: :data:`facekit.chain.REALTIME_STAGES`, with
 the notebook's trained weights from ``data/chain/`` when present, else random weights - speed does
-not depend on the values; ``default``: ``models/default/chain.yaml`` when present), input size
+not depend on the values; ``realtime-srvgg-upscale``: the same with Real-ESRGAN's compact SRVGG net as the x4 upscaler;
+``default``: ``models/default/chain.yaml`` when present), input size
 (16 -> 64 and 32 -> 128), batch (1 and 32) and backend (PyTorch, ONNX Runtime), it reports the
 whole chain's faces/s and each stage's faces/s (from the chain's own per-stage timing). Beside
 them, the full Real-ESRGAN x4plus (23 RRDBs, 64 features; real weights from the
@@ -107,6 +108,11 @@ def main(argv=None) -> dict:
     chains = {}
     stages, source = realtime_stages()
     chains["realtime"] = (stages, source)
+    # The same chain with Real-ESRGAN's compact SRVGG upscaler (all convs at the input size) in place
+    # of the compact RRDBNet, whose output-size tail bounds its speed: a measured alternative.
+    torch.manual_seed(0)
+    srvgg = Stage("upscale", build_stage_model("srvgg_compact", {"num_feat": 32, "num_conv": 8, "scale": 4}), in_size=16)
+    chains["realtime-srvgg-upscale"] = (stages[:-1] + [srvgg], source.rsplit(",", 1)[0] + ", upscale=SRVGG random")
     default_yaml = settings.MODELS_DIR / "default" / "chain.yaml"
     if default_yaml.is_file():
         from facekit.restore import read_chain_spec

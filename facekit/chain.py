@@ -253,8 +253,9 @@ class Stage:
         role = STAGE_ROLES.get(self.name)
         if role is not None and not role[1](int(self.scale)):
             where = f" from {self.checkpoint}" if self.checkpoint else ""
-            raise CheckpointError(f"stage {self.name!r}{where}: model has scale {self.scale}, but a {self.name} "
-                                  f"stage {role[0]}")
+            article = "an" if self.name[0] in "aeiou" else "a"
+            raise CheckpointError(f"stage {self.name!r}{where}: model has scale {self.scale}, but {article} "
+                                  f"{self.name} stage {role[0]}")
 
     @classmethod
     def from_checkpoint(cls, name: str, path: str | Path, device: str | torch.device = "cpu") -> "Stage":

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from facekit.errors import ConfigError, FacekitError, ImageReadError
+from facekit.errors import ConfigError, ImageReadError
 
 CHAIN_FILE = "chain.yaml"
 
@@ -287,6 +287,8 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
         raise ConfigError(f"--size must be >= 1, got {size}")
     t_start = time.perf_counter()
     root, rels = list_inputs(input_path)
+    if not rels:
+        raise ConfigError(f"{input_path}: no image files found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     output = Path(output)
     single_file = Path(input_path).is_file()
     if single_file and output.suffix.lower() in IMAGE_EXTENSIONS:
@@ -371,9 +373,6 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"restore: chain {' -> '.join(chain.names)} (x{chain.scale}), {size}px -> {size * chain.scale}px, "
           f"backend {chain.backend}" + (f" (measured {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in chain.timings.items())})"
                                         if chain.timings else ""), file=sys.stderr)
-    try:
-        summary = restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress)
-    except FacekitError:
-        raise
+    summary = restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress)
     print(summary.text())
     return 1 if summary.failed else 0

@@ -195,3 +195,22 @@ def test_train_stage_steps_change_weights_and_name_losses():
         train_stage(net_g, _Pairs(), StageTrainConfig(gan="ragan"), progress=False)
     with pytest.raises(ConfigError, match="unknown GAN loss 'wgan'"):
         train_stage(net_g, _Pairs(), StageTrainConfig(gan="wgan"), net_d, progress=False)
+
+
+def test_stage_loads_a_training_checkpoint(tmp_path):
+    from facekit.archs import build_model
+    from facekit.checkpoint import arch_entry, save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_model("unet", scale=1, base=8, depth=2)
+    ema = build_model("unet", scale=1, base=8, depth=2)
+    kwargs = {"scale": 1, "base": 8, "depth": 2}
+    path = save_checkpoint(tmp_path / "last.pt", {"arch_g": arch_entry("unet", kwargs, net), "net_g": net.state_dict(),
+                                                  "net_g_ema": ema.state_dict(), "config": {"size": 16, "scale": 1}})
+    stage = Stage.from_checkpoint("reconstruct", path)
+    assert stage.arch == "unet" and stage.scale == 1 and stage.in_size == 16
+    x = _faces(2)
+    with torch.inference_mode():
+        assert torch.allclose(stage.model(x), ema(x))  # the EMA weights are the ones used
+    with pytest.raises(CheckpointError, match="scale 1, but an upscale stage enlarges"):
+        Stage.from_checkpoint("upscale", path)

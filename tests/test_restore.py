@@ -127,3 +127,10 @@ def test_prepare_face_crops_centre_and_resizes():
     img[10:20] = 200  # the centre square
     out = prepare_face(img, 5)
     assert out.shape == (5, 5, 3) and out.min() == 200
+
+
+def test_empty_folder_is_an_error(models, tmp_path, capsys):
+    (tmp_path / "empty_in").mkdir()
+    rc = main(["restore", str(tmp_path / "empty_in"), str(tmp_path / "out"), "--models", str(models),
+               "--backend", "torch", "--no-progress"])
+    assert rc == 1 and "no image files found" in capsys.readouterr().err
