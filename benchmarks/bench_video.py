@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from pathlib import Path
 
 from facekit.settings import set_threads, shared_path
 from facekit.video import VideoConfig, process_video

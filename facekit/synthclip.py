@@ -165,7 +165,8 @@ def make_clip(faces: np.ndarray, out_dir, n_frames: int = 60, size: tuple[int, i
             for f in range(n_faces):  # after all pastes, so overlaps look as on screen
                 x, y, _, _ = boxes[t, f]
                 crop = frame[y:y + side, x:x + side]
-                truth_faces[t, f] = (cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA) * 255 + 0.5).astype(np.uint8)
+                small = cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA)
+                truth_faces[t, f] = (small * 255 + 0.5).astype(np.uint8)
             lq = _degrade(frame, cfg, float(light[t]), rng)
             writer.write(np.ascontiguousarray(lq[:, :, ::-1]))
     finally:

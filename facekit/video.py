@@ -78,10 +78,10 @@ class ModelEnhancer:
         path: a chain folder (``chain.yaml``), a ``chain.yaml``, a stage checkpoint (``.pt``/``.pth``)
             run as a one-stage "reconstruct" chain, or an exported ``.onnx`` taking ``(N,3,S,S)``
             float in [0,1].
-        backend: chain backend ("auto", "onnx", "torch"); ONNX Runtime is usually fastest on CPU.
+        backend: chain backend ("onnx", "torch", "auto"); ONNX Runtime is usually fastest on CPU.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", device: str = "cpu"):
+    def __init__(self, path: str | Path, backend: str = "onnx", device: str = "cpu"):
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"enhancer model {path} does not exist (expected a chain folder with chain.yaml, "
@@ -135,12 +135,21 @@ ENHANCERS: dict[str, Callable[[], Enhancer]] = {
 }
 
 
-def make_enhancer(spec: str | Enhancer) -> Enhancer:
-    """Build an enhancer from a name (:data:`ENHANCERS`), ``"model:PATH"``, or pass a callable through."""
+MODEL_BACKENDS = ("onnx", "torch", "auto")
+
+
+def make_enhancer(spec: str | Enhancer, backend: str = "onnx") -> Enhancer:
+    """Build an enhancer from a name (:data:`ENHANCERS`), ``"model:PATH"``, or pass a callable through.
+
+    Args:
+        backend: for ``model:PATH`` chains: "onnx" (ONNX Runtime, fastest on CPU), "torch" or "auto".
+    """
     if callable(spec):
         return spec
     if isinstance(spec, str) and spec.startswith("model:"):
-        return ModelEnhancer(spec[len("model:"):])
+        if backend not in MODEL_BACKENDS:
+            raise ConfigError(f"unknown model backend {backend!r}; valid: {', '.join(MODEL_BACKENDS)}")
+        return ModelEnhancer(spec[len("model:"):], backend=backend)
     if spec not in ENHANCERS:
         raise ConfigError(f"unknown enhancer {spec!r}; valid: {', '.join(ENHANCERS)}, model:PATH")
     return ENHANCERS[spec]()
@@ -274,7 +283,7 @@ class VideoConfig:
     """Settings of :func:`process_video` (saved in ``summary.json``).
 
     Attributes:
-        enhancer: name in :data:`ENHANCERS` or ``model:PATH``.
+        enhancer: name in :data:`ENHANCERS` or ``model:PATH``; model_backend: how a model runs.
         detect_every: run YuNet on every k-th frame, track in between.
         max_frames: stop after this many frames (None: all).
         crop_size: side the face crop is resized to before enhancement.
@@ -296,6 +305,7 @@ class VideoConfig:
     """
 
     enhancer: str = "classical"
+    model_backend: str = "onnx"
     detect_every: int = 3
     max_frames: int | None = None
     crop_size: int = 64
@@ -482,7 +492,9 @@ class _Writer:
         self.paths["video"] = self.video_path
         self.webm = None
         self.webm_backend = "none"
-        self.webm_size = (max(2, int(round(w * cfg.webm_scale / 2)) * 2), max(2, int(round(h * cfg.webm_scale / 2)) * 2))
+        # VP8 with yuv420p needs even sides
+        self.webm_size = (max(2, int(round(w * cfg.webm_scale / 2)) * 2),
+                          max(2, int(round(h * cfg.webm_scale / 2)) * 2))
         if cfg.webm:
             self.webm_path = out_dir / "annotated.webm"
             try:
@@ -541,7 +553,8 @@ def _reader(cap_holder: dict, source: Source, cfg: VideoConfig, q: "queue.Queue"
             if not ok or frame is None:
                 if not live or failures >= cfg.reconnect:
                     if live and failures:
-                        state["message"] = (f"{source.spec}: stream stopped after {index + state.get('offset', 0)} frames; "
+                        frames = index + state.get("offset", 0)
+                        state["message"] = (f"{source.spec}: stream stopped after {frames} frames; "
                                             f"gave up after {failures} reconnect attempt(s)")
                     break
                 failures += 1
@@ -586,7 +599,18 @@ def _reader(cap_holder: dict, source: Source, cfg: VideoConfig, q: "queue.Queue"
         state["error"] = exc
     finally:
         state["read_frames"] = index
-        q.put(_STOP)
+        if not stop.is_set():
+            q.put(_STOP)  # files: the consumer is still draining, nothing may be lost
+        else:  # the consumer gave up: make room rather than block forever
+            while True:
+                try:
+                    q.put_nowait(_STOP)
+                    break
+                except queue.Full:
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
 
 
 class _DeadCapture:
@@ -610,7 +634,7 @@ class FaceVideoProcessor:
         from facekit.faces import FaceDetector
 
         self.cfg = cfg
-        self.enhancer = enhancer or make_enhancer(cfg.enhancer)
+        self.enhancer = enhancer or make_enhancer(cfg.enhancer, cfg.model_backend)
         self.detector = detector or FaceDetector(score_threshold=cfg.score_threshold, max_side=cfg.detect_side)
         self.tracker = IoUTracker(cfg.tracker)
         self.stabilizer = CropStabilizer(cfg.temporal)
@@ -1003,6 +1027,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="folder for annotated video, webm, gallery, tracks, summary.json")
     parser.add_argument("--enhancer", default=d.enhancer,
                         help=f"face enhancer: {', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
+    parser.add_argument("--model-backend", default=d.model_backend, choices=MODEL_BACKENDS,
+                        help="runtime of a model:PATH enhancer (default onnx = ONNX Runtime)")
     parser.add_argument("--detect-every", type=int, default=d.detect_every, help="run the detector every k frames")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument("--detect-side", type=int, default=d.detect_side,
@@ -1025,7 +1051,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    cfg = VideoConfig(enhancer=args.enhancer, detect_every=args.detect_every, max_frames=args.max_frames,
+    cfg = VideoConfig(enhancer=args.enhancer, model_backend=args.model_backend, detect_every=args.detect_every,
+                      max_frames=args.max_frames,
                       detect_side=args.detect_side, min_face=args.min_face,
                       temporal=args.temporal, crop_size=args.crop_size, codec=args.codec, quality=args.quality,
                       webm=not args.no_webm, webm_scale=args.webm_scale, annotate=not args.no_annotate,
