@@ -477,7 +477,7 @@ class RestorationChain:
             self.backend = backend
             self(x)  # warm-up (allocations, lazy init)
             best = float("inf")
-            for _ in range(3):
+            for _ in range(2):
                 t0 = time.perf_counter()
                 self(x)
                 best = min(best, time.perf_counter() - t0)

@@ -342,7 +342,7 @@ def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | N
     from facekit.settings import DATA_DIR
 
     chain_obj = RestorationChain(stages, device=device, backend=backend, in_size=size,
-                                 onnx_dir=DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 32)))
+                                 onnx_dir=DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 8)))
     return chain_obj, size
 
 
