@@ -64,10 +64,11 @@ def _enhance_classical(crops: np.ndarray) -> np.ndarray:
     for i, c in enumerate(crops):
         d = cv2.bilateralFilter(c, 5, 30, 5)
         lab = cv2.cvtColor(d, cv2.COLOR_RGB2LAB)
-        lab[:, :, 0] = _CLAHE.op.apply(lab[:, :, 0])
+        # half-strength CLAHE: full strength lifts faces into a washed-out look
+        lab[:, :, 0] = cv2.addWeighted(_CLAHE.op.apply(lab[:, :, 0]), 0.5, lab[:, :, 0], 0.5, 0)
         d = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
         blur = cv2.GaussianBlur(d, (0, 0), 1.2)
-        out[i] = cv2.addWeighted(d, 1.6, blur, -0.6, 0)
+        out[i] = cv2.addWeighted(d, 1.5, blur, -0.5, 0)
     return out
 
 
@@ -290,6 +291,8 @@ class VideoConfig:
         margin: crop margin around the face box (fraction of its side).
         temporal: history weight of the enhanced-crop EMA (0 disables stabilisation).
         feather: width of the soft edge of the elliptical paste mask (fraction of the radius).
+        detail_transfer: for faces larger than ``crop_size``, add back the frame's fine detail
+            that the crop lost (the enhancer then changes only what it can see).
         codec: FourCC of the main annotated video (:data:`CODECS`).
         quality: encoder quality 0-100 (used by codecs that honour it: MJPG, VP8).
         webm: also write a browser-playable VP8 ``annotated.webm``; webm_scale: its size factor.
@@ -312,6 +315,7 @@ class VideoConfig:
     margin: float = 0.2
     temporal: float = 0.6
     feather: float = 0.35
+    detail_transfer: bool = True
     codec: str = "mp4v"
     quality: int = 90
     webm: bool = True
@@ -706,12 +710,18 @@ class FaceVideoProcessor:
                                   f"{getattr(enhanced, 'dtype', '')}; expected ({len(batch)},S,S,3) uint8")
             t3 = time.perf_counter()
             self.times["enhance"] += t3 - t2
-            for t, (x0, y0, side), e in zip(live_tracks, regions, enhanced):
+            for t, (x0, y0, side), e, small in zip(live_tracks, regions, enhanced, batch):
                 e = self.stabilizer(t.id, e, reset=t.reset)
                 self.flicker.add(t.id, index, e)
                 faces.append((t.id, (x0, y0, side), e))
                 patch = cv2.resize(e, (side, side), interpolation=cv2.INTER_AREA if e.shape[0] > side
                                    else cv2.INTER_CUBIC)[:, :, ::-1]
+                if cfg.detail_transfer and side > 1.25 * cfg.crop_size:
+                    # A face larger than the crop lost its fine detail on the way to the enhancer;
+                    # add it back (frame crop minus its crop-size version) so big faces are not blurred.
+                    low = cv2.resize(small[:, :, ::-1], (side, side), interpolation=cv2.INTER_LINEAR)
+                    detail = cv2.subtract(bgr[y0:y0 + side, x0:x0 + side], low, dtype=cv2.CV_16S)
+                    patch = cv2.add(patch, detail, dtype=cv2.CV_16S).clip(0, 255).astype(np.uint8)
                 region = out[y0:y0 + side, x0:x0 + side]
                 m, inv = self._mask(side, side)
                 region[:] = cv2.blendLinear(np.ascontiguousarray(patch), np.ascontiguousarray(region), m, inv)
