@@ -25,6 +25,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -358,6 +359,8 @@ class Trainer:
         _broadcast_module(self.net_g, world)
         _broadcast_module(self.net_d, world)
         self.net_g_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False)
+        # Registered generators without an out_size argument produce scale x their input.
+        self._g_takes_size = "out_size" in inspect.signature(self.net_g.forward).parameters
         self.optim_g = _make_optim(self.net_g.parameters(), cfg.lr_g, cfg.betas, cfg.fused_optim, device)
         self.optim_d = _make_optim(self.net_d.parameters(), cfg.lr_d, cfg.betas, cfg.fused_optim, device)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.optim_g, lr_lambda(cfg))
@@ -381,7 +384,10 @@ class Trainer:
         if cfg.channels_last:
             lq = lq.contiguous(memory_format=torch.channels_last)
             gt = gt.contiguous(memory_format=torch.channels_last)
-        out = self.net_g(lq, out_size=gt.shape[-2:])
+        out = self.net_g(lq, out_size=tuple(gt.shape[-2:])) if self._g_takes_size else self.net_g(lq)
+        if out.shape != gt.shape:
+            raise ConfigError(f"generator {cfg.arch_g!r} returned {tuple(out.shape)} for lq {tuple(lq.shape)}, "
+                              f"expected the gt shape {tuple(gt.shape)} (check scale)")
         use_gan = cfg.gan_weight > 0 and step >= cfg.gan_start
         logs: dict[str, torch.Tensor] = {}
         fake_pred = None
@@ -621,6 +627,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                                     | ({"val_psnr": f"{val['psnr']:.2f}"} if val["psnr"] == val["psnr"] else {}))
     if bar is not None:
         bar.close()
+    if is_main and start >= cfg.steps:  # resumed a finished run: still report its scores
+        val = evaluate(trainer.net_g_ema, val_lq, val_gt, dev, channels_last=cfg.channels_last)
     if is_main:
         elapsed = time.perf_counter() - t_start
         summary = {"name": cfg.name, "steps": cfg.steps, "resumed_from": start, "val_psnr": val["psnr"],
