@@ -384,7 +384,8 @@ class RestorationChain:
             (time both on one batch and keep the faster; see :attr:`timings`).
         onnx_dir: where exported stage files go; files are named by a digest of the weights, so
             a folder can be reused as a cache (default: a temporary folder).
-        threads: intra-op threads for torch and ONNX Runtime (default: FACEKIT_THREADS / all cores).
+        threads: intra-op threads for ONNX Runtime, and for torch when given (default:
+            FACEKIT_THREADS / all cores for ONNX Runtime; torch keeps its current setting).
         auto_batch: batch size used by ``backend="auto"`` to time the backends.
         in_size: input side the chain will be fed (default: the first stage's ``in_size``, else
             16); used to time ``auto`` and to pre-export ONNX files.
@@ -403,7 +404,8 @@ class RestorationChain:
         from facekit.settings import default_threads
 
         self.threads = int(threads or default_threads())
-        torch.set_num_threads(self.threads)
+        if threads is not None:  # otherwise keep the process-wide setting (facekit.settings.set_threads)
+            torch.set_num_threads(self.threads)
         self.stages = list(stages)
         self._in_size = in_size
         self.device = torch.device(device)
