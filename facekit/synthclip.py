@@ -25,22 +25,24 @@ class ClipPreset:
     Attributes:
         scale: frames are rendered, shrunk by this factor and shown back at full size (CCTV
             resolution); blur_px: Gaussian blur sigma before shrinking; noise: Gaussian noise
-            sigma in [0,1] units; jpeg: JPEG quality per frame (codec blocks); light_amp: amplitude
-            of the slow brightness drift (fraction); light_period: its period in frames.
+            sigma in [0,1] units; jpeg: JPEG quality per frame (codec blocks); light_stops: deepest
+            exposure drop of the slow lighting drift (stops); kelvin_swing: colour-temperature swing
+            around 6,500 K (K); light_period: period of the drift in frames.
     """
 
     scale: float = 2.0
     blur_px: float = 1.0
     noise: float = 0.02
     jpeg: int = 60
-    light_amp: float = 0.25
+    light_stops: float = 1.0
+    kelvin_swing: float = 2000.0
     light_period: int = 60
 
 
 PRESETS: dict[str, ClipPreset] = {
-    "clean": ClipPreset(scale=1.0, blur_px=0.0, noise=0.0, jpeg=100, light_amp=0.0),
-    "cctv-light": ClipPreset(scale=2.0, blur_px=0.8, noise=0.02, jpeg=70, light_amp=0.2),
-    "cctv-heavy": ClipPreset(scale=3.0, blur_px=1.2, noise=0.05, jpeg=35, light_amp=0.35),
+    "clean": ClipPreset(scale=1.0, blur_px=0.0, noise=0.0, jpeg=100, light_stops=0.0, kelvin_swing=0.0),
+    "cctv-light": ClipPreset(scale=2.0, blur_px=0.8, noise=0.02, jpeg=70, light_stops=0.7, kelvin_swing=1500.0),
+    "cctv-heavy": ClipPreset(scale=3.0, blur_px=1.2, noise=0.05, jpeg=35, light_stops=1.5, kelvin_swing=3000.0),
 }
 
 
@@ -76,7 +78,17 @@ def _paths(n_faces: int, n_frames: int, w: int, h: int, side: int, speed: float,
     return pos
 
 
-def _degrade(frame: np.ndarray, preset: ClipPreset, light: float, rng: np.random.Generator) -> np.ndarray:
+def _relight(x: np.ndarray, kelvin: float, stops: float) -> np.ndarray:
+    """White-point shift and exposure change (``facekit.augment.apply_lighting`` when present)."""
+    try:
+        from facekit.augment import apply_lighting
+    except ImportError:  # pragma: no cover - the engine ships with facekit
+        return np.clip(x * np.float32(2.0 ** stops), 0, 1)
+    return apply_lighting(x, kelvin=kelvin, exposure_stops=stops)
+
+
+def _degrade(frame: np.ndarray, preset: ClipPreset, kelvin: float, stops: float,
+             rng: np.random.Generator) -> np.ndarray:
     """Degrade a clean ``(H,W,3) float32`` frame; returns ``uint8`` RGB.
 
     Uses ``facekit.degrade``'s ops when present (same maths as the training degradations), else
@@ -94,8 +106,7 @@ def _degrade(frame: np.ndarray, preset: ClipPreset, light: float, rng: np.random
         sw, sh = max(1, round(w / preset.scale)), max(1, round(h / preset.scale))
         x = cv2.resize(cv2.resize(x, (sw, sh), interpolation=cv2.INTER_AREA), (w, h),
                        interpolation=cv2.INTER_LINEAR)
-    # Lighting drift: gain with a gamma so shadows change more than highlights (camera auto-exposure).
-    x = np.power(np.clip(x, 0, 1), 1.0 / max(light, 0.05)) * light
+    x = _relight(np.clip(x, 0, 1).astype(np.float32), kelvin, stops)
     if preset.noise > 0:
         x = dg.gaussian_noise(x, preset.noise, seed=rng) if dg else x + rng.normal(0, preset.noise, x.shape)
     x = np.clip(x, 0, 1)
@@ -120,7 +131,7 @@ def make_clip(faces: np.ndarray, out_dir, n_frames: int = 60, size: tuple[int, i
     Returns:
         Path of the clip. ``truth.npz`` holds ``boxes (T,F,4) int32 (x,y,w,h)``,
         ``faces (T,F,S,S,3) uint8`` (the clean frame's region at the box, resized to S, before
-        lighting and degradation), ``light (T,)``
+        lighting and degradation), ``exposure_stops (T,)``, ``kelvin (T,)``
         and ``preset`` (JSON).
     """
     if preset not in PRESETS:
@@ -153,7 +164,10 @@ def make_clip(faces: np.ndarray, out_dir, n_frames: int = 60, size: tuple[int, i
     boxes = np.zeros((n_frames, n_faces, 4), np.int32)
     s = faces.shape[1]
     truth_faces = np.zeros((n_frames, n_faces, s, s, 3), np.uint8)
-    light = 1.0 - cfg.light_amp * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_frames) / max(cfg.light_period, 1)))
+    # Lighting drifts slowly: dimming (clouds, auto-exposure) and a colour shift (mixed daylight/LED).
+    phase = 2 * np.pi * np.arange(n_frames) / max(cfg.light_period, 1)
+    stops = -cfg.light_stops * (0.5 - 0.5 * np.cos(phase))
+    kelvin = 6500.0 + cfg.kelvin_swing * np.sin(phase)
     try:
         for t in range(n_frames):
             frame = bg.copy()
@@ -167,12 +181,13 @@ def make_clip(faces: np.ndarray, out_dir, n_frames: int = 60, size: tuple[int, i
                 crop = frame[y:y + side, x:x + side]
                 small = cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA)
                 truth_faces[t, f] = (small * 255 + 0.5).astype(np.uint8)
-            lq = _degrade(frame, cfg, float(light[t]), rng)
+            lq = _degrade(frame, cfg, float(kelvin[t]), float(stops[t]), rng)
             writer.write(np.ascontiguousarray(lq[:, :, ::-1]))
     finally:
         writer.release()
     np.savez_compressed(out_dir / TRUTH_NAME, boxes=boxes, faces=truth_faces,
-                        light=light.astype(np.float32), face_index=chosen,
+                        exposure_stops=stops.astype(np.float32), kelvin=kelvin.astype(np.float32),
+                        face_index=chosen,
                         preset=json.dumps({"name": preset, **asdict(cfg)}))
     return clip
 

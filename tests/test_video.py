@@ -69,7 +69,8 @@ def test_synthetic_clip_has_truth(clip):
     assert truth["faces"].shape == (N_FRAMES, 1, 64, 64, 3)
     moved = np.abs(truth["boxes"][-1, 0, :2] - truth["boxes"][0, 0, :2]).max()
     assert moved > 20  # the face really moves
-    assert truth["light"].min() < truth["light"].max()  # lighting changes over time
+    # lighting changes over time (exposure and colour temperature)
+    assert np.ptp(truth["exposure_stops"]) > 0.3 and np.ptp(truth["kelvin"]) > 500
     assert _count_frames(clip) == (N_FRAMES, (SIZE[1], SIZE[0], 3))
 
 
@@ -249,6 +250,10 @@ def test_enhancers_and_errors(tmp_path):
         make_enhancer(f"model:{tmp_path / 'nope.onnx'}")
     with pytest.raises(ConfigError, match="detect_every"):
         process_video("x.mp4", tmp_path, _cfg(detect_every=0))
+    with pytest.raises(ConfigError, match="valid: clean, cctv-light, cctv-heavy"):
+        synthclip.make_clip(crops, tmp_path, preset="foggy")
+    with pytest.raises(ConfigError, match=r"\(N,S,S,3\) uint8"):
+        synthclip.make_clip(crops.astype(np.float32), tmp_path)
 
 
 def test_model_enhancer_runs_onnx(tmp_path):
