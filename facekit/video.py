@@ -828,7 +828,9 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         capture_factory: ``factory(target) -> capture`` used to open (and reopen) the source.
         detector: a face detector with ``detect(rgb) -> [Detection]`` (default YuNet).
         frame_hook: ``hook(index, input_bgr, output_bgr, faces)`` called in the processing thread
-            for every frame, before annotation is applied to ``output_bgr``'s copy that is written.
+            for every frame with the composited frame before annotation (boxes are drawn on it in
+            place after the hook returns: copy it to keep it); ``faces`` is
+            ``[(track_id, (x0, y0, side), enhanced RGB crop)]``.
 
     Returns:
         A :class:`VideoResult`; ``summary.json`` in ``out_dir`` holds the same.
