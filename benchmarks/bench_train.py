@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -126,7 +127,10 @@ def main() -> None:
     threads = set_threads(args.threads)
     out = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads,
            "arch_g": {"unet": G_KW}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
-           "results": [bench_size(s, args.batch, args.seconds, args.compile) for s in args.sizes]}
+           "results": []}
+    for size in args.sizes:
+        out["results"].append(bench_size(size, args.batch, args.seconds, args.compile))
+        print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)  # partial results as they come
     print(json.dumps(out, indent=2))
 
 
