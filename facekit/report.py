@@ -230,6 +230,7 @@ table.run th { width: 9em; }
 .metric { display: inline-block; margin: 0 14px 2px 0; white-space: nowrap; }
 .metric b { font-weight: 600; color: #555; margin-right: 4px; }
 .params { color: #555; font: 12px monospace; }
+td.duration { white-space: nowrap; }
 a.ipynb { font-size: 11px; color: #777; margin-left: 6px; }
 .error { border: 1px solid #c62828; background: #fdecea; padding: 10px 14px; white-space: pre-wrap; font: 13px monospace; }
 """
@@ -294,7 +295,8 @@ def render_index(summary: dict) -> str:
         out.append(
             f'<tr data-stem="{esc(stem)}" data-status="{esc(status)}"><td>{i}</td><td>{name}</td>'
             f'<td><span class="status status-{esc(status)}">{esc(status)}</span></td>'
-            f"<td>{esc(format_duration(nb.get('duration_s')))}</td><td>{metrics or '–'}</td>"
+            f'<td class="duration">{esc(format_duration(nb.get("duration_s")))}</td>'
+            f"<td>{metrics or '–'}</td>"
             f'<td class="params">{esc(params) or "defaults"}</td></tr>'
         )
     out += ["</tbody></table>", "</body></html>", ""]

@@ -440,6 +440,8 @@ def test_smoke_profile_runs_every_real_notebook(tmp_path):
     assert failed is None, failed.error["message"]
     stems = [p.stem for p in REAL_NOTEBOOKS]
     assert sorted(p.stem for p in (reports / "html").glob("*.html")) == sorted(stems)
+    for page in (reports / "html").glob("*.html"):
+        assert_self_contained(page.read_text())
     rows = parse_index(reports / "index.html")
     assert list(rows) == stems
     assert all(row["status"] == "ok" and row["link"] == f"html/{stem}.html"
