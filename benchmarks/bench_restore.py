@@ -14,6 +14,26 @@ Targets for the default chain on a 16-32 px face: >= 60 faces/s at batch 1, >= 2
 batch 32 on 2 cores, >= 100x Real-ESRGAN x4plus. The machine is shared: timings are noisy.
 
     python benchmarks/bench_restore.py [--seconds 1.0] [--threads 2] [--sizes 16 32] [--batches 1 32]
+
+Measured 2026-11-23 on the shared 2-core machine (load average 2-8 from other jobs; noisy),
+best backend (ONNX Runtime in every case), faces/s:
+
+=========================  ===========  ===========  ===========  ===========
+threads=1                  16px b1      16px b32     32px b1      32px b32
+=========================  ===========  ===========  ===========  ===========
+realtime chain             320          340          120          117
+  (upscale stage alone)    504          447          155          135
+realtime, SRVGG upscaler   570          881          268          312
+Real-ESRGAN x4plus torch   7.6          13.4         3.0          3.4
+speed-up, realtime chain   42x          25x          40x          34x
+=========================  ===========  ===========  ===========  ===========
+
+With threads=2 while other jobs held both cores (load ~7) PyTorch collapsed (OpenMP threads
+spinning against each other: 1-3 faces/s at batch 1) and ONNX Runtime reached 18-56 faces/s at
+16 px; ``backend="auto"`` picks ONNX Runtime there. The compact RRDBNet upscaler is the
+bottleneck (its tail convolutions run at the output size): the 60 faces/s batch-1 target is met,
+200 faces/s batched only at 16 px, and 100x Real-ESRGAN is not reached (25-42x; 66-91x with the
+SRVGG upscaler).
 """
 
 from __future__ import annotations
