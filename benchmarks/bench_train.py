@@ -8,7 +8,7 @@ every step and a Python-loop EMA. facekit's step: one G forward shared by both s
 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
 optionally channels-last. Ablations toggle one optimisation at a time.
 
-Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--seconds 6]``. Prints JSON.
+Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--rounds 5]``. Prints JSON.\nVariants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
 """
 
@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import sys
 import time
 
@@ -69,22 +70,26 @@ def make_cfg(size: int, batch: int, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def time_steps(step_fn, lq, gt, seconds: float, min_steps: int = 4) -> float:
-    """Images/s over whole lazy periods (a multiple of 4 steps) after 2 warm-up steps."""
-    for _ in range(2):
-        step_fn(lq, gt)
-    n, t0 = 0, time.perf_counter()
-    while n < min_steps or time.perf_counter() - t0 < seconds or n % 4:
-        step_fn(lq, gt)
-        n += 1
-    return n * lq.shape[0] / (time.perf_counter() - t0)
+def interleaved(steps: dict, lq, gt, rounds: int) -> dict[str, float]:
+    """Median images/s per variant, timing one lazy period (4 steps) of each variant in turn per
+    round, so load changes on a shared machine hit every variant alike."""
+    for fn in steps.values():  # warm-up (allocator, first-call overheads)
+        fn(lq, gt)
+    per: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(4):
+                fn(lq, gt)
+            per[name].append(4 * lq.shape[0] / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
-def bench_size(size: int, batch: int, seconds: float, compile_: bool) -> dict:
+def bench_size(size: int, batch: int, rounds: int, compile_: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, size // 4, size // 4, generator=g)
     gt = torch.rand(batch, 3, size, size, generator=g)
-    res: dict = {"size": size, "batch": batch}
+    res: dict = {"size": size, "batch": batch, "rounds": rounds}
     variants = {
         "facekit": {},
         "facekit_channels_last": {"channels_last": True},
@@ -92,12 +97,9 @@ def bench_size(size: int, batch: int, seconds: float, compile_: bool) -> dict:
         "facekit_gp_every_step": {"lazy_k": 1},
         "facekit_no_foreach": {"fused_optim": False},
     }
-    plain_cfg = make_cfg(size, batch)
-    res["plain_images_per_s"] = time_steps(PlainStep(plain_cfg).step, lq, gt, seconds)
+    steps = {"plain": PlainStep(make_cfg(size, batch)).step}
     for name, kw in variants.items():
-        tr = Trainer(make_cfg(size, batch, **kw), torch.device("cpu"))
-        res[f"{name}_images_per_s"] = time_steps(tr.step, lq, gt, seconds)
-    res["plain_images_per_s_again"] = time_steps(PlainStep(plain_cfg).step, lq, gt, seconds)
+        steps[name] = Trainer(make_cfg(size, batch, **kw), torch.device("cpu")).step
     if compile_:
         tr = Trainer(make_cfg(size, batch), torch.device("cpu"))
         try:
@@ -105,14 +107,12 @@ def bench_size(size: int, batch: int, seconds: float, compile_: bool) -> dict:
             tr.net_g = torch.compile(tr.net_g)
             tr.step(lq, gt)
             res["compile_first_step_s"] = round(time.perf_counter() - t0, 1)
-            res["facekit_compiled_images_per_s"] = time_steps(tr.step, lq, gt, seconds)
+            steps["facekit_compiled"] = tr.step
         except Exception as exc:  # inductor needs a C++ toolchain; report instead of failing
             res["facekit_compiled_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    plain = 0.5 * (res["plain_images_per_s"] + res["plain_images_per_s_again"])
-    res["ratio_facekit_vs_plain"] = res["facekit_images_per_s"] / plain
-    for k, v in list(res.items()):
-        if isinstance(v, float):
-            res[k] = round(v, 3)
+    for name, ips in interleaved(steps, lq, gt, rounds).items():
+        res[f"{name}_images_per_s"] = round(ips, 3)
+    res["ratio_facekit_vs_plain"] = round(res["facekit_images_per_s"] / res["plain_images_per_s"], 3)
     return res
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per variant")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 4 steps per variant")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile on the generator")
     args = ap.parse_args()
@@ -129,7 +129,7 @@ def main() -> None:
            "arch_g": {"unet": G_KW}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
            "results": []}
     for size in args.sizes:
-        out["results"].append(bench_size(size, args.batch, args.seconds, args.compile))
+        out["results"].append(bench_size(size, args.batch, args.rounds, args.compile))
         print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)  # partial results as they come
     print(json.dumps(out, indent=2))
 
