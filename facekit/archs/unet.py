@@ -52,8 +52,10 @@ class UNetGenerator(nn.Module):
         depth: number of 2x downsamplings (the output size is padded internally to a multiple of
             ``2**depth``, so any size works).
         max_channels: channel cap for deep levels.
-        up: "resize" (nearest resize then conv, the default: faster on CPU in
-            ``benchmarks/bench_train.py`` and free of checkerboard artifacts) or "transpose".
+        up: "resize" (nearest resize then conv; the default because it cannot produce
+            checkerboard artifacts) or "transpose" (4x4 stride-2 transposed conv). Measured in
+            ``benchmarks/bench_train.py`` (64 px, batch 16, 2 threads) the whole G+D step is ~20%
+            faster with "transpose"; we keep "resize" as the default for artifact-free faces.
         in_channels / out_channels: 3 for RGB.
     """
 
