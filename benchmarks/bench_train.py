@@ -6,7 +6,7 @@ straightforward script does: float32 NCHW, ``Adam`` with default (for-loop) upda
 ``zero_grad(set_to_none=False)``, a second generator forward for the G step, the penalty on
 every step and a Python-loop EMA. facekit's step: one G forward shared by both steps, lazy R1
 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
-optionally channels-last. Ablations toggle one optimisation at a time.
+channels-last memory format. Ablations toggle one optimisation at a time.
 
 Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--rounds 5]``. Prints JSON.\nVariants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
@@ -92,7 +92,7 @@ def bench_size(size: int, batch: int, rounds: int, compile_: bool) -> dict:
     res: dict = {"size": size, "batch": batch, "rounds": rounds}
     variants = {
         "facekit": {},
-        "facekit_channels_last": {"channels_last": True},
+        "facekit_nchw": {"channels_last": False},
         "facekit_transpose_up": {"arch_g_kwargs": dict(G_KW, up="transpose")},
         "facekit_gp_every_step": {"lazy_k": 1},
         "facekit_no_foreach": {"fused_optim": False},
