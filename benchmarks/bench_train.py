@@ -8,7 +8,8 @@ every step and a Python-loop EMA. facekit's step: one G forward shared by both s
 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
 channels-last memory format. Ablations toggle one optimisation at a time.
 
-Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--rounds 5]``. Prints JSON.\nVariants run interleaved (4 steps each, in turn) and the median per variant is reported.
+Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--rounds 5]``. Prints JSON.
+Variants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
 """
 
