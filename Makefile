@@ -12,6 +12,8 @@ $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -r requirements.txt
+	# weight-only packages whose own pins clash with ours: `#no-deps:` lines of requirements.txt
+	sed -n 's/^#no-deps: *//p' requirements.txt | xargs -r $(PY) -m pip install --no-deps
 	cp requirements.txt $(STAMP)
 
 venv: $(STAMP)

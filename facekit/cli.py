@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("facekit.evaluate", "score restorers across lighting, angles and severities vs baselines"),
     "identify": ("facekit.identify", "match probe faces against a gallery of known people"),
     "restore": ("facekit.restore", "restore a face image or a folder of face crops with the deblur/reconstruct/upscale chain"),
+    "release": ("facekit.release", "export a finished training run as a released chain folder with its model card"),
     "video": ("facekit.video", "detect, track, enhance and composite faces in a video file or live stream"),
 }
 

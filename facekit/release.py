@@ -1,0 +1,294 @@
+"""Release a trained run as a restoration chain folder with its model card.
+
+``release_run(run, out)`` turns a finished training run (``data/runs/<name>/``) into the folder
+that :mod:`facekit.restore` and the evaluation load as ``chain:default``::
+
+    models/default/
+        chain.yaml        # size + stages (reconstruct: reconstruct.pt)
+        reconstruct.pt    # EMA generator, a facekit.chain stage file (weights_only loadable)
+        config.yaml       # the run's TrainConfig, so it can be retrained from this alone
+        report.json       # every number in TRAINING.md, machine readable
+        TRAINING.md       # model card: data, training, held-out quality per lighting condition
+        curves.png        # validation PSNR and losses over training (every compared run)
+
+The quality table is measured here, not copied: the run's test split (CelebA's untouched
+9,901-10,000 slice) is degraded with the run's preset at its scale under each lighting condition
+(paired draws, :class:`facekit.evaluate.PairMaker`), restored by bicubic upsampling, by the
+released model and by every ``compare`` run, and scored by :func:`facekit.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from facekit.errors import ConfigError
+
+STAGE_FILE = "reconstruct.pt"
+MAX_MODEL_MB = 25.0
+# Quality bar of the released model over bicubic, per lighting condition.
+TARGET_PSNR_GAIN = 3.0
+TARGET_SSIM_GAIN = 0.05
+
+
+def _run_files(run_dir: Path) -> tuple[Path, dict]:
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"{run_dir}: no checkpoints/last.pt (is this a facekit training run folder?)")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return ckpt, summary
+
+
+def export_stage(run_dir: str | Path, path: str | Path) -> tuple[Path, dict]:
+    """Write a run's EMA generator as a ``reconstruct`` chain stage.
+
+    Args:
+        run_dir: training run folder (``checkpoints/last.pt``, ``summary.json``).
+        path: destination ``.pt``.
+
+    Returns:
+        ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``.
+    """
+    from facekit.chain import save_stage
+    from facekit.checkpoint import load_generator
+
+    run_dir = Path(run_dir)
+    ckpt, summary = _run_files(run_dir)
+    net, info = load_generator(ckpt)
+    cfg = info["config"]
+    if cfg.get("steps") is not None and info.get("step") is not None and int(info["step"]) < int(cfg["steps"]):
+        raise ConfigError(f"{ckpt}: the run stopped at step {info['step']} of {cfg['steps']}; "
+                          f"finish it (python -m facekit train --config {run_dir / 'config.yaml'} --resume) first")
+    in_size = int(cfg["size"]) // int(cfg["scale"])
+    save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
+               extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary})
+    info["summary"] = summary
+    return Path(path), info
+
+
+def _method_label(run_dir: Path, cfg: dict) -> str:
+    w = float(cfg.get("identity_weight") or 0.0)
+    return f"{run_dir.name} (id loss {w:g})" if w > 0 else f"{run_dir.name} (no id loss)"
+
+
+def quality_table(df: pd.DataFrame, model: str, baseline: str = "bicubic", n_boot: int = 1000) -> pd.DataFrame:
+    """Per condition: model and baseline PSNR/SSIM means, their gains, and whether the targets hold.
+
+    Args:
+        df: rows of :func:`facekit.evaluate.evaluate`.
+        model, baseline: method names in ``df``.
+
+    Returns:
+        One row per condition: ``condition, n, psnr_<m>, psnr_<b>, psnr_gain, ssim_<m>, ssim_<b>,
+        ssim_gain, meets_target``.
+    """
+    from facekit.evaluate import summarise
+
+    s = summarise(df[df["method"].isin([model, baseline])], ("method", "condition"),
+                  metrics=["psnr", "ssim"], n_boot=n_boot)
+    rows = []
+    for cond, grp in s.groupby("condition", sort=False):
+        m = grp[grp["method"] == model].iloc[0]
+        b = grp[grp["method"] == baseline].iloc[0]
+        row = {"condition": cond, "n": int(m["n"]),
+               "psnr_model": m["psnr"], "psnr_bicubic": b["psnr"], "psnr_gain": m["psnr"] - b["psnr"],
+               "ssim_model": m["ssim"], "ssim_bicubic": b["ssim"], "ssim_gain": m["ssim"] - b["ssim"]}
+        row["meets_target"] = bool(row["psnr_gain"] >= TARGET_PSNR_GAIN and row["ssim_gain"] >= TARGET_SSIM_GAIN)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_curves(run_dirs: list[Path], path: Path) -> Path:
+    """PNG of validation PSNR and the pixel/identity losses over steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from facekit.train import load_metrics
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for run in run_dirs:
+        m = load_metrics(run)
+        val = m.dropna(subset=["val_psnr"])
+        axes[0].plot(val["step"], val["val_psnr"], marker="o", ms=3, label=run.name)
+        axes[1].plot(m["step"], m["l_g_pix"].rolling(8, min_periods=1).mean(), label=run.name)
+        if "l_g_id" in m.columns:
+            axes[2].plot(m["step"], m["l_g_id"].rolling(8, min_periods=1).mean(), label=run.name)
+    for ax, title in zip(axes, ("val PSNR (dB, EMA weights)", "l_g_pix (L1, smoothed)", "l_g_id (1 - cos SFace)")):
+        ax.set_title(title), ax.set_xlabel("step"), ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A pandas table as GitHub markdown (no tabulate dependency)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = [f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v) for v in r.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Path] | None = None,
+                sample_size: int | None = None, identity_nets=("sface", "dlib"), n_boot: int = 1000,
+                progress: bool = True, faces=None) -> dict:
+    """Export a run as a chain folder, measure it on the held-out test split, write its model card.
+
+    Args:
+        run_dir: the finished training run to release.
+        out_dir: the chain folder to (re)write, e.g. ``models/default``.
+        compare: other finished runs scored beside it (e.g. the identity-loss twin).
+        sample_size: evaluate a seeded subset of the test faces (None = all).
+        identity_nets: identity networks for the comparison ("dlib" is skipped when not installed).
+        n_boot: bootstrap resamples for the confidence intervals.
+        progress: progress bars.
+        faces: test faces instead of the run's data source's ``test`` split (FaceSet or array).
+
+    Returns:
+        The report dict written to ``report.json``.
+    """
+    from facekit import evaluate as ev
+    from facekit import recognition
+    from facekit.baselines import build_method
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    compare = [Path(c) for c in (compare or [])]
+    for c in compare:
+        _run_files(c)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE)
+    size_mb = stage_path.stat().st_size / 2**20
+    if size_mb > MAX_MODEL_MB:
+        raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
+    cfg = info["config"]
+    in_size = int(cfg["size"]) // int(cfg["scale"])
+    (out_dir / "chain.yaml").write_text(
+        f"# Released by facekit.release from run {run_dir.name!r} (step {info['step']}); see TRAINING.md.\n"
+        f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n")
+    shutil.copyfile(run_dir / "config.yaml", out_dir / "config.yaml")
+
+    if faces is None:
+        from facekit.data import load_faces
+
+        faces = load_faces(cfg["data"], size=int(cfg["size"]), seed=int(cfg.get("seed", 0)), progress=progress)
+        faces = faces.subset("test")
+        if len(faces.images) == 0:
+            raise ConfigError(f"{cfg['data']}: the source has no test split to measure the released model on")
+    released = _method_label(run_dir, cfg)
+    methods = {"bicubic": build_method("bicubic", scale=int(cfg["scale"])),
+               released: build_method(f"model:{stage_path}", scale=int(cfg["scale"]))}
+    for c in compare:
+        ccfg = yaml.safe_load((c / "config.yaml").read_text()) or {}
+        methods[_method_label(c, ccfg)] = build_method(f"model:{c / 'checkpoints' / 'last.pt'}", scale=int(cfg["scale"]))
+    nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
+    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=cfg["preset"], scale=int(cfg["scale"]),
+                     seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
+                     identity=True, identity_nets=nets)
+    df.to_csv(out_dir / "test_metrics.csv", index=False)
+    quality = quality_table(df, released, n_boot=n_boot)
+    id_cols = [f"id_{n}" for n in nets if f"id_{n}" in df.columns]
+    per_method = ev.summarise(df, ("method", "condition"), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    overall = ev.summarise(df, ("method",), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    runs = [run_dir, *compare]
+    plot_curves(runs, out_dir / "curves.png")
+    summary = info["summary"]
+    report = {
+        "released_run": run_dir.name, "step": info["step"], "arch": info["arch"], "arch_kwargs": info["kwargs"],
+        "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
+        "training": {r.name: _run_files(r)[1] for r in runs},
+        "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
+                 "preset": cfg["preset"], "scale": int(cfg["scale"]), "angles": False,
+                 "identity_nets": nets, "missing": df.attrs.get("missing", {})},
+        "targets": {"psnr_gain_db": TARGET_PSNR_GAIN, "ssim_gain": TARGET_SSIM_GAIN,
+                    "met_in_every_condition": bool(quality["meets_target"].all())},
+        "quality": json.loads(quality.to_json(orient="records", double_precision=4)),
+        "by_method_condition": json.loads(per_method.to_json(orient="records", double_precision=4)),
+        "by_method": json.loads(overall.to_json(orient="records", double_precision=4)),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols)
+    return report
+
+
+def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
+                per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str]) -> Path:
+    t = report["test"]
+    minutes = float(summary.get("seconds", float("nan"))) / 60
+    keep = ["method", "n", "psnr", "ssim", *id_cols]
+    lines = [
+        f"# Released model: `{report['released_run']}`",
+        "",
+        f"U-Net generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
+        f"CCTV-like faces to {report['out_size']}x{report['out_size']}; EMA weights at step {report['step']}, "
+        f"{report['model_mb']:.2f} MB. Loaded by `python -m facekit restore` and the evaluation as `chain:default`.",
+        "",
+        "## Data",
+        f"Trained on `{cfg['data']}`: CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015), "
+        "**non-commercial research use only**; these weights inherit that licence. Images 1-9,000 train, "
+        "9,001-9,900 validation, 9,901-10,000 never seen in training (the test slice below). Pairs are synthesised "
+        f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose.",
+        "",
+        "## Training",
+        f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
+        f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg['pixel_loss']} pixel loss, {cfg['gan_type']} GAN (weight {cfg['gan_weight']}, "
+        f"from step {cfg['gan_start']}), {cfg['gp_mode']} gradient penalty (weight {cfg['gp_weight']}, every "
+        f"{cfg['lazy_k']} steps), {cfg['schedule']} LR, identity loss weight {cfg.get('identity_weight', 0)}. Retrain with "
+        "`python -m facekit train --config models/default/config.yaml` (same seed, same data).",
+        "",
+        "![training curves](curves.png)",
+        "",
+        f"## Held-out quality: {t['faces']} test faces, `{t['preset']}` x{t['scale']}, per lighting condition",
+        f"Target: at least +{TARGET_PSNR_GAIN:g} dB PSNR and +{TARGET_SSIM_GAIN:g} SSIM over bicubic in every condition "
+        f"-- **{'met' if report['targets']['met_in_every_condition'] else 'NOT met'}**.",
+        "",
+        _fmt_table(quality),
+        "",
+        "## Every method, per condition (mean [95% bootstrap CI] in `report.json`)",
+        "Identity: cosine similarity of the restored face to its clean face; `id_sface` is the network the "
+        "identity loss trains against, `id_dlib` an independent one (dlib ResNet, same-person threshold 0.6 "
+        "on its distance).",
+        "",
+        _fmt_table(overall[keep]),
+        "",
+        _fmt_table(per_method[["method", "condition", *keep[2:]]]),
+        "",
+    ]
+    path = out_dir / "TRAINING.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="finished training run folder (data/runs/NAME)")
+    parser.add_argument("out", nargs="?", default=None, help="chain folder to write (default models/default)")
+    parser.add_argument("--compare", action="append", default=[], metavar="RUN",
+                        help="another finished run scored beside it (repeatable)")
+    parser.add_argument("--sample-size", type=int, default=None, help="evaluate this many test faces (default all)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from facekit.restore import default_model_dir
+
+    out = Path(args.out) if args.out else default_model_dir()
+    report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
+                         progress=not args.no_progress)
+    print(out / "TRAINING.md")
+    print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
+    return 0

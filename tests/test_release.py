@@ -1,0 +1,62 @@
+"""Releasing a training run: chain folder, model card and numbers measured on held-out faces."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from facekit import release
+from facekit.baselines import build_method
+from facekit.errors import ConfigError
+from facekit.train import train
+
+from test_train import orl_faces, tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    faces = orl_faces(40)
+    return train(tiny_cfg(steps=6), faces=faces[:32], val_faces=faces[32:36], runs_dir=root, progress=False)
+
+
+def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_run, tmp_path):
+    out = tmp_path / "default"
+    test_faces = orl_faces(40)[30:]  # never trained on
+    report = release.release_run(tiny_run, out, compare=[tiny_run], faces=test_faces, identity_nets=("sface",),
+                                 n_boot=50, progress=False)
+    for name in ("chain.yaml", "reconstruct.pt", "config.yaml", "report.json", "TRAINING.md", "curves.png",
+                 "test_metrics.csv"):
+        assert (out / name).is_file(), name
+    # the chain folder is what restore/evaluate load as chain:DIR; it runs the run's EMA generator
+    chain = build_method(f"chain:{out}", scale=4)
+    model = build_method(f"model:{tiny_run / 'checkpoints' / 'last.pt'}", scale=4)
+    lq = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(chain(lq, (32, 32)), model(lq, (32, 32)), atol=1e-5)
+
+    assert [r["condition"] for r in report["quality"]] == ["warm", "cold", "low", "medium", "bright"]
+    # the card's numbers are the per-face rows' means, not retyped
+    df = pd.read_csv(out / "test_metrics.csv")
+    name = f"{tiny_run.name} (no id loss)"
+    low = df[(df["method"] == name) & (df["condition"] == "low")]
+    bic = df[(df["method"] == "bicubic") & (df["condition"] == "low")]
+    row = next(r for r in report["quality"] if r["condition"] == "low")
+    assert row["n"] == len(test_faces)
+    assert row["psnr_model"] == pytest.approx(low["psnr"].mean(), abs=1e-3)
+    assert row["psnr_gain"] == pytest.approx(low["psnr"].mean() - bic["psnr"].mean(), abs=1e-3)
+    assert row["meets_target"] == (row["psnr_gain"] >= 3.0 and row["ssim_gain"] >= 0.05)
+    assert json.loads((out / "report.json").read_text())["quality"] == report["quality"]
+    card = (out / "TRAINING.md").read_text()
+    assert "non-commercial" in card and f"{row['psnr_model']:.3f}" in card
+
+
+def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run, partial)
+    shutil.copyfile(partial / "checkpoints" / "step_000003.pt", partial / "checkpoints" / "last.pt")
+    with pytest.raises(ConfigError, match="stopped at step 3 of 6"):
+        release.export_stage(partial, tmp_path / "x.pt")
+    with pytest.raises(ConfigError, match="no checkpoints/last.pt"):
+        release.export_stage(tmp_path, tmp_path / "x.pt")
