@@ -343,19 +343,58 @@ def _celeba_number(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def assign_splits(manifest: pd.DataFrame, kind: str, seed: int = 0,
-                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:
-    """Assign train/val/test deterministically from ``seed``.
-
-    By identity when every usable row has one (no person in two splits), else by file. CelebA rows
-    keep their official partition when known; without one, the fixed numeric slices
-    ``CELEBA_VAL_RANGE`` / ``CELEBA_TEST_RANGE`` apply so the test slice never enters training.
+def _split_groups(groups: np.ndarray, rng: np.random.Generator, fractions: tuple[float, float, float],
+                  forced_test: set | frozenset = frozenset()) -> dict:
+    """Map each group (identity or file) to a split by a seeded permutation.
 
     Args:
-        manifest: rows with ``path``, ``identity``, ``status`` and (possibly empty) ``split``.
+        groups: group keys in a fixed (natural) order, so the result depends only on the seed.
+        rng: generator drawn from once, for the permutation.
+        fractions: train/val/test fractions of the groups.
+        forced_test: groups that must go to test; they count towards the test share.
+
+    Returns:
+        ``{group: "train" | "val" | "test"}``.
+    """
+    n = len(groups)
+    n_test = int(round(fractions[2] * n))
+    n_val = int(round(fractions[1] * n))
+    if n >= 3:  # every split gets at least one group when there are enough
+        n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+        n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+    group_split = {g: "test" for g in groups if g in forced_test}
+    # With nothing forced this is exactly the plain permutation, so existing splits do not change.
+    free = np.array([g for g in groups if g not in forced_test], dtype=object)
+    n_test = max(0, n_test - len(group_split))
+    for rank, g in enumerate(free[rng.permutation(len(free))]):
+        group_split[g] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return group_split
+
+
+def assign_splits(manifest: pd.DataFrame, kind: str, seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  celeba_holdout: bool = True) -> np.ndarray:
+    """Assign train/val/test deterministically from ``seed``.
+
+    By identity when every usable row has one (no person in two splits), else by file. For CelebA,
+    the images numbered ``CELEBA_TEST_RANGE`` (9,901-10,000) are the fixed test slice and never
+    enter training while ``celeba_holdout`` is on:
+
+    * with an official partition (``list_eval_partition.txt``) the partition is kept, except that
+      the slice moves to test, and, when identities are known, so does every other image of the
+      people in it (the partition itself is identity-disjoint, and must stay so);
+    * with identities but no partition, people are split at random, those in the slice to test;
+    * with neither, the numeric slices apply: ``CELEBA_VAL_RANGE`` val, the test slice test, the
+      rest train.
+
+    Args:
+        manifest: rows with ``path``, ``identity``, ``status`` and (possibly empty) ``split``;
+            a non-empty ``split`` is the source's official partition.
         kind: source kind.
         seed: split seed.
         fractions: train/val/test fractions for random splits.
+        celeba_holdout: keep the CelebA test slice out of training (default); off, CelebA is split
+            like any other source (official partition as is, else by identity, else by file).
 
     Returns:
         ``(len(manifest),)`` array of split names ("" for skipped rows).
@@ -366,39 +405,36 @@ def assign_splits(manifest: pd.DataFrame, kind: str, seed: int = 0,
     ok = (manifest["status"] == "ok").to_numpy()
     rng = np.random.default_rng(seed)
     official = manifest["split"].fillna("").astype(str).to_numpy()
-    if kind == "celeba" and (official[ok] != "").all() and ok.any():
-        out[ok] = official[ok]
-        return out
-    if kind == "celeba":
-        for i in np.flatnonzero(ok):
-            n = _celeba_number(manifest["path"].iat[i])
-            if n is not None and CELEBA_TEST_RANGE[0] <= n <= CELEBA_TEST_RANGE[1]:
-                out[i] = "test"
-            elif n is not None and CELEBA_VAL_RANGE[0] <= n <= CELEBA_VAL_RANGE[1]:
-                out[i] = "val"
-            else:
-                out[i] = "train"
-        return out
-
     identities = manifest["identity"].fillna("").astype(str).to_numpy()
     by_identity = ok.any() and (identities[ok] != "").all()
+    holdout = np.zeros(len(manifest), bool)
+    if kind == "celeba" and celeba_holdout:
+        numbers = [_celeba_number(p) for p in manifest["path"]]
+        holdout = np.array([n is not None and CELEBA_TEST_RANGE[0] <= n <= CELEBA_TEST_RANGE[1]
+                            for n in numbers], bool) & ok
+    held_people = set(identities[holdout]) if by_identity else set()
+
+    if kind == "celeba" and ok.any() and (official[ok] != "").all():
+        out[ok] = official[ok]
+        out[holdout] = "test"
+        if held_people:
+            out[ok & np.isin(identities, list(held_people))] = "test"
+        return out
+    if kind == "celeba" and celeba_holdout and not by_identity:
+        for i in np.flatnonzero(ok):
+            n = numbers[i]
+            out[i] = ("test" if holdout[i] else
+                      "val" if n is not None and CELEBA_VAL_RANGE[0] <= n <= CELEBA_VAL_RANGE[1] else "train")
+        return out
+
     if by_identity:
-        # Group video/photo rows by base path so several faces of one file stay together.
         groups = np.array(sorted(set(identities[ok]), key=_natural_key), dtype=object)
+        keys = identities
     else:
-        groups = np.array(sorted({p.split("&face=")[0] for p in manifest["path"][ok]}, key=_natural_key),
-                          dtype=object)
-    order = rng.permutation(len(groups))
-    n = len(groups)
-    n_test = int(round(fractions[2] * n))
-    n_val = int(round(fractions[1] * n))
-    if n >= 3:  # every split gets at least one group when there are enough
-        n_test = max(n_test, 1 if fractions[2] > 0 else 0)
-        n_val = max(n_val, 1 if fractions[1] > 0 else 0)
-    group_split = {}
-    for rank, g in enumerate(groups[order]):
-        group_split[g] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    keys = identities if by_identity else np.array([p.split("&face=")[0] for p in manifest["path"]], dtype=object)
+        # Group by base path so several faces of one video frame stay together.
+        keys = np.array([p.split("&face=")[0] for p in manifest["path"]], dtype=object)
+        groups = np.array(sorted(set(keys[ok]), key=_natural_key), dtype=object)
+    group_split = _split_groups(groups, rng, fractions, forced_test=held_people)
     for i in np.flatnonzero(ok):
         out[i] = group_split[keys[i]]
     return out
@@ -533,8 +569,12 @@ def load_faces(source: str = "orl", size: int = 64, align: str = "auto", limit: 
         if cache:
             save_cache(cdir, images, manifest, dict(expect, seed=seed, source=source))
     elif json.loads((cdir / "meta.json").read_text()).get("seed") != seed:
+        # The cached "split" column holds the old seed's result: restore the official partition
+        # (CelebA) from the listing before re-splitting, so it is not mistaken for one or lost.
+        partition = {i.path: i.official_split for i in items or []}
         manifest = manifest.copy()
-        manifest["split"] = assign_splits(manifest.assign(split=""), spec.kind, seed)
+        manifest["split"] = assign_splits(manifest.assign(split=manifest["path"].map(partition).fillna("")),
+                                          spec.kind, seed)
     ok = (manifest["status"] == "ok").to_numpy()
     okm = manifest[ok]
     return FaceSet(images=images,
@@ -568,6 +608,48 @@ def contact_sheet(images: np.ndarray, cols: int = 10, labels: list[str] | None =
             if labels is not None:
                 ax.set_title(str(labels[k])[:12], fontsize=7)
     fig.tight_layout(pad=0.2)
+    return fig
+
+
+def plot_counts(faces: FaceSet):
+    """Plot faces per split, faces per identity and detection scores, each on its own axis.
+
+    Args:
+        faces: a loaded set.
+
+    Returns:
+        The matplotlib figure with three axes; an axis whose data the source lacks (no identities,
+        or no detection scores with ``align="none"``) says so instead of staying blank.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_split, ax_id, ax_score) = plt.subplots(1, 3, figsize=(14, 3))
+    counts = faces.counts()
+    ax_split.bar(counts["split"], counts["faces"])
+    ax_split.set(xlabel="split", ylabel="faces", title="faces per split")
+    ok = faces.manifest[faces.manifest["status"] == "ok"]
+    per_id = ok[ok["identity"].astype(str) != ""].groupby("identity").size()
+    if len(per_id):
+        # One bar per count, on integer ticks: ORL has exactly 10 per person, which a default
+        # histogram would draw as one full-width block over fractional ticks.
+        spread = per_id.value_counts().sort_index()
+        ax_id.bar(spread.index.to_numpy(), spread.to_numpy(), width=0.8)
+        ax_id.set_xlim(spread.index.min() - 1.5, spread.index.max() + 1.5)
+        ax_id.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax_id.set(xlabel="faces per identity", ylabel="identities",
+                  title=f"{len(per_id)} identities")
+    else:
+        ax_id.text(0.5, 0.5, "identities unknown", ha="center", va="center", transform=ax_id.transAxes)
+        ax_id.set(title="faces per identity")
+    scores = pd.to_numeric(ok["score"], errors="coerce").dropna()
+    if len(scores):
+        ax_score.hist(scores.to_numpy(), bins=20)
+        ax_score.set(xlabel="YuNet detection score", ylabel="faces", title="detection scores")
+    else:
+        ax_score.text(0.5, 0.5, "no detector run (align='none')", ha="center", va="center",
+                      transform=ax_score.transAxes)
+        ax_score.set(title="detection scores")
+    fig.tight_layout()
     return fig
 
 

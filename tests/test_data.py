@@ -2,6 +2,8 @@
 
 import io
 import shutil
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -79,7 +81,19 @@ def _make_bad_folder(root):
     Image.fromarray(face).save(buf, "JPEG")
     (bad / "truncated.jpg").write_bytes(buf.getvalue()[:300])
     write_image(bad / "blank.png", np.full((120, 120, 3), 128, np.uint8))  # decodes, but has no face
+    two = np.hstack([face, np.full((112, 30, 3), 90, np.uint8), read_image(_orl_file(7, 1))])
+    write_image(bad / "two_faces.png", two)  # two people side by side: ambiguous, must not be cropped
+    _png_header_only(bad / "huge.png", 20000, 20000)
     return root
+
+
+def _png_header_only(path, w, h):
+    """A PNG whose header claims w x h pixels, with no real pixel data (cheap 'huge image')."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
 
 
 def test_folder_with_bad_files_loads_the_good_ones(tmp_path):
@@ -87,11 +101,15 @@ def test_folder_with_bad_files_loads_the_good_ones(tmp_path):
     faces = fdata.load_faces(f"folder:{root}", size=64, cache=False, progress=False)
     assert len(faces) == 5
     skipped = faces.skipped.set_index(faces.skipped["path"].map(lambda p: p.rsplit("/", 1)[-1]))
-    assert set(skipped.index) == {"empty.jpg", "notes.jpg", "truncated.jpg", "blank.png"}
+    assert set(skipped.index) == {"empty.jpg", "notes.jpg", "truncated.jpg", "blank.png", "two_faces.png",
+                                  "huge.png"}
+    assert (skipped["status"] == "skipped").all()
     assert "empty" in skipped.loc["empty.jpg", "reason"]
     assert "text file" in skipped.loc["notes.jpg", "reason"]
     assert "truncated" in skipped.loc["truncated.jpg", "reason"]
     assert skipped.loc["blank.png", "reason"] == "no face found"
+    assert skipped.loc["two_faces.png", "reason"] == "2 faces found (expected one)"
+    assert skipped.loc["huge.png", "reason"].startswith("image is too large (400 Mpx)")
     # "good"/"bad" look like per-person folders, so identities are the folder names
     assert set(faces.identity) == {"good"}
 
@@ -175,3 +193,136 @@ def test_counts_table(orl):
     counts = orl.counts().set_index("split")
     assert counts["faces"].sum() == 400
     assert counts.loc["train", "identities"] == 32
+
+
+# ----------------------------------------------------------------------------------------------
+# CelebA label files on a small generated folder (tiny jpgs named like img_align_celeba)
+
+FAKE_CELEBA = [1, 2, 3, 4, 5, 6, 7, 8, 9001, 9002, 9899, 9900, 9901, 9902, 9950, 9999, 10000, 10001, 10002, 10003]
+# Person 1 appears both inside the test slice (9901) and outside it (1, 10001): in CelebA one
+# person has many images spread over the numbering, which is what breaks a naive slice split.
+FAKE_IDS = {1: "1", 9901: "1", 10001: "1", 2: "2", 9950: "2", 3: "3", 4: "3", 5: "4", 6: "5", 7: "6",
+            8: "7", 9001: "8", 9002: "8", 9899: "9", 9900: "10", 9902: "11", 9999: "12", 10000: "12",
+            10002: "13", 10003: "14"}
+
+
+def _fake_celeba(root, identities=False, partition=False):
+    """Write tiny CelebA-named jpgs, optionally with identity_CelebA.txt / list_eval_partition.txt."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for n in FAKE_CELEBA:
+        write_image(root / f"{n:06d}.jpg", rng.integers(0, 255, (22, 18, 3), dtype=np.uint8))
+    if identities:
+        (root / "identity_CelebA.txt").write_text("".join(f"{n:06d}.jpg {FAKE_IDS[n]}\n" for n in FAKE_CELEBA))
+    if partition:
+        # The official partition: identity-disjoint, and it puts the 9,901-10,000 slice in train.
+        official = {"8": 1, "13": 1, "10": 2, "14": 2}
+        (root / "list_eval_partition.txt").write_text(
+            "".join(f"{n:06d}.jpg {official.get(FAKE_IDS[n], 0)}\n" for n in FAKE_CELEBA))
+    return root
+
+
+def _splits_by_number(faces):
+    return {int(p.rsplit("/", 1)[-1][:6]): s for p, s in zip(faces.paths, faces.split)}
+
+
+def _assert_slice_out_of_training(split):
+    for n, s in split.items():
+        if 9901 <= n <= 10000:
+            assert s == "test", (n, s)
+
+
+def _people_by_split(faces):
+    people = {}
+    for i, s in zip(faces.identity, faces.split):
+        people.setdefault(i, set()).add(s)
+    return people
+
+
+def test_celeba_partition_file_keeps_test_slice_out_of_training(tmp_path):
+    root = _fake_celeba(tmp_path / "img_align_celeba", partition=True)
+    faces = fdata.load_faces(f"celeba:{root}", size=16, cache_root=tmp_path / "cache", progress=False)
+    assert len(faces) == len(FAKE_CELEBA) and faces.align == "none"
+    split = _splits_by_number(faces)
+    _assert_slice_out_of_training(split)
+    # outside the slice the official partition stands
+    assert split[9899] == split[5] == "train" and split[9001] == split[9002] == "val" and split[9900] == "test"
+    assert split[10002] == "val" and split[10003] == "test" and split[10001] == "train"
+    # a re-split from the cache with another seed restores the partition, not the old seed's splits
+    again = fdata.load_faces(f"celeba:{root}", size=16, seed=3, cache_root=tmp_path / "cache", progress=False)
+    assert again.from_cache
+    assert _splits_by_number(again) == split
+    # the slice rule can be switched off: then the official partition applies as is
+    items = fdata.list_items(fdata.parse_source(f"celeba:{root}"))
+    official = faces.manifest.assign(split=[i.official_split for i in items])
+    raw = fdata.assign_splits(official, "celeba", celeba_holdout=False)
+    np.testing.assert_array_equal(raw, official["split"].to_numpy())
+    assert dict(zip(FAKE_CELEBA, raw))[9950] == "train"
+
+
+def test_celeba_partition_and_identities_move_slice_people_to_test(tmp_path):
+    root = _fake_celeba(tmp_path / "img_align_celeba", identities=True, partition=True)
+    faces = fdata.load_faces(f"celeba:{root}", size=16, cache=False, progress=False)
+    split = _splits_by_number(faces)
+    _assert_slice_out_of_training(split)
+    # person 1 (9901) and person 2 (9950) leave training entirely; nobody is in two splits
+    assert split[1] == split[10001] == split[2] == "test"
+    assert all(len(s) == 1 for s in _people_by_split(faces).values())
+    assert split[5] == "train" and split[9001] == "val"
+
+
+def test_celeba_identities_without_partition_split_by_person(tmp_path):
+    root = _fake_celeba(tmp_path / "img_align_celeba", identities=True)
+    faces = fdata.load_faces(f"celeba:{root}", size=16, cache=False, progress=False)
+    split = _splits_by_number(faces)
+    _assert_slice_out_of_training(split)
+    people = _people_by_split(faces)
+    assert set(people) == set(FAKE_IDS.values())
+    assert all(len(s) == 1 for s in people.values()), people
+    assert set(faces.split) == {"train", "val", "test"}
+    # the slice's four people alone make up test (more than the 10% share of 14); the rest train/val
+    assert {p for p, s in people.items() if s == {"test"}} == {"1", "2", "12", "11"}
+    # reproducible for a seed, and the seed matters
+    m = faces.manifest.assign(split="")
+    np.testing.assert_array_equal(fdata.assign_splits(m, "celeba", seed=0), faces.manifest["split"].to_numpy())
+    seeds = [tuple(fdata.assign_splits(m, "celeba", seed=s)) for s in range(5)]
+    assert len(set(seeds)) > 1
+    for s in seeds:
+        assert all(dict(zip(FAKE_CELEBA, s))[n] == "test" for n in (9901, 9902, 9950, 9999, 10000))
+
+
+def test_celeba_without_labels_uses_numeric_slices(tmp_path):
+    root = _fake_celeba(tmp_path / "img_align_celeba")
+    faces = fdata.load_faces(f"celeba:{root}", size=16, cache=False, progress=False)
+    split = _splits_by_number(faces)
+    assert {n for n, s in split.items() if s == "test"} == {9901, 9902, 9950, 9999, 10000}
+    assert {n for n, s in split.items() if s == "val"} == {9001, 9002, 9899, 9900}
+
+
+def test_plot_counts_has_separate_identity_and_score_axes(orl):
+    import matplotlib.pyplot as plt
+
+    plt.switch_backend("Agg")
+    fig = fdata.plot_counts(orl)
+    ax_split, ax_id, ax_score = fig.axes
+    assert [p.get_height() for p in ax_split.patches] == orl.counts()["faces"].tolist()
+    # ORL: 40 people x 10 faces -> one bar of height 40 at 10 faces per identity
+    heights = {round(p.get_x() + p.get_width() / 2): p.get_height() for p in ax_id.patches if p.get_height()}
+    assert heights == {10: 40}
+    assert ax_id.get_xlabel() == "faces per identity"
+    assert ax_score.get_xlabel() == "YuNet detection score"
+    assert sum(p.get_height() for p in ax_score.patches) == 400
+    plt.close(fig)
+
+
+def test_plot_counts_says_what_a_source_lacks(tmp_path):
+    import matplotlib.pyplot as plt
+
+    plt.switch_backend("Agg")
+    faces = fdata.load_faces(f"celeba:{_fake_celeba(tmp_path / 'c')}", size=16, cache=False, progress=False)
+    fig = fdata.plot_counts(faces)
+    _, ax_id, ax_score = fig.axes
+    assert [t.get_text() for t in ax_id.texts] == ["identities unknown"]
+    assert [t.get_text() for t in ax_score.texts] == ["no detector run (align='none')"]
+    assert not ax_id.patches and not ax_score.patches
+    plt.close(fig)

@@ -22,10 +22,11 @@ seed = 0            # split seed
 """),
     ("code", """
 import matplotlib.pyplot as plt
-import seaborn as sns
-from facekit.data import load_faces, contact_sheet
+from facekit import settings
+from facekit.data import load_faces, contact_sheet, plot_counts
 from facekit.report import write_headline
 
+settings.set_threads()  # so FACEKIT_THREADS (tests, CI: 1) applies inside the kernel too
 faces = load_faces(source, size=size, align=align, limit=limit, seed=seed)
 print(f"{len(faces)} faces, {faces.align} alignment, {faces.size}px" + (" (from cache)" if faces.from_cache else ""))
 faces.counts()
@@ -36,17 +37,10 @@ labels = [i or "?" for i in faces.identity[:40]]
 fig = contact_sheet(faces.images[:40], cols=10, labels=labels)
 plt.show()
 """),
-    ("md", "## Faces per split and per identity"),
+    ("md", "## Faces per split, faces per identity, detection scores"),
     ("code", """
-fig, axes = plt.subplots(1, 2, figsize=(11, 3))
-sns.barplot(data=faces.counts(), x="split", y="faces", ax=axes[0])
-ok = faces.manifest[faces.manifest["status"] == "ok"]
-per_id = ok.groupby("identity").size()
-if per_id.index.str.len().max() > 0:
-    sns.histplot(per_id, ax=axes[1]).set(xlabel="faces per identity", ylabel="identities")
-if ok["score"].notna().any():
-    axes[1].clear(); sns.histplot(ok["score"], ax=axes[1]).set(xlabel="YuNet detection score")
-plt.tight_layout(); plt.show()
+fig = plot_counts(faces)
+plt.show()
 """),
     ("md", "## Inputs without a usable face, with the reason"),
     ("code", """
