@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -71,22 +72,26 @@ def make_cfg(size: int, batch: int, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def interleaved(steps: dict, lq, gt, rounds: int) -> dict[str, float]:
-    """Median images/s per variant, timing one lazy period (4 steps) of each variant in turn per
-    round, so load changes on a shared machine hit every variant alike."""
+def interleaved(steps: dict, lq, gt, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median images/s per variant, per wall second and per CPU second of this process, timing
+    one lazy period (4 steps) of each variant in turn per round, so load changes on a shared
+    machine hit every variant alike. With other jobs on the cores the CPU-time rate is the
+    steadier one (with N threads it is the rate per N cores' worth of CPU time)."""
     for fn in steps.values():  # warm-up (allocator, first-call overheads)
         fn(lq, gt)
-    per: dict[str, list[float]] = {k: [] for k in steps}
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(4):
                 fn(lq, gt)
-            per[name].append(4 * lq.shape[0] / (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in per.items()}
+            wall[name].append(4 * lq.shape[0] / (time.perf_counter() - t0))
+            cpu[name].append(4 * lq.shape[0] / max(1e-9, time.process_time() - c0))
+    return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
 
 
-def bench_size(size: int, batch: int, rounds: int, compile_: bool) -> dict:
+def bench_size(size: int, batch: int, rounds: int, compile_: bool, ablations: bool = True) -> dict:
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, size // 4, size // 4, generator=g)
     gt = torch.rand(batch, 3, size, size, generator=g)
@@ -98,6 +103,8 @@ def bench_size(size: int, batch: int, rounds: int, compile_: bool) -> dict:
         "facekit_gp_every_step": {"lazy_k": 1},
         "facekit_no_foreach": {"fused_optim": False},
     }
+    if not ablations:
+        variants = {"facekit": {}}
     steps = {"plain": PlainStep(make_cfg(size, batch)).step}
     for name, kw in variants.items():
         steps[name] = Trainer(make_cfg(size, batch, **kw), torch.device("cpu")).step
@@ -111,9 +118,13 @@ def bench_size(size: int, batch: int, rounds: int, compile_: bool) -> dict:
             steps["facekit_compiled"] = tr.step
         except Exception as exc:  # inductor needs a C++ toolchain; report instead of failing
             res["facekit_compiled_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    for name, ips in interleaved(steps, lq, gt, rounds).items():
+    wall, cpu = interleaved(steps, lq, gt, rounds)
+    for name, ips in wall.items():
         res[f"{name}_images_per_s"] = round(ips, 3)
+    for name, ips in cpu.items():
+        res[f"{name}_images_per_cpu_s"] = round(ips, 3)
     res["ratio_facekit_vs_plain"] = round(res["facekit_images_per_s"] / res["plain_images_per_s"], 3)
+    res["ratio_facekit_vs_plain_cpu"] = round(res["facekit_images_per_cpu_s"] / res["plain_images_per_cpu_s"], 3)
     return res
 
 
@@ -124,13 +135,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of 4 steps per variant")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile on the generator")
+    ap.add_argument("--no-ablations", action="store_true", help="only facekit vs plain (quicker)")
     args = ap.parse_args()
     threads = set_threads(args.threads)
     out = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads,
+           "load_average": [round(x, 2) for x in os.getloadavg()],
            "arch_g": {"unet": G_KW}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
            "results": []}
     for size in args.sizes:
-        out["results"].append(bench_size(size, args.batch, args.rounds, args.compile))
+        out["results"].append(bench_size(size, args.batch, args.rounds, args.compile, not args.no_ablations))
         print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)  # partial results as they come
     print(json.dumps(out, indent=2))
 
