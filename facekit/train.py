@@ -78,6 +78,7 @@ class TrainConfig:
     warmup: int = 0  # linear LR warmup steps
     lr_step: int = 1000  # "step" schedule: multiply by lr_gamma every lr_step steps
     lr_gamma: float = 0.5
+    grad_clip: float | None = None  # clip each network's gradient norm to this (None = off)
     ema_decay: float = 0.999
     pixel_loss: str = "l1"  # l1 | charbonnier
     pixel_weight: float = 1.0
@@ -133,6 +134,8 @@ class TrainConfig:
             bad("ema_decay", "must be in [0, 1)")
         if len(self.betas) != 2:
             bad("betas", "must be two numbers")
+        if self.grad_clip is not None and float(self.grad_clip) <= 0:
+            bad("grad_clip", "must be > 0 or null (off)")
         if float(self.identity_weight) < 0:
             bad("identity_weight", "must be >= 0")
         if self.identity_batch is not None and int(self.identity_batch) < 1:
@@ -425,6 +428,7 @@ class Trainer:
             self.optim_d.zero_grad(set_to_none=True)
             l_d.backward()
             _average_gradients(self.net_d, self.world)
+            self._clip(self.net_d)
             self.optim_d.step()
             logs.update(d_terms)
             self.net_d.requires_grad_(False)  # G step: no grads into D's weights
@@ -435,6 +439,7 @@ class Trainer:
         self.optim_g.zero_grad(set_to_none=True)
         l_g.backward()
         _average_gradients(self.net_g, self.world)
+        self._clip(self.net_g)
         self.optim_g.step()
         self.sched_g.step()
         if use_gan:
@@ -449,6 +454,11 @@ class Trainer:
         result = {k: 0.0 for k in LOSS_KEYS}
         result.update({k: float(v.detach()) for k, v in logs.items()})
         return result
+
+    def _clip(self, net: torch.nn.Module) -> None:
+        # After the all-reduce, so every rank clips the same averaged gradient identically.
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.cfg.grad_clip), foreach=True)
 
     def state(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg

@@ -244,6 +244,30 @@ def test_cli_parses_train_arguments():
     assert (args._module, args.resume, args.overrides) == ("facekit.train", True, ["steps=3", "batch=2"])
 
 
+def test_grad_clip_bounds_the_update_norm():
+    # Adam's first step moves each weight by ~lr whatever the gradient scale, so the clip is
+    # checked on the gradients themselves, right before the optimizer step.
+    cfg = tiny_cfg(grad_clip=0.05, gan_weight=0.0)
+    tr = Trainer(cfg, torch.device("cpu"))
+    norms = []
+    step = tr.optim_g.step
+
+    def spy(*a, **k):
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in tr.net_g.parameters() if p.grad is not None]))))
+        return step(*a, **k)
+
+    tr.optim_g.step = spy
+    tr.step(torch.rand(4, 3, 8, 8) * 4, torch.rand(4, 3, 32, 32))
+    assert norms and norms[0] <= 0.05 * (1 + 1e-4)
+    unclipped = Trainer(tiny_cfg(gan_weight=0.0), torch.device("cpu"))
+    unclipped.step(torch.rand(4, 3, 8, 8) * 4, torch.rand(4, 3, 32, 32))
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in unclipped.net_g.parameters()]))
+    assert float(total) > 0.05  # the clip was active, not vacuous
+    with pytest.raises(ConfigError, match="grad_clip"):
+        tiny_cfg(grad_clip=0)
+
+
 def test_identity_loss_trains_the_generator_and_is_logged(tmp_path):
     from facekit.recognition import IdentityLoss
     from facekit.train import identity_loss_fn
