@@ -7,7 +7,26 @@ Reader, processing and writer run in separate threads joined by bounded queues. 
 every frame (the reader waits); live sources drop the oldest queued frame when processing falls
 behind, and the count is reported.
 
-Command line: ``python -m facekit video INPUT OUTPUT_DIR [--enhancer ...] [--detect-every k] ...``.
+Identities: with a gallery of known people (``VideoConfig.identity_gallery`` or ``--gallery PATH``:
+a gallery folder, one sub-folder or ``name_`` file prefix per person, or a ``.npz`` saved by
+``python -m facekit identify --save-gallery``), each track is labelled with the best-matching
+enrolled person, or ``unknown`` when the similarity is below the threshold (``--gallery-threshold``:
+a cosine similarity, or ``auto`` = the gallery's calibrated threshold, else one calibrated on ORL at
+1% false accepts, which embeds 400 faces at start-up; a calibrated ``.npz`` skips that). The label
+is the match of the mean SFace embedding of the track's few best crops (detector score x sharpness;
+``identity_crops``, default 3), aligned on the detector's landmarks from the composited (enhanced)
+frame. Embedding runs in a background thread only when a crop enters a track's best few (at most
+``identity_max_embeds`` per track while it is on screen) and once more when the track ends, so the
+processing thread only pays for one landmark warp per improved crop. Labels go into the box caption
+(``ID 3 alice 0.62``), ``tracks.csv``/``tracks.json`` (``identity``, ``identity_score``,
+``identity_candidate``, ``identity_crops``), the gallery image name (``track_0003_alice_0.62.png``)
+and ``summary.json`` (``identities``, with the embedding cost). Measured on a busy 2-core machine
+(640x360, two faces, 150 frames, classical enhancer): 12 crops embedded at ~38 ms CPU each, +2.7 ms
+CPU per frame in all (+22%), of which ~1 ms in the processing thread. Without a gallery none of
+these columns or names change.
+
+Command line: ``python -m facekit video INPUT OUTPUT_DIR [--enhancer ...] [--detect-every k]
+[--gallery PATH [--gallery-threshold auto|0.4]] ...``.
 """
 
 from __future__ import annotations
@@ -16,7 +35,9 @@ import argparse
 import csv
 import glob
 import json
+import math
 import queue
+import re
 import sys
 import threading
 import time
@@ -305,6 +326,16 @@ class VideoConfig:
         detect_side: longest side of the frame the detector sees (smaller is faster, misses small faces).
         gallery: save the best enhanced face per track; gallery_size: its side in px.
         progress: tqdm progress bar with live fps.
+        identity_gallery: known people to label tracks with: a gallery folder (one sub-folder or
+            ``name_`` file prefix per person) or a ``.npz`` saved by ``facekit.identify``
+            (None: no identification, outputs as without it).
+        identity_threshold: cosine similarity at or above which a track takes the best identity
+            (below: "unknown"), or "auto" (the gallery's calibrated threshold, else calibrated on
+            ORL at FAR 1%).
+        identity_crops: best crops per track whose mean embedding is matched.
+        identity_source: "enhanced" (crops from the composited frame) or "raw" (the input frame).
+        identity_max_embeds: embeddings per track while it is on screen (the real-time budget);
+            the track's best crops are embedded once more when it ends.
     """
 
     enhancer: str = "classical"
@@ -333,6 +364,11 @@ class VideoConfig:
     gallery_size: int = 128
     progress: bool = True
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    identity_gallery: str | None = None
+    identity_threshold: float | str = "auto"
+    identity_crops: int = 3
+    identity_source: str = "enhanced"
+    identity_max_embeds: int = 4
 
     def validate(self) -> None:
         if self.detect_every < 1:
@@ -347,6 +383,13 @@ class VideoConfig:
             raise ConfigError(f"max_frames must be >= 1, got {self.max_frames}")
         if self.crop_size < 8:
             raise ConfigError(f"crop_size must be >= 8, got {self.crop_size}")
+        if self.identity_crops < 1:
+            raise ConfigError(f"identity_crops must be >= 1, got {self.identity_crops}")
+        if self.identity_max_embeds < 0:
+            raise ConfigError(f"identity_max_embeds must be >= 0, got {self.identity_max_embeds}")
+        if self.identity_source not in IDENTITY_SOURCES:
+            raise ConfigError(f"unknown identity_source {self.identity_source!r}; valid: {', '.join(IDENTITY_SOURCES)}")
+        parse_identity_threshold(self.identity_threshold)
 
 
 @dataclass
@@ -363,6 +406,7 @@ class TrackRecord:
     best_sharpness: float = 0.0
     best_crop: np.ndarray | None = None
     max_score: float = 0.0
+    label: "TrackLabel | None" = None
 
 
 @dataclass
@@ -387,9 +431,255 @@ class VideoResult:
     outputs: dict[str, str]
     webm_backend: str
     config: dict
+    identities: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Track identities (gallery matching)
+
+
+IDENTITY_SOURCES = ("enhanced", "raw")
+UNKNOWN_LABEL = "unknown"
+
+
+def parse_identity_threshold(value) -> float | None:
+    """``"auto"`` -> None (use the gallery's / calibrate), a number (or numeric string) -> float.
+
+    Raises:
+        ConfigError: anything else, or a number outside [-1, 1].
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gallery threshold must be 'auto' or a cosine similarity in [-1, 1], "
+                          f"got {value!r}") from None
+    if not -1.0 <= t <= 1.0 or math.isnan(t):
+        raise ConfigError(f"gallery threshold must be a cosine similarity in [-1, 1], got {t}")
+    return t
+
+
+class TrackLabel:
+    """A track's identity decision.
+
+    Attributes:
+        identity: the enrolled person, or :data:`UNKNOWN_LABEL` below the threshold / without crops.
+        score: cosine similarity in [-1, 1] of the track's mean embedding to ``candidate``
+            (NaN when no crop was embedded).
+        candidate: the best-matching enrolled person even when rejected ("" without crops).
+        crops: how many crops the mean embedding was made of.
+    """
+
+    __slots__ = ("identity", "score", "candidate", "crops")
+
+    def __init__(self, identity: str, score: float, candidate: str, crops: int):
+        self.identity, self.score, self.candidate, self.crops = identity, float(score), candidate, int(crops)
+
+    def caption(self) -> str:
+        """Box caption text: ``"alice 0.62"`` / ``"unknown 0.21"`` (no score without crops)."""
+        return self.identity if math.isnan(self.score) else f"{self.identity} {self.score:.2f}"
+
+    def __repr__(self) -> str:
+        return f"TrackLabel({self.identity!r}, {self.score:.3f}, {self.candidate!r}, {self.crops})"
+
+
+def load_gallery(path, device: str = "cpu"):
+    """Open a gallery for video labelling: a saved ``.npz`` or a folder to enrol.
+
+    Args:
+        path: ``.npz`` written by ``facekit.identify.Gallery.save`` or a gallery folder.
+
+    Returns:
+        A ``facekit.identify.Gallery``.
+
+    Raises:
+        ConfigError: ``path`` is neither; the message names it.
+    """
+    from facekit.errors import DataSourceError
+    from facekit.identify import Gallery
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"gallery {p}: no such gallery folder or saved gallery (.npz) file")
+    try:
+        return Gallery(device=device).enroll(p) if p.is_dir() else Gallery.load(p, device=device)
+    except DataSourceError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if str(p) in msg else f"gallery {p}: {msg}") from exc
+
+
+class TrackIdentifier:
+    """Label tracks with gallery identities from the mean embedding of each track's best crops.
+
+    The processing thread only calls :meth:`wants` / :meth:`offer` (a comparison, and a landmark
+    warp by the caller when a crop is wanted); embedding happens in a background worker (one job
+    per track queued at a time, so a burst of improving crops costs one embedding pass), capped at
+    ``max_embeds`` per track while the track lives, and once more at :meth:`track_ended` /
+    :meth:`finish`, which embed whatever of the best crops is still missing. Final labels depend
+    only on the crops offered, not on the worker's timing.
+
+    Args:
+        gallery: an enrolled ``facekit.identify.Gallery``.
+        threshold: accept threshold on cosine similarity in [-1, 1].
+        crops: best crops kept per track (by quality = detector score x sharpness).
+        max_embeds: embeddings per track before it ends.
+        background: embed in a worker thread (False: only at :meth:`track_ended` / :meth:`finish`).
+    """
+
+    def __init__(self, gallery, threshold: float, crops: int = 3, max_embeds: int = 4, background: bool = True):
+        if len(gallery) == 0:
+            raise ConfigError("the gallery is empty: enrol faces first")
+        self.gallery = gallery
+        self.threshold = float(threshold)
+        self.k = max(1, int(crops))
+        self.max_embeds = max(0, int(max_embeds))
+        # side of a margin crop whose ArcFace frame is 112 px, so re-framing for SFace barely resamples
+        from facekit.recognition import SFACE_SIZE
+
+        self.crop_side = int(round(SFACE_SIZE * (1 + 2 * gallery.margin)))
+        self.margin = gallery.margin
+        self._lock = threading.Lock()
+        self._entries: dict[int, list[list]] = {}  # tid -> [[quality, frame, crop, emb|None], ...] best first
+        self._embedded: dict[int, int] = {}
+        self._labels: dict[int, TrackLabel] = {}
+        self._pending: set[tuple[int, bool]] = set()  # queued (track, final) jobs
+        self._jobs: queue.Queue = queue.Queue()
+        self.embeds = 0
+        self.embed_s = 0.0
+        self.embed_cpu_s = 0.0
+        self.error = ""
+        self.background = background
+        self._worker = None  # started on the first job, so a run that fails early leaves no thread
+
+    # -- processing-thread side
+    def wants(self, tid: int, quality: float) -> bool:
+        """Whether a crop of ``quality`` would enter track ``tid``'s best few."""
+        with self._lock:
+            e = self._entries.get(tid)
+            return e is None or len(e) < self.k or quality > e[-1][0]
+
+    def offer(self, tid: int, frame: int, quality: float, crop: np.ndarray) -> None:
+        """Keep ``crop`` (``(S,S,3) uint8`` RGB margin crop, :attr:`crop_side`) if among the best few."""
+        with self._lock:
+            e = self._entries.setdefault(tid, [])
+            if len(e) >= self.k and quality <= e[-1][0]:
+                return
+            e.append([float(quality), int(frame), crop, None])
+            e.sort(key=lambda r: -r[0])
+            del e[self.k:]
+            if self._embedded.get(tid, 0) < self.max_embeds:
+                self._schedule(tid)
+
+    def track_ended(self, tid: int) -> None:
+        """Embed the rest of the track's best crops (in the worker) and fix its label."""
+        with self._lock:
+            if tid in self._entries:
+                self._schedule(tid, final=True)
+
+    def label(self, tid: int) -> TrackLabel | None:
+        """The current label of a track (None until one of its crops is embedded)."""
+        return self._labels.get(tid)
+
+    # -- worker side
+    def _schedule(self, tid: int, final: bool = False) -> None:
+        if not self.background:
+            return
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, daemon=True, name="facekit-video-identify")
+            self._worker.start()
+        key = (tid, final)
+        if key not in self._pending:
+            self._pending.add(key)
+            self._jobs.put(key)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            with self._lock:
+                self._pending.discard(job)
+            try:
+                self._update(job[0], capped=not job[1])
+            except Exception as exc:  # noqa: BLE001 - recorded; finish() retries synchronously
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def _update(self, tid: int, capped: bool) -> None:
+        with self._lock:
+            todo = [r for r in self._entries.get(tid, []) if r[3] is None]
+            if capped:
+                todo = todo[:max(0, self.max_embeds - self._embedded.get(tid, 0))]
+        if todo:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            emb = self.gallery.embed(np.stack([r[2] for r in todo]))
+            with self._lock:
+                for r, v in zip(todo, emb):
+                    r[3] = v
+                self._embedded[tid] = self._embedded.get(tid, 0) + len(todo)
+                self.embeds += len(todo)
+                self.embed_s += time.perf_counter() - t0
+                # CPU time, not wall time: the worker's wall time mostly measures waiting for a core
+                self.embed_cpu_s += time.thread_time() - c0
+        with self._lock:
+            kept = self._entries.get(tid, [])
+            embs = [r[3] for r in kept if r[3] is not None]
+            if not capped and len(embs) == len(kept):
+                for r in kept:  # final: only embeddings are needed now (bounds memory on long streams)
+                    r[2] = None
+        if not embs:
+            return
+        mean = np.mean(embs, axis=0)
+        mean = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        cand = self.gallery.match_embeddings(mean[None], top_k=1)[0][0]
+        who = cand.identity if cand.similarity >= self.threshold else UNKNOWN_LABEL
+        self._labels[tid] = TrackLabel(who, cand.similarity, cand.identity, len(embs))
+
+    def finish(self, embed: bool = True) -> dict[int, TrackLabel]:
+        """Stop the worker, embed every kept crop not yet embedded (unless ``embed`` is False, e.g.
+        after an error), and return the final labels."""
+        self.background = False  # no new jobs (a late track_ended) once finishing
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+        if embed:
+            for tid in list(self._entries):
+                self._update(tid, capped=False)
+        return dict(self._labels)
+
+    def summary(self) -> dict:
+        """What ``summary.json`` records about the gallery and its cost."""
+        g = self.gallery
+        return {"people": len(g.people), "images": len(g), "net": g.net, "threshold": round(self.threshold, 4),
+                "calibration": g.calibration, "crops_per_track": self.k, "embeds": self.embeds,
+                "embed_wall_ms_per_crop": round(1000 * self.embed_s / max(self.embeds, 1), 2),
+                "embed_cpu_ms_per_crop": round(1000 * self.embed_cpu_s / max(self.embeds, 1), 2),
+                "embed_cpu_s_total": round(self.embed_cpu_s, 3), **({"error": self.error} if self.error else {})}
+
+
+def build_identifier(cfg: VideoConfig, gallery=None, background: bool = True) -> TrackIdentifier | None:
+    """The :class:`TrackIdentifier` for ``cfg`` (None without a gallery).
+
+    Args:
+        gallery: a ready ``facekit.identify.Gallery`` (overrides ``cfg.identity_gallery``).
+    """
+    if gallery is None and not cfg.identity_gallery:
+        return None
+    if gallery is None:
+        gallery = load_gallery(cfg.identity_gallery)
+    threshold = parse_identity_threshold(cfg.identity_threshold)
+    if threshold is None:
+        if math.isnan(gallery.threshold):
+            print("facekit video: calibrating the gallery threshold on ORL (FAR 1%); save a calibrated gallery "
+                  "with `python -m facekit identify GALLERY PROBES --save-gallery G.npz` to skip this",
+                  file=sys.stderr)
+            gallery.calibrate()
+        threshold = gallery.threshold
+    return TrackIdentifier(gallery, threshold, cfg.identity_crops, cfg.identity_max_embeds, background)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +924,8 @@ class FaceVideoProcessor:
     Usable on its own (``process(index, bgr) -> bgr``) or through :func:`process_video`.
     """
 
-    def __init__(self, cfg: VideoConfig, enhancer: Enhancer | None = None, detector=None):
+    def __init__(self, cfg: VideoConfig, enhancer: Enhancer | None = None, detector=None,
+                 identifier: TrackIdentifier | None = None):
         from facekit.faces import FaceDetector
 
         self.cfg = cfg
@@ -645,6 +936,9 @@ class FaceVideoProcessor:
         self.flicker = FlickerMeter()
         self.records: dict[int, TrackRecord] = {}
         self.times = {"detect": 0.0, "track": 0.0, "enhance": 0.0, "composite": 0.0, "annotate": 0.0}
+        self.identifier = identifier
+        if identifier is not None:
+            self.times["identify"] = 0.0  # processing-thread share only; embedding is in the worker
         self.detections = 0
         self._masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.fps = 0.0
@@ -684,6 +978,8 @@ class FaceVideoProcessor:
             fresh = False
         for t in self.tracker.finished:
             self.stabilizer.drop(t.id)
+            if self.identifier is not None:
+                self.identifier.track_ended(t.id)
         self.tracker.finished.clear()
         t2 = time.perf_counter()
         self.times["track"] += t2 - t1
@@ -701,6 +997,7 @@ class FaceVideoProcessor:
             live_tracks.append(t)
         out = bgr.copy()
         faces = []
+        offers = []
         if crops:
             batch = np.stack(crops)
             enhanced = self.enhancer(batch)
@@ -725,8 +1022,14 @@ class FaceVideoProcessor:
                 region = out[y0:y0 + side, x0:x0 + side]
                 m, inv = self._mask(side, side)
                 region[:] = cv2.blendLinear(np.ascontiguousarray(patch), np.ascontiguousarray(region), m, inv)
-                self._record(t, index, e, fresh)
+                q = self._record(t, index, e, fresh)
+                if q is not None:
+                    offers.append((t, q))
             self.times["composite"] += time.perf_counter() - t3
+            if offers and self.identifier is not None:
+                t5 = time.perf_counter()
+                self._offer_identity(index, bgr if cfg.identity_source == "raw" else out, offers)
+                self.times["identify"] += time.perf_counter() - t5
         else:
             self.times["enhance"] += time.perf_counter() - t2
         for t in live_tracks:
@@ -740,17 +1043,35 @@ class FaceVideoProcessor:
             self.times["annotate"] += time.perf_counter() - t4
         return out, faces
 
-    def _record(self, t, index: int, crop: np.ndarray, fresh: bool) -> None:
+    def _record(self, t, index: int, crop: np.ndarray, fresh: bool) -> float | None:
+        """Update the track's record; returns the crop's quality (score x sharpness) on detection frames."""
         rec = self.records.get(t.id)
         if rec is None:
             rec = self.records[t.id] = TrackRecord(id=t.id, first=index, last=index)
         rec.max_score = max(rec.max_score, t.score)
-        if fresh and self.cfg.gallery:
-            sharp = sharpness(crop)
-            quality = t.score * sharp
-            if quality > rec.best_quality:
-                rec.best_quality, rec.best_frame, rec.best_score, rec.best_sharpness = quality, index, t.score, sharp
-                rec.best_crop = crop.copy()
+        if not fresh or not (self.cfg.gallery or self.identifier is not None):
+            return None
+        sharp = sharpness(crop)
+        quality = t.score * sharp
+        if self.cfg.gallery and quality > rec.best_quality:
+            rec.best_quality, rec.best_frame, rec.best_score, rec.best_sharpness = quality, index, t.score, sharp
+            rec.best_crop = crop.copy()
+        return quality
+
+    def _offer_identity(self, index: int, frame_bgr: np.ndarray, offers) -> None:
+        """Hand the identifier landmark-aligned crops of tracks whose crop improved on this frame."""
+        from facekit.faces import align_face
+
+        ident = self.identifier
+        for t, quality in offers:
+            # landmarks belong to this frame only when the track was matched to a detection now
+            if t.landmarks is None or t.last_seen != index or not ident.wants(t.id, quality):
+                continue
+            try:
+                crop = align_face(frame_bgr, t.landmarks, ident.crop_side, ident.margin)
+            except FacekitError:  # degenerate landmarks: skip this crop, the track has others
+                continue
+            ident.offer(t.id, index, quality, np.ascontiguousarray(crop[:, :, ::-1]))
 
     def _annotate(self, out: np.ndarray, tracks) -> None:
         h = out.shape[0]
@@ -760,7 +1081,11 @@ class FaceVideoProcessor:
             x, y, bw, bh = (int(round(v)) for v in t.box)
             color = _track_color(t.id)
             cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
-            cv2.putText(out, f"ID {t.id}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, fs, color, thick,
+            text = f"ID {t.id}"
+            if self.identifier is not None:
+                lab = self.identifier.label(t.id)
+                text += f" {lab.caption()}" if lab is not None else " ..."
+            cv2.putText(out, text, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, fs, color, thick,
                         cv2.LINE_AA)
         cv2.putText(out, f"{self.fps:5.1f} fps", (6, int(18 * fs / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, fs,
                     (0, 255, 255), thick, cv2.LINE_AA)
@@ -776,32 +1101,54 @@ def _track_color(i: int) -> tuple[int, int, int]:
 # Outputs
 
 
-def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128) -> dict[str, str]:
+IDENTITY_FIELDS = ["identity", "identity_score", "identity_candidate", "identity_crops"]
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "x"
+
+
+def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128,
+                 labelled: bool = False) -> dict[str, str]:
     """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
 
     ``tracks.json`` stores each track as its frame range and one ``[x, y, w, h]`` per frame of the
     range (``null`` where the face was not visible), which is compact and easy to replay.
+
+    Args:
+        labelled: tracks were matched against a gallery: add :data:`IDENTITY_FIELDS` to both files
+            (score empty / null when a track had no usable crop) and name gallery images
+            ``track_NNNN_<identity>_<score>.png``.
     """
     gallery = out_dir / "gallery"
     gallery.mkdir(exist_ok=True)
     rows, tracks_json = [], []
     for tid in sorted(records):
         rec = records[tid]
+        lab = rec.label or TrackLabel(UNKNOWN_LABEL, float("nan"), "", 0)
+        ident = {}
+        if labelled:
+            score = None if math.isnan(lab.score) else round(lab.score, 4)
+            ident = {"identity": lab.identity, "identity_score": score, "identity_candidate": lab.candidate,
+                     "identity_crops": lab.crops}
         gfile = ""
         if rec.best_crop is not None:
             img = cv2.resize(rec.best_crop, (gallery_size, gallery_size), interpolation=cv2.INTER_CUBIC)
-            gpath = gallery / f"track_{tid:04d}.png"
+            stem = f"track_{tid:04d}"
+            if labelled:
+                stem += f"_{_file_safe(lab.identity)}" + ("" if math.isnan(lab.score) else f"_{lab.score:.2f}")
+            gpath = gallery / f"{stem}.png"
             cv2.imwrite(str(gpath), img[:, :, ::-1])
             gfile = str(gpath.relative_to(out_dir))
         rows.append({"track_id": tid, "first_frame": rec.first, "last_frame": rec.last, "frames": len(rec.boxes),
                      "max_score": round(rec.max_score, 4), "best_frame": rec.best_frame,
                      "best_score": round(rec.best_score, 4), "best_sharpness": round(rec.best_sharpness, 2),
-                     "gallery": gfile})
+                     "gallery": gfile, **ident})
         boxes = [list(rec.boxes[f]) if f in rec.boxes else None for f in range(rec.first, rec.last + 1)]
         tracks_json.append({"id": tid, "first": rec.first, "last": rec.last, "best_frame": rec.best_frame,
-                            "gallery": gfile, "boxes": boxes})
+                            "gallery": gfile, **ident, "boxes": boxes})
     fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
-              "best_sharpness", "gallery"]
+              "best_sharpness", "gallery"] + (IDENTITY_FIELDS if labelled else [])
     with open(out_dir / "tracks.csv", "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=fields)
         wr.writeheader()
@@ -817,7 +1164,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
 
 
 def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enhancer: Enhancer | None = None,
-                  capture_factory=None, detector=None, frame_hook=None) -> VideoResult:
+                  capture_factory=None, detector=None, frame_hook=None, gallery=None) -> VideoResult:
     """Run the whole pipeline on a video source and write every output.
 
     Args:
@@ -831,19 +1178,24 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
             for every frame with the composited frame before annotation (boxes are drawn on it in
             place after the hook returns: copy it to keep it); ``faces`` is
             ``[(track_id, (x0, y0, side), enhanced RGB crop)]``.
+        gallery: a ready ``facekit.identify.Gallery`` to label tracks with (overrides
+            ``config.identity_gallery``; its threshold still follows ``config.identity_threshold``).
 
     Returns:
-        A :class:`VideoResult`; ``summary.json`` in ``out_dir`` holds the same.
+        A :class:`VideoResult`; ``summary.json`` in ``out_dir`` holds the same. With a gallery,
+        each ``TrackRecord.label`` holds the track's final :class:`TrackLabel`.
 
     Raises:
         VideoReadError: the source cannot be opened or yields no frame.
-        ConfigError: bad settings.
+        ConfigError: bad settings, or a gallery path that is neither a gallery folder nor a saved gallery.
     """
     cfg = config or VideoConfig()
     cfg.validate()
     source = resolve_source(input_spec)
     out_dir = Path(out_dir)
     live = source.live if cfg.live is None else bool(cfg.live)
+    # Before opening the source: a bad gallery fails fast, and enrolment/calibration stay off the clock.
+    identifier = build_identifier(cfg, gallery)
     cap = open_capture(source, cfg.open_timeout_s, capture_factory)
     expected = 0
     fps_in = 0.0
@@ -858,7 +1210,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         raise VideoReadError(f"{source.spec}: no readable frame (empty, zero-frame or truncated video)")
     if fps_in <= 0 or fps_in > 240:
         fps_in = 25.0
-    processor = FaceVideoProcessor(cfg, enhancer=enhancer, detector=detector)
+    processor = FaceVideoProcessor(cfg, enhancer=enhancer, detector=detector, identifier=identifier)
     out_dir.mkdir(parents=True, exist_ok=True)
     if first.ndim == 2:
         first = cv2.cvtColor(first, cv2.COLOR_GRAY2BGR)
@@ -959,6 +1311,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
             pass
         if bar is not None:
             bar.close()
+        labels = identifier.finish(embed=error is None) if identifier is not None else {}
     elapsed = time.perf_counter() - t_start
     if error is not None:
         raise error
@@ -982,8 +1335,17 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     if message:
         print(f"facekit video: {message}", file=sys.stderr)
 
+    for tid, lab in labels.items():
+        if tid in processor.records:
+            processor.records[tid].label = lab
     outputs = {k: str(v) for k, v in writer.paths.items()}
-    outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size))
+    outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None))
+    identities = None
+    if identifier is not None:
+        identities = identifier.summary()
+        identities["gallery"] = str(cfg.identity_gallery or "(given)")
+        identities["tracks"] = {str(tid): rec.label.identity if rec.label else UNKNOWN_LABEL
+                                for tid, rec in sorted(processor.records.items())}
     stage_ms = {k: 1000.0 * v / max(n, 1) for k, v in processor.times.items()}
     stage_ms["read"] = 1000.0 * state["read_s"] / max(read_frames, 1)
     stage_ms["write"] = 1000.0 * writer.seconds / max(writer.frames, 1)
@@ -994,7 +1356,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         dropped=state["dropped"], reconnects=state["reconnects"], truncated=truncated, message=message,
         stage_ms={k: round(v, 3) for k, v in stage_ms.items()},
         flicker=None if flick is None else round(flick, 4), outputs=outputs,
-        webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)))
+        webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities)
     outputs["summary"] = str(out_dir / "summary.json")
     (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
@@ -1026,6 +1388,8 @@ def _jsonable(obj):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
     return obj
 
 
@@ -1060,6 +1424,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-timeout", type=float, default=d.open_timeout_s, help="seconds to open a source")
     parser.add_argument("--queue-size", type=int, default=d.queue_size, help="bounded queue length")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--gallery", default=None, metavar="PATH",
+                        help="label tracks with known people: a gallery folder (sub-folder or name_ prefix per "
+                             "person) or a .npz saved by `facekit identify --save-gallery`")
+    parser.add_argument("--gallery-threshold", default=d.identity_threshold, metavar="auto|SIM",
+                        help="cosine similarity a track needs to take an identity (below: unknown); auto = the "
+                             "gallery's calibrated threshold, else calibrated on ORL at FAR 1%%")
+    parser.add_argument("--identity-crops", type=int, default=d.identity_crops,
+                        help="best crops per track averaged into its embedding (default %(default)s)")
+    parser.add_argument("--identity-source", default=d.identity_source, choices=IDENTITY_SOURCES,
+                        help="match the enhanced (composited) face or the raw input face")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1069,11 +1443,15 @@ def run_cli(args: argparse.Namespace) -> int:
                       temporal=args.temporal, crop_size=args.crop_size, codec=args.codec, quality=args.quality,
                       webm=not args.no_webm, webm_scale=args.webm_scale, annotate=not args.no_annotate,
                       live=args.live, reconnect=args.reconnect, open_timeout_s=args.open_timeout,
-                      queue_size=args.queue_size, progress=not args.no_progress)
+                      queue_size=args.queue_size, progress=not args.no_progress,
+                      identity_gallery=args.gallery, identity_threshold=args.gallery_threshold,
+                      identity_crops=args.identity_crops, identity_source=args.identity_source)
     res = process_video(args.input, args.output_dir, cfg)
     summary = {k: getattr(res, k) for k in ("frames", "fps", "tracks", "dropped", "reconnects", "truncated",
                                             "flicker", "stage_ms")}
     summary["fps"] = round(summary["fps"], 2)
+    if res.identities is not None:
+        summary["identities"] = res.identities["tracks"]
     print(json.dumps(summary, indent=2))
     print(f"outputs in {res.output_dir}")
     return 0

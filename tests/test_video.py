@@ -1,5 +1,6 @@
-"""Video pipeline: IDs on a synthetic clip, outputs, bad input, live-stream drops, flicker."""
+"""Video pipeline: IDs on a synthetic clip, outputs, bad input, live-stream drops, flicker, gallery identities."""
 
+import csv
 import json
 import threading
 import time
@@ -95,9 +96,13 @@ def test_ids_stable_outputs_match_input(clip, tmp_path):
     assert (tmp_path / "gallery" / "track_0001.png").is_file()
     rows = (tmp_path / "tracks.csv").read_text().splitlines()
     assert rows[0].startswith("track_id") and len(rows) == 2
+    # without a gallery: no identity columns, names or summary entry
+    assert "identity" not in rows[0] and "identity" not in tracks[0]
+    assert rows[0].split(",")[-1] == "gallery" and rows[1].split(",")[-1] == "gallery/track_0001.png"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == N_FRAMES and summary["tracks"] == 1 and summary["dropped"] == 0
     assert set(summary["stage_ms"]) >= {"detect", "enhance", "read", "write"}
+    assert summary["identities"] is None and "identify" not in summary["stage_ms"]
 
 
 def test_no_face_clip_gives_no_tracks(tmp_path, faces):
@@ -300,3 +305,168 @@ def test_model_enhancer_runs_chain_folder(tmp_path):
     (tmp_path / "chain.yaml").unlink()
     with pytest.raises(ConfigError, match="chain.yaml"):
         make_enhancer(f"model:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Track identities from a gallery
+
+KNOWN, DISTRACTORS, STRANGER = "s4", ("s1", "s2", "s3", "s6"), "s33"
+ID_THRESHOLD = 0.4  # SFace cosine; same-person tracks here score ~0.6-0.8, strangers ~0.2-0.3
+
+
+def _orl_face(faces_set, who, image):
+    num = np.array([int(Path(p).stem) for p in faces_set.paths])
+    return faces_set.images[np.where((faces_set.identity == who) & (num == image))[0][:1]]
+
+
+@pytest.fixture(scope="module")
+def orl_set():
+    from facekit.data import load_faces
+
+    return load_faces("orl", size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def id_gallery_dir(tmp_path_factory):
+    """ORL originals 1-4 of the clip's person and of 4 distractors, one sub-folder per person."""
+    import shutil
+
+    from facekit.data import orl_dir
+
+    root = tmp_path_factory.mktemp("id_gallery")
+    for who in (KNOWN, *DISTRACTORS):
+        (root / who).mkdir()
+        for k in range(1, 5):
+            shutil.copy(orl_dir() / who / f"{k}.pgm", root / who / f"{k}.pgm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def id_clips(orl_set, tmp_path_factory):
+    """One clip of the known person and one of a stranger, from an ORL image not in the gallery."""
+    out = tmp_path_factory.mktemp("id_clips")
+    return {who: synthclip.make_clip(_orl_face(orl_set, who, 8), out / who, n_frames=30, size=SIZE, seed=3,
+                                     speed=2.0)
+            for who in (KNOWN, STRANGER)}
+
+
+def test_gallery_labels_track_with_identity(id_clips, id_gallery_dir, tmp_path, monkeypatch):
+    captions = []
+    put_text = cv2.putText
+
+    def spy(img, text, *a, **kw):
+        captions.append(text)
+        return put_text(img, text, *a, **kw)
+
+    monkeypatch.setattr(cv2, "putText", spy)
+    cfg = _cfg(enhancer="classical", webm=False, identity_gallery=str(id_gallery_dir),
+               identity_threshold=ID_THRESHOLD)
+    res = process_video(id_clips[KNOWN], tmp_path, cfg)
+    assert res.tracks == 1
+    rows = list(csv.DictReader((tmp_path / "tracks.csv").open()))
+    assert rows[0]["identity"] == KNOWN and rows[0]["identity_candidate"] == KNOWN
+    assert float(rows[0]["identity_score"]) >= ID_THRESHOLD
+    assert 2 <= int(rows[0]["identity_crops"]) <= cfg.identity_crops  # an aggregate, not one frame
+    track = json.loads((tmp_path / "tracks.json").read_text())["tracks"][0]
+    assert track["identity"] == KNOWN and track["identity_score"] == pytest.approx(float(rows[0]["identity_score"]))
+    gfile = tmp_path / rows[0]["gallery"]
+    assert gfile.is_file() and gfile.name.startswith(f"track_0001_{KNOWN}_0.")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    ids = summary["identities"]
+    assert ids["tracks"] == {"1": KNOWN} and ids["people"] == 1 + len(DISTRACTORS)
+    # few embeddings per track (the best crops, not every frame), and the box caption carries the name
+    assert ids["embeds"] <= cfg.identity_max_embeds + cfg.identity_crops < N_FRAMES // 2
+    assert "identify" in summary["stage_ms"]
+    assert any(c.startswith("ID 1 ") and KNOWN in c for c in captions), set(captions)
+
+
+def test_saved_gallery_cli_labels_stranger_unknown(id_clips, id_gallery_dir, tmp_path):
+    from facekit.cli import main
+    from facekit.identify import Gallery
+
+    g = Gallery().enroll(id_gallery_dir)
+    g.threshold, g.calibration = ID_THRESHOLD, "set by the test"
+    saved = g.save(tmp_path / "known.npz")
+    # --gallery-threshold auto (the default) takes the saved gallery's threshold
+    rc = main(["video", str(id_clips[STRANGER]), str(tmp_path / "out"), "--no-progress", "--no-webm",
+               "--enhancer", "none", "--gallery", str(saved)])
+    assert rc == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "tracks.csv").open()))
+    assert len(rows) == 1 and rows[0]["identity"] == "unknown"
+    assert float(rows[0]["identity_score"]) < ID_THRESHOLD and rows[0]["identity_candidate"] in (KNOWN, *DISTRACTORS)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["identities"]["threshold"] == ID_THRESHOLD
+    assert summary["config"]["identity_gallery"] == str(saved)
+    assert [p.name.split("_0.")[0] for p in (tmp_path / "out" / "gallery").glob("*.png")] == ["track_0001_unknown"]
+
+
+def test_bad_gallery_gives_clear_error(clip, tmp_path, capsys):
+    from facekit.cli import main
+
+    missing = tmp_path / "no_such_gallery"
+    with pytest.raises(ConfigError, match=f"gallery {missing}: no such gallery folder"):
+        process_video(clip, tmp_path / "o1", _cfg(identity_gallery=str(missing)))
+    assert not (tmp_path / "o1").exists()  # failed before any output was started
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=str(tmp_path / "empty")):
+        process_video(clip, tmp_path / "o2", _cfg(identity_gallery=str(tmp_path / "empty")))
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a gallery")
+    with pytest.raises(ConfigError, match=f"{junk} is not a facekit gallery file"):
+        process_video(clip, tmp_path / "o3", _cfg(identity_gallery=str(junk)))
+    with pytest.raises(ConfigError, match="'auto' or a cosine similarity"):
+        process_video(clip, tmp_path / "o4", _cfg(identity_gallery=str(junk), identity_threshold="high"))
+    assert main(["video", str(clip), str(tmp_path / "o5"), "--gallery", str(missing)]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+class _FakeGallery:
+    """Gallery stand-in: a crop's embedding is a fixed unit vector chosen by its first pixel."""
+
+    margin = 0.15
+    people = ["alice", "bob"]
+    net, calibration = "fake", ""
+
+    def __init__(self):
+        self.basis = np.eye(128, dtype=np.float32)[:3]  # 0: alice, 1: bob, 2: nobody
+        self.calls = []
+
+    def __len__(self):
+        return 2
+
+    def embed(self, crops):
+        self.calls.append(len(crops))
+        return self.basis[[int(c[0, 0, 0]) for c in crops]]
+
+    def match_embeddings(self, emb, top_k=1):
+        from facekit.identify import Candidate
+
+        sims = emb @ self.basis[:2].T
+        return [[Candidate(self.people[int(np.argmax(s))], float(np.max(s)))] for s in sims]
+
+
+def test_track_identifier_aggregates_best_crops_off_the_clock():
+    from facekit.video import TrackIdentifier
+
+    def crop(kind):
+        return np.full((8, 8, 3), kind, np.uint8)
+
+    g = _FakeGallery()
+    ident = TrackIdentifier(g, threshold=0.5, crops=3, max_embeds=0, background=True)
+    # the best crops of track 1: two of alice and one of bob; a low-quality bob crop is not kept
+    for q, kind in [(5.0, 0), (1.0, 1), (4.0, 1), (6.0, 0)]:
+        if ident.wants(1, q):
+            ident.offer(1, int(q), q, crop(kind))
+    assert not ident.wants(1, 0.5) and ident.wants(1, 9.0)
+    assert ident.label(1) is None and g.calls == []  # max_embeds=0: nothing embedded while on screen
+    labels = ident.finish()
+    assert g.calls == [3]  # the three kept crops, once
+    lab = labels[1]
+    # mean of (a, a, b) normalised: cosine to alice 2/sqrt(5) ~ 0.89 -> alice, from 3 crops
+    assert lab.identity == "alice" and lab.crops == 3 and lab.score == pytest.approx(2 / np.sqrt(5), abs=1e-5)
+    # a track whose crops match nobody stays unknown, with its best candidate kept
+    ident2 = TrackIdentifier(g, threshold=0.5, crops=2, max_embeds=4, background=True)
+    ident2.offer(7, 0, 1.0, crop(2))
+    ident2.track_ended(7)
+    lab = ident2.finish()[7]
+    assert lab.identity == "unknown" and lab.candidate in g.people and lab.score == pytest.approx(0.0)
