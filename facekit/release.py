@@ -46,30 +46,69 @@ def _run_files(run_dir: Path) -> tuple[Path, dict]:
     return ckpt, summary
 
 
-def export_stage(run_dir: str | Path, path: str | Path) -> tuple[Path, dict]:
-    """Write a run's EMA generator as a ``reconstruct`` chain stage.
+WEIGHTS = ("best", "ema", "raw")
+
+
+def val_scores(net, cfg: dict, faces=None) -> dict[str, float]:
+    """PSNR/SSIM of a generator on the run's own validation pairs (never the test split).
+
+    Args:
+        net: generator taking ``(N,3,h,w)`` in [0,1].
+        cfg: the run's TrainConfig as a dict.
+        faces: val faces ``(M,S,S,3) uint8`` instead of the run's data source's val split.
+    """
+    from facekit.train import TrainConfig, evaluate, make_val_pairs, split_faces
+
+    tcfg = TrainConfig.from_dict(cfg)
+    if faces is None:
+        from facekit.data import load_faces
+
+        _, faces = split_faces(load_faces(tcfg.data, size=tcfg.size, seed=tcfg.seed, progress=False), tcfg.val_count)
+    lq, gt, _ = make_val_pairs(np.asarray(faces)[: tcfg.val_count], tcfg)
+    import torch
+
+    return evaluate(net, lq, gt, torch.device("cpu"))
+
+
+def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None) -> tuple[Path, dict]:
+    """Write a run's generator as a ``reconstruct`` chain stage.
 
     Args:
         run_dir: training run folder (``checkpoints/last.pt``, ``summary.json``).
         path: destination ``.pt``.
+        weights: "ema" (the moving average), "raw" (the last step's weights) or "best": whichever
+            of the two scores the higher PSNR on the run's validation pairs. On a short run the
+            EMA (decay 0.999) still carries a noticeable share of the initial, bicubic-like
+            weights, so the raw weights can be better.
+        val_faces: validation faces for "best" (default: the run's source's val split).
 
     Returns:
-        ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``.
+        ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``,
+        ``weights`` (the ones written) and ``val`` (their val scores, for "best").
     """
     from facekit.chain import save_stage
     from facekit.checkpoint import load_generator
 
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights!r}: valid: {', '.join(WEIGHTS)}")
     run_dir = Path(run_dir)
     ckpt, summary = _run_files(run_dir)
-    net, info = load_generator(ckpt)
+    net, info = load_generator(ckpt, ema=weights != "raw")
     cfg = info["config"]
     if cfg.get("steps") is not None and info.get("step") is not None and int(info["step"]) < int(cfg["steps"]):
         raise ConfigError(f"{ckpt}: the run stopped at step {info['step']} of {cfg['steps']}; "
                           f"finish it (python -m facekit train --config {run_dir / 'config.yaml'} --resume) first")
+    chosen, val = ("raw" if weights == "raw" else "ema"), {}
+    if weights == "best":
+        raw, _ = load_generator(ckpt, ema=False)
+        val = {"ema": val_scores(net, cfg, val_faces), "raw": val_scores(raw, cfg, val_faces)}
+        if val["raw"]["psnr"] > val["ema"]["psnr"]:
+            net, chosen = raw, "raw"
     in_size = int(cfg["size"]) // int(cfg["scale"])
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
-               extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary})
-    info["summary"] = summary
+               extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
+                      "weights": chosen, "val": val})
+    info.update(summary=summary, weights=chosen, val=val)
     return Path(path), info
 
 
@@ -143,7 +182,7 @@ def _fmt_table(df: pd.DataFrame, digits: int = 3) -> str:
 
 def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Path] | None = None,
                 sample_size: int | None = None, identity_nets=("sface", "dlib"), n_boot: int = 1000,
-                progress: bool = True, faces=None) -> dict:
+                progress: bool = True, faces=None, weights: str = "best", val_faces=None) -> dict:
     """Export a run as a chain folder, measure it on the held-out test split, write its model card.
 
     Args:
@@ -155,6 +194,9 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         n_boot: bootstrap resamples for the confidence intervals.
         progress: progress bars.
         faces: test faces instead of the run's data source's ``test`` split (FaceSet or array).
+        weights: which weights to release (see :func:`export_stage`); compare runs are exported
+            the same way, so both sides of a comparison get the same choice rule.
+        val_faces: validation faces for ``weights="best"`` (default: the source's val split).
 
     Returns:
         The report dict written to ``report.json``.
@@ -168,7 +210,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     for c in compare:
         _run_files(c)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE)
+    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces)
     size_mb = stage_path.stat().st_size / 2**20
     if size_mb > MAX_MODEL_MB:
         raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
@@ -189,9 +231,12 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     released = _method_label(run_dir, cfg)
     methods = {"bicubic": build_method("bicubic", scale=int(cfg["scale"])),
                released: build_method(f"model:{stage_path}", scale=int(cfg["scale"]))}
+    compared = {}
     for c in compare:
         ccfg = yaml.safe_load((c / "config.yaml").read_text()) or {}
-        methods[_method_label(c, ccfg)] = build_method(f"model:{c / 'checkpoints' / 'last.pt'}", scale=int(cfg["scale"]))
+        cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces)
+        compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
+        methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=int(cfg["scale"]))
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
     df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=cfg["preset"], scale=int(cfg["scale"]),
                      seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
@@ -206,6 +251,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     summary = info["summary"]
     report = {
         "released_run": run_dir.name, "step": info["step"], "arch": info["arch"], "arch_kwargs": info["kwargs"],
+        "weights": info["weights"], "val": info["val"], "compared": compared,
         "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
         "training": {r.name: _run_files(r)[1] for r in runs},
         "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
@@ -231,7 +277,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"# Released model: `{report['released_run']}`",
         "",
         f"U-Net generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
-        f"CCTV-like faces to {report['out_size']}x{report['out_size']}; EMA weights at step {report['step']}, "
+        f"CCTV-like faces to {report['out_size']}x{report['out_size']}; {report['weights']} weights at step {report['step']}, "
         f"{report['model_mb']:.2f} MB. Loaded by `python -m facekit restore` and the evaluation as `chain:default`.",
         "",
         "## Data",
@@ -246,6 +292,9 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"from step {cfg['gan_start']}), {cfg['gp_mode']} gradient penalty (weight {cfg['gp_weight']}, every "
         f"{cfg['lazy_k']} steps), {cfg['schedule']} LR, identity loss weight {cfg.get('identity_weight', 0)}. Retrain with "
         "`python -m facekit train --config models/default/config.yaml` (same seed, same data).",
+        "",
+        f"Weights: `{report['weights']}` (chosen by validation PSNR between the EMA and the last step's weights: "
+        f"{json.dumps(report['val'])}).",
         "",
         "![training curves](curves.png)",
         "",
@@ -280,6 +329,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="RUN",
                         help="another finished run scored beside it (repeatable)")
     parser.add_argument("--sample-size", type=int, default=None, help="evaluate this many test faces (default all)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="best",
+                        help="ema, raw (last step) or best of the two on the validation pairs (default)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -288,7 +339,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_model_dir()
     report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, weights=args.weights)
     print(out / "TRAINING.md")
     print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
     return 0

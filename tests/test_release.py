@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from facekit import release
+from facekit import checkpoint, release
 from facekit.baselines import build_method
 from facekit.errors import ConfigError
 from facekit.train import train
@@ -24,17 +24,25 @@ def tiny_run(tmp_path_factory):
 
 def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_run, tmp_path):
     out = tmp_path / "default"
-    test_faces = orl_faces(40)[30:]  # never trained on
+    faces = orl_faces(40)
+    test_faces, val_faces = faces[30:], faces[32:36]  # the test faces were never trained on
     report = release.release_run(tiny_run, out, compare=[tiny_run], faces=test_faces, identity_nets=("sface",),
-                                 n_boot=50, progress=False)
+                                 n_boot=50, progress=False, val_faces=val_faces)
     for name in ("chain.yaml", "reconstruct.pt", "config.yaml", "report.json", "TRAINING.md", "curves.png",
                  "test_metrics.csv"):
         assert (out / name).is_file(), name
-    # the chain folder is what restore/evaluate load as chain:DIR; it runs the run's EMA generator
+    # "best": the EMA or the raw weights, whichever scores higher on the validation pairs
+    val = report["val"]
+    assert report["weights"] == ("raw" if val["raw"]["psnr"] > val["ema"]["psnr"] else "ema")
+    assert val["raw"]["psnr"] != val["ema"]["psnr"]
+    # the chain folder is what restore/evaluate load as chain:DIR; it runs the chosen generator
+    net, _ = checkpoint.load_generator(tiny_run / "checkpoints" / "last.pt", ema=report["weights"] == "ema")
     chain = build_method(f"chain:{out}", scale=4)
-    model = build_method(f"model:{tiny_run / 'checkpoints' / 'last.pt'}", scale=4)
     lq = torch.rand(2, 3, 8, 8)
-    assert torch.allclose(chain(lq, (32, 32)), model(lq, (32, 32)), atol=1e-5)
+    with torch.inference_mode():
+        assert torch.allclose(chain(lq, (32, 32)), net(lq).clamp(0, 1), atol=1e-5)
+    with pytest.raises(ConfigError, match="weights='nope'"):
+        release.export_stage(tiny_run, tmp_path / "x.pt", weights="nope")
 
     assert [r["condition"] for r in report["quality"]] == ["warm", "cold", "low", "medium", "bright"]
     # the card's numbers are the per-face rows' means, not retyped
