@@ -4,10 +4,11 @@
 output against its clean face. It returns one row per (face, method, condition) -- plus one per
 (face, method, severity level) when a severity sweep is asked for -- with the image metrics
 (PSNR, SSIM, ST-LPIPS), identity metrics (SFace / dlib cosine similarity to the clean face,
-rank-1 hit against a clean gallery, YuNet detectability) and every degradation factor the
-pipeline drew (scale, blur, noise, JPEG quality, occlusion, yaw/roll), so any breakdown is a
-``groupby`` away. :func:`summarise` turns rows into means with bootstrap 95% confidence
-intervals; :func:`identification` gives rank-1 and TAR at FAR 1% / 0.1% per method and condition;
+rank-1 hit against a clean gallery, YuNet detectability of the output and of the degraded input)
+and every degradation factor the pipeline drew (scale, blur, noise, JPEG quality, occlusion,
+yaw/roll), so any breakdown is a ``groupby`` away. :func:`summarise` turns rows into means with
+bootstrap 95% confidence intervals (detectability of inputs and outputs included, see
+:func:`detectability`); :func:`identification` gives rank-1 and TAR at FAR 1% / 0.1% per method and condition;
 :func:`save_results` writes ``metrics.csv`` / ``metrics.json`` which the notebook reads back, so
 the report and the files hold the same numbers.
 
@@ -37,8 +38,11 @@ from facekit import augment, degrade
 from facekit.errors import ConfigError, DataSourceError
 
 CONDITIONS = augment.CONDITIONS
-METRICS = ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detected", "seconds_per_face")
-# Lower is better for these; every other metric is higher-is-better.
+# "detected": YuNet finds a face in the restored output; "lq_detected": in the degraded input the
+# method was given (the same inputs for every method, so its summary is the input's detectability).
+METRICS = ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected",
+           "seconds_per_face")
+# Lower is better for these; every other metric (detectability included) is higher-is-better.
 LOWER_IS_BETTER = ("lpips", "seconds_per_face")
 # Degradation factors recorded per row (see degradation_factors).
 FACTOR_COLUMNS = ("scale", "blur", "blur_length_px", "defocus_radius_px", "gauss_sigma_px", "noise_sigma",
@@ -292,13 +296,13 @@ class Scorers:
         else:
             self.missing["lpips"] = "disabled"
         if not identity:
-            for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
+            for k in ("id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected"):
                 self.missing[k] = "disabled"
             return
         try:
             from facekit import recognition
         except ImportError as exc:
-            for k in ("id_sface", "id_dlib", "rank1_hit", "detected"):
+            for k in ("id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected"):
                 self.missing[k] = f"facekit.recognition unavailable ({exc})"
             return
         self.recognition = recognition
@@ -715,6 +719,38 @@ def breakdowns(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str,
     return out
 
 
+INPUT_LABEL = "input (lq)"
+
+
+def detectability(summary: pd.DataFrame) -> pd.DataFrame:
+    """Face detectability of the degraded inputs beside that of each method's outputs.
+
+    Args:
+        summary: a :func:`summarise` table with ``detected`` and ``lq_detected`` (any breakdown of
+            ``metrics.json``, e.g. ``info["summary"]["condition"]``).
+
+    Returns:
+        The table's rows with ``method`` and its group columns, ``n`` and ``detected`` (+ ``_lo`` /
+        ``_hi``): first one :data:`INPUT_LABEL` row per group (``lq_detected``: every method was
+        given the same inputs), then each method's outputs. Usable with :func:`ci_table` and
+        :func:`plot_conditions` / :func:`plot_breakdown` as metric ``"detected"``.
+    """
+    for m in ("detected", "lq_detected"):
+        if m not in summary.columns:
+            raise ConfigError(f"detectability needs a summary with {m!r}; "
+                              f"columns: {', '.join(map(str, summary.columns))}")
+    stats = {c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")} | {"n"}
+    groups = [c for c in summary.columns if c not in stats and c != "method"]
+    det = ["detected", "detected_lo", "detected_hi"]
+    out_rows = summary[["method", *groups, "n", *det]]
+    if summary.empty:
+        return out_rows.copy()
+    first = summary["method"] == summary["method"].iloc[0]
+    inputs = summary.loc[first, [*groups, "n", "lq_detected", "lq_detected_lo", "lq_detected_hi"]]
+    inputs = inputs.set_axis([*groups, "n", *det], axis=1).assign(method=INPUT_LABEL)[out_rows.columns]
+    return pd.concat([inputs, out_rows], ignore_index=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
@@ -741,6 +777,73 @@ def released_methods() -> list[str]:
     if settings.MODELS_DIR.is_dir():
         names += [f"model:models/{p.name}" for p in sorted(settings.MODELS_DIR.glob("*.pt")) if p.is_file()]
     return names
+
+
+def checkpoint_methods(checkpoints="auto") -> dict[str, str]:
+    """Expand notebook 05's ``checkpoints`` parameter into ``{label: method name}``.
+
+    Args:
+        checkpoints: one entry or a list of entries: ``"auto"`` (the released models,
+            :func:`released_methods`), ``"run:NAME"`` (the last checkpoint of the training run
+            ``DATA_DIR/runs/NAME/checkpoints/last.pt``, e.g. what notebook 03 just trained; labelled
+            ``run:NAME``), a method name (``"model:PATH"``, ``"chain:DIR"``, ``"chain:DIR@stage"``) or a
+            bare checkpoint path (taken as ``model:PATH``). None or [] = no models (baselines only).
+
+    Returns:
+        Label (the method's name in the results) -> name for :func:`facekit.baselines.build_method`.
+    """
+    from facekit import settings
+
+    if checkpoints is None:
+        return {}
+    entries = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    out: dict[str, str] = {}
+    for entry in entries:
+        entry = str(entry).strip()
+        if entry == "auto":
+            out.update({m: m for m in released_methods()})
+        elif entry.startswith("run:"):
+            name = entry[len("run:"):].strip()
+            if not name:
+                raise ConfigError("checkpoint entry 'run:NAME' needs a training run name after the colon")
+            out[f"run:{name}"] = f"model:{settings.DATA_DIR / 'runs' / name / 'checkpoints' / 'last.pt'}"
+        elif entry:
+            name = entry if ":" in entry else f"model:{entry}"
+            out[name] = name
+    return out
+
+
+def build_eval_methods(baselines=(), checkpoints="auto", scale: int = 4, device: str = "cpu", train_faces=None):
+    """The methods notebook 05 evaluates: the baselines, then the models of ``checkpoints``.
+
+    Args:
+        baselines: method names (``"bicubic"``, ``"classical"`` ...).
+        checkpoints: see :func:`checkpoint_methods`.
+        scale, device, train_faces: see :func:`facekit.baselines.build_methods`.
+
+    Returns:
+        ``(label -> Method, label -> why it was skipped)``. A ``run:NAME`` whose ``last.pt`` does not
+        exist (the run was not trained here) is skipped with that reason; other unavailable methods
+        as :func:`facekit.baselines.build_methods` does.
+    """
+    from facekit.baselines import build_methods
+
+    labels = {b: b for b in ([baselines] if isinstance(baselines, str) else list(baselines or []))}
+    labels.update(checkpoint_methods(checkpoints))
+    methods, skipped = {}, {}
+    for label, name in labels.items():
+        if label.startswith("run:") and not Path(name[len("model:"):]).is_file():
+            skipped[label] = (f"{name[len('model:'):]} not found: train run {label[4:]!r} first "
+                              "(notebook 03 or python -m facekit train)")
+            continue
+        built, why = build_methods([name], scale, device, train_faces=train_faces)
+        for m in built.values():
+            if label != name and name.startswith("model:"):
+                m.note = f"{m.note}, {name[len('model:'):]}"
+            methods[label] = m
+        for reason in why.values():
+            skipped[label] = reason
+    return methods, skipped
 
 
 def run_dir(name: str) -> Path:
@@ -1054,7 +1157,8 @@ def run_cli(args: argparse.Namespace) -> int:
     name = args.name or time.strftime("%Y%m%d-%H%M%S")
     paths = save_results(df, run_dir(name))
     table = summarise(df[df["sweep"] == ""], ["method", "condition"])
-    cols = ["method", "condition", "n"] + [m for m in ("psnr", "ssim", "lpips", "id_sface") if m in table]
+    cols = ["method", "condition", "n"] + [m for m in ("psnr", "ssim", "lpips", "id_sface", "detected", "lq_detected")
+                                           if m in table]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for key, path in paths.items():
         print(f"wrote {path}")

@@ -210,3 +210,92 @@ def test_identification_high_for_clean_probes_and_drops_when_degraded(orl):
     assert clean["id_sface"].to_numpy() == pytest.approx(1.0, abs=1e-4)  # restored == clean face
     assert heavy["id_sface"].mean() < 0.5
     assert clean["detected"].all() and heavy["lq_detected"].mean() < clean["lq_detected"].mean()
+
+
+def test_metrics_json_holds_input_and_output_detectability(orl, tmp_path):
+    """lq_detected (YuNet on the degraded inputs) is a summarised metric beside detected (outputs)."""
+    _needs("metrics")
+    _needs("recognition")
+    assert "lq_detected" in ev.METRICS and "lq_detected" not in ev.LOWER_IS_BETTER
+    methods, _ = baselines.build_methods("bicubic,classical")
+    df = ev.evaluate(orl.subset("test"), methods, conditions=("low", "bright"), sample_size=6, seed=0,
+                     progress=False, lpips=False, identity=True, severities={"noise": [0.06]})
+    if "lq_detected" not in df.columns:
+        pytest.skip(f"YuNet detection not available: {df.attrs['missing'].get('detected')}")
+    paths = ev.save_results(df, tmp_path / "run", n_boot=200)
+    summary = json.loads(paths["json"].read_text())["summary"]
+    for name in ("overall", "condition", "sweep"):
+        for rec in summary[name]:
+            assert {"lq_detected", "lq_detected_lo", "lq_detected_hi", "detected"} <= set(rec), name
+            assert 0.0 <= rec["lq_detected_lo"] <= rec["lq_detected"] <= rec["lq_detected_hi"] <= 1.0
+    main = df[df["sweep"] == ""]
+    overall = {r["method"]: r for r in summary["overall"]}
+    for method, grp in main.groupby("method"):
+        assert overall[method]["lq_detected"] == pytest.approx(grp["lq_detected"].mean(), abs=1e-6)
+        assert overall[method]["detected"] == pytest.approx(grp["detected"].mean(), abs=1e-6)
+    # the inputs are the same for every method: one input detectability
+    assert overall["bicubic"]["lq_detected"] == overall["classical"]["lq_detected"]
+
+    _, info = ev.load_results(tmp_path / "run")
+    det = ev.detectability(info["summary"]["condition"])
+    assert det["method"].tolist()[:2] == [ev.INPUT_LABEL] * 2  # the inputs first, then the summary's rows
+    assert det["method"].value_counts().to_dict() == {ev.INPUT_LABEL: 2, "bicubic": 2, "classical": 2}
+    assert list(det.columns) == ["method", "condition", "n", "detected", "detected_lo", "detected_hi"]
+    low_in = det[(det["method"] == ev.INPUT_LABEL) & (det["condition"] == "low")]["detected"].item()
+    low_rows = main[main["condition"] == "low"]
+    assert low_in == pytest.approx(low_rows.groupby("image")["lq_detected"].first().mean(), abs=1e-6)
+    table = ev.ci_table(det, "condition", "detected", 3)
+    assert list(table.columns) == [ev.INPUT_LABEL, "bicubic", "classical"] and list(table.index) == ["low", "bright"]
+    assert ev.detectability(info["summary"]["overall"])["method"].tolist() == [ev.INPUT_LABEL, "bicubic", "classical"]
+    with pytest.raises(ConfigError, match="lq_detected"):
+        ev.detectability(info["summary"]["overall"].drop(columns=["lq_detected"]))
+
+
+def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tmp_path, monkeypatch):
+    """Notebook 05's checkpoints: "auto" -> released_methods() (chain:default once models/default exists),
+    "run:NAME" -> DATA_DIR/runs/NAME/checkpoints/last.pt; the methods evaluate end to end."""
+    _needs("metrics")
+    chain = pytest.importorskip("facekit.chain")
+    from facekit import settings
+    from facekit.archs import build_model
+
+    monkeypatch.setattr(settings, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(settings, "DATA_DIR", tmp_path / "data")
+    assert ev.released_methods() == [] and ev.checkpoint_methods("auto") == {}
+    kwargs = {"scale": 4, "base": 8, "depth": 2}
+    torch.manual_seed(0)
+    chain.save_stage(tmp_path / "models" / "default" / "reconstruct.pt", "reconstruct",
+                     build_model("unet", **kwargs).eval(), kwargs, arch="unet", in_size=16)
+    (tmp_path / "models" / "default" / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
+    last = tmp_path / "data" / "runs" / "full-03" / "checkpoints" / "last.pt"
+    chain.save_stage(last, "reconstruct", build_model("unet", **kwargs).eval(), kwargs, arch="unet", in_size=16)
+    assert ev.released_methods() == ["chain:default"]
+    assert ev.checkpoint_methods(["auto", "run:full-03", "x/y.pt", "chain:c@deblur"]) == {
+        "chain:default": "chain:default", "run:full-03": f"model:{last}", "model:x/y.pt": "model:x/y.pt",
+        "chain:c@deblur": "chain:c@deblur"}
+    assert ev.checkpoint_methods([]) == {} and ev.checkpoint_methods(None) == {}
+    with pytest.raises(ConfigError, match="run:NAME"):
+        ev.checkpoint_methods(["run:"])
+
+    methods, skipped = ev.build_eval_methods(["bicubic"], ["auto", "run:full-03", "run:never-trained"])
+    assert list(methods) == ["bicubic", "chain:default", "run:full-03"]
+    assert "never-trained" in skipped["run:never-trained"] and "not found" in skipped["run:never-trained"]
+    assert str(last) in methods["run:full-03"].note
+    df = ev.evaluate(orl.subset("test"), methods, conditions=("medium",), sample_size=3, progress=False,
+                     lpips=False, identity=False)
+    assert set(df["method"]) == set(methods) and df["psnr"].notna().all()
+
+
+def test_full_profile_evaluates_every_sweep_both_identity_nets_and_the_model_03_trains():
+    from facekit import runner
+
+    full = runner.load_profile("full")
+    e05 = full["05_evaluation"]
+    assert e05["severities"] == list(ev.SWEEPS)
+    assert e05["identity_nets"] == ["sface", "dlib"]
+    labels = ev.checkpoint_methods(e05["checkpoints"])
+    assert "auto" in e05["checkpoints"]  # the released models stay beside the new one
+    assert f"run:{full['03_train_gan']['run_name']}" in labels
+    # smoke stays at the notebook's fast defaults
+    smoke = runner.load_profile("smoke")
+    assert not {"severities", "identity_nets", "sample_size"} & set(smoke.get("05_evaluation", {}))
