@@ -5,7 +5,7 @@ face) and ``vtest.avi`` (768x576, surveillance camera), each skipped with a reas
 plus a synthetic 640x360 clip from ORL faces so the script always measures something. Every run
 writes all outputs (annotated mp4 + VP8 webm + gallery + tracks) to a temporary folder.
 
-    PYTHONPATH=. python benchmarks/bench_video.py [--threads 2] [--enhancer classical]
+    PYTHONPATH=. python benchmarks/bench_video.py [--threads 2] [--enhancer auto]
         [--detect-every 3] [--max-frames 300]
 
 Timings are wall-clock on a shared machine: other processes using the CPU lower them.
@@ -35,7 +35,7 @@ def run_one(path, cfg: VideoConfig) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--enhancer", default="classical")
+    ap.add_argument("--enhancer", default="auto", help="auto = the released chain when installed, else classical")
     ap.add_argument("--detect-every", type=int, default=3)
     ap.add_argument("--max-frames", type=int, default=300)
     args = ap.parse_args()

@@ -160,20 +160,32 @@ ENHANCERS: dict[str, Callable[[], Enhancer]] = {
 MODEL_BACKENDS = ("onnx", "torch", "auto")
 
 
+def resolve_enhancer(spec: str) -> str:
+    """Turn ``"auto"`` into the released restoration chain (``model:models/default``) when it is
+    installed, else ``"classical"``; any other spec is returned unchanged."""
+    if spec != "auto":
+        return spec
+    from facekit import restore
+
+    folder = restore.default_model_dir()
+    return f"model:{folder}" if (folder / restore.CHAIN_FILE).is_file() else "classical"
+
+
 def make_enhancer(spec: str | Enhancer, backend: str = "onnx") -> Enhancer:
-    """Build an enhancer from a name (:data:`ENHANCERS`), ``"model:PATH"``, or pass a callable through.
+    """Build an enhancer from a name (:data:`ENHANCERS`), ``"auto"``, ``"model:PATH"``, or pass a callable through.
 
     Args:
         backend: for ``model:PATH`` chains: "onnx" (ONNX Runtime, fastest on CPU), "torch" or "auto".
     """
     if callable(spec):
         return spec
+    spec = resolve_enhancer(spec) if isinstance(spec, str) else spec
     if isinstance(spec, str) and spec.startswith("model:"):
         if backend not in MODEL_BACKENDS:
             raise ConfigError(f"unknown model backend {backend!r}; valid: {', '.join(MODEL_BACKENDS)}")
         return ModelEnhancer(spec[len("model:"):], backend=backend)
     if spec not in ENHANCERS:
-        raise ConfigError(f"unknown enhancer {spec!r}; valid: {', '.join(ENHANCERS)}, model:PATH")
+        raise ConfigError(f"unknown enhancer {spec!r}; valid: auto, {', '.join(ENHANCERS)}, model:PATH")
     return ENHANCERS[spec]()
 
 
@@ -305,7 +317,9 @@ class VideoConfig:
     """Settings of :func:`process_video` (saved in ``summary.json``).
 
     Attributes:
-        enhancer: name in :data:`ENHANCERS` or ``model:PATH``; model_backend: how a model runs.
+        enhancer: "auto" (the released chain ``models/default`` when installed, else "classical";
+            ``summary.json`` records the resolved one), a name in :data:`ENHANCERS` or
+            ``model:PATH``; model_backend: how a model runs.
         detect_every: run YuNet on every k-th frame, track in between.
         max_frames: stop after this many frames (None: all).
         crop_size: side the face crop is resized to before enhancement.
@@ -338,7 +352,7 @@ class VideoConfig:
             the track's best crops are embedded once more when it ends.
     """
 
-    enhancer: str = "classical"
+    enhancer: str = "auto"
     model_backend: str = "onnx"
     detect_every: int = 3
     max_frames: int | None = None
@@ -1191,6 +1205,8 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     """
     cfg = config or VideoConfig()
     cfg.validate()
+    if enhancer is None:
+        cfg.enhancer = resolve_enhancer(cfg.enhancer)
     source = resolve_source(input_spec)
     out_dir = Path(out_dir)
     live = source.live if cfg.live is None else bool(cfg.live)
@@ -1402,7 +1418,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="video file, image folder/glob, webcam index (0) or stream URL")
     parser.add_argument("output_dir", help="folder for annotated video, webm, gallery, tracks, summary.json")
     parser.add_argument("--enhancer", default=d.enhancer,
-                        help=f"face enhancer: {', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
+                        help=f"face enhancer: auto (the released chain when installed, else classical), "
+                             f"{', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
     parser.add_argument("--model-backend", default=d.model_backend, choices=MODEL_BACKENDS,
                         help="runtime of a model:PATH enhancer (default onnx = ONNX Runtime)")
     parser.add_argument("--detect-every", type=int, default=d.detect_every, help="run the detector every k frames")

@@ -243,13 +243,33 @@ def test_temporal_smoothing_lowers_flicker(faces, tmp_path):
     assert out[0.7][1] > out[0.0][1] - 0.5, out  # smoothing does not cost fidelity to the truth
 
 
+def test_auto_enhancer_is_the_released_chain_when_installed(tmp_path, monkeypatch):
+    from facekit import settings
+    from facekit.chain import save_stage
+    from facekit.archs import build_model
+    from facekit.video import ModelEnhancer, resolve_enhancer
+
+    monkeypatch.setattr(settings, "MODELS_DIR", tmp_path / "models")
+    assert resolve_enhancer("auto") == "classical"
+    assert resolve_enhancer("bicubic") == "bicubic"
+    folder = tmp_path / "models" / "default"
+    net = build_model("unet", scale=4, base=4, depth=1)
+    save_stage(folder / "reconstruct.pt", "reconstruct", net, {"scale": 4, "base": 4, "depth": 1}, arch="unet", in_size=8)
+    (folder / "chain.yaml").write_text("size: 8\nstages:\n  reconstruct: reconstruct.pt\n")
+    assert resolve_enhancer("auto") == f"model:{folder}"
+    enh = make_enhancer("auto", backend="torch")
+    assert isinstance(enh, ModelEnhancer) and enh.size == 8
+    crops = np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3), dtype=np.uint8)
+    assert enh(crops).shape == (2, 32, 32, 3)
+
+
 def test_enhancers_and_errors(tmp_path):
     crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     assert make_enhancer("none")(crops) is crops
     assert make_enhancer("bicubic")(crops).shape == (3, 64, 64, 3)
     out = make_enhancer("classical")(crops)
     assert out.shape == crops.shape and out.dtype == np.uint8
-    with pytest.raises(ConfigError, match="valid: none, bicubic, classical"):
+    with pytest.raises(ConfigError, match="valid: auto, none, bicubic, classical"):
         make_enhancer("magic")
     with pytest.raises(ConfigError, match="does not exist"):
         make_enhancer(f"model:{tmp_path / 'nope.onnx'}")
