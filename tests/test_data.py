@@ -2,8 +2,6 @@
 
 import io
 import shutil
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -15,6 +13,8 @@ from facekit.errors import DataSourceError, VideoReadError
 from facekit.faces import FaceDetector, align_face, template
 from facekit.imageio import read_image, write_image
 from facekit.settings import shared_path
+
+from test_imageio import _png_header_only
 
 CELEBA = shared_path("data", "celeba-10k")
 VIDEO = shared_path("data", "video")
@@ -85,15 +85,6 @@ def _make_bad_folder(root):
     write_image(bad / "two_faces.png", two)  # two people side by side: ambiguous, must not be cropped
     _png_header_only(bad / "huge.png", 20000, 20000)
     return root
-
-
-def _png_header_only(path, w, h):
-    """A PNG whose header claims w x h pixels, with no real pixel data (cheap 'huge image')."""
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
 
 
 def test_folder_with_bad_files_loads_the_good_ones(tmp_path):
