@@ -34,6 +34,12 @@ spinning against each other: 1-3 faces/s at batch 1) and ONNX Runtime reached 18
 bottleneck (its tail convolutions run at the output size): the 60 faces/s batch-1 target is met,
 200 faces/s batched only at 16 px, and 100x Real-ESRGAN is not reached (25-42x; 66-91x with the
 SRVGG upscaler).
+
+Measured 2026-12-01, threads=1 (the other core training), 16 -> 64, faces/s, best backend:
+the released ``default`` chain (one U-Net reconstruct stage, base 32, depth 3, 1.8 GFLOP per
+face because it runs at the output size) 36.9 at batch 1 and 43.2 at batch 32 (ONNX Runtime),
+5.3x Real-ESRGAN x4plus (6.9 / 8.8): none of the three targets. Same run: realtime chain
+(random weights) 159 / 266, realtime with SRVGG upscaler 459 / 559 (66x / 63x Real-ESRGAN).
 """
 
 from __future__ import annotations
