@@ -9,6 +9,12 @@ writes all outputs (annotated mp4 + VP8 webm + gallery + tracks) to a temporary 
         [--detect-every 3] [--max-frames 300]
 
 Timings are wall-clock on a shared machine: other processes using the CPU lower them.
+
+Measured 2026-12-01, --threads 1 --max-frames 120, enhancer auto = the released U-Net chain
+(the other core busy training): Pexels 640x360 9.1 fps detecting every frame, 12.5 fps every 3rd
+(enhance ~50-54 ms per frame for one face, detect 16 ms); vtest 768x576 22.8 / 40.8 fps (faces
+of ~10 px: few crops to enhance). The 25 fps target for the 640x360 clip is not met with this
+enhancer: the U-Net runs at the 64 px output size (1.8 GFLOP per face).
 """
 
 from __future__ import annotations
