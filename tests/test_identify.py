@@ -169,20 +169,32 @@ def test_cli_rejects_bad_threshold(tmp_path):
         I._threshold("high", g)
 
 
+@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released celeba-default model does not yet "
+                   "bring CCTV-degraded ORL probes closer to their clean faces than bicubic does (SFace "
+                   "0.155 vs 0.159, 2026-12-01); strict, so a model that fixes it makes this fail loudly")
 def test_restored_probes_score_above_degraded(orl, split, gallery):
-    from facekit.evaluate import released_methods
+    """CCTV-degraded probes (the released model's training degradation, neutral light): restoring
+    them brings them closer to the clean faces than their bicubic upsampling does."""
+    from facekit.baselines import build_method
+    from facekit.evaluate import PairMaker, released_methods
 
     if not released_methods():
         pytest.skip("no released model in models/ yet (chain:default or models/*.pt); "
                     "restored-vs-degraded needs a trained generator")
     _, p = split
     probes = orl.images[p]
-    lq_up = I.restore_crops(probes, "bicubic", 4, size=64)
-    restored = I.restore_crops(probes, I.default_restore_method(), 4, size=64)
-    sim_deg = I.recognition.identity_similarity(lq_up, probes).mean()
+    make = PairMaker("cctv-heavy", scale=4, angles=False, seed=0)
+    lq = torch.from_numpy(np.stack([make(c, i, "medium")[0] for i, c in enumerate(probes)])).permute(0, 3, 1, 2)
+
+    def run(method):
+        out = build_method(method, scale=4)(lq.contiguous(), (64, 64))
+        return (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    degraded, restored = run("bicubic"), run(I.default_restore_method())
+    sim_deg = I.recognition.identity_similarity(degraded, probes).mean()
     sim_res = I.recognition.identity_similarity(restored, probes).mean()
     assert sim_res > sim_deg
-    assert _rank1(gallery, restored, orl.identity[p]) >= _rank1(gallery, lq_up, orl.identity[p])
+    assert _rank1(gallery, restored, orl.identity[p]) >= _rank1(gallery, degraded, orl.identity[p])
 
 
 def test_restore_crops_with_a_baseline(orl):
