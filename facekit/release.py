@@ -49,13 +49,18 @@ def _run_files(run_dir: Path) -> tuple[Path, dict]:
 WEIGHTS = ("best", "ema", "raw")
 
 
-def val_scores(net, cfg: dict, faces=None) -> dict[str, float]:
-    """PSNR/SSIM of a generator on the run's own validation pairs (never the test split).
+def val_scores(nets: dict, cfg: dict, faces=None) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of generators on the run's own validation pairs (never the test split).
+
+    The faces are loaded and the pairs synthesised once for all ``nets``.
 
     Args:
-        net: generator taking ``(N,3,h,w)`` in [0,1].
+        nets: name -> generator taking ``(N,3,h,w)`` in [0,1].
         cfg: the run's TrainConfig as a dict.
         faces: val faces ``(M,S,S,3) uint8`` instead of the run's data source's val split.
+
+    Returns:
+        name -> ``{"psnr", "ssim"}``.
     """
     from facekit.train import TrainConfig, evaluate, make_val_pairs, split_faces
 
@@ -67,7 +72,7 @@ def val_scores(net, cfg: dict, faces=None) -> dict[str, float]:
     lq, gt, _ = make_val_pairs(np.asarray(faces)[: tcfg.val_count], tcfg)
     import torch
 
-    return evaluate(net, lq, gt, torch.device("cpu"))
+    return {name: evaluate(net, lq, gt, torch.device("cpu")) for name, net in nets.items()}
 
 
 def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None) -> tuple[Path, dict]:
@@ -101,7 +106,7 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
     chosen, val = ("raw" if weights == "raw" else "ema"), {}
     if weights == "best":
         raw, _ = load_generator(ckpt, ema=False)
-        val = {"ema": val_scores(net, cfg, val_faces), "raw": val_scores(raw, cfg, val_faces)}
+        val = val_scores({"ema": net, "raw": raw}, cfg, val_faces)
         if val["raw"]["psnr"] > val["ema"]["psnr"]:
             net, chosen = raw, "raw"
     in_size = int(cfg["size"]) // int(cfg["scale"])
