@@ -65,3 +65,58 @@ def test_multiscale_discriminator_returns_one_map_per_scale():
     assert [o.shape[-1] for o in outs] == [14, 6, 2]
     with pytest.raises(ConfigError, match="unknown discriminator norm 'layer'.*batch, instance, none"):
         build_model("patchgan", norm="layer")
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4, 8])
+def test_lr_unet_output_is_gt_sized_for_any_scale_and_odd_sizes(scale):
+    net = build_model("unet_lr", scale=scale, base=8, depth=2)
+    lq = torch.rand(2, 3, 13, 11)
+    assert net(lq).shape == (2, 3, 13 * scale, 11 * scale)
+    assert net(lq, out_size=(37, 41)).shape == (2, 3, 37, 41)
+    assert arch_name(net) == "unet_lr"
+
+
+def test_lr_unet_starts_at_bicubic_and_its_colour_branch_applies_a_global_transform():
+    net = build_model("unet_lr", scale=4, base=8, depth=2)
+    lq = torch.rand(2, 3, 16, 16)
+    bic = torch.nn.functional.interpolate(lq, size=(64, 64), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        torch.nn.init.zeros_(net.tail.weight)
+        assert torch.allclose(net(lq), bic, atol=1e-6)  # identity colour transform at init
+        # a bias of 2*I-I on the matrix and 0.1 offset: out = 2*bicubic + 0.1 on every pixel
+        last = net.colour.mlp[-1]
+        last.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 0.1, 0.1, 0.1]))
+        assert torch.allclose(net(lq), 2 * bic + 0.1, atol=1e-5)
+        # a channel swap (R<->B) is a global colour transform too
+        last.bias.copy_(torch.tensor([-1.0, 0, 1, 0, 0, 0, 1, 0, -1, 0, 0, 0]))
+        assert torch.allclose(net(lq), bic.flip(1), atol=1e-5)
+
+
+def test_lr_unet_is_cheaper_than_the_full_resolution_unet_at_equal_width():
+    # Parameter-free check of the design claim: count multiply-accumulates of every conv.
+    def macs(net, lq):
+        total = []
+
+        def hook(mod, inp, out):
+            total.append(out.numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] // mod.groups)
+
+        hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            net(lq)
+        for h in hs:
+            h.remove()
+        return sum(total)
+
+    lq = torch.rand(1, 3, 16, 16)
+    full = macs(build_model("unet", scale=4, base=32, depth=3), lq)
+    low = macs(build_model("unet_lr", scale=4, base=64, depth=2), lq)
+    assert low * 3 < full
+
+
+def test_lr_unet_without_colour_branch_and_bad_options():
+    net = build_model("unet_lr", scale=2, base=8, depth=1, global_colour=False)
+    assert net.colour is None and net(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="scale must be between 1 and 8"):
+        build_model("unet_lr", scale=9)
+    with pytest.raises(ConfigError, match="depth, base and min_up_channels must be >= 1"):
+        build_model("unet_lr", depth=0)

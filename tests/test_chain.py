@@ -281,3 +281,24 @@ def test_realesrgan_fine_tune_gan_phase_and_frozen_body(orl_pairs, tmp_path):
     assert all(p.requires_grad for p in stage.model.parameters())  # freezing does not leak out
     with pytest.raises(ConfigError, match="gan_steps must be in"):
         fit_realesrgan_faces(orl_pairs, tmp_path / "x.pt", steps=2, gan_steps=3, progress=False)
+
+
+@pytest.mark.parametrize("arch,kwargs", [("unet_lr", dict(scale=4, base=8, depth=2)),
+                                         ("unet", dict(scale=4, base=8, depth=2))])
+def test_reconstruct_generators_export_to_onnx_and_match_pytorch(arch, kwargs, tmp_path):
+    from facekit.archs import build_model
+
+    torch.manual_seed(0)
+    net = build_model(arch, **kwargs).eval()
+    with torch.no_grad():  # a non-trivial residual (and colour transform) so the check has teeth
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ckpt = save_stage(tmp_path / "reconstruct.pt", "reconstruct", net, kwargs, arch=arch, in_size=16)
+    chain = load_chain({"reconstruct": ckpt}, backend="onnx", onnx_dir=tmp_path / "onnx")
+    x = _faces(4, 16, seed=3)
+    ref, out = chain(x, backend="torch").out, chain(x).out
+    assert out.shape == (4, 3, 64, 64)
+    assert (ref - out).abs().max().item() < 1e-4
+    # the perturbed network is far from its bicubic base, so agreement is not trivial
+    bic = torch.nn.functional.interpolate(x, size=64, mode="bicubic", align_corners=False).clamp(0, 1)
+    assert (ref - bic).abs().mean() > 1e-3

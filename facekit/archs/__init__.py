@@ -9,11 +9,12 @@ from __future__ import annotations
 from torch import nn
 
 from facekit.archs.discriminator import PatchDiscriminator
-from facekit.archs.unet import UNetGenerator
+from facekit.archs.unet import LRUNetGenerator, UNetGenerator
 from facekit.errors import ConfigError
 
 ARCHS: dict[str, type[nn.Module]] = {
     "unet": UNetGenerator,
+    "unet_lr": LRUNetGenerator,
     "patchgan": PatchDiscriminator,
 }
 

@@ -8,6 +8,8 @@ statistics meaningless there, and SR generators train well without them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,4 +120,119 @@ class UNetGenerator(nn.Module):
         res = self.tail(x)
         if ph or pw:
             res = res[..., : out_size[0], : out_size[1]]
+        return base + res
+
+
+class _GlobalColour(nn.Module):
+    """Per-image 3x3 colour matrix and offset predicted from pooled deep features.
+
+    Lighting (white balance, exposure) is a global transform of the whole face; predicting it
+    explicitly frees the convolutional residual for local detail. Initialised to the identity.
+    """
+
+    def __init__(self, channels: int, hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), _act(), nn.Linear(hidden, 12))
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+        self.register_buffer("eye", torch.eye(3).reshape(1, 3, 3), persistent=False)
+
+    def forward(self, feats: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        """Apply the predicted transform to ``img`` ``(N,3,H,W)``; ``feats`` is ``(N,C,h,w)``."""
+        p = self.mlp(feats.mean(dim=(2, 3)))
+        mat = self.eye + p[:, :9].reshape(-1, 3, 3)
+        out = torch.matmul(mat, img.flatten(2)).reshape(img.shape)  # matmul, not einsum: plain ONNX MatMul
+        return out + p[:, 9:].reshape(-1, 3, 1, 1)
+
+
+class LRUNetGenerator(nn.Module):
+    """U-Net with skip connections that runs at the *input* resolution, then upsamples.
+
+    Same contract as :class:`UNetGenerator` (any scale x1-x8, a residual over bicubic
+    upsampling of ``lq``), but the encoder-decoder sees the ``h x w`` input instead of its
+    bicubic blow-up, so a 16->64 face costs ~1/5 of the FLOPs at the same width. Detail is then
+    grown by ``ceil(log2(scale))`` resize-then-conv 2x stages (no checkerboard artifacts) that
+    halve the channels each time. An optional global branch predicts a per-image colour matrix
+    and offset applied to the bicubic base (lighting correction, see :class:`_GlobalColour`).
+
+    Args:
+        scale: output side = input side * scale (1-8), unless ``out_size`` is given to forward.
+        base: channels at the input resolution.
+        depth: number of 2x downsamplings inside the U-Net (the input is padded internally to a
+            multiple of ``2**depth``).
+        max_channels: channel cap for deep levels.
+        min_up_channels: the upsampling stages halve the width down to this floor.
+        global_colour: add the global colour branch.
+        in_channels / out_channels: 3 for RGB.
+    """
+
+    def __init__(self, scale: int = 4, base: int = 64, depth: int = 2, max_channels: int = 256,
+                 min_up_channels: int = 16, global_colour: bool = True, in_channels: int = 3,
+                 out_channels: int = 3):
+        super().__init__()
+        if not 1 <= int(scale) <= 8:
+            raise ConfigError(f"scale must be between 1 and 8, got {scale!r}")
+        if int(depth) < 1 or int(base) < 1 or int(min_up_channels) < 1:
+            raise ConfigError(f"depth, base and min_up_channels must be >= 1, got depth={depth!r} base={base!r} "
+                              f"min_up_channels={min_up_channels!r}")
+        self.scale = int(scale)
+        self.depth = int(depth)
+        chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(self.depth + 1)]
+        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), _act(), nn.Conv2d(chs[0], chs[0], 3, 1, 1), _act())
+        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), _act())
+                                   for i in range(self.depth))
+        self.encs = nn.ModuleList(_block(chs[i + 1], chs[i + 1]) for i in range(self.depth))
+        self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], "resize") for i in range(self.depth))
+        self.decs = nn.ModuleList(_block(2 * chs[i], chs[i]) for i in range(self.depth))
+        self.colour = _GlobalColour(chs[-1]) if global_colour else None
+        n_up = math.ceil(math.log2(self.scale)) if self.scale > 1 else 0
+        ch, grow = chs[0], []
+        for _ in range(n_up):
+            nxt = max(ch // 2, int(min_up_channels))
+            grow.append(_Up(ch, nxt, "resize"))
+            ch = nxt
+        self.grow = nn.Sequential(*grow)
+        self.tail = nn.Conv2d(ch, out_channels, 3, 1, 1)
+        with torch.no_grad():
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    def forward(self, lq: torch.Tensor, out_size: tuple[int, int] | int | None = None) -> torch.Tensor:
+        """Restore ``lq``.
+
+        Args:
+            lq: ``(N,3,h,w)`` float in [0,1].
+            out_size: output ``(H,W)`` (or one int); default ``(h*scale, w*scale)``.
+
+        Returns:
+            ``(N,3,H,W)`` float, roughly in [0,1] (not clamped, so gradients stay alive).
+        """
+        if lq.dim() != 4:
+            raise ValueError(f"lq must be (N,C,h,w), got shape {tuple(lq.shape)}")
+        h, w = int(lq.shape[-2]), int(lq.shape[-1])
+        if out_size is None:
+            out_size = (h * self.scale, w * self.scale)
+        elif isinstance(out_size, int):
+            out_size = (out_size, out_size)
+        out_size = (int(out_size[0]), int(out_size[1]))
+        base = lq if (h, w) == out_size else F.interpolate(lq, size=out_size, mode="bicubic", align_corners=False)
+        m = 2 ** self.depth
+        ph, pw = (-h) % m, (-w) % m
+        x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
+        x = self.head(x)
+        skips = [x]
+        for down, enc in zip(self.downs, self.encs):
+            x = enc(down(x))
+            skips.append(x)
+        if self.colour is not None:
+            base = self.colour(x, base)
+        for i in reversed(range(self.depth)):
+            x = self.ups[i](x)
+            x = self.decs[i](torch.cat([x, skips[i]], dim=1))
+        if ph or pw:
+            x = x[..., :h, :w]
+        res = self.tail(self.grow(x))
+        if tuple(res.shape[-2:]) != out_size:
+            res = F.interpolate(res, size=out_size, mode="bilinear", align_corners=False)
         return base + res
