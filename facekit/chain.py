@@ -59,35 +59,11 @@ REALTIME_STAGES: dict[str, tuple[str, dict]] = {
 # Building and loading stage models
 
 
-def _fallback_archs() -> dict[str, type]:
-    """Generators usable as stages, for when :mod:`facekit.archs` has no ``build_model`` yet."""
-    from facekit.archs.deblurganv2 import FPNMobileNetGenerator
-    from facekit.archs.rrdbnet import CompactRRDBNet, RRDBNet, SRVGGNetCompact
-
-    return {"rrdbnet": RRDBNet, "rrdbnet_compact": CompactRRDBNet, "srvgg_compact": SRVGGNetCompact,
-            "deblurganv2": FPNMobileNetGenerator}
-
-
 def stage_archs() -> dict[str, Any]:
-    """Architectures a stage may use: :data:`facekit.archs.ARCHS` plus the generator classes above.
+    """Architectures a stage may use: :data:`facekit.archs.ARCHS`."""
+    from facekit.archs import ARCHS
 
-    The registry takes precedence; the generator classes fill in when it lacks them.
-    """
-    archs = dict(_fallback_archs())
-    try:
-        from facekit.archs import ARCHS
-    except ImportError:
-        ARCHS = {}
-    archs.update(ARCHS)
-    return archs
-
-
-def arch_name(model: torch.nn.Module) -> str:
-    """Registry name of ``model``'s class (for :func:`save_stage`)."""
-    for name, cls in stage_archs().items():
-        if inspect.isclass(cls) and type(model) is cls:
-            return name
-    raise ConfigError(f"{type(model).__name__} is not a registered architecture; valid: {', '.join(sorted(stage_archs()))}")
+    return ARCHS
 
 
 def build_stage_model(arch: str, kwargs: dict | None = None) -> torch.nn.Module:
@@ -131,7 +107,10 @@ def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs:
         The written path.
     """
     path = Path(path)
-    arch = arch or arch_name(model)
+    if arch is None:
+        from facekit.archs import arch_name
+
+        arch = arch_name(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": STAGE_FORMAT, "stage": name, "arch": arch, "arch_kwargs": dict(arch_kwargs),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from facekit.archs.deblurganv2 import FPNMobileNetGenerator
 from facekit.archs.discriminator import PatchDiscriminator
+from facekit.archs.rrdbnet import CompactRRDBNet, RRDBNet, SRVGGNetCompact
 from facekit.archs.unet import LRUNetGenerator, UNetGenerator
 from facekit.errors import ConfigError
 
@@ -16,6 +18,10 @@ ARCHS: dict[str, type[nn.Module]] = {
     "unet": UNetGenerator,
     "unet_lr": LRUNetGenerator,
     "patchgan": PatchDiscriminator,
+    "deblurganv2": FPNMobileNetGenerator,  # DeblurGAN-v2 FPN on MobileNetV2 (deblur stage)
+    "rrdbnet": RRDBNet,  # ESRGAN / Real-ESRGAN x4plus layout
+    "rrdbnet_compact": CompactRRDBNet,
+    "srvgg_compact": SRVGGNetCompact,
 }
 
 
