@@ -8,7 +8,8 @@ every step and a Python-loop EMA. facekit's step: one G forward shared by both s
 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
 channels-last memory format. Ablations toggle one optimisation at a time.
 
-Usage: ``python benchmarks/bench_train.py [--sizes 64 128] [--batch 16] [--rounds 5]``. Prints JSON.
+Usage: ``python benchmarks/bench_train.py [--arch unet_lr|unet] [--sizes 64 128] [--batch 16] [--rounds 5]``.
+Prints JSON.
 Variants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
 """
@@ -31,7 +32,7 @@ from facekit.archs import build_model
 from facekit.settings import set_threads
 from facekit.train import Trainer, TrainConfig
 
-G_KW = {"base": 32, "depth": 3}
+G_ARCHS = {"unet": {"base": 32, "depth": 3}, "unet_lr": {"base": 64, "depth": 2}}  # configs/celeba-default.yaml widths
 D_KW = {"base": 32, "n_layers": 3}
 
 
@@ -41,7 +42,7 @@ class PlainStep:
     def __init__(self, cfg: TrainConfig):
         torch.manual_seed(0)
         self.cfg = cfg
-        self.net_g = build_model("unet", scale=cfg.scale, **cfg.arch_g_kwargs)
+        self.net_g = build_model(cfg.arch_g, scale=cfg.scale, **cfg.arch_g_kwargs)
         self.net_d = build_model("patchgan", norm=cfg.d_norm, **cfg.arch_d_kwargs)
         self.ema = copy.deepcopy(self.net_g)
         self.opt_g = torch.optim.Adam(self.net_g.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), foreach=False)
@@ -65,8 +66,9 @@ class PlainStep:
                 pe.mul_(cfg.ema_decay).add_(p, alpha=1 - cfg.ema_decay)
 
 
-def make_cfg(size: int, batch: int, **kw) -> TrainConfig:
-    base = dict(name="bench", size=size, scale=4, batch=batch, arch_g_kwargs=dict(G_KW), arch_d_kwargs=dict(D_KW),
+def make_cfg(size: int, batch: int, arch: str = "unet", **kw) -> TrainConfig:
+    base = dict(name="bench", size=size, scale=4, batch=batch, arch_g=arch, arch_g_kwargs=dict(G_ARCHS[arch]),
+                arch_d_kwargs=dict(D_KW),
                 gan_type="hinge", gan_weight=0.01, gp_mode="r1", gp_weight=1.0, lazy_k=4, ema_decay=0.999)
     base.update(kw)
     return TrainConfig(**base)
@@ -91,25 +93,26 @@ def interleaved(steps: dict, lq, gt, rounds: int) -> tuple[dict[str, float], dic
     return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
 
 
-def bench_size(size: int, batch: int, rounds: int, compile_: bool, ablations: bool = True) -> dict:
+def bench_size(size: int, batch: int, rounds: int, compile_: bool, ablations: bool = True, arch: str = "unet") -> dict:
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, size // 4, size // 4, generator=g)
     gt = torch.rand(batch, 3, size, size, generator=g)
-    res: dict = {"size": size, "batch": batch, "rounds": rounds}
+    res: dict = {"size": size, "batch": batch, "rounds": rounds, "arch_g": arch}
     variants = {
         "facekit": {},
         "facekit_nchw": {"channels_last": False},
-        "facekit_transpose_up": {"arch_g_kwargs": dict(G_KW, up="transpose")},
         "facekit_gp_every_step": {"lazy_k": 1},
         "facekit_no_foreach": {"fused_optim": False},
     }
+    if arch == "unet":  # only the full-resolution U-Net has the transposed-conv switch
+        variants["facekit_transpose_up"] = {"arch_g_kwargs": dict(G_ARCHS[arch], up="transpose")}
     if not ablations:
         variants = {"facekit": {}}
-    steps = {"plain": PlainStep(make_cfg(size, batch)).step}
+    steps = {"plain": PlainStep(make_cfg(size, batch, arch)).step}
     for name, kw in variants.items():
-        steps[name] = Trainer(make_cfg(size, batch, **kw), torch.device("cpu")).step
+        steps[name] = Trainer(make_cfg(size, batch, arch, **kw), torch.device("cpu")).step
     if compile_:
-        tr = Trainer(make_cfg(size, batch), torch.device("cpu"))
+        tr = Trainer(make_cfg(size, batch, arch), torch.device("cpu"))
         try:
             t0 = time.perf_counter()
             tr.net_g = torch.compile(tr.net_g)
@@ -136,14 +139,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile on the generator")
     ap.add_argument("--no-ablations", action="store_true", help="only facekit vs plain (quicker)")
+    ap.add_argument("--arch", choices=sorted(G_ARCHS), default="unet_lr", help="generator (default: the released one)")
     args = ap.parse_args()
     threads = set_threads(args.threads)
     out = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads,
            "load_average": [round(x, 2) for x in os.getloadavg()],
-           "arch_g": {"unet": G_KW}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
+           "arch_g": {args.arch: G_ARCHS[args.arch]}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
            "results": []}
     for size in args.sizes:
-        out["results"].append(bench_size(size, args.batch, args.rounds, args.compile, not args.no_ablations))
+        out["results"].append(bench_size(size, args.batch, args.rounds, args.compile, not args.no_ablations, args.arch))
         print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)  # partial results as they come
     print(json.dumps(out, indent=2))
 

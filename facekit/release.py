@@ -159,13 +159,15 @@ def plot_curves(run_dirs: list[Path], path: Path) -> Path:
     from facekit.train import load_metrics
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for run in run_dirs:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(run_dirs):
         m = load_metrics(run)
         val = m.dropna(subset=["val_psnr"])
-        axes[0].plot(val["step"], val["val_psnr"], marker="o", ms=3, label=run.name)
-        axes[1].plot(m["step"], m["l_g_pix"].rolling(8, min_periods=1).mean(), label=run.name)
+        style = {"label": run.name, "color": colours[i % len(colours)]}  # one colour per run on every panel
+        axes[0].plot(val["step"], val["val_psnr"], marker="o", ms=3, **style)
+        axes[1].plot(m["step"], m["l_g_pix"].rolling(8, min_periods=1).mean(), **style)
         if "l_g_id" in m.columns:
-            axes[2].plot(m["step"], m["l_g_id"].rolling(8, min_periods=1).mean(), label=run.name)
+            axes[2].plot(m["step"], m["l_g_id"].rolling(8, min_periods=1).mean(), **style)
     for ax, title in zip(axes, ("val PSNR (dB, EMA weights)", "l_g_pix (L1, smoothed)", "l_g_id (1 - cos SFace)")):
         ax.set_title(title), ax.set_xlabel("step"), ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
