@@ -35,6 +35,14 @@ MAX_MODEL_MB = 25.0
 # Quality bar of the released model over bicubic, per lighting condition.
 TARGET_PSNR_GAIN = 3.0
 TARGET_SSIM_GAIN = 0.05
+# Degradation families removed one at a time by :func:`headroom_table` (ops absent from a preset
+# are skipped): how much of bicubic's error each family causes, and how the model fares without it.
+HEADROOM_GROUPS: dict[str, tuple[str, ...]] = {
+    "noise + JPEG": ("poisson_noise", "gaussian_noise", "jpeg"),
+    "occlusion + directional light": ("occlusion", "directional_light"),
+    "blur": ("motion_blur", "linear_motion_blur", "defocus_blur", "gaussian_blur"),
+}
+HEADROOM_KEEP = ("downsample", "lighting")  # the "downsample only" row keeps just these
 
 
 def _run_files(run_dir: Path) -> tuple[Path, dict]:
@@ -149,6 +157,56 @@ def quality_table(df: pd.DataFrame, model: str, baseline: str = "bicubic", n_boo
     return pd.DataFrame(rows)
 
 
+def headroom_table(faces, method, preset: str = "cctv-heavy", scale: int = 4, condition: str = "medium",
+                   seed: int = 0) -> pd.DataFrame:
+    """PSNR of bicubic and of ``method`` with each degradation family of ``preset`` removed.
+
+    The same faces and seeds for every row, so rows differ only in the ops left out. The gap
+    between the "full preset" and "downsample only" bicubic rows is what a restorer can win back
+    without hallucinating detail beyond the input's resolution.
+
+    Args:
+        faces: ``(N,S,S,3) uint8`` clean faces (or a FaceSet).
+        method: callable ``(lq (N,3,h,w) in [0,1], (S,S)) -> (N,3,S,S)``, e.g. from
+            :func:`facekit.baselines.build_method`.
+        preset: degradation preset (a name from :data:`facekit.degrade.PRESETS` or a spec).
+        scale: downsampling factor.
+        condition: lighting condition for every row.
+        seed: degradation seed.
+
+    Returns:
+        One row per variant: ``variant``, ``removed`` (op names), ``psnr_bicubic``, ``psnr_model``,
+        ``gain``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from facekit import degrade
+    from facekit.dataset import make_eval_pairs
+    from facekit.metrics import psnr
+
+    spec = degrade.load_spec(preset)
+    names = [e.get("op") if isinstance(e, dict) else None for e in spec]
+    variants = [("full preset", ())]
+    for label, ops in HEADROOM_GROUPS.items():
+        gone = tuple(o for o in ops if o in names)
+        if gone:
+            variants.append((f"no {label}", gone))
+    variants.append(("downsample only", tuple(n for n in names if n not in HEADROOM_KEEP)))
+    rows = []
+    for label, gone in variants:
+        kept = [e for e, n in zip(spec, names) if n not in gone]
+        lq, gt = make_eval_pairs(faces, kept, scale=scale, condition=condition, seed=seed)
+        size = tuple(gt.shape[-2:])
+        with torch.inference_mode():
+            bic = F.interpolate(lq, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+            out = method(lq, size).clamp(0, 1)
+        pb, pm = float(psnr(bic, gt).mean()), float(psnr(out, gt).mean())
+        rows.append({"variant": label, "removed": ", ".join(gone) or "-", "psnr_bicubic": pb, "psnr_model": pm,
+                     "gain": pm - pb})
+    return pd.DataFrame(rows)
+
+
 def plot_curves(run_dirs: list[Path], path: Path) -> Path:
     """PNG of validation PSNR and the pixel/identity losses over steps, one line per run."""
     import matplotlib
@@ -250,6 +308,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                      identity=True, identity_nets=nets)
     df.to_csv(out_dir / "test_metrics.csv", index=False)
     quality = quality_table(df, released, n_boot=n_boot)
+    headroom = headroom_table(faces.images if hasattr(faces, "images") else faces, methods[released],
+                              preset=cfg["preset"], scale=int(cfg["scale"]))
     id_cols = [f"id_{n}" for n in nets if f"id_{n}" in df.columns]
     per_method = ev.summarise(df, ("method", "condition"), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
     overall = ev.summarise(df, ("method",), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
@@ -267,16 +327,18 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "targets": {"psnr_gain_db": TARGET_PSNR_GAIN, "ssim_gain": TARGET_SSIM_GAIN,
                     "met_in_every_condition": bool(quality["meets_target"].all())},
         "quality": json.loads(quality.to_json(orient="records", double_precision=4)),
+        "headroom_medium": json.loads(headroom.to_json(orient="records", double_precision=4)),
         "by_method_condition": json.loads(per_method.to_json(orient="records", double_precision=4)),
         "by_method": json.loads(overall.to_json(orient="records", double_precision=4)),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols)
+    _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom)
     return report
 
 
 def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
-                per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str]) -> Path:
+                per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str],
+                headroom: pd.DataFrame | None = None) -> Path:
     t = report["test"]
     minutes = float(summary.get("seconds", float("nan"))) / 60
     keep = ["method", "n", "psnr", "ssim", *id_cols]
@@ -311,6 +373,18 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         "",
         _fmt_table(quality),
         "",
+    ]
+    if headroom is not None and len(headroom):
+        lines += [
+            "## Where bicubic's error comes from (medium light, same faces and seeds)",
+            "Each row removes one family of degradation ops from the preset. The bicubic column shows what that family "
+            "costs; the model column shows how the released model fares on such inputs (a model trained only on the "
+            "full preset may do worse than bicubic on far cleaner inputs than it has seen).",
+            "",
+            _fmt_table(headroom, digits=2),
+            "",
+        ]
+    lines += [
         "## Every method, per condition (mean [95% bootstrap CI] in `report.json`)",
         "Identity: cosine similarity of the restored face to its clean face; `id_sface` is the network the "
         "identity loss trains against, `id_dlib` an independent one (dlib ResNet, same-person threshold 0.6 "

@@ -58,6 +58,9 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     assert json.loads((out / "report.json").read_text())["quality"] == report["quality"]
     card = (out / "TRAINING.md").read_text()
     assert "non-commercial" in card and f"{row['psnr_model']:.3f}" in card
+    head = {r["variant"]: r for r in report["headroom_medium"]}
+    assert head["full preset"]["psnr_bicubic"] < head["downsample only"]["psnr_bicubic"]
+    assert "Where bicubic's error comes from" in card and f"{head['full preset']['psnr_model']:.2f}" in card
 
 
 def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):
@@ -68,3 +71,21 @@ def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):
         release.export_stage(partial, tmp_path / "x.pt")
     with pytest.raises(ConfigError, match="no checkpoints/last.pt"):
         release.export_stage(tmp_path, tmp_path / "x.pt")
+
+
+def test_headroom_table_removes_one_degradation_family_per_row():
+    faces = orl_faces(12)
+    bic = build_method("bicubic", scale=4)
+    table = release.headroom_table(faces, bic, preset="cctv-heavy", scale=4)
+    assert list(table["variant"]) == ["full preset", "no noise + JPEG", "no occlusion + directional light",
+                                      "no blur", "downsample only"]
+    # bicubic as the "model": the two columns are the same measurement
+    assert table["gain"].abs().max() < 1e-4
+    full = table.set_index("variant")["psnr_bicubic"]
+    # the degradations cost PSNR: each removal helps, removing all helps most
+    assert full["downsample only"] > full["no noise + JPEG"] > full["full preset"]
+    assert full["downsample only"] == table["psnr_bicubic"].max()
+    assert "jpeg" in table.set_index("variant").loc["no noise + JPEG", "removed"]
+    # a preset without some family simply has no row for it
+    small = release.headroom_table(faces, bic, preset=[{"op": "downsample"}, {"op": "jpeg", "quality": [20, 20]}])
+    assert list(small["variant"]) == ["full preset", "no noise + JPEG", "downsample only"]
