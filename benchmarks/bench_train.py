@@ -12,6 +12,9 @@ Usage: ``python benchmarks/bench_train.py [--arch unet_lr|unet] [--sizes 64 128]
 Prints JSON.
 Variants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
+
+Measured 2026-12-01, --arch unet_lr --threads 2 --no-ablations --rounds 3 (both cores free),
+batch 16: 64 px facekit 52.9 vs plain 28.8 images/s (1.84x); 128 px 13.8 vs 8.2 (1.68x).
 """
 
 from __future__ import annotations
