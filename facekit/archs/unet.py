@@ -45,7 +45,53 @@ class _Up(nn.Module):
         return self.act(self.conv(x))
 
 
-class UNetGenerator(nn.Module):
+def _out_size(lq: torch.Tensor, scale: int, out_size) -> tuple[int, int]:
+    """Validate ``lq`` ``(N,C,h,w)`` and resolve the output ``(H,W)`` (default ``(h*scale, w*scale)``)."""
+    if lq.dim() != 4:
+        raise ValueError(f"lq must be (N,C,h,w), got shape {tuple(lq.shape)}")
+    if out_size is None:
+        return (lq.shape[-2] * scale, lq.shape[-1] * scale)
+    if isinstance(out_size, int):
+        return (out_size, out_size)
+    return (int(out_size[0]), int(out_size[1]))
+
+
+class _UNetBody(nn.Module):
+    """Encoder-decoder with skip connections shared by both generators (same parameter names).
+
+    ``chs[i]`` channels at level ``i`` (full size at 0, ``2**i`` smaller below).
+    """
+
+    def _build_body(self, in_channels: int, chs: list[int], up: str) -> None:
+        self.depth = len(chs) - 1
+        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), _act(), nn.Conv2d(chs[0], chs[0], 3, 1, 1), _act())
+        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), _act())
+                                   for i in range(self.depth))
+        self.encs = nn.ModuleList(_block(chs[i + 1], chs[i + 1]) for i in range(self.depth))
+        self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], up) for i in range(self.depth))
+        self.decs = nn.ModuleList(_block(2 * chs[i], chs[i]) for i in range(self.depth))
+
+    def _init_tail(self) -> None:
+        # Start close to the bicubic baseline: a small residual keeps early GAN steps stable.
+        with torch.no_grad():
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    def _body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the U-Net on ``x`` (sides a multiple of ``2**depth``); returns ``(decoded, deepest)``."""
+        x = self.head(x)
+        skips = [x]
+        for down, enc in zip(self.downs, self.encs):
+            x = enc(down(x))
+            skips.append(x)
+        deepest = x
+        for i in reversed(range(self.depth)):
+            x = self.ups[i](x)
+            x = self.decs[i](torch.cat([x, skips[i]], dim=1))
+        return x, deepest
+
+
+class UNetGenerator(_UNetBody):
     """U-Net with skip connections learning a residual over bicubic upsampling.
 
     Args:
@@ -71,19 +117,10 @@ class UNetGenerator(nn.Module):
         if int(depth) < 1 or int(base) < 1:
             raise ConfigError(f"depth and base must be >= 1, got depth={depth!r} base={base!r}")
         self.scale = int(scale)
-        self.depth = int(depth)
-        chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(self.depth + 1)]
-        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), _act(), nn.Conv2d(chs[0], chs[0], 3, 1, 1), _act())
-        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), _act())
-                                   for i in range(self.depth))
-        self.encs = nn.ModuleList(_block(chs[i + 1], chs[i + 1]) for i in range(self.depth))
-        self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], up) for i in range(self.depth))
-        self.decs = nn.ModuleList(_block(2 * chs[i], chs[i]) for i in range(self.depth))
+        chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(int(depth) + 1)]
+        self._build_body(in_channels, chs, up)
         self.tail = nn.Conv2d(chs[0], out_channels, 3, 1, 1)
-        # Start close to the bicubic baseline: a small residual keeps early GAN steps stable.
-        with torch.no_grad():
-            self.tail.weight.mul_(0.1)
-            self.tail.bias.zero_()
+        self._init_tail()
 
     def forward(self, lq: torch.Tensor, out_size: tuple[int, int] | int | None = None) -> torch.Tensor:
         """Restore ``lq``.
@@ -95,13 +132,7 @@ class UNetGenerator(nn.Module):
         Returns:
             ``(N,3,H,W)`` float, roughly in [0,1] (not clamped, so gradients stay alive).
         """
-        if lq.dim() != 4:
-            raise ValueError(f"lq must be (N,C,h,w), got shape {tuple(lq.shape)}")
-        if out_size is None:
-            out_size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
-        elif isinstance(out_size, int):
-            out_size = (out_size, out_size)
-        out_size = (int(out_size[0]), int(out_size[1]))
+        out_size = _out_size(lq, self.scale, out_size)
         if tuple(lq.shape[-2:]) == out_size:
             base = lq
         else:
@@ -109,14 +140,7 @@ class UNetGenerator(nn.Module):
         m = 2 ** self.depth
         ph, pw = (-out_size[0]) % m, (-out_size[1]) % m
         x = F.pad(base, (0, pw, 0, ph), mode="replicate") if (ph or pw) else base
-        x = self.head(x)
-        skips = [x]
-        for down, enc in zip(self.downs, self.encs):
-            x = enc(down(x))
-            skips.append(x)
-        for i in reversed(range(self.depth)):
-            x = self.ups[i](x)
-            x = self.decs[i](torch.cat([x, skips[i]], dim=1))
+        x, _ = self._body(x)
         res = self.tail(x)
         if ph or pw:
             res = res[..., : out_size[0], : out_size[1]]
@@ -146,7 +170,7 @@ class _GlobalColour(nn.Module):
         return out + p[:, 9:].reshape(-1, 3, 1, 1)
 
 
-class LRUNetGenerator(nn.Module):
+class LRUNetGenerator(_UNetBody):
     """U-Net with skip connections that runs at the *input* resolution, then upsamples.
 
     Same contract as :class:`UNetGenerator` (any scale x1-x8, a residual over bicubic
@@ -177,14 +201,8 @@ class LRUNetGenerator(nn.Module):
             raise ConfigError(f"depth, base and min_up_channels must be >= 1, got depth={depth!r} base={base!r} "
                               f"min_up_channels={min_up_channels!r}")
         self.scale = int(scale)
-        self.depth = int(depth)
-        chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(self.depth + 1)]
-        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), _act(), nn.Conv2d(chs[0], chs[0], 3, 1, 1), _act())
-        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), _act())
-                                   for i in range(self.depth))
-        self.encs = nn.ModuleList(_block(chs[i + 1], chs[i + 1]) for i in range(self.depth))
-        self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], "resize") for i in range(self.depth))
-        self.decs = nn.ModuleList(_block(2 * chs[i], chs[i]) for i in range(self.depth))
+        chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(int(depth) + 1)]
+        self._build_body(in_channels, chs, "resize")
         self.colour = _GlobalColour(chs[-1]) if global_colour else None
         n_up = math.ceil(math.log2(self.scale)) if self.scale > 1 else 0
         ch, grow = chs[0], []
@@ -194,42 +212,19 @@ class LRUNetGenerator(nn.Module):
             ch = nxt
         self.grow = nn.Sequential(*grow)
         self.tail = nn.Conv2d(ch, out_channels, 3, 1, 1)
-        with torch.no_grad():
-            self.tail.weight.mul_(0.1)
-            self.tail.bias.zero_()
+        self._init_tail()
 
     def forward(self, lq: torch.Tensor, out_size: tuple[int, int] | int | None = None) -> torch.Tensor:
-        """Restore ``lq``.
-
-        Args:
-            lq: ``(N,3,h,w)`` float in [0,1].
-            out_size: output ``(H,W)`` (or one int); default ``(h*scale, w*scale)``.
-
-        Returns:
-            ``(N,3,H,W)`` float, roughly in [0,1] (not clamped, so gradients stay alive).
-        """
-        if lq.dim() != 4:
-            raise ValueError(f"lq must be (N,C,h,w), got shape {tuple(lq.shape)}")
+        """Restore ``lq`` ``(N,3,h,w)`` in [0,1]; same contract as :meth:`UNetGenerator.forward`."""
+        out_size = _out_size(lq, self.scale, out_size)
         h, w = int(lq.shape[-2]), int(lq.shape[-1])
-        if out_size is None:
-            out_size = (h * self.scale, w * self.scale)
-        elif isinstance(out_size, int):
-            out_size = (out_size, out_size)
-        out_size = (int(out_size[0]), int(out_size[1]))
         base = lq if (h, w) == out_size else F.interpolate(lq, size=out_size, mode="bicubic", align_corners=False)
         m = 2 ** self.depth
         ph, pw = (-h) % m, (-w) % m
         x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
-        x = self.head(x)
-        skips = [x]
-        for down, enc in zip(self.downs, self.encs):
-            x = enc(down(x))
-            skips.append(x)
+        x, deepest = self._body(x)
         if self.colour is not None:
-            base = self.colour(x, base)
-        for i in reversed(range(self.depth)):
-            x = self.ups[i](x)
-            x = self.decs[i](torch.cat([x, skips[i]], dim=1))
+            base = self.colour(deepest, base)
         if ph or pw:
             x = x[..., :h, :w]
         res = self.tail(self.grow(x))
