@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facekit.archs import ARCHS, arch_name
 from facekit.errors import CheckpointError, ConfigError
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -61,8 +62,6 @@ REALTIME_STAGES: dict[str, tuple[str, dict]] = {
 
 def stage_archs() -> dict[str, Any]:
     """Architectures a stage may use: :data:`facekit.archs.ARCHS`."""
-    from facekit.archs import ARCHS
-
     return ARCHS
 
 
@@ -107,10 +106,7 @@ def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs:
         The written path.
     """
     path = Path(path)
-    if arch is None:
-        from facekit.archs import arch_name
-
-        arch = arch_name(model)
+    arch = arch or arch_name(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": STAGE_FORMAT, "stage": name, "arch": arch, "arch_kwargs": dict(arch_kwargs),
