@@ -19,9 +19,12 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -468,23 +471,33 @@ def cache_dir_for(spec: SourceSpec, size: int, align: str, limit: int | None, ma
     return root / name
 
 
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file unique to this process, then rename over ``path``.
+
+    The unique name matters: two processes that build the same cache at once (two training runs,
+    or DDP ranks) would otherwise rename each other's half-written temp file.
+    """
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_cache(cache_dir: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict) -> None:
-    """Write the uint8 shards, the manifest and the metadata (each file atomically)."""
+    """Write the uint8 shards, the manifest and the metadata (each file atomically; safe to race)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for old in cache_dir.glob("shard-*.npz"):
-        old.unlink()
     n_shards = max(1, -(-len(images) // SHARD_SIZE))
+    for old in cache_dir.glob("shard-*.npz"):
+        if int(old.stem.split("-")[1]) >= n_shards:  # a larger earlier cache's extra shards
+            old.unlink(missing_ok=True)
     for k in range(n_shards):
-        tmp = cache_dir / f".shard-{k:04d}.tmp.npz"
-        np.savez_compressed(tmp, images=images[k * SHARD_SIZE:(k + 1) * SHARD_SIZE])
-        tmp.replace(cache_dir / f"shard-{k:04d}.npz")
-    tmp = cache_dir / ".manifest.csv.tmp"
-    manifest.to_csv(tmp, index=False)
-    tmp.replace(cache_dir / "manifest.csv")
+        shard = images[k * SHARD_SIZE:(k + 1) * SHARD_SIZE]
+        _replace_atomically(cache_dir / f"shard-{k:04d}.npz", lambda t: np.savez_compressed(t, images=shard))
+    _replace_atomically(cache_dir / "manifest.csv", lambda t: manifest.to_csv(t, index=False))
     meta = dict(meta, shards=n_shards, faces=int(len(images)))
-    tmp = cache_dir / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(cache_dir / "meta.json")
+    _replace_atomically(cache_dir / "meta.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
 
 
 def load_cache(cache_dir: Path, expect: dict):

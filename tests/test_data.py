@@ -5,6 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -317,3 +318,27 @@ def test_plot_counts_says_what_a_source_lacks(tmp_path):
     assert [t.get_text() for t in ax_score.texts] == ["no detector run (align='none')"]
     assert not ax_id.patches and not ax_score.patches
     plt.close(fig)
+
+
+def test_concurrent_cache_writers_do_not_collide(tmp_path, monkeypatch):
+    # Two runs started together both build the same cache; each file's temp name must be unique
+    # to its writer, else one renames the other's half-written temp file (FileNotFoundError).
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(fdata, "SHARD_SIZE", 8)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    manifest = pd.DataFrame({"path": [f"f{i}.png" for i in range(20)], "identity": ["a"] * 20,
+                             "split": ["train"] * 20, "status": ["ok"] * 20, "reason": [""] * 20})
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(fdata.save_cache, cache, images, manifest, {"v": 1}) for _ in range(16)]:
+            f.result()
+    loaded, _ = fdata.load_cache(cache, {"v": 1})
+    np.testing.assert_array_equal(loaded, images)
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.csv", "meta.json", "shard-0000.npz",
+                                                      "shard-0001.npz", "shard-0002.npz"]
+    # A smaller rebuild drops the shards it no longer needs.
+    fdata.save_cache(cache, images[:5], manifest[:5], {"v": 2})
+    assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-0000.npz"]
+    np.testing.assert_array_equal(fdata.load_cache(cache, {"v": 2})[0], images[:5])
