@@ -101,6 +101,9 @@ class TrainConfig:
     channels_last: bool = True  # ~25% faster G+D step on CPU (benchmarks/bench_train.py)
     fused_optim: bool = True  # Adam(foreach=True) on CPU, fused=True on CUDA
     threads: int | None = None  # torch threads per process (None: FACEKIT_THREADS / all cores)
+    # Fine-tuning: a training checkpoint (or run folder) whose net_g, net_g_ema and net_d start this
+    # run; optimizers, schedule and step count start fresh. None = random initialisation.
+    init_from: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -473,6 +476,32 @@ class Trainer:
             "rng": rng_state({"gp": self.gp_gen}),
         }
 
+    def init_weights(self, path: str | Path) -> Path:
+        """Start from another run's weights (``init_from``): net_g, net_g_ema and net_d only.
+
+        Args:
+            path: a training checkpoint, or a run folder (its ``checkpoints/last.pt``).
+
+        Returns:
+            The checkpoint file read.
+
+        Raises:
+            CheckpointError: missing file, or weights of another architecture or configuration.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+        ckpt = load_checkpoint(path)
+        check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
+        check_architecture(ckpt, path, "arch_d", self.cfg.arch_d, self.net_d)
+        try:
+            self.net_g.load_state_dict(ckpt["net_g"])
+            self.net_g_ema.load_state_dict(ckpt.get("net_g_ema") or ckpt["net_g"])
+            self.net_d.load_state_dict(ckpt["net_d"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot initialise from these weights ({type(exc).__name__}: {exc})") from None
+        return path
+
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
         check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
         check_architecture(ckpt, path, "arch_d", self.cfg.arch_d, self.net_d)
@@ -599,7 +628,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     if resume:
         ckpt = load_checkpoint(last)
         trainer.load_state(ckpt, last)
-    elif is_main:
+    elif cfg.init_from:
+        trainer.init_weights(cfg.init_from)  # every rank reads the same file: no broadcast needed
+    if not resume and is_main:
         for old in list(ckpt_dir.glob("*.pt")) + list((run_dir / "samples").glob("*.png")):
             old.unlink()
         if metrics_path.exists():
@@ -673,7 +704,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                    "val_ssim": val["ssim"], "bicubic_psnr": baseline["psnr"], "bicubic_ssim": baseline["ssim"],
                    "seconds": round(elapsed, 2),
                    "steps_per_s": round((cfg.steps - start) / max(elapsed, 1e-9), 3), "world_size": world,
-                   "val_faces": int(len(val_lq)), "train_faces": int(len(dataset))}
+                   "val_faces": int(len(val_lq)), "train_faces": int(len(dataset)), "init_from": cfg.init_from}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()

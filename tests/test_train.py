@@ -120,6 +120,34 @@ def test_run_folder_contents_and_wrong_architecture_checkpoint(tmp_path):
         checkpoint.load_generator(bad)
 
 
+def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
+    faces = orl_faces(12)
+    parent = train(tiny_cfg(), faces=faces, runs_dir=tmp_path, progress=False)
+    before = checkpoint.load_checkpoint(parent / "checkpoints" / "last.pt")
+    # lr 0: the child's weights stay exactly the parent's, so any difference is a loading error.
+    child = train(tiny_cfg(name="child", steps=2, lr_g=0.0, lr_d=0.0, init_from=str(parent)), faces=faces,
+                  runs_dir=tmp_path, progress=False)
+    after = checkpoint.load_checkpoint(child / "checkpoints" / "last.pt")
+    assert after["step"] == 2  # the step count and schedule start afresh
+    for key in ("net_g", "net_d"):  # (the EMA moves towards net_g even at lr 0: checked below)
+        assert after[key].keys() == before[key].keys()
+        assert all(torch.equal(after[key][k], before[key][k]) for k in before[key]), key
+    tr = Trainer(tiny_cfg(), torch.device("cpu"))
+    assert tr.init_weights(parent) == parent / "checkpoints" / "last.pt"
+    assert all(torch.equal(v, before["net_g_ema"][k]) for k, v in tr.net_g_ema.state_dict().items())
+    assert TrainConfig.from_yaml(child / "config.yaml").init_from == str(parent)
+    assert json.loads((child / "summary.json").read_text())["init_from"] == str(parent)
+    # A random start differs from the parent (the comparison above can fail).
+    fresh = Trainer(tiny_cfg(seed=5), torch.device("cpu"))
+    assert not all(torch.equal(v, before["net_g"][k]) for k, v in fresh.net_g.state_dict().items())
+    with pytest.raises(CheckpointError, match="another configuration"):
+        train(tiny_cfg(name="child2", arch_g_kwargs={"base": 16, "depth": 2}, init_from=str(parent)),
+              faces=faces, runs_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(tiny_cfg(name="child3", init_from=str(tmp_path / "nowhere.pt")), faces=faces, runs_dir=tmp_path,
+              progress=False)
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
