@@ -54,6 +54,38 @@ def _run_files(run_dir: Path) -> tuple[Path, dict]:
     return ckpt, summary
 
 
+def lineage(run_dir: str | Path) -> list[Path]:
+    """The run folders a fine-tuned run descends from (``init_from``), oldest first, itself last.
+
+    Raises:
+        ConfigError: an ancestor's folder is missing, or the chain loops.
+    """
+    chain = [Path(run_dir)]
+    while True:
+        cfg = yaml.safe_load((chain[0] / "config.yaml").read_text()) or {}
+        parent = cfg.get("init_from")
+        if not parent:
+            return chain
+        parent = Path(parent)
+        if parent.suffix == ".pt":  # a checkpoint file: its run folder is two levels up
+            parent = parent.parent.parent
+        if not (parent / "config.yaml").is_file():
+            raise ConfigError(f"{chain[0]}: init_from {cfg['init_from']!r} is not a run folder with a config.yaml; "
+                              "its parent run is needed to describe (and reproduce) the released model")
+        if parent.resolve() in [c.resolve() for c in chain]:
+            raise ConfigError(f"{chain[0]}: init_from chain loops back to {parent}")
+        chain.insert(0, parent)
+
+
+def _step_offsets(runs: list[Path]) -> dict[Path, int]:
+    """Global step at which each run's step 0 falls, so a fine-tune plots after its parent."""
+    offsets = {}
+    for run in runs:
+        chain = lineage(run)
+        offsets[run] = sum(int((yaml.safe_load((c / "config.yaml").read_text()) or {})["steps"]) for c in chain[:-1])
+    return offsets
+
+
 WEIGHTS = ("best", "ema", "raw")
 
 
@@ -208,7 +240,10 @@ def headroom_table(faces, method, preset: str = "cctv-heavy", scale: int = 4, co
 
 
 def plot_curves(run_dirs: list[Path], path: Path) -> Path:
-    """PNG of validation PSNR and the pixel/identity losses over steps, one line per run."""
+    """PNG of validation PSNR and the pixel/identity losses over steps, one line per run.
+
+    A fine-tuned run (``init_from``) is drawn after its parent, whose curve is drawn too.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,8 +253,13 @@ def plot_curves(run_dirs: list[Path], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(run_dirs):
+    runs: list[Path] = []
+    for run in run_dirs:
+        runs += [r for r in lineage(run) if r.resolve() not in [x.resolve() for x in runs]]
+    offsets = _step_offsets(runs)
+    for i, run in enumerate(runs):
         m = load_metrics(run)
+        m["step"] = m["step"] + offsets[run]
         val = m.dropna(subset=["val_psnr"])
         style = {"label": run.name, "color": colours[i % len(colours)]}  # one colour per run on every panel
         axes[0].plot(val["step"], val["val_psnr"], marker="o", ms=3, **style)
@@ -227,7 +267,7 @@ def plot_curves(run_dirs: list[Path], path: Path) -> Path:
         if "l_g_id" in m.columns:
             axes[2].plot(m["step"], m["l_g_id"].rolling(8, min_periods=1).mean(), **style)
     for ax, title in zip(axes, ("val PSNR (dB, EMA weights)", "l_g_pix (L1, smoothed)", "l_g_id (1 - cos SFace)")):
-        ax.set_title(title), ax.set_xlabel("step"), ax.grid(alpha=0.3)
+        ax.set_title(title), ax.set_xlabel("step (a fine-tune continues its parent's count)"), ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -285,6 +325,11 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         f"# Released by facekit.release from run {run_dir.name!r} (step {info['step']}); see TRAINING.md.\n"
         f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n")
     shutil.copyfile(run_dir / "config.yaml", out_dir / "config.yaml")
+    ancestors = lineage(run_dir)[:-1]
+    for old in out_dir.glob("init-*.yaml"):
+        old.unlink()
+    for a in ancestors:  # a fine-tune is reproducible only with the configs of the runs it started from
+        shutil.copyfile(a / "config.yaml", out_dir / f"init-{a.name}.yaml")
 
     if faces is None:
         from facekit.data import load_faces
@@ -321,6 +366,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "weights": info["weights"], "val": info["val"], "compared": compared,
         "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
         "training": {r.name: _run_files(r)[1] for r in runs},
+        "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
         "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
                  "preset": cfg["preset"], "scale": int(cfg["scale"]), "angles": False,
                  "identity_nets": nets, "missing": df.attrs.get("missing", {})},
@@ -336,11 +382,41 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     return report
 
 
+def _training_lines(report: dict, cfg: dict, summary: dict) -> list[str]:
+    """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
+    minutes = float(summary.get("seconds", float("nan"))) / 60
+    recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
+              f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg['pixel_loss']} pixel loss, "
+              f"{cfg['gan_type']} GAN (weight {cfg['gan_weight']}, from step {cfg['gan_start']}), {cfg['gp_mode']} "
+              f"gradient penalty (weight {cfg['gp_weight']}, every {cfg['lazy_k']} steps), {cfg['schedule']} LR "
+              f"(peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
+    parents = report.get("lineage", [])
+    if not parents:
+        return [recipe + " Retrain with `python -m facekit train --config models/default/config.yaml` "
+                "(same seed, same data)."]
+    total_steps, total_min = int(cfg["steps"]), minutes
+    lines = []
+    for p in parents:
+        ps = p["summary"]
+        total_steps += int(ps.get("steps", 0))
+        total_min += float(ps.get("seconds", float("nan"))) / 60
+        lines.append(f"`{p['run']}` (`{p['config']}`): {ps.get('steps')} steps, "
+                     f"{float(ps.get('seconds', float('nan'))) / 60:.0f} minutes, val PSNR {ps.get('val_psnr', float('nan')):.2f} dB.")
+    retrain = " && ".join(f"python -m facekit train --config models/default/{p['config']}" for p in parents)
+    names = " -> ".join(f"`{p['run']}`" for p in parents)
+    return [f"Fine-tuned from {names}, "
+            f"{total_steps} steps and {total_min:.0f} minutes in all.", "",
+            *[f"- {line}" for line in lines],
+            f"- `{report['released_run']}` (`config.yaml`, starting from those weights with a fresh optimizer and "
+            f"schedule): {recipe}", "",
+            f"Retrain with `{retrain} && python -m facekit train --config models/default/config.yaml` "
+            "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."]
+
+
 def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
                 per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str],
                 headroom: pd.DataFrame | None = None) -> Path:
     t = report["test"]
-    minutes = float(summary.get("seconds", float("nan"))) / 60
     keep = ["method", "n", "psnr", "ssim", *id_cols]
     lines = [
         f"# Released model: `{report['released_run']}`",
@@ -356,11 +432,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose.",
         "",
         "## Training",
-        f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
-        f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg['pixel_loss']} pixel loss, {cfg['gan_type']} GAN (weight {cfg['gan_weight']}, "
-        f"from step {cfg['gan_start']}), {cfg['gp_mode']} gradient penalty (weight {cfg['gp_weight']}, every "
-        f"{cfg['lazy_k']} steps), {cfg['schedule']} LR, identity loss weight {cfg.get('identity_weight', 0)}. Retrain with "
-        "`python -m facekit train --config models/default/config.yaml` (same seed, same data).",
+        *_training_lines(report, cfg, summary),
         "",
         f"Weights: `{report['weights']}` (chosen by validation PSNR between the EMA and the last step's weights: "
         f"{json.dumps(report['val'])}).",

@@ -89,3 +89,25 @@ def test_headroom_table_removes_one_degradation_family_per_row():
     # a preset without some family simply has no row for it
     small = release.headroom_table(faces, bic, preset=[{"op": "downsample"}, {"op": "jpeg", "quality": [20, 20]}])
     assert list(small["variant"]) == ["full preset", "no noise + JPEG", "downsample only"]
+
+
+def test_a_fine_tuned_run_is_released_with_its_parents_config_and_lineage(tiny_run, tmp_path):
+    faces = orl_faces(40)
+    child = train(tiny_cfg(name="tiny-ft", steps=2, init_from=str(tiny_run)), faces=faces[:32],
+                  val_faces=faces[32:36], runs_dir=tmp_path / "runs", progress=False)
+    assert release.lineage(child) == [tiny_run, child]
+    assert release._step_offsets([tiny_run, child]) == {tiny_run: 0, child: 6}  # child plots after its parent
+    out = tmp_path / "default"
+    report = release.release_run(child, out, faces=faces[34:38], identity_nets=("sface",), n_boot=20,
+                                 progress=False, val_faces=faces[32:36])
+    # the parent's config travels with the model: the card's retrain line needs it
+    assert (out / f"init-{tiny_run.name}.yaml").read_text() == (tiny_run / "config.yaml").read_text()
+    assert [p["run"] for p in report["lineage"]] == [tiny_run.name]
+    card = (out / "TRAINING.md").read_text()
+    assert f"Fine-tuned from `{tiny_run.name}`, 8 steps" in card
+    assert f"--config models/default/init-{tiny_run.name}.yaml && python -m facekit train --config" in card
+    # an unreachable parent is named, not silently dropped from the record
+    cfg = (child / "config.yaml").read_text().replace(str(tiny_run), str(tmp_path / "gone"))
+    (child / "config.yaml").write_text(cfg)
+    with pytest.raises(ConfigError, match="gone.*not a run folder"):
+        release.lineage(child)
