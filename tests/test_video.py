@@ -420,6 +420,31 @@ def test_saved_gallery_cli_labels_stranger_unknown(id_clips, id_gallery_dir, tmp
     assert [p.name.split("_0.")[0] for p in (tmp_path / "out" / "gallery").glob("*.png")] == ["track_0001_unknown"]
 
 
+def test_uncalibrated_gallery_with_auto_threshold_is_calibrated_on_orl(id_clips, id_gallery_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    import types
+
+    from facekit import data
+    from facekit.identify import Gallery
+
+    full = data.load_faces("orl", size=64, align="landmarks", progress=False)
+    # ORL people s11-s20 only (none of them enrolled here), so calibrating takes seconds, not ~30 s
+    keep = np.isin(full.identity, [f"s{i}" for i in range(11, 21)])
+    subset = types.SimpleNamespace(images=full.images[keep], identity=full.identity[keep])
+    asked = []
+    monkeypatch.setattr(data, "load_faces", lambda src, **kw: asked.append(src) or subset)
+    expected = Gallery().enroll(id_gallery_dir).calibrate(subset)
+    asked.clear()
+
+    res = process_video(id_clips[KNOWN], tmp_path / "out", _cfg(identity_gallery=str(id_gallery_dir)))
+    assert asked == ["orl"]  # auto + a gallery without a threshold: calibrated on ORL, once
+    assert "calibrating the gallery threshold on ORL" in capsys.readouterr().err
+    ids = json.loads((tmp_path / "out" / "summary.json").read_text())["identities"]
+    assert ids["threshold"] == pytest.approx(expected, abs=1e-4)
+    assert 0.1 < expected < 0.9 and ids["tracks"] == {"1": KNOWN}  # the known face clears the FAR-1% threshold
+    assert res.identities is not None
+
+
 def test_bad_gallery_gives_clear_error(clip, tmp_path, capsys):
     from facekit.cli import main
 
