@@ -421,7 +421,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
     lines = [
         f"# Released model: `{report['released_run']}`",
         "",
-        f"U-Net generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
+        f"Generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
         f"CCTV-like faces to {report['out_size']}x{report['out_size']}; {report['weights']} weights at step {report['step']}, "
         f"{report['model_mb']:.2f} MB. Loaded by `python -m facekit restore` and the evaluation as `chain:default`.",
         "",
