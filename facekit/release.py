@@ -382,7 +382,26 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     return report
 
 
-def _training_lines(report: dict, cfg: dict, summary: dict) -> list[str]:
+def _card_folder(out_dir: Path) -> str:
+    """How the card names its own folder: relative to the project when it lies inside it."""
+    from facekit.settings import PROJECT_ROOT
+
+    try:
+        return out_dir.resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except ValueError:
+        return out_dir.as_posix()
+
+
+def _loaded_by(out_dir: Path) -> str:
+    from facekit.restore import default_model_dir
+
+    if out_dir.resolve() == default_model_dir().resolve():
+        return "`python -m facekit restore` and the evaluation as `chain:default`"
+    folder = _card_folder(out_dir)
+    return f"`python -m facekit restore --models {folder}` and the evaluation as `chain:{folder}`"
+
+
+def _training_lines(report: dict, cfg: dict, summary: dict, folder: str = "models/default") -> list[str]:
     """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
     minutes = float(summary.get("seconds", float("nan"))) / 60
     recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
@@ -392,7 +411,7 @@ def _training_lines(report: dict, cfg: dict, summary: dict) -> list[str]:
               f"(peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
     parents = report.get("lineage", [])
     if not parents:
-        return [recipe + " Retrain with `python -m facekit train --config models/default/config.yaml` "
+        return [recipe + f" Retrain with `python -m facekit train --config {folder}/config.yaml` "
                 "(same seed, same data)."]
     total_steps, total_min = int(cfg["steps"]), minutes
     lines = []
@@ -402,14 +421,14 @@ def _training_lines(report: dict, cfg: dict, summary: dict) -> list[str]:
         total_min += float(ps.get("seconds", float("nan"))) / 60
         lines.append(f"`{p['run']}` (`{p['config']}`): {ps.get('steps')} steps, "
                      f"{float(ps.get('seconds', float('nan'))) / 60:.0f} minutes, val PSNR {ps.get('val_psnr', float('nan')):.2f} dB.")
-    retrain = " && ".join(f"python -m facekit train --config models/default/{p['config']}" for p in parents)
+    retrain = " && ".join(f"python -m facekit train --config {folder}/{p['config']}" for p in parents)
     names = " -> ".join(f"`{p['run']}`" for p in parents)
     return [f"Fine-tuned from {names}, "
             f"{total_steps} steps and {total_min:.0f} minutes in all.", "",
             *[f"- {line}" for line in lines],
             f"- `{report['released_run']}` (`config.yaml`, starting from those weights with a fresh optimizer and "
             f"schedule): {recipe}", "",
-            f"Retrain with `{retrain} && python -m facekit train --config models/default/config.yaml` "
+            f"Retrain with `{retrain} && python -m facekit train --config {folder}/config.yaml` "
             "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."]
 
 
@@ -423,7 +442,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         "",
         f"Generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
         f"CCTV-like faces to {report['out_size']}x{report['out_size']}; {report['weights']} weights at step {report['step']}, "
-        f"{report['model_mb']:.2f} MB. Loaded by `python -m facekit restore` and the evaluation as `chain:default`.",
+        f"{report['model_mb']:.2f} MB. Loaded by {_loaded_by(out_dir)}.",
         "",
         "## Data",
         f"Trained on `{cfg['data']}`: CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015), "
@@ -432,7 +451,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose.",
         "",
         "## Training",
-        *_training_lines(report, cfg, summary),
+        *_training_lines(report, cfg, summary, _card_folder(out_dir)),
         "",
         f"Weights: `{report['weights']}` (chosen by validation PSNR between the EMA and the last step's weights: "
         f"{json.dumps(report['val'])}).",

@@ -105,7 +105,9 @@ def test_a_fine_tuned_run_is_released_with_its_parents_config_and_lineage(tiny_r
     assert [p["run"] for p in report["lineage"]] == [tiny_run.name]
     card = (out / "TRAINING.md").read_text()
     assert f"Fine-tuned from `{tiny_run.name}`, 8 steps" in card
-    assert f"--config models/default/init-{tiny_run.name}.yaml && python -m facekit train --config" in card
+    # the card names its own folder (here outside the project, so its path as given)
+    assert f"--config {out}/init-{tiny_run.name}.yaml && python -m facekit train --config {out}/config.yaml" in card
+    assert f"restore --models {out}`" in card
     # an unreachable parent is named, not silently dropped from the record
     cfg = (child / "config.yaml").read_text().replace(str(tiny_run), str(tmp_path / "gone"))
     (child / "config.yaml").write_text(cfg)
