@@ -117,6 +117,15 @@ def test_compact_nets_shapes_and_residual_start():
         vgg.body[-1].weight.zero_()
         vgg.body[-1].bias.zero_()
         torch.testing.assert_close(vgg(x), F.interpolate(x, scale_factor=4, mode="nearest"), rtol=0, atol=0)
+    # base="bicubic": the same zeroed net is bicubic upscaling instead
+    bic = SRVGGNetCompact(num_feat=8, num_conv=2, scale=4, base="bicubic")
+    with torch.no_grad():
+        bic.body.load_state_dict(vgg.body.state_dict())
+        want = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(bic(x), want, rtol=0, atol=1e-6)
+        assert not torch.allclose(vgg(x), want, atol=1e-3)
+    with pytest.raises(ConfigError, match="base='area'"):
+        SRVGGNetCompact(base="area")
 
 
 def test_discriminators_shapes_backward_and_size_checks():

@@ -198,8 +198,8 @@ class CompactRRDBNet(RRDBNet):
 class SRVGGNetCompact(nn.Module):
     """Real-ESRGAN's compact SR net: ``num_conv`` 3x3 convs + PReLU at input size, then pixel-shuffle.
 
-    The output is the learned residual plus the nearest-upsampled input, so an untrained net
-    starts near nearest-neighbour upscaling.
+    The output is the learned residual plus the upsampled input (nearest, as in Real-ESRGAN, or
+    bicubic), so an untrained net starts near that upscaling.
 
     Args:
         num_in_ch: input channels.
@@ -207,15 +207,21 @@ class SRVGGNetCompact(nn.Module):
         num_feat: width (64 in Real-ESRGAN's animevideov3 model).
         num_conv: body convs (16 in animevideov3).
         scale: any integer factor >= 1.
+        base: "nearest" (Real-ESRGAN's, needed for its released weights) or "bicubic" (a closer
+            start for a net this small: it need not learn the interpolation itself).
 
     Forward:
         ``(N,num_in_ch,h,w)`` float32 in ``[0,1]`` -> ``(N,num_out_ch,scale*h,scale*w)``, unclamped.
     """
 
-    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 32, num_conv: int = 8, scale: int = 4):
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 32, num_conv: int = 8, scale: int = 4,
+                 base: str = "nearest"):
         super().__init__()
         if not isinstance(scale, int) or scale < 1:
             raise ConfigError(f"SRVGGNetCompact scale must be a positive int, got {scale!r}")
+        if base not in ("nearest", "bicubic"):
+            raise ConfigError(f"SRVGGNetCompact base={base!r}: valid: nearest, bicubic")
+        self.base = base
         if num_out_ch != num_in_ch:
             raise ConfigError("SRVGGNetCompact adds the upsampled input, so num_out_ch must equal num_in_ch")
         self.num_in_ch, self.num_out_ch, self.scale = num_in_ch, num_out_ch, scale
@@ -228,6 +234,8 @@ class SRVGGNetCompact(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image_batch(x, self.num_in_ch, type(self).__name__)
         out = F.pixel_shuffle(self.body(x), self.scale)
+        if self.base == "bicubic":
+            return out + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
 
 
