@@ -47,6 +47,14 @@ Measured 2026-12-01 later, threads=2, both cores free, the released ``unet_lr`` 
 x4plus on the same inputs: 8.5 / 15.8 and 3.0 / 3.5, so 15-20x. Met: 60 and 200 faces/s for
 16 px faces (the size ``restore`` and ``video`` feed it, from chain.yaml); not met: the same at
 32 px input (it then runs at 128 px output) and 100x Real-ESRGAN.
+
+Measured 2026-12-01 evening, threads=2, both cores free, faces/s (best backend): the released
+default (celeba-finetune, same unet_lr architecture) 170.5 / 229.8 at 16 px (batch 1 / 32) and
+55.5 / 73.1 at 32 px; Real-ESRGAN x4plus 6.3 / 10.9 and 2.8 / 3.8, so 19-27x. The trained real-time
+candidate (configs/celeba-realtime.yaml: SRVGG 32 features, 8 convs, bicubic base, 22.6 MMAC;
+timed as ``models/realtime`` while it was there) reached 583 / 1425 at 16 px and 243 / 419 at
+32 px (PyTorch; ONNX Runtime's cubic Resize made its ONNX path 1.4-3.7x slower), i.e. 87-130x
+Real-ESRGAN, but it was not released: -0.11 dB against bicubic in medium light.
 """
 
 from __future__ import annotations
@@ -172,7 +180,8 @@ def main(argv=None) -> dict:
     # Every released chain folder (models/default, models/realtime, ...), default first.
     for chain_yaml in sorted(settings.MODELS_DIR.glob("*/chain.yaml"), key=lambda p: p.parent.name != "default"):
         spec = read_chain_spec(chain_yaml)
-        chains[chain_yaml.parent.name] = ([Stage.from_checkpoint(n, p) for n, p in spec.stages.items()], str(chain_yaml))
+        name = "default" if chain_yaml.parent.name == "default" else f"models/{chain_yaml.parent.name}"
+        chains[name] = ([Stage.from_checkpoint(n, p) for n, p in spec.stages.items()], str(chain_yaml))
 
     result = {"threads": threads, "torch": torch.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "note": "shared 2-core machine with other jobs running: timings are noisy",
@@ -195,7 +204,7 @@ def main(argv=None) -> dict:
     # every other released chain beside it.
     main_name = "default" if "default" in result["chains"] else "realtime"
     ref = result.get("realesrgan_x4plus_torch", {})
-    released = [n for n in result["chains"] if n not in ("realtime", "realtime-srvgg-upscale")]
+    released = [n for n in result["chains"] if n == "default" or n.startswith("models/")]
     result["targets"] = target_summary(main_name, result["chains"][main_name], ref, args.sizes, args.batches)
     result["targets_by_chain"] = {n: target_summary(n, result["chains"][n], ref, args.sizes, args.batches)
                                   for n in released if n != main_name}

@@ -169,10 +169,11 @@ def test_cli_rejects_bad_threshold(tmp_path):
         I._threshold("high", g)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released celeba-default model (unet_lr, no "
+@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released model (celeba-finetune, unet_lr, no "
                    "identity loss) moves CCTV-degraded ORL probes further from their clean faces than bicubic "
-                   "does (SFace 0.132 vs 0.159, 2026-12-01; its identity-loss twin reached 0.202 at step 2,500 "
-                   "and is still training); strict, so a model that fixes it makes this fail loudly")
+                   "does (SFace 0.125 vs 0.159; rank-1 0.19 vs 0.33, 2026-12-01). Its identity-loss twin passes "
+                   "the similarity half (0.179) but fails rank-1 worse (0.11): its faces drift towards a generic "
+                   "CelebA face. Strict, so a model that fixes both makes this fail loudly")
 def test_restored_probes_score_above_degraded(orl, split, gallery):
     """CCTV-degraded probes (the released model's training degradation, neutral light): restoring
     them brings them closer to the clean faces than their bicubic upsampling does."""
