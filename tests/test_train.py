@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from facekit import checkpoint
+from facekit.archs import build_model
 from facekit.errors import CheckpointError, ConfigError
 from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, train
 
@@ -325,7 +326,21 @@ def test_identity_loss_trains_the_generator_and_is_logged(tmp_path):
     assert all(0.0 < float(r[col]) < 2.0 for r in rows)
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "celeba-default.yaml", "celeba-identity.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = TrainConfig.from_yaml(ROOT / "configs" / name)
     assert cfg.size % cfg.scale == 0
+    build_model(cfg.arch_g, scale=cfg.scale, **cfg.arch_g_kwargs)  # the generator options are valid too
+    if cfg.init_from:  # a fine-tune starts from a shipped config's run, with the same architecture
+        parent = next(TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")
+                      if TrainConfig.from_yaml(p).name == Path(cfg.init_from).name)
+        assert (parent.arch_g, parent.arch_g_kwargs, parent.scale) == (cfg.arch_g, cfg.arch_g_kwargs, cfg.scale)
+
+
+def test_released_model_config_is_a_shipped_config():
+    released = ROOT / "models" / "default" / "config.yaml"
+    if not released.is_file():
+        pytest.skip("no released model in models/default")
+    cfg = TrainConfig.from_yaml(released)
+    shipped = {TrainConfig.from_yaml(p).name: TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")}
+    assert shipped[cfg.name] == cfg  # the README's reproduce commands train exactly this
