@@ -77,13 +77,13 @@ def lineage(run_dir: str | Path) -> list[Path]:
         chain.insert(0, parent)
 
 
+def _steps(run: Path) -> int:
+    return int((yaml.safe_load((run / "config.yaml").read_text()) or {})["steps"])
+
+
 def _step_offsets(runs: list[Path]) -> dict[Path, int]:
     """Global step at which each run's step 0 falls, so a fine-tune plots after its parent."""
-    offsets = {}
-    for run in runs:
-        chain = lineage(run)
-        offsets[run] = sum(int((yaml.safe_load((c / "config.yaml").read_text()) or {})["steps"]) for c in chain[:-1])
-    return offsets
+    return {run: sum(_steps(a) for a in lineage(run)[:-1]) for run in runs}
 
 
 WEIGHTS = ("best", "ema", "raw")
@@ -253,9 +253,11 @@ def plot_curves(run_dirs: list[Path], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    runs: list[Path] = []
+    seen: dict[Path, Path] = {}  # resolved -> as given, parents first, each run once
     for run in run_dirs:
-        runs += [r for r in lineage(run) if r.resolve() not in [x.resolve() for x in runs]]
+        for r in lineage(run):
+            seen.setdefault(r.resolve(), r)
+    runs = list(seen.values())
     offsets = _step_offsets(runs)
     for i, run in enumerate(runs):
         m = load_metrics(run)
@@ -401,7 +403,7 @@ def _loaded_by(out_dir: Path) -> str:
     return f"`python -m facekit restore --models {folder}` and the evaluation as `chain:{folder}`"
 
 
-def _training_lines(report: dict, cfg: dict, summary: dict, folder: str = "models/default") -> list[str]:
+def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list[str]:
     """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
     minutes = float(summary.get("seconds", float("nan"))) / 60
     recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
