@@ -62,6 +62,15 @@ def build_pipeline(preset="cctv-heavy", scale: int = 4, angles=True) -> degrade.
     return degrade.Pipeline(spec, scale=scale)
 
 
+LUMA_601 = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_gray(face: np.ndarray) -> np.ndarray:
+    """A monochrome copy of an RGB face: ``(S,S,3) uint8`` -> ``(S,S,3) uint8`` with equal channels."""
+    y = np.clip(face.astype(np.float32) @ LUMA_601 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(y[..., None], 3, axis=-1)
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """``(H,W,3) float32`` -> ``(3,H,W) float32`` tensor (a copy, contiguous)."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -78,15 +87,23 @@ class PairedFaceDataset(torch.utils.data.Dataset):
             name fixes it (evaluation).
         angles: head-pose augmentation (True, False, or a dict of pose ranges).
         seed: base seed; sample ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
+        gray_prob: chance that a sample's clean face is first turned monochrome (BT.601 luma in
+            all three channels), as from an IR night-mode or monochrome CCTV camera: both ``gt``
+            and ``lq`` are then grey apart from what the degradations add (chroma noise, JPEG).
+            Drawn from its own stream ``default_rng([seed, e, i, 1])``, so 0 leaves every other
+            draw unchanged.
 
     Items are dicts: ``"lq"`` ``(3,S/scale,S/scale) float32`` in [0,1], ``"gt"`` ``(3,S,S)
     float32`` in [0,1], ``"condition"`` str, ``"index"`` int, ``"roll"``/``"yaw"``/``"pitch"``
-    float degrees (0 without pose), ``"flip"`` bool, ``"scale"`` int.
+    float degrees (0 without pose), ``"flip"`` bool, ``"scale"`` int, ``"gray"`` bool.
     """
 
     def __init__(self, faces, preset="cctv-heavy", scale: int = 4,
-                 conditions=augment.CONDITIONS, angles=True, seed: int = 0):
+                 conditions=augment.CONDITIONS, angles=True, seed: int = 0, gray_prob: float = 0.0):
         self.faces = _face_array(faces)
+        if not 0.0 <= float(gray_prob) <= 1.0:
+            raise ConfigError(f"gray_prob must be in [0, 1], got {gray_prob!r}")
+        self.gray_prob = float(gray_prob)
         size = self.faces.shape[1]
         if not isinstance(scale, (int, np.integer)) or scale < 1 or size % scale:
             raise ConfigError(f"scale must be a whole number dividing the face size {size}, got {scale!r}")
@@ -116,14 +133,21 @@ class PairedFaceDataset(torch.utils.data.Dataset):
         rng = self.rng(index)
         conds = self.conditions
         condition = conds[0] if len(conds) == 1 else conds[int(rng.integers(len(conds)))]
-        return self.pipeline(self.faces[index], rng, condition=condition)
+        face = self.faces[index]
+        gray = self.gray_prob > 0 and np.random.default_rng([self.seed, self.epoch, index, 1]).random() < self.gray_prob
+        if gray:
+            face = to_gray(face)
+        lq, gt, params = self.pipeline(face, rng, condition=condition)
+        params["gray"] = bool(gray)
+        return lq, gt, params
 
     def __getitem__(self, index: int) -> dict:
         lq, gt, params = self.sample(int(index))
         pose = degrade.pose_angles(params)
         return {"lq": to_tensor(lq), "gt": to_tensor(gt), "condition": params["condition"],
                 "index": int(index) % len(self), "roll": float(pose["roll"]), "yaw": float(pose["yaw"]),
-                "pitch": float(pose["pitch"]), "flip": bool(pose["flip"]), "scale": self.scale}
+                "pitch": float(pose["pitch"]), "flip": bool(pose["flip"]), "scale": self.scale,
+                "gray": params["gray"]}
 
     @staticmethod
     def worker_init_fn(worker_id: int) -> None:

@@ -410,8 +410,17 @@ def _load_bn(bn: nn.Module, tensors: dict, node) -> None:
     bn.running_mean.data, bn.running_var.data = mean, var
 
 
+IDENTITY_MODES = ("cosine", "contrastive")
+
+
 class IdentityLoss:
-    """``1 - cosine(SFace(out), SFace(gt))``, mean over the batch, for the GAN trainer.
+    """SFace identity loss for the GAN trainer: ``1 - cosine(SFace(out), SFace(gt))``, batch mean.
+
+    ``mode="contrastive"`` adds an InfoNCE term: each output's similarities to every target of
+    the batch, over ``temperature``, scored by cross-entropy against its own target. The cosine
+    term alone is also lowered by moving every output towards the average face embedding, which
+    is close to everyone and identifies no one (rank-1 falls while mean similarity rises); the
+    InfoNCE term charges for closeness to the other people of the batch.
 
     ``out``/``gt`` are margin crops (the dataset's ``align_face`` framing, margin 0.15 by default);
     they are re-framed to the ArcFace 112 crop differentiably. The target embedding is computed
@@ -420,24 +429,38 @@ class IdentityLoss:
     Args:
         device: where SFace runs (moved to the inputs' device on first call if different).
         margin: the crops' margin.
+        mode: ``"cosine"`` or ``"contrastive"``.
+        temperature: InfoNCE temperature (contrastive only).
     """
 
-    def __init__(self, device: str | torch.device = "cpu", margin: float = DEFAULT_MARGIN):
+    def __init__(self, device: str | torch.device = "cpu", margin: float = DEFAULT_MARGIN,
+                 mode: str = "cosine", temperature: float = 0.1):
+        if mode not in IDENTITY_MODES:
+            raise FacekitError(f"unknown identity loss mode {mode!r}; valid: {', '.join(IDENTITY_MODES)}")
         self.net = SFaceTorch(device)
         self.margin = float(margin)
+        self.mode = mode
+        self.temperature = float(temperature)
 
     def __call__(self, out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """Args: ``out``, ``gt``: ``(N,3,H,W)`` float in [0,1]. Returns: scalar tensor in [0,2]."""
+        """Args: ``out``, ``gt``: ``(N,3,H,W)`` float in [0,1]. Returns: scalar tensor, >= 0."""
         if out.shape != gt.shape:
             raise FacekitError(f"identity loss needs out and gt of the same shape, got {tuple(out.shape)} "
                                f"and {tuple(gt.shape)}")
+        if self.mode == "contrastive" and len(out) < 2:
+            raise FacekitError("the contrastive identity loss needs at least 2 faces per batch")
         if self.net.device != out.device:
             self.net.to(out.device)
             self.net.device = out.device
         e_out = self.net.embed_crops(out.float(), self.margin)
         with torch.no_grad():
             e_gt = self.net.embed_crops(gt.float(), self.margin)
-        return (1.0 - (e_out * e_gt).sum(dim=1)).mean()
+        loss = (1.0 - (e_out * e_gt).sum(dim=1)).mean()
+        if self.mode == "contrastive":
+            logits = e_out @ e_gt.T / self.temperature
+            target = torch.arange(len(out), device=out.device)
+            loss = loss + F.cross_entropy(logits, target)
+        return loss
 
 
 # ---------------------------------------------------------------------------------------------

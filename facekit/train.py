@@ -63,6 +63,7 @@ class TrainConfig:
     preset: str = "cctv-heavy"  # facekit.degrade preset
     conditions: list[str] | None = None  # lighting conditions (None = all five)
     angles: bool = True  # head-pose augmentation
+    gray_prob: float = 0.0  # share of samples made monochrome first (IR/mono CCTV; dataset.to_gray)
     val_count: int = 64  # held-out val faces (spread over the conditions)
     arch_g: str = "unet"
     arch_g_kwargs: dict = field(default_factory=lambda: {"base": 32, "depth": 3})
@@ -88,6 +89,10 @@ class TrainConfig:
     gp_weight: float = 0.0
     identity_weight: float = 0.0  # SFace identity loss l_g_id = 1 - cos(emb(out), emb(gt)); 0 = off
     identity_batch: int | None = None  # faces of each batch the identity loss sees (None = all)
+    # cosine: 1 - cos(out, gt) alone; contrastive: that plus an InfoNCE term over the batch, which
+    # also pushes each output away from the other faces' embeddings (recognition.IdentityLoss)
+    identity_mode: str = "cosine"
+    identity_temperature: float = 0.1  # InfoNCE temperature of identity_mode=contrastive
     gp_mode: str = "interpolate"  # interpolate (WGAN-GP) | r1
     lazy_k: int = 1  # gradient penalty every k steps, scaled by k
     log_every: int = 10
@@ -143,6 +148,16 @@ class TrainConfig:
             bad("identity_weight", "must be >= 0")
         if self.identity_batch is not None and int(self.identity_batch) < 1:
             bad("identity_batch", "must be >= 1 or null (the whole batch)")
+        from facekit.recognition import IDENTITY_MODES
+
+        if self.identity_mode not in IDENTITY_MODES:
+            bad("identity_mode", f"valid: {', '.join(IDENTITY_MODES)}")
+        if self.identity_mode == "contrastive" and self.identity_batch is not None and int(self.identity_batch) < 2:
+            bad("identity_batch", "the contrastive identity loss needs >= 2 faces (other faces are its negatives)")
+        if float(self.identity_temperature) <= 0:
+            bad("identity_temperature", "must be > 0")
+        if not 0.0 <= float(self.gray_prob) <= 1.0:
+            bad("gray_prob", "must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/checkpoint safe)."""
@@ -356,7 +371,7 @@ def identity_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable[[torch.
     """
     from facekit.recognition import IdentityLoss
 
-    loss = IdentityLoss(device)
+    loss = IdentityLoss(device, mode=cfg.identity_mode, temperature=cfg.identity_temperature)
     k = cfg.identity_batch
 
     def fn(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -616,7 +631,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         raise ConfigError(f"faces are {train_images.shape[1]} px but the config says size={cfg.size}")
     dataset = PairedFaceDataset(train_images, preset=cfg.preset, scale=cfg.scale,
                                 conditions=cfg.conditions if cfg.conditions else None, angles=cfg.angles,
-                                seed=cfg.seed)
+                                seed=cfg.seed, gray_prob=cfg.gray_prob)
     val_lq, val_gt, _ = make_val_pairs(held_out, cfg)
 
     trainer = Trainer(cfg, dev, rank, world)

@@ -31,7 +31,7 @@ def test_items_have_shapes_ranges_and_labels(faces):
     ds = PairedFaceDataset(faces, preset="cctv-heavy", scale=4, seed=0)
     assert len(ds) == 8
     item = ds[3]
-    assert set(item) == {"lq", "gt", "condition", "index", "roll", "yaw", "pitch", "flip", "scale"}
+    assert set(item) == {"lq", "gt", "condition", "index", "roll", "yaw", "pitch", "flip", "scale", "gray"}
     assert item["lq"].shape == (3, 8, 8) and item["gt"].shape == (3, 32, 32)
     assert item["lq"].dtype == torch.float32 and item["gt"].dtype == torch.float32
     for key in ("lq", "gt"):
@@ -127,3 +127,24 @@ def test_bad_arguments_raise_clear_errors(faces):
         make_eval_pairs(faces, condition=None)
     with pytest.raises(IndexError):
         PairedFaceDataset(faces)[8]
+
+
+def test_gray_prob_makes_monochrome_samples_and_leaves_other_draws_alone(faces):
+    rng = np.random.default_rng(0)
+    tint = rng.uniform(0.5, 1.0, (len(faces), 1, 1, 3))
+    colour = (faces * tint).astype(np.uint8)  # distinct channels, so grey is detectable
+    plain = PairedFaceDataset(colour, preset="cctv-light", scale=2, angles=False, seed=4)
+    all_gray = PairedFaceDataset(colour, preset="cctv-light", scale=2, angles=False, seed=4, gray_prob=1.0)
+    half = PairedFaceDataset(colour, preset="cctv-light", scale=2, angles=False, seed=4, gray_prob=0.5)
+    flags = []
+    for i in range(len(colour)):
+        g = all_gray[i]
+        assert g["gray"] and torch.equal(g["gt"][0], g["gt"][1]) and torch.equal(g["gt"][1], g["gt"][2])
+        assert not plain[i]["gray"] and not torch.equal(plain[i]["gt"][0], plain[i]["gt"][2])
+        assert g["condition"] == plain[i]["condition"]  # the condition draw is not shifted
+        h = half[i]
+        flags.append(h["gray"])
+        assert _same(h, g if h["gray"] else plain[i])
+    assert 0 < sum(flags) < len(flags)
+    with pytest.raises(ConfigError, match="gray_prob"):
+        PairedFaceDataset(colour, gray_prob=1.5)

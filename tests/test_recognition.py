@@ -139,6 +139,28 @@ def test_identity_loss_orders_degraded_copy_below_other_person(orl):
     assert out.grad is not None and out.grad.abs().sum() > 0
 
 
+def test_contrastive_identity_loss_charges_for_looking_like_the_others(orl):
+    to_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+    people = [orl.images[orl.identity == f"s{k}"] for k in (7, 8, 9, 10)]
+    gt = to_t(np.stack([p[0] for p in people]))
+    same = to_t(np.stack([p[1] for p in people]))  # another photo of each person
+    swapped = same[[1, 0, 3, 2]]  # each output shows somebody else of the batch
+    cos, con = R.IdentityLoss("cpu"), R.IdentityLoss("cpu", mode="contrastive", temperature=0.1)
+    with torch.no_grad():
+        assert float(con(gt, gt)) < 0.01  # own face: ~0 even with the InfoNCE term
+        l_same, l_swap = con(same, gt), con(swapped, gt)
+        assert float(l_same) < float(l_swap) - 1.0
+        # the InfoNCE term is what it adds on top of the cosine term, and it is positive
+        assert float(l_same) > float(cos(same, gt))
+        # an output that looks like everyone (the batch's average face) costs more than under cosine
+        blend = gt.mean(0, keepdim=True).expand_as(gt).contiguous()
+        assert float(con(blend, gt)) - float(cos(blend, gt)) > 0.5
+    with pytest.raises(FacekitError, match="mode"):
+        R.IdentityLoss("cpu", mode="triplet")
+    with pytest.raises(FacekitError, match="2 faces"):
+        con(gt[:1], gt[:1])
+
+
 def test_rank1_clean_high_and_drops_for_heavy_degradation(orl):
     # 20 of the 40 people keep the test quick; images 1-5 of each are the gallery, 6-10 the probes
     num = np.array([int(p.replace("\\", "/").split("/")[-1].split(".")[0]) for p in orl.paths])

@@ -27,7 +27,7 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     faces = orl_faces(40)
     test_faces, val_faces = faces[30:], faces[32:36]  # the test faces were never trained on
     report = release.release_run(tiny_run, out, compare=[tiny_run], faces=test_faces, identity_nets=("sface",),
-                                 n_boot=50, progress=False, val_faces=val_faces)
+                                 n_boot=50, progress=False, val_faces=val_faces, probe_people=4)
     for name in ("chain.yaml", "reconstruct.pt", "config.yaml", "report.json", "TRAINING.md", "curves.png",
                  "test_metrics.csv"):
         assert (out / name).is_file(), name
@@ -61,6 +61,11 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     head = {r["variant"]: r for r in report["headroom_medium"]}
     assert head["full preset"]["psnr_bicubic"] < head["downsample only"]["psnr_bicubic"]
     assert "Where bicubic's error comes from" in card and f"{head['full preset']['psnr_model']:.2f}" in card
+    # the ORL gallery check: clean probes, bicubic, the released model and the compared run
+    probes = {r["method"]: r for r in report["orl_probes"]}
+    assert list(probes) == ["clean", "bicubic", name]  # the compared run is the same run here
+    assert probes["clean"]["rank1"] > probes["bicubic"]["rank1"] and probes["clean"]["people"] == 4
+    assert "unseen domain: ORL gallery, 4 people" in card and f"{probes[name]['margin']:.3f}" in card
 
 
 def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):

@@ -309,6 +309,18 @@ def test_identity_loss_trains_the_generator_and_is_logged(tmp_path):
         tiny_cfg(identity_batch=0)
     with pytest.raises(ConfigError, match="identity_weight"):
         tiny_cfg(identity_weight=-1)
+    # identity_mode reaches the loss; contrastive needs negatives, so at least 2 faces
+    con = identity_loss_fn(tiny_cfg(identity_weight=1.0, identity_batch=3, identity_mode="contrastive",
+                                    identity_temperature=0.2), torch.device("cpu"))
+    ref = IdentityLoss(mode="contrastive", temperature=0.2)(out[:3], gt[:3])
+    assert float(con(out, gt)) == pytest.approx(float(ref), abs=1e-6)
+    assert float(ref) > float(IdentityLoss()(out[:3], gt[:3]))  # the InfoNCE term on top
+    with pytest.raises(ConfigError, match="identity_mode=.triplet.*valid: cosine, contrastive"):
+        tiny_cfg(identity_mode="triplet")
+    with pytest.raises(ConfigError, match="identity_batch.*2 faces"):
+        tiny_cfg(identity_mode="contrastive", identity_batch=1)
+    with pytest.raises(ConfigError, match="gray_prob"):
+        tiny_cfg(gray_prob=2.0)
 
     # the identity term alone moves the generator's weights (its gradient reaches net_g)
     cfg = tiny_cfg(pixel_weight=0.0, gan_weight=0.0, identity_weight=1.0, identity_batch=2)
