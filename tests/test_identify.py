@@ -169,11 +169,12 @@ def test_cli_rejects_bad_threshold(tmp_path):
         I._threshold("high", g)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released model (celeba-finetune, unet_lr, no "
-                   "identity loss) moves CCTV-degraded ORL probes further from their clean faces than bicubic "
-                   "does (SFace 0.125 vs 0.159; rank-1 0.19 vs 0.33, 2026-12-01). Its identity-loss twin passes "
-                   "the similarity half (0.179) but fails rank-1 worse (0.11): its faces drift towards a generic "
-                   "CelebA face. Strict, so a model that fixes both makes this fail loudly")
+@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released model (celeba-finetune, no identity "
+                   "loss) moves CCTV-degraded ORL probes further from their clean faces than bicubic does "
+                   "(similarity 0.125 vs 0.159, margin 0.097 vs 0.120, rank-1 0.19 vs 0.33, 2026-12-01). Fine-tunes "
+                   "with monochrome samples (celeba-gray: 0.135/0.105/0.27) and a contrastive identity loss "
+                   "(celeba-gray-identity: 0.157/0.110/0.28) close part of the gap, not all. Strict, so a model "
+                   "that fixes it makes this fail loudly")
 def test_restored_probes_score_above_degraded(orl):
     """CCTV-degraded probes (the released model's training degradation, neutral light): restoring
     them brings them closer to the clean faces than their bicubic upsampling does."""
