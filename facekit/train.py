@@ -534,6 +534,32 @@ class Trainer:
         self.step_count = int(ckpt["step"])
 
 
+# Settings that only say how a run executes or reports, not what it computes: a resume may change them.
+RESUME_FREE_KEYS = ("threads", "num_workers", "device", "log_every", "val_every", "ckpt_every", "sample_every")
+
+
+def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Config keys whose value differs between a checkpoint and the run resuming it.
+
+    Args:
+        saved: the checkpoint's ``config`` dict (keys it lacks, from older versions, take their
+            defaults).
+        cfg: the config the run is resumed with.
+
+    Returns:
+        ``"key: saved -> now"`` lines, except :data:`RESUME_FREE_KEYS`; empty when they agree.
+    """
+    now = cfg.to_dict()
+    known = {k: v for k, v in saved.items() if k in now}
+    try:
+        then = TrainConfig.from_dict(known).to_dict()
+    except ConfigError:  # an invalid saved value still differs from the valid one now
+        then = {**TrainConfig.from_dict({"name": cfg.name}).to_dict(), **known}
+    extra = sorted(set(saved) - set(now))
+    return ([f"{k}: {then[k]!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE_KEYS and then[k] != now[k]]
+            + [f"{k}: {saved[k]!r} -> (no such setting)" for k in extra])
+
+
 def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([it["lq"] for it in items]), torch.stack([it["gt"] for it in items])
 
@@ -643,6 +669,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     if resume:
         ckpt = load_checkpoint(last)
         trainer.load_state(ckpt, last)
+        diff = resume_mismatch(ckpt.get("config") or {}, cfg)
+        if diff:  # a resume is exact only under the config the checkpoint was trained with
+            raise ConfigError(f"{last}: trained with another config, so resuming would not continue the same run "
+                              f"({'; '.join(diff)}). Resume with its own {run_dir / 'config.yaml'}, or start a new "
+                              f"run with init_from: {run_dir} to train on with new settings")
     elif cfg.init_from:
         trainer.init_weights(cfg.init_from)  # every rank reads the same file: no broadcast needed
     if not resume and is_main:

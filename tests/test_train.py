@@ -101,6 +101,19 @@ def test_run_folder_contents_and_wrong_architecture_checkpoint(tmp_path):
     assert info["arch"] == "unet" and info["scale"] == 4
     assert net(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
 
+    # Resuming under other settings: what the run computes must match, how it runs or logs may change.
+    with pytest.raises(ConfigError, match=r"last\.pt: trained with another config.*steps: 6 -> 8.*init_from"):
+        train(tiny_cfg(steps=8), faces=faces, runs_dir=tmp_path, progress=False, resume=True)
+    with pytest.raises(ConfigError, match=r"gray_prob: 0\.0 -> 0\.5; lr_g"):
+        train(tiny_cfg(gray_prob=0.5, lr_g=1e-3), faces=faces, runs_dir=tmp_path, progress=False, resume=True)
+    train(tiny_cfg(threads=2, log_every=3), faces=faces, runs_dir=tmp_path, progress=False, resume=True)
+    # a checkpoint from before a setting existed: the missing key takes its default
+    from facekit.train import resume_mismatch
+
+    saved = {k: v for k, v in tiny_cfg().to_dict().items() if k != "gray_prob"}
+    assert resume_mismatch(saved, tiny_cfg()) == []
+    assert resume_mismatch({**saved, "old_knob": 1}, tiny_cfg()) == ["old_knob: 1 -> (no such setting)"]
+
     # Resuming into a different generator architecture names the file, expected and found archs.
     ckpt_path = run / "checkpoints" / "last.pt"
     data = checkpoint.load_checkpoint(ckpt_path)
