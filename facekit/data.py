@@ -127,6 +127,18 @@ class FaceSet:
         return pd.DataFrame(rows)
 
 
+def person_numbers(identities) -> np.ndarray:
+    """Person number of each identity label from its digits (ORL's ``s7`` -> 7; no digits -> 0).
+
+    Args:
+        identities: identity labels (strings or numbers).
+
+    Returns:
+        ``(N,)`` int64.
+    """
+    return np.array([int(re.sub(r"\D", "", str(i)) or 0) for i in identities], dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sources
 

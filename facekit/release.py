@@ -77,6 +77,33 @@ def lineage(run_dir: str | Path) -> list[Path]:
         chain.insert(0, parent)
 
 
+def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
+    """Refuse a gallery check whose probe people some run (or a run it started from) trained on.
+
+    Args:
+        run_dirs: the released and compared runs.
+        people: ORL people ``1..people`` that :func:`facekit.identify.probe_check` uses.
+
+    Raises:
+        ConfigError: naming the run and the people it mixed in from ORL.
+    """
+    for run in run_dirs:
+        for a in lineage(run):
+            cfg = yaml.safe_load((a / "config.yaml").read_text()) or {}
+            summary = _run_files(a)[1]
+            # a run handed its faces by the caller (train(faces=...)) did not read cfg["data"]
+            sources = {"data": summary.get("data_source", cfg.get("data")), "mix_data": cfg.get("mix_data")}
+            for key, source in sources.items():
+                if not source or str(source).partition(":")[0].strip().lower() != "orl":
+                    continue
+                people_key = "mix_people" if key == "mix_data" else None
+                first, last = (cfg.get(people_key) if people_key else None) or (1, 10**9)
+                if int(first) <= int(people):
+                    raise ConfigError(f"{a}: trained on ORL people {first}-{last if last < 10**9 else 'all'} ({key}), "
+                                      f"so the ORL gallery check on people 1-{people} would test on training faces; "
+                                      f"train on ORL people above {people} or release with probe_people=0")
+
+
 def _steps(run: Path) -> int:
     return int((yaml.safe_load((run / "config.yaml").read_text()) or {})["steps"])
 
@@ -321,6 +348,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     compare = [Path(c) for c in (compare or [])]
     for c in compare:
         _run_files(c)
+    if probe_people:  # before the slow part: a card must not report recognition on training faces
+        check_probes_unseen([run_dir, *compare], probe_people)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces)
     size_mb = stage_path.stat().st_size / 2**20
@@ -502,11 +531,14 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
     ]
     if probes is not None and len(probes):
         p = probes.iloc[0]
+        draws = int(probes["draws"].max()) if "draws" in probes else 1
         lines += [
             f"## Recognition on an unseen domain: ORL gallery, {int(p['people'])} people",
             f"Images 1-5 of each person enrolled clean; their {int(p['probes'])} other images degraded with "
-            f"`{cfg['preset']}` x{cfg['scale']} in medium light, restored, and matched (SFace). ORL is grey and "
-            "twenty years older than CelebA. `margin` is the similarity to the probe's own clean face minus that to "
+            f"`{cfg['preset']}` x{cfg['scale']} in medium light ({draws} seeded draws of each, "
+            f"{draws * int(p['probes'])} probes), restored, and matched (SFace). ORL is grey and "
+            "twenty years older than CelebA; a model trained on ORL faces may use only people above these "
+            "(`mix_people`; the release refuses otherwise). `margin` is the similarity to the probe's own clean face minus that to "
             "other people's: a restoration that paints a generic face raises `similarity` but not `margin` or "
             "`rank1`. `clean` is the undegraded probes.",
             "",

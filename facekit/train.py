@@ -64,6 +64,12 @@ class TrainConfig:
     conditions: list[str] | None = None  # lighting conditions (None = all five)
     angles: bool = True  # head-pose augmentation
     gray_prob: float = 0.0  # share of samples made monochrome first (IR/mono CCTV; dataset.to_gray)
+    # Domain mixing: a second source's faces join the training faces (never the val set), e.g. grey
+    # ORL photos beside CelebA. mix_people keeps only those person numbers, so the others stay
+    # unseen for facekit.identify.probe_check (ORL people 1-20).
+    mix_data: str | None = None
+    mix_people: list[int] | None = None  # [first, last] person numbers (an identity's digits) kept
+    mix_share: float = 0.25  # about this share of the training samples comes from mix_data
     val_count: int = 64  # held-out val faces (spread over the conditions)
     arch_g: str = "unet"
     arch_g_kwargs: dict = field(default_factory=lambda: {"base": 32, "depth": 3})
@@ -158,6 +164,10 @@ class TrainConfig:
             bad("identity_temperature", "must be > 0")
         if not 0.0 <= float(self.gray_prob) <= 1.0:
             bad("gray_prob", "must be in [0, 1]")
+        if not 0.0 < float(self.mix_share) < 1.0:
+            bad("mix_share", "must be in (0, 1)")
+        if self.mix_people is not None and (len(self.mix_people) != 2 or int(self.mix_people[0]) > int(self.mix_people[1])):
+            bad("mix_people", "must be [first, last] with first <= last, or null (every person)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/checkpoint safe)."""
@@ -184,9 +194,11 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: config file does not exist")
         try:
-            d = yaml.safe_load(path.read_text()) or {}
+            d = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if d is None:  # an empty file would otherwise train the built-in smoke config
+            raise ConfigError(f"{path}: the config file is empty")
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
         try:
@@ -302,6 +314,39 @@ def split_faces(faces, val_count: int):
     if len(images) <= val_count:
         raise ConfigError(f"need more than val_count={val_count} faces to hold out a val set, got {len(images)}")
     return images[:-val_count], images[-val_count:]
+
+
+def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Append ``cfg.mix_data``'s faces to the training faces, repeated to make about ``cfg.mix_share``
+    of the samples (repetition keeps every sample a plain index, so epochs and resumes stay exact).
+
+    Args:
+        train_images: ``(N,S,S,3)`` uint8 training faces of ``cfg.data``.
+        cfg: the run's config (``mix_data``, ``mix_people``, ``mix_share``, ``size``, ``seed``).
+        progress: a bar while the mix source is ingested.
+
+    Returns:
+        ``(faces (N+k*M,S,S,3) uint8, M)``: the training faces and how many distinct mix faces joined.
+
+    Raises:
+        ConfigError: the source holds no face of ``mix_people`` or has another face size.
+    """
+    from facekit.data import load_faces, person_numbers
+
+    faces = load_faces(cfg.mix_data, size=cfg.size, seed=cfg.seed, progress=progress)
+    extra = faces.images
+    if cfg.mix_people is not None:
+        first, last = (int(v) for v in cfg.mix_people)
+        num = person_numbers(faces.identity)
+        extra = extra[(num >= first) & (num <= last)]
+    if len(extra) == 0:
+        raise ConfigError(f"mix_data {cfg.mix_data!r}: no faces of people {cfg.mix_people} "
+                          f"({len(faces.images)} faces, identities e.g. {list(faces.identity[:3])})")
+    if extra.shape[1:] != train_images.shape[1:]:
+        raise ConfigError(f"mix_data {cfg.mix_data!r}: faces are {extra.shape[1:]}, training faces {train_images.shape[1:]}")
+    share = float(cfg.mix_share)
+    repeats = max(1, round(share / (1.0 - share) * len(train_images) / len(extra)))
+    return np.concatenate([train_images, *([extra] * repeats)]), int(len(extra))
 
 
 def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -648,6 +693,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
 
     from facekit.dataset import PairedFaceDataset
 
+    data_source = cfg.data if faces is None else "given faces"
     if faces is None:
         faces = _load_training_faces(cfg, progress and is_main)
     train_images, held_out = split_faces(faces, cfg.val_count)
@@ -655,6 +701,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         held_out = np.asarray(val_faces)[: cfg.val_count]
     if train_images.shape[1] != cfg.size:
         raise ConfigError(f"faces are {train_images.shape[1]} px but the config says size={cfg.size}")
+    mixed = 0
+    if cfg.mix_data:
+        train_images, mixed = mix_faces(train_images, cfg, progress and is_main)
     dataset = PairedFaceDataset(train_images, preset=cfg.preset, scale=cfg.scale,
                                 conditions=cfg.conditions if cfg.conditions else None, angles=cfg.angles,
                                 seed=cfg.seed, gray_prob=cfg.gray_prob)
@@ -750,7 +799,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                    "val_ssim": val["ssim"], "bicubic_psnr": baseline["psnr"], "bicubic_ssim": baseline["ssim"],
                    "seconds": round(elapsed, 2),
                    "steps_per_s": round((cfg.steps - start) / max(elapsed, 1e-9), 3), "world_size": world,
-                   "val_faces": int(len(val_lq)), "train_faces": int(len(dataset)), "init_from": cfg.init_from}
+                   "val_faces": int(len(val_lq)), "train_faces": int(len(dataset)), "data_source": data_source,
+                   "mix_faces": mixed, "init_from": cfg.init_from}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()

@@ -201,6 +201,7 @@ def test_probe_check_orders_clean_bicubic_and_a_destroyed_probe(orl):
     df = I.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic"), "flat": flat},
                        people=10, faces=orl).set_index("method")
     assert list(df.index) == ["clean", "bicubic", "flat"] and (df["people"] == 10).all()
+    assert list(df["draws"]) == [1, 3, 3] and (df["probes"] == 50).all()  # three seeded degradations of each
     assert df.loc["clean", "rank1"] > df.loc["bicubic", "rank1"] > df.loc["flat", "rank1"]
     assert df.loc["clean", "margin"] > df.loc["bicubic", "margin"] > df.loc["flat", "margin"]
     # raw similarity rewards blandness: the featureless probe is close to its face because it is

@@ -118,3 +118,23 @@ def test_a_fine_tuned_run_is_released_with_its_parents_config_and_lineage(tiny_r
     (child / "config.yaml").write_text(cfg)
     with pytest.raises(ConfigError, match="gone.*not a run folder"):
         release.lineage(child)
+
+
+def test_release_refuses_an_orl_gallery_check_on_people_the_model_trained_on(tiny_run, tmp_path):
+    import yaml
+
+    run = tmp_path / "mixed"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "mix_data": "orl", "mix_people": [11, 40]}))
+    with pytest.raises(ConfigError, match="ORL people 11-40 .mix_data.*people 1-20.*probe_people=0"):
+        release.release_run(run, tmp_path / "out", faces=orl_faces(4), progress=False)
+    assert not (tmp_path / "out" / "report.json").exists()  # refused before measuring anything
+    release.check_probes_unseen([run], 10)  # people 1-10 are unseen by this run
+    # a run that read ORL itself as its data source trained on every ORL person
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = json.loads((run / "summary.json").read_text())
+    release.check_probes_unseen([run], 20)  # its faces were handed to train(), not read from cfg["data"]
+    (run / "summary.json").write_text(json.dumps({**summary, "data_source": "orl"}))
+    with pytest.raises(ConfigError, match="ORL people 1-all .data."):
+        release.check_probes_unseen([run], 1)

@@ -16,7 +16,7 @@ import torch
 from facekit import checkpoint
 from facekit.archs import build_model
 from facekit.errors import CheckpointError, ConfigError
-from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, train
+from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, mix_faces, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,6 +276,9 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     path.write_text("steps: 3\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: .*unknown keys \['bogus'\]"):
         TrainConfig.from_yaml(path)
+    path.write_text("# nothing yet\n")  # not silently the built-in smoke config
+    with pytest.raises(ConfigError, match=r"c\.yaml: the config file is empty"):
+        TrainConfig.from_yaml(path)
 
 
 def test_cli_parses_train_arguments():
@@ -369,3 +372,32 @@ def test_released_model_config_is_a_shipped_config():
     cfg = TrainConfig.from_yaml(released)
     shipped = {TrainConfig.from_yaml(p).name: TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")}
     assert shipped[cfg.name] == cfg  # the README's reproduce commands train exactly this
+
+
+def test_mix_data_adds_only_the_chosen_people_at_about_the_asked_share(tmp_path):
+    from facekit.data import load_faces, person_numbers
+
+    orl = load_faces("orl", size=64, align="landmarks", progress=False)
+    num = person_numbers(orl.identity)
+    seen, unseen = ({x.tobytes() for x in orl.images[keep]} for keep in (num >= 21, num <= 20))
+    base = np.zeros((600, 64, 64, 3), np.uint8)
+    out, n = mix_faces(base, tiny_cfg(size=64, mix_data="orl", mix_people=[21, 40], mix_share=0.25))
+    assert n == 200  # ten photos of each of people 21-40
+    assert np.array_equal(out[:600], base) and (len(out) - 600) % 200 == 0
+    assert abs((len(out) - 600) / len(out) - 0.25) < 0.05
+    extra = [x.tobytes() for x in out[600:]]
+    assert set(extra) == seen and not set(extra) & unseen  # people 1-20 stay unseen for probe_check
+    with pytest.raises(ConfigError, match=r"no faces of people \[41, 50\]"):
+        mix_faces(base, tiny_cfg(size=64, mix_data="orl", mix_people=[41, 50]))
+    with pytest.raises(ConfigError, match="mix_people"):
+        tiny_cfg(mix_people=[5, 1])
+    with pytest.raises(ConfigError, match="mix_share"):
+        tiny_cfg(mix_share=1.0)
+
+    # the trainer mixes them in itself and records it; the val faces stay the caller's
+    faces = orl_faces(36, size=64)
+    run = train(tiny_cfg(size=64, steps=2, mix_data="orl", mix_people=[21, 40], mix_share=0.5), faces=faces[:32],
+                val_faces=faces[32:], runs_dir=tmp_path, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mix_faces"] == 200 and summary["train_faces"] == 28 + 200  # 4 of the 32 held out as val_count
+    assert summary["data_source"] == "given faces" and summary["val_faces"] == 4
