@@ -187,8 +187,11 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
 def _method_label(run_dir: Path, cfg: dict) -> str:
     w = float(cfg.get("identity_weight") or 0.0)
     mode = cfg.get("identity_mode", "cosine")
-    kind = f"id loss {w:g}" + ("" if mode == "cosine" else f" {mode}")
-    return f"{run_dir.name} ({kind})" if w > 0 else f"{run_dir.name} (no id loss)"
+    kind = f"id loss {w:g}" + ("" if mode == "cosine" else f" {mode}") if w > 0 else "no id loss"
+    if cfg.get("mix_data"):
+        people = cfg.get("mix_people")
+        kind += f", + {cfg['mix_data']}" + (f" people {people[0]}-{people[1]}" if people else "")
+    return f"{run_dir.name} ({kind})"
 
 
 def quality_table(df: pd.DataFrame, model: str, baseline: str = "bicubic", n_boot: int = 1000) -> pd.DataFrame:

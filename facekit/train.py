@@ -317,8 +317,10 @@ def split_faces(faces, val_count: int):
 
 
 def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False) -> tuple[np.ndarray, int]:
-    """Append ``cfg.mix_data``'s faces to the training faces, repeated to make about ``cfg.mix_share``
-    of the samples (repetition keeps every sample a plain index, so epochs and resumes stay exact).
+    """Append ``cfg.mix_data``'s training faces to the training faces, repeated to make about
+    ``cfg.mix_share`` of the samples (repetition keeps every sample a plain index, so epochs and
+    resumes stay exact). Only the source's ``train`` split joins: its val and test people are what
+    evaluations of that source (notebook 05 on ORL) measure on.
 
     Args:
         train_images: ``(N,S,S,3)`` uint8 training faces of ``cfg.data``.
@@ -333,15 +335,16 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
     """
     from facekit.data import load_faces, person_numbers
 
-    faces = load_faces(cfg.mix_data, size=cfg.size, seed=cfg.seed, progress=progress)
+    # the source's own split seed, not the run's: its test people must be the ones evaluations use
+    faces = load_faces(cfg.mix_data, size=cfg.size, progress=progress).subset("train")
     extra = faces.images
     if cfg.mix_people is not None:
         first, last = (int(v) for v in cfg.mix_people)
         num = person_numbers(faces.identity)
         extra = extra[(num >= first) & (num <= last)]
     if len(extra) == 0:
-        raise ConfigError(f"mix_data {cfg.mix_data!r}: no faces of people {cfg.mix_people} "
-                          f"({len(faces.images)} faces, identities e.g. {list(faces.identity[:3])})")
+        raise ConfigError(f"mix_data {cfg.mix_data!r}: no training-split faces of people {cfg.mix_people} "
+                          f"({len(faces.images)} training faces, identities e.g. {list(faces.identity[:3])})")
     if extra.shape[1:] != train_images.shape[1:]:
         raise ConfigError(f"mix_data {cfg.mix_data!r}: faces are {extra.shape[1:]}, training faces {train_images.shape[1:]}")
     share = float(cfg.mix_share)

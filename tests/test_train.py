@@ -379,15 +379,20 @@ def test_mix_data_adds_only_the_chosen_people_at_about_the_asked_share(tmp_path)
 
     orl = load_faces("orl", size=64, align="landmarks", progress=False)
     num = person_numbers(orl.identity)
-    seen, unseen = ({x.tobytes() for x in orl.images[keep]} for keep in (num >= 21, num <= 20))
+    train_split = orl.split == "train"
+    seen = {x.tobytes() for x in orl.images[(num >= 21) & train_split]}
+    unseen = {x.tobytes() for x in orl.images[(num <= 20) | ~train_split]}
+    held_out = sorted(set(num[~train_split].tolist()))
+    assert len(held_out) == 8 and any(p >= 21 for p in held_out)  # ORL's val/test people include some of 21-40
     base = np.zeros((600, 64, 64, 3), np.uint8)
     out, n = mix_faces(base, tiny_cfg(size=64, mix_data="orl", mix_people=[21, 40], mix_share=0.25))
-    assert n == 200  # ten photos of each of people 21-40
-    assert np.array_equal(out[:600], base) and (len(out) - 600) % 200 == 0
+    assert n == len(seen) == 10 * sum(p not in held_out for p in range(21, 41))  # ten photos a person
+    assert np.array_equal(out[:600], base) and (len(out) - 600) % n == 0
     assert abs((len(out) - 600) / len(out) - 0.25) < 0.05
     extra = [x.tobytes() for x in out[600:]]
-    assert set(extra) == seen and not set(extra) & unseen  # people 1-20 stay unseen for probe_check
-    with pytest.raises(ConfigError, match=r"no faces of people \[41, 50\]"):
+    # people 1-20 stay unseen for probe_check, ORL's val/test people for notebook 05
+    assert set(extra) == seen and not set(extra) & unseen
+    with pytest.raises(ConfigError, match=r"no training-split faces of people \[41, 50\]"):
         mix_faces(base, tiny_cfg(size=64, mix_data="orl", mix_people=[41, 50]))
     with pytest.raises(ConfigError, match="mix_people"):
         tiny_cfg(mix_people=[5, 1])
@@ -399,5 +404,5 @@ def test_mix_data_adds_only_the_chosen_people_at_about_the_asked_share(tmp_path)
     run = train(tiny_cfg(size=64, steps=2, mix_data="orl", mix_people=[21, 40], mix_share=0.5), faces=faces[:32],
                 val_faces=faces[32:], runs_dir=tmp_path, progress=False)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["mix_faces"] == 200 and summary["train_faces"] == 28 + 200  # 4 of the 32 held out as val_count
+    assert summary["mix_faces"] == n and summary["train_faces"] == 28 + n  # 4 of the 32 held out as val_count
     assert summary["data_source"] == "given faces" and summary["val_faces"] == 4
