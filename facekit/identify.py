@@ -388,7 +388,8 @@ def default_restore_method() -> str:
 
 
 def probe_check(methods: dict, people: int = 20, condition: str = "medium", preset: str = "cctv-heavy",
-                scale: int = 4, size: int = 64, seeds=(0, 1, 2), faces=None, progress: bool = False):
+                scale: int = 4, size: int = 64, seeds=(0, 1, 2), faces=None, progress: bool = False,
+                net: str = "sface"):
     """Recognition of CCTV-degraded, restored probes against a clean gallery (ORL by default).
 
     Images 1-5 of people 1..``people`` are enrolled clean; images 6-10 are degraded with ``preset``
@@ -407,6 +408,8 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
         faces: a FaceSet with ``images``, ``identity`` and ``paths`` instead of ORL (image numbers
             are read from the file names).
         progress: a bar over the methods.
+        net: recognition back-end (``recognition.BACKENDS``); ``"dlib"`` checks a model trained
+            with the SFace identity loss against a network it never saw.
 
     Returns:
         DataFrame, one row per method plus ``clean`` (the undegraded probes): ``method``,
@@ -432,7 +435,7 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
     if not g.any() or not p.any():
         raise ConfigError(f"probe_check needs images 1-5 (gallery) and 6-10 (probes) of people 1-{people}; "
                           f"found {int(g.sum())} and {int(p.sum())}")
-    gallery = Gallery().enroll(faces.images[g], identities=faces.identity[g])
+    gallery = Gallery(net=net).enroll(faces.images[g], identities=faces.identity[g])
     seeds = [int(s) for s in np.atleast_1d(seeds)]
     if not seeds:
         raise ConfigError("probe_check needs at least one seed")
@@ -442,7 +445,7 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
         make = PairMaker(preset, scale=scale, angles=False, seed=seed)
         lq.extend(make(c, i, condition)[0] for i, c in enumerate(probes))
     lq = torch.from_numpy(np.stack(lq)).permute(0, 3, 1, 2).contiguous()
-    e_clean = recognition.l2_normalize(recognition.embed(probes))
+    e_clean = recognition.l2_normalize(recognition.embed(probes, backend=net))
     n = len(probes)
 
     def score(name, e):
@@ -462,7 +465,7 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
         with torch.inference_mode():
             out = fn(lq, (size, size)).clamp(0, 1)
         crops = (out * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        rows.append(score(name, recognition.l2_normalize(recognition.embed(crops))))
+        rows.append(score(name, recognition.l2_normalize(recognition.embed(crops, backend=net))))
     return pd.DataFrame(rows)
 
 

@@ -401,8 +401,10 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     if probe_people:
         from facekit.identify import probe_check
 
-        probes = probe_check(methods, people=probe_people, preset=cfg["preset"], scale=int(cfg["scale"]),
-                             size=int(cfg["size"]), progress=progress)
+        # SFace trains the identity loss, so the independent net scores the same probes beside it
+        probes = pd.concat([probe_check(methods, people=probe_people, preset=cfg["preset"], scale=int(cfg["scale"]),
+                                        size=int(cfg["size"]), progress=progress, net=n).assign(net=n)
+                            for n in nets], ignore_index=True)
     runs = [run_dir, *compare]
     plot_curves(runs, out_dir / "curves.png")
     summary = info["summary"]
@@ -478,6 +480,20 @@ def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list
             "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."]
 
 
+def _mix_lines(out_dir: Path, report: dict, cfg: dict, summary: dict) -> str:
+    """The card's sentence on faces mixed in from a second source (``mix_data``), per run, or ''."""
+    runs = [(p["run"], yaml.safe_load((out_dir / p["config"]).read_text()) or {}, p["summary"])
+            for p in report.get("lineage", [])] + [(report["released_run"], cfg, summary)]
+    parts = []
+    for name, c, s in runs:
+        if c.get("mix_data"):
+            people = c.get("mix_people")
+            who = f"people {people[0]}-{people[1]}" if people else "every person"
+            parts.append(f"`{name}` also trained on {s.get('mix_faces', '?')} train-split faces of `{c['mix_data']}` "
+                         f"({who}; about {float(c.get('mix_share', 0)):.0%} of its samples)")
+    return (" " + "; ".join(parts) + ".") if parts else ""
+
+
 def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
                 per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str],
                 headroom: pd.DataFrame | None = None, probes: pd.DataFrame | None = None) -> Path:
@@ -494,7 +510,8 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"Trained on `{cfg['data']}`: CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015), "
         "**non-commercial research use only**; these weights inherit that licence. Images 1-9,000 train, "
         "9,001-9,900 validation, 9,901-10,000 never seen in training (the test slice below). Pairs are synthesised "
-        f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose.",
+        f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose."
+        + _mix_lines(out_dir, report, cfg, summary),
         "",
         "## Training",
         *_training_lines(report, cfg, summary, _card_folder(out_dir)),
@@ -539,13 +556,14 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
             f"## Recognition on an unseen domain: ORL gallery, {int(p['people'])} people",
             f"Images 1-5 of each person enrolled clean; their {int(p['probes'])} other images degraded with "
             f"`{cfg['preset']}` x{cfg['scale']} in medium light ({draws} seeded draws of each, "
-            f"{draws * int(p['probes'])} probes), restored, and matched (SFace). ORL is grey and "
+            f"{draws * int(p['probes'])} probes), restored, and matched ({', '.join(probes['net'].unique())}; "
+            "SFace is the network the identity loss trains against, dlib an independent one). ORL is grey and "
             "twenty years older than CelebA; a model trained on ORL faces may use only people above these "
             "(`mix_people`; the release refuses otherwise). `margin` is the similarity to the probe's own clean face minus that to "
             "other people's: a restoration that paints a generic face raises `similarity` but not `margin` or "
             "`rank1`. `clean` is the undegraded probes.",
             "",
-            _fmt_table(probes[["method", "similarity", "margin", "rank1"]]),
+            _fmt_table(probes[["net", "method", "similarity", "margin", "rank1"]]),
             "",
         ]
     path = out_dir / "TRAINING.md"

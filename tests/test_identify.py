@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from facekit import identify as I
+from facekit import recognition
 from facekit.errors import ConfigError, DataSourceError
 
 
@@ -169,15 +170,13 @@ def test_cli_rejects_bad_threshold(tmp_path):
         I._threshold("high", g)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 9): the released model (celeba-finetune, no identity "
-                   "loss) moves CCTV-degraded ORL probes further from their clean faces than bicubic does "
-                   "(similarity 0.125 vs 0.159, margin 0.097 vs 0.120, rank-1 0.19 vs 0.33, 2026-12-01). Fine-tunes "
-                   "with monochrome samples (celeba-gray: 0.135/0.105/0.27) and a contrastive identity loss "
-                   "(celeba-gray-identity: 0.157/0.110/0.28) close part of the gap, not all. Strict, so a model "
-                   "that fixes it makes this fail loudly")
 def test_restored_probes_score_above_degraded(orl):
     """CCTV-degraded probes (the released model's training degradation, neutral light): restoring
-    them brings them closer to the clean faces than their bicubic upsampling does."""
+    them brings them closer to the clean faces than their bicubic upsampling does.
+
+    Models trained on CelebA alone failed this (celeba-finetune: rank-1 0.23 vs bicubic's 0.32 over
+    300 probes); the released celeba-orl-identity, with ORL people 21-40 (train split) mixed in and
+    the contrastive identity loss, passes it on people 1-20, whom it never saw."""
     from facekit.baselines import build_method
     from facekit.evaluate import released_methods
 
@@ -190,6 +189,18 @@ def test_restored_probes_score_above_degraded(orl):
     assert df.loc[method, "similarity"] > df.loc["bicubic", "similarity"]
     assert df.loc[method, "margin"] > df.loc["bicubic", "margin"]  # closer to the person, not to faces in general
     assert df.loc[method, "rank1"] >= df.loc["bicubic", "rank1"]
+
+
+def test_probe_check_scores_with_the_independent_network(orl):
+    import torch.nn.functional as F
+
+    if not recognition.dlib_available():
+        pytest.skip("dlib not installed (PyPI dlib-bin + face-recognition-models)")
+    df = I.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic")}, people=4,
+                       faces=orl, seeds=(0,), net="dlib").set_index("method")
+    assert df.loc["clean", "rank1"] == 1.0 and df.loc["clean", "similarity"] == pytest.approx(1.0, abs=1e-5)
+    # dlib's raw descriptors are normalised first, so similarities are cosines below the clean 1.0
+    assert 0.0 < df.loc["bicubic", "similarity"] < 1.0 and df.loc["bicubic", "draws"] == 1
 
 
 def test_probe_check_orders_clean_bicubic_and_a_destroyed_probe(orl):

@@ -64,6 +64,7 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     # the ORL gallery check: clean probes, bicubic, the released model and the compared run
     probes = {r["method"]: r for r in report["orl_probes"]}
     assert list(probes) == ["clean", "bicubic", name]  # the compared run is the same run here
+    assert {r["net"] for r in report["orl_probes"]} == {"sface"}  # one block per identity net
     assert probes["clean"]["rank1"] > probes["bicubic"]["rank1"] and probes["clean"]["people"] == 4
     assert "unseen domain: ORL gallery, 4 people" in card and f"{probes[name]['margin']:.3f}" in card
 
@@ -138,3 +139,13 @@ def test_release_refuses_an_orl_gallery_check_on_people_the_model_trained_on(tin
     (run / "summary.json").write_text(json.dumps({**summary, "data_source": "orl"}))
     with pytest.raises(ConfigError, match="ORL people 1-all .data."):
         release.check_probes_unseen([run], 1)
+
+
+def test_card_names_faces_a_run_of_the_lineage_mixed_in_from_a_second_source(tmp_path):
+    import yaml
+
+    (tmp_path / "init-a.yaml").write_text(yaml.safe_dump({"mix_data": "orl", "mix_people": [21, 40], "mix_share": 0.25}))
+    report = {"lineage": [{"run": "a", "config": "init-a.yaml", "summary": {"mix_faces": 160}}], "released_run": "b"}
+    line = release._mix_lines(tmp_path, report, {"mix_data": None}, {})
+    assert line == " `a` also trained on 160 train-split faces of `orl` (people 21-40; about 25% of its samples)."
+    assert release._mix_lines(tmp_path, {"released_run": "b"}, {}, {}) == ""
