@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from facekit import recognition
-from facekit.data import load_faces, person_numbers
+from facekit.data import person_numbers
 from facekit.errors import ConfigError, DataSourceError, FacekitError, ImageReadError
 from facekit.faces import align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, read_image
@@ -243,6 +243,8 @@ class Gallery:
             raise ConfigError(f"unknown calibration mode {mode!r}; valid: pair, open-set")
         name = "given faces"
         if faces is None:
+            from facekit.data import load_faces  # looked up per call (tests substitute a small ORL)
+
             faces = load_faces("orl", size=64, align="landmarks", progress=False)
             name = "ORL"
         ids = np.asarray(faces.identity, dtype=object)
@@ -427,6 +429,8 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
     from facekit.evaluate import PairMaker
 
     if faces is None:
+        from facekit.data import load_faces
+
         faces = load_faces("orl", size=size, align="landmarks", progress=False)
     num = np.array([int(re.sub(r"\D", "", Path(p).stem) or 0) for p in faces.paths])
     person = person_numbers(faces.identity)
