@@ -96,12 +96,12 @@ def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
             for key, source in sources.items():
                 if not source or str(source).partition(":")[0].strip().lower() != "orl":
                     continue
-                people_key = "mix_people" if key == "mix_data" else None
-                first, last = (cfg.get(people_key) if people_key else None) or (1, 10**9)
-                if int(first) <= int(people):
-                    raise ConfigError(f"{a}: trained on ORL people {first}-{last if last < 10**9 else 'all'} ({key}), "
-                                      f"so the ORL gallery check on people 1-{people} would test on training faces; "
-                                      f"train on ORL people above {people} or release with probe_people=0")
+                chosen = cfg.get("mix_people") if key == "mix_data" else None  # None: every person
+                first, last = (int(chosen[0]), chosen[1]) if chosen else (1, "all")
+                if first <= int(people):
+                    raise ConfigError(f"{a}: trained on ORL people {first}-{last} ({key}), so the ORL gallery check "
+                                      f"on people 1-{people} would test on training faces; train on ORL people "
+                                      f"above {people} or release with probe_people=0")
 
 
 def _steps(run: Path) -> int:
@@ -559,9 +559,9 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
             f"{draws * int(p['probes'])} probes), restored, and matched ({', '.join(probes['net'].unique())}; "
             "SFace is the network the identity loss trains against, dlib an independent one). ORL is grey and "
             "twenty years older than CelebA; a model trained on ORL faces may use only people above these "
-            "(`mix_people`; the release refuses otherwise). `margin` is the similarity to the probe's own clean face minus that to "
-            "other people's: a restoration that paints a generic face raises `similarity` but not `margin` or "
-            "`rank1`. `clean` is the undegraded probes.",
+            "(`mix_people`; the release refuses otherwise). `margin` is the similarity to the probe's own clean "
+            "face minus that to other people's: a restoration that paints a generic face raises `similarity` but "
+            "not `margin` or `rank1`. `clean` is the undegraded probes.",
             "",
             _fmt_table(probes[["net", "method", "similarity", "margin", "rank1"]]),
             "",
