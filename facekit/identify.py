@@ -391,7 +391,7 @@ def default_restore_method() -> str:
 
 def probe_check(methods: dict, people: int = 20, condition: str = "medium", preset: str = "cctv-heavy",
                 scale: int = 4, size: int = 64, seeds=(0, 1, 2), faces=None, progress: bool = False,
-                net: str = "sface"):
+                nets=("sface",)):
     """Recognition of CCTV-degraded, restored probes against a clean gallery (ORL by default).
 
     Images 1-5 of people 1..``people`` are enrolled clean; images 6-10 are degraded with ``preset``
@@ -410,11 +410,11 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
         faces: a FaceSet with ``images``, ``identity`` and ``paths`` instead of ORL (image numbers
             are read from the file names).
         progress: a bar over the methods.
-        net: recognition back-end (``recognition.BACKENDS``); ``"dlib"`` checks a model trained
-            with the SFace identity loss against a network it never saw.
+        nets: recognition back-ends (``recognition.BACKENDS``) scoring the same restored probes;
+            ``"dlib"`` checks a model trained with the SFace identity loss against a network it never saw.
 
     Returns:
-        DataFrame, one row per method plus ``clean`` (the undegraded probes): ``method``,
+        DataFrame, one row per net and method plus ``clean`` (the undegraded probes): ``net``, ``method``,
         ``similarity`` (mean SFace cosine of each probe to its own clean image), ``margin`` (that
         minus its mean cosine to the other people's clean probes), ``rank1`` (share of probes whose
         best gallery match is their person), ``probes`` (distinct images), ``draws`` (degraded copies
@@ -439,7 +439,6 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
     if not g.any() or not p.any():
         raise ConfigError(f"probe_check needs images 1-5 (gallery) and 6-10 (probes) of people 1-{people}; "
                           f"found {int(g.sum())} and {int(p.sum())}")
-    gallery = Gallery(net=net).enroll(faces.images[g], identities=faces.identity[g])
     seeds = [int(s) for s in np.atleast_1d(seeds)]
     if not seeds:
         raise ConfigError("probe_check needs at least one seed")
@@ -449,27 +448,33 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
         make = PairMaker(preset, scale=scale, angles=False, seed=seed)
         lq.extend(make(c, i, condition)[0] for i, c in enumerate(probes))
     lq = torch.from_numpy(np.stack(lq)).permute(0, 3, 1, 2).contiguous()
-    e_clean = recognition.l2_normalize(recognition.embed(probes, backend=net))
-    n = len(probes)
-
-    def score(name, e):
-        """Row for embeddings ``e`` of ``draws`` copies of the probes, copy-major."""
-        draws = len(e) // n
-        own_person = np.tile(who, draws)
-        sims = e @ e_clean.T
-        other = own_person[:, None] != who[None, :]
-        own = float(sims[np.arange(len(e)), np.arange(len(e)) % n].mean())
-        margin = own - float((sims * other).sum() / other.sum())
-        rank1 = float(np.mean([m[0].identity == w for m, w in zip(gallery.match_embeddings(e, top_k=1), own_person)]))
-        return {"method": name, "similarity": own, "margin": margin, "rank1": rank1, "probes": n, "draws": draws,
-                "people": len(gallery.people)}
-
-    rows = [score("clean", e_clean)]
+    restored = {}  # each method restores once, whatever the number of nets
     for name, fn in tqdm(methods.items(), desc="probe check", disable=not progress):
         with torch.inference_mode():
             out = fn(lq, (size, size)).clamp(0, 1)
-        crops = (out * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        rows.append(score(name, recognition.l2_normalize(recognition.embed(crops, backend=net))))
+        restored[name] = (out * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    n = len(probes)
+    rows = []
+    for net in nets:
+        gallery = Gallery(net=net).enroll(faces.images[g], identities=faces.identity[g])
+        e_clean = recognition.l2_normalize(recognition.embed(probes, backend=net))
+
+        def score(name, e):
+            """Row for embeddings ``e`` of ``draws`` copies of the probes, copy-major."""
+            draws = len(e) // n
+            own_person = np.tile(who, draws)
+            sims = e @ e_clean.T
+            other = own_person[:, None] != who[None, :]
+            own = float(sims[np.arange(len(e)), np.arange(len(e)) % n].mean())
+            margin = own - float((sims * other).sum() / other.sum())
+            top = gallery.match_embeddings(e, top_k=1)
+            rank1 = float(np.mean([m[0].identity == w for m, w in zip(top, own_person)]))
+            return {"net": net, "method": name, "similarity": own, "margin": margin, "rank1": rank1, "probes": n,
+                    "draws": draws, "people": len(gallery.people)}
+
+        rows.append(score("clean", e_clean))
+        rows.extend(score(name, recognition.l2_normalize(recognition.embed(crops, backend=net)))
+                    for name, crops in restored.items())
     return pd.DataFrame(rows)
 
 

@@ -402,9 +402,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         from facekit.identify import probe_check
 
         # SFace trains the identity loss, so the independent net scores the same probes beside it
-        probes = pd.concat([probe_check(methods, people=probe_people, preset=cfg["preset"], scale=int(cfg["scale"]),
-                                        size=int(cfg["size"]), progress=progress, net=n).assign(net=n)
-                            for n in nets], ignore_index=True)
+        probes = probe_check(methods, people=probe_people, preset=cfg["preset"], scale=int(cfg["scale"]),
+                             size=int(cfg["size"]), progress=progress, nets=nets)
     runs = [run_dir, *compare]
     plot_curves(runs, out_dir / "curves.png")
     summary = info["summary"]

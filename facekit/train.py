@@ -166,7 +166,8 @@ class TrainConfig:
             bad("gray_prob", "must be in [0, 1]")
         if not 0.0 < float(self.mix_share) < 1.0:
             bad("mix_share", "must be in (0, 1)")
-        if self.mix_people is not None and (len(self.mix_people) != 2 or int(self.mix_people[0]) > int(self.mix_people[1])):
+        people = self.mix_people
+        if people is not None and (len(people) != 2 or int(people[0]) > int(people[1])):
             bad("mix_people", "must be [first, last] with first <= last, or null (every person)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,7 +325,7 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
 
     Args:
         train_images: ``(N,S,S,3)`` uint8 training faces of ``cfg.data``.
-        cfg: the run's config (``mix_data``, ``mix_people``, ``mix_share``, ``size``, ``seed``).
+        cfg: the run's config (``mix_data``, ``mix_people``, ``mix_share``, ``size``).
         progress: a bar while the mix source is ingested.
 
     Returns:
@@ -346,7 +347,8 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
         raise ConfigError(f"mix_data {cfg.mix_data!r}: no training-split faces of people {cfg.mix_people} "
                           f"({len(faces.images)} training faces, identities e.g. {list(faces.identity[:3])})")
     if extra.shape[1:] != train_images.shape[1:]:
-        raise ConfigError(f"mix_data {cfg.mix_data!r}: faces are {extra.shape[1:]}, training faces {train_images.shape[1:]}")
+        raise ConfigError(f"mix_data {cfg.mix_data!r}: faces are {extra.shape[1:]}, "
+                          f"training faces {train_images.shape[1:]}")
     share = float(cfg.mix_share)
     repeats = max(1, round(share / (1.0 - share) * len(train_images) / len(extra)))
     return np.concatenate([train_images, *([extra] * repeats)]), int(len(extra))

@@ -197,7 +197,7 @@ def test_probe_check_scores_with_the_independent_network(orl):
     if not recognition.dlib_available():
         pytest.skip("dlib not installed (PyPI dlib-bin + face-recognition-models)")
     df = I.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic")}, people=4,
-                       faces=orl, seeds=(0,), net="dlib").set_index("method")
+                       faces=orl, seeds=(0,), nets=("dlib",)).set_index("method")
     assert df.loc["clean", "rank1"] == 1.0 and df.loc["clean", "similarity"] == pytest.approx(1.0, abs=1e-5)
     # dlib's raw descriptors are normalised first, so similarities are cosines below the clean 1.0
     assert 0.0 < df.loc["bicubic", "similarity"] < 1.0 and df.loc["bicubic", "draws"] == 1
