@@ -759,8 +759,9 @@ def released_methods() -> list[str]:
     """Method names for the models released under ``models/``; [] when there are none.
 
     The released chain ``models/default`` (its ``chain.yaml``) gives ``chain:default`` and, when it
-    has several stages, each stage alone (``chain:default@deblur`` ...); every ``models/*.pt``
-    generator checkpoint gives ``model:models/NAME.pt``.
+    has several stages, each stage alone (``chain:default@deblur`` ...); every other chain folder
+    (``models/realtime/chain.yaml``) gives ``chain:models/NAME``; every ``models/*.pt`` generator
+    checkpoint gives ``model:models/NAME.pt``.
     """
     from facekit import restore, settings
 
@@ -775,6 +776,12 @@ def released_methods() -> list[str]:
         if len(stages) > 1:
             names += [f"chain:default@{s}" for s in stages]
     if settings.MODELS_DIR.is_dir():
+        for p in sorted(settings.MODELS_DIR.glob("*/chain.yaml")):
+            if p.parent.name != "default":
+                try:  # the short name in tables when the folder is the project's own
+                    names.append(f"chain:{p.parent.resolve().relative_to(settings.PROJECT_ROOT.resolve()).as_posix()}")
+                except ValueError:
+                    names.append(f"chain:{p.parent}")
         names += [f"model:models/{p.name}" for p in sorted(settings.MODELS_DIR.glob("*.pt")) if p.is_file()]
     return names
 

@@ -88,9 +88,7 @@ def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
         ConfigError: naming the run and the people it mixed in from ORL.
     """
     for run in run_dirs:
-        for a in lineage(run):
-            cfg = yaml.safe_load((a / "config.yaml").read_text()) or {}
-            summary = _run_files(a)[1]
+        for where, cfg, summary in training_configs(run):
             # a run handed its faces by the caller (train(faces=...)) did not read cfg["data"]
             sources = {"data": summary.get("data_source", cfg.get("data")), "mix_data": cfg.get("mix_data")}
             for key, source in sources.items():
@@ -99,9 +97,46 @@ def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
                 chosen = cfg.get("mix_people") if key == "mix_data" else None  # None: every person
                 first, last = (int(chosen[0]), chosen[1]) if chosen else (1, "all")
                 if first <= int(people):
-                    raise ConfigError(f"{a}: trained on ORL people {first}-{last} ({key}), so the ORL gallery check "
-                                      f"on people 1-{people} would test on training faces; train on ORL people "
-                                      f"above {people} or release with probe_people=0")
+                    raise ConfigError(f"{where}: trained on ORL people {first}-{last} ({key}), so the ORL gallery "
+                                      f"check on people 1-{people} would test on training faces; train on ORL "
+                                      f"people above {people} or release with probe_people=0")
+
+
+def _teacher_configs(teacher: str, student: Path, seen: list[Path]) -> list[tuple[str, dict, dict]]:
+    """What a ``distill_from`` teacher trained on: a run folder (or its checkpoint) and its
+    lineage, or a released chain folder's stage file with the ``config.yaml``/``init-*.yaml`` beside it.
+    """
+    path = Path(teacher)
+    if path.suffix == ".pt" and (path.parent / "config.yaml").is_file():  # a released folder
+        folder = path.parent
+        found = [(str(folder / "config.yaml"), yaml.safe_load((folder / "config.yaml").read_text()) or {}, {})]
+        found += [(str(f), yaml.safe_load(f.read_text()) or {}, {}) for f in sorted(folder.glob("init-*.yaml"))]
+        return found
+    run = path.parent.parent if path.suffix == ".pt" else path  # a run's checkpoints/<file>.pt
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{student}: distill_from {teacher!r} is neither a run folder nor a released model folder "
+                          "with its config.yaml, so what the teacher trained on cannot be checked")
+    return training_configs(run, seen)
+
+
+def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> list[tuple[str, dict, dict]]:
+    """Every training config behind a run: its ``init_from`` lineage and any ``distill_from``
+    teacher's (recursively), as ``(where, config, summary)`` for data checks.
+
+    Raises:
+        ConfigError: a parent or teacher that cannot be found, or an init_from loop.
+    """
+    seen = [] if seen is None else seen
+    found = []
+    for a in lineage(run_dir):
+        if a.resolve() in seen:  # shared by init_from and distill_from, or a distill_from loop: listed once
+            continue
+        seen.append(a.resolve())
+        cfg = yaml.safe_load((a / "config.yaml").read_text()) or {}
+        found.append((str(a), cfg, _run_files(a)[1]))
+        if cfg.get("distill_from"):
+            found += _teacher_configs(cfg["distill_from"], a, seen)
+    return found
 
 
 def _steps(run: Path) -> int:
@@ -413,6 +448,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
         "training": {r.name: _run_files(r)[1] for r in runs},
         "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
+        "teacher_sha256": _sha256(cfg.get("distill_from")),
         "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
                  "preset": cfg["preset"], "scale": int(cfg["scale"]), "angles": False,
                  "identity_nets": nets, "missing": df.attrs.get("missing", {})},
@@ -427,6 +463,15 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom, probes)
     return report
+
+
+def _sha256(path: str | None) -> str | None:
+    """Hex digest of a file (a distillation teacher), or None when there is none to read."""
+    if not path or not Path(path).is_file():
+        return None
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _card_folder(out_dir: Path) -> str:
@@ -456,6 +501,11 @@ def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list
               f"{cfg['gan_type']} GAN (weight {cfg['gan_weight']}, from step {cfg['gan_start']}), {cfg['gp_mode']} "
               f"gradient penalty (weight {cfg['gp_weight']}, every {cfg['lazy_k']} steps), {cfg['schedule']} LR "
               f"(peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
+    if cfg.get("distill_from"):
+        recipe += (f" Distilled from the frozen teacher `{cfg['distill_from']}` (l_g_distill: {cfg['pixel_loss']} to the "
+                   f"teacher's restoration of each lq, weight {cfg.get('distill_weight', 1.0)}, beside l_g_pix to the gt); "
+                   "retraining reads that file, so it needs the same teacher"
+                   + (f" (sha256 {report['teacher_sha256'][:16]}...)." if report.get("teacher_sha256") else "."))
     parents = report.get("lineage", [])
     if not parents:
         return [recipe + f" Retrain with `python -m facekit train --config {folder}/config.yaml` "

@@ -115,6 +115,11 @@ class TrainConfig:
     # Fine-tuning: a training checkpoint (or run folder) whose net_g, net_g_ema and net_d start this
     # run; optimizers, schedule and step count start fresh. None = random initialisation.
     init_from: str | None = None
+    # Distillation: a frozen teacher generator (a run folder, training checkpoint or released stage
+    # file such as models/default/reconstruct.pt) whose output on each lq is a second target,
+    # l_g_distill = pixel_loss(out, teacher(lq)). Lets a small real-time net learn a big one's mapping.
+    distill_from: str | None = None
+    distill_weight: float = 1.0
 
     def __post_init__(self):
         self.validate()
@@ -166,6 +171,8 @@ class TrainConfig:
             bad("gray_prob", "must be in [0, 1]")
         if not 0.0 < float(self.mix_share) < 1.0:
             bad("mix_share", "must be in (0, 1)")
+        if float(self.distill_weight) < 0:
+            bad("distill_weight", "must be >= 0")
         people = self.mix_people
         if people is not None and (len(people) != 2 or int(people[0]) > int(people[1])):
             bad("mix_people", "must be [first, last] with first <= last, or null (every person)")
@@ -432,6 +439,36 @@ def identity_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable[[torch.
     return fn
 
 
+def load_teacher(path: str | Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen generator named by ``distill_from``.
+
+    Args:
+        path: a run folder (its ``checkpoints/last.pt``, EMA weights), a training checkpoint or a
+            released stage file.
+        cfg: the student's config (the teacher must restore at its ``scale``).
+        device: where to run the teacher.
+
+    Returns:
+        The teacher in eval mode without gradients, mapping ``(N,3,h,w)`` in [0,1] to ``(N,3,h*scale,w*scale)``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, or a teacher of another scale.
+    """
+    from facekit.chain import Stage
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    stage = Stage.from_checkpoint("reconstruct", path, device=device)
+    if int(stage.scale) != int(cfg.scale):
+        raise CheckpointError(f"{path}: distill_from teacher restores at x{stage.scale}, but this run trains "
+                              f"x{cfg.scale}; give a x{cfg.scale} teacher")
+    teacher = stage.model.eval().requires_grad_(False)
+    if cfg.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
 def _load_training_faces(cfg: TrainConfig, progress: bool):
     from facekit.data import load_faces
 
@@ -465,6 +502,12 @@ class Trainer:
         # GP interpolation weights: their own generator, offset per rank, saved in checkpoints.
         self.gp_gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + 17 + rank)
         self.extra_losses: losses.ExtraLosses = {}
+        self.teacher, self._teacher_out = None, None
+        if cfg.distill_from:
+            self.teacher = load_teacher(cfg.distill_from, cfg, device)
+            self._teacher_takes_size = "out_size" in inspect.signature(self.teacher.forward).parameters
+            self.extra_losses["distill"] = (float(cfg.distill_weight),
+                                            lambda out, gt: losses.pixel_loss(out, self._teacher_out, cfg.pixel_loss))
         self.step_count = 0
 
     def step(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
@@ -485,6 +528,10 @@ class Trainer:
         if out.shape != gt.shape:
             raise ConfigError(f"generator {cfg.arch_g!r} returned {tuple(out.shape)} for lq {tuple(lq.shape)}, "
                               f"expected the gt shape {tuple(gt.shape)} (check scale)")
+        if self.teacher is not None:  # the target of l_g_distill (no gradients into the teacher)
+            with torch.no_grad():
+                t_out = self.teacher(lq, out_size=tuple(gt.shape[-2:])) if self._teacher_takes_size else self.teacher(lq)
+            self._teacher_out = t_out.clamp(0, 1)
         use_gan = cfg.gan_weight > 0 and step >= cfg.gan_start
         logs: dict[str, torch.Tensor] = {}
         fake_pred = None
@@ -805,7 +852,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                    "seconds": round(elapsed, 2),
                    "steps_per_s": round((cfg.steps - start) / max(elapsed, 1e-9), 3), "world_size": world,
                    "val_faces": int(len(val_lq)), "train_faces": int(len(dataset)), "data_source": data_source,
-                   "mix_faces": mixed, "init_from": cfg.init_from}
+                   "mix_faces": mixed, "init_from": cfg.init_from, "distill_from": cfg.distill_from}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()

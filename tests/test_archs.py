@@ -67,17 +67,19 @@ def test_multiscale_discriminator_returns_one_map_per_scale():
         build_model("patchgan", norm="layer")
 
 
+@pytest.mark.parametrize("upsampler", ["resize", "shuffle"])
 @pytest.mark.parametrize("scale", [1, 2, 3, 4, 8])
-def test_lr_unet_output_is_gt_sized_for_any_scale_and_odd_sizes(scale):
-    net = build_model("unet_lr", scale=scale, base=8, depth=2)
+def test_lr_unet_output_is_gt_sized_for_any_scale_and_odd_sizes(scale, upsampler):
+    net = build_model("unet_lr", scale=scale, base=8, depth=2, upsampler=upsampler)
     lq = torch.rand(2, 3, 13, 11)
     assert net(lq).shape == (2, 3, 13 * scale, 11 * scale)
     assert net(lq, out_size=(37, 41)).shape == (2, 3, 37, 41)
     assert arch_name(net) == "unet_lr"
 
 
-def test_lr_unet_starts_at_bicubic_and_its_colour_branch_applies_a_global_transform():
-    net = build_model("unet_lr", scale=4, base=8, depth=2)
+@pytest.mark.parametrize("upsampler", ["resize", "shuffle"])
+def test_lr_unet_starts_at_bicubic_and_its_colour_branch_applies_a_global_transform(upsampler):
+    net = build_model("unet_lr", scale=4, base=8, depth=2, upsampler=upsampler)
     lq = torch.rand(2, 3, 16, 16)
     bic = torch.nn.functional.interpolate(lq, size=(64, 64), mode="bicubic", align_corners=False)
     with torch.no_grad():
@@ -111,6 +113,48 @@ def test_lr_unet_is_cheaper_than_the_full_resolution_unet_at_equal_width():
     full = macs(build_model("unet", scale=4, base=32, depth=3), lq)
     low = macs(build_model("unet_lr", scale=4, base=64, depth=2), lq)
     assert low * 3 < full
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4, 5, 8])
+def test_bicubic_phases_equal_torch_bicubic_upsampling(scale):
+    from facekit.archs.resample import BicubicPhases, bicubic_upsample
+
+    g = torch.Generator().manual_seed(scale)
+    for h, w in [(16, 16), (7, 11), (1, 2)]:
+        x = torch.rand(2, 3, h, w, generator=g) * 2 - 0.5  # out-of-range values too: nothing is clamped
+        ref = torch.nn.functional.interpolate(x, size=(h * scale, w * scale), mode="bicubic", align_corners=False)
+        assert torch.allclose(bicubic_upsample(x, scale), ref, atol=5e-6), (h, w)
+    assert BicubicPhases(scale).state_dict() == {}  # the filter never enters a checkpoint
+
+
+def test_lr_unet_colours_the_input_then_upsamples_equal_to_upsample_then_colour():
+    # The forward applies the colour transform at the input size; the defining formula applies it
+    # to the bicubic blow-up. Random (trained-like) weights everywhere, so a wrong order shows.
+    torch.manual_seed(0)
+    net = build_model("unet_lr", scale=4, base=8, depth=2).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        lq = torch.rand(3, 3, 16, 12)
+        x, deepest = net._body(lq)
+        bic = torch.nn.functional.interpolate(lq, size=(64, 48), mode="bicubic", align_corners=False)
+        ref = net.colour(deepest, bic) + net.tail(net.grow(x))
+        assert (ref - bic).abs().mean() > 0.01  # the colour branch and residual are not identities
+        assert torch.allclose(net(lq), ref, atol=1e-5)
+
+
+def test_lr_unet_shuffle_upsampler_runs_no_convolution_above_the_input_size():
+    sizes = []
+    net = build_model("unet_lr", scale=4, base=16, depth=2, upsampler="shuffle")
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
+    out = net(torch.rand(1, 3, 16, 16))
+    assert out.shape == (1, 3, 64, 64) and max(sizes) == 16
+    out.mean().backward()
+    assert net.tail.weight.grad is not None and net.tail.weight.shape[0] == 3 * 16
+    with pytest.raises(ConfigError, match="unknown upsampler 'deconv'; valid: resize, shuffle"):
+        build_model("unet_lr", upsampler="deconv")
 
 
 def test_lr_unet_without_colour_branch_and_bad_options():

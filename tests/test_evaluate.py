@@ -1,6 +1,7 @@
 """Evaluation: paired degradations, factor columns, bootstrap summaries, identification, files."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -270,6 +271,11 @@ def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tm
     last = tmp_path / "data" / "runs" / "full-03" / "checkpoints" / "last.pt"
     chain.save_stage(last, "reconstruct", build_model("unet", **kwargs).eval(), kwargs, arch="unet", in_size=16)
     assert ev.released_methods() == ["chain:default"]
+    realtime = tmp_path / "models" / "realtime"
+    realtime.mkdir()
+    (realtime / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: ../default/reconstruct.pt\n")
+    assert ev.released_methods() == ["chain:default", f"chain:{realtime}"]  # every released chain folder
+    shutil.rmtree(realtime)
     assert ev.checkpoint_methods(["auto", "run:full-03", "x/y.pt", "chain:c@deblur"]) == {
         "chain:default": "chain:default", "run:full-03": f"model:{last}", "model:x/y.pt": "model:x/y.pt",
         "chain:c@deblur": "chain:c@deblur"}

@@ -149,3 +149,42 @@ def test_card_names_faces_a_run_of_the_lineage_mixed_in_from_a_second_source(tmp
     line = release._mix_lines(tmp_path, report, {"mix_data": None}, {})
     assert line == " `a` also trained on 160 train-split faces of `orl` (people 21-40; about 25% of its samples)."
     assert release._mix_lines(tmp_path, {"released_run": "b"}, {}, {}) == ""
+
+
+def test_gallery_check_follows_a_distilled_runs_teacher(tiny_run, tmp_path):
+    import yaml
+
+    # The teacher: a released folder whose fine-tune parent mixed in ORL people 11-40.
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    shutil.copyfile(tiny_run / "checkpoints" / "last.pt", folder / "reconstruct.pt")
+    cfg = {**yaml.safe_load((tiny_run / "config.yaml").read_text()), "data": "celeba:somewhere"}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "init-parent.yaml").write_text(yaml.safe_dump({**cfg, "mix_data": "orl", "mix_people": [11, 40]}))
+    student = tmp_path / "student"
+    shutil.copytree(tiny_run, student)
+    (student / "config.yaml").write_text(yaml.safe_dump({**cfg, "distill_from": str(folder / "reconstruct.pt")}))
+    wheres = [w for w, _, _ in release.training_configs(student)]
+    assert wheres == [str(student), str(folder / "config.yaml"), str(folder / "init-parent.yaml")]
+    with pytest.raises(ConfigError, match="init-parent.yaml: trained on ORL people 11-40"):
+        release.check_probes_unseen([student], 20)
+    release.check_probes_unseen([student], 10)
+    # A teacher given as a run folder is followed through its own lineage.
+    (student / "config.yaml").write_text(yaml.safe_dump({**cfg, "distill_from": str(tiny_run)}))
+    assert [w for w, _, _ in release.training_configs(student)] == [str(student), str(tiny_run)]
+    (student / "config.yaml").write_text(yaml.safe_dump({**cfg, "distill_from": str(tmp_path / "nowhere.pt")}))
+    with pytest.raises(ConfigError, match="what the teacher trained on cannot be checked"):
+        release.check_probes_unseen([student], 20)
+
+
+def test_card_says_a_distilled_model_needs_its_teacher(tmp_path):
+    teacher = tmp_path / "t.pt"
+    teacher.write_bytes(b"weights")
+    cfg = {"steps": 10, "batch": 4, "threads": 1, "pixel_loss": "l1", "gan_type": "hinge", "gan_weight": 0.0,
+           "gan_start": 0, "gp_mode": "r1", "gp_weight": 0.0, "lazy_k": 1, "schedule": "cosine", "lr_g": 1e-3,
+           "distill_from": str(teacher), "distill_weight": 0.5}
+    report = {"released_run": "s", "teacher_sha256": release._sha256(str(teacher))}
+    text = " ".join(release._training_lines(report, cfg, {"seconds": 60, "steps_per_s": 1.0}, "models/realtime"))
+    assert f"Distilled from the frozen teacher `{teacher}`" in text and "weight 0.5" in text
+    assert "sha256 9a129038d9a00aed..." in text  # sha256(b"weights")
+    assert release._sha256(str(tmp_path / "gone.pt")) is None

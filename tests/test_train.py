@@ -406,3 +406,58 @@ def test_mix_data_adds_only_the_chosen_people_at_about_the_asked_share(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mix_faces"] == n and summary["train_faces"] == 28 + n  # 4 of the 32 held out as val_count
     assert summary["data_source"] == "given faces" and summary["val_faces"] == 4
+
+
+def _noisy_teacher(path: Path, scale: int = 4) -> Path:
+    """A reconstruct stage file whose output is far from bicubic (random residual weights)."""
+    from facekit.chain import save_stage
+
+    torch.manual_seed(3)
+    kwargs = {"base": 8, "depth": 1, "scale": scale}
+    net = build_model("unet_lr", **kwargs)
+    with torch.no_grad():
+        net.tail.weight.normal_(0, 0.3)
+    return save_stage(path, "reconstruct", net, kwargs, arch="unet_lr", in_size=8)
+
+
+def test_distillation_pulls_the_student_towards_a_frozen_teacher(tmp_path):
+    from facekit.losses import pixel_loss
+    from facekit.train import load_teacher
+
+    path = _noisy_teacher(tmp_path / "teacher.pt")
+    # A student of another architecture, trained on the teacher alone (no gt term, no GAN).
+    cfg = tiny_cfg(arch_g="unet_lr", arch_g_kwargs={"base": 8, "depth": 1, "upsampler": "shuffle"},
+                   distill_from=str(path), pixel_weight=0.0, gan_weight=0.0, lr_g=3e-3, ema_decay=0.0)
+    tr = Trainer(cfg, torch.device("cpu"))
+    teacher = load_teacher(path, cfg, torch.device("cpu"))
+    t0 = [p.detach().clone() for p in tr.teacher.parameters()]
+    g = torch.Generator().manual_seed(0)
+    lq, gt = torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        target = teacher(lq).clamp(0, 1)
+        expected = float(pixel_loss(tr.net_g(lq), target))
+    first = tr.step(lq, gt)
+    assert first["l_g_distill"] == pytest.approx(expected, rel=1e-5)  # measured against teacher(lq), before the step
+    for _ in range(80):
+        last = tr.step(lq, gt)
+    assert last["l_g_distill"] < 0.5 * first["l_g_distill"]
+    with torch.no_grad():
+        out = tr.net_g(lq)
+        assert float(pixel_loss(out, target)) < float(pixel_loss(out, gt))  # it learnt the teacher, not the gt
+    assert all(torch.equal(a, b) for a, b in zip(t0, tr.teacher.parameters()))
+    assert not any(p.requires_grad for p in tr.teacher.parameters())
+
+
+def test_distillation_is_logged_and_a_wrong_teacher_is_named(tmp_path):
+    path = _noisy_teacher(tmp_path / "teacher.pt")
+    run = train(tiny_cfg(distill_from=str(path), steps=2), faces=orl_faces(10), runs_dir=tmp_path, progress=False)
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "l_g_distill" in header
+    assert json.loads((run / "summary.json").read_text())["distill_from"] == str(path)
+    x2 = _noisy_teacher(tmp_path / "x2.pt", scale=2)
+    with pytest.raises(CheckpointError, match=r"x2.pt: distill_from teacher restores at x2, but this run trains x4"):
+        Trainer(tiny_cfg(distill_from=str(x2)), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(tiny_cfg(distill_from=str(tmp_path / "nowhere.pt")), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="distill_weight"):
+        tiny_cfg(distill_weight=-1.0)

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facekit.archs.resample import BicubicPhases
 from facekit.errors import ConfigError
 
 UP_MODES = ("resize", "transpose")
+LR_UPSAMPLERS = ("resize", "shuffle")  # LRUNetGenerator's detail path to the output size
 
 
 def _act() -> nn.Module:
@@ -188,22 +190,36 @@ class LRUNetGenerator(_UNetBody):
         max_channels: channel cap for deep levels.
         min_up_channels: the upsampling stages halve the width down to this floor.
         global_colour: add the global colour branch.
+        upsampler: "resize" (the resize-then-conv 2x stages above) or "shuffle": one 3x3 conv
+            at the input size to ``3*scale**2`` channels, then a pixel shuffle (ESPCN), so no
+            convolution runs above the input size. At base 16 and 16 px that removes ~40% of the
+            MACs (the resize stages run at 32 and 64 px); for the real-time student.
         in_channels / out_channels: 3 for RGB.
     """
 
     def __init__(self, scale: int = 4, base: int = 64, depth: int = 2, max_channels: int = 256,
                  min_up_channels: int = 16, global_colour: bool = True, in_channels: int = 3,
-                 out_channels: int = 3):
+                 out_channels: int = 3, upsampler: str = "resize"):
         super().__init__()
         if not 1 <= int(scale) <= 8:
             raise ConfigError(f"scale must be between 1 and 8, got {scale!r}")
         if int(depth) < 1 or int(base) < 1 or int(min_up_channels) < 1:
             raise ConfigError(f"depth, base and min_up_channels must be >= 1, got depth={depth!r} base={base!r} "
                               f"min_up_channels={min_up_channels!r}")
+        if upsampler not in LR_UPSAMPLERS:
+            raise ConfigError(f"unknown upsampler {upsampler!r}; valid: {', '.join(LR_UPSAMPLERS)}")
         self.scale = int(scale)
         chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(int(depth) + 1)]
         self._build_body(in_channels, chs, "resize")
         self.colour = _GlobalColour(chs[-1]) if global_colour else None
+        self.bicubic = BicubicPhases(self.scale, in_channels)  # the bicubic base at output size k*input (no weights)
+        if upsampler == "shuffle":
+            # Residual channels in PixelShuffle order (c*r*r + i*r + j); the ``grow`` name keeps
+            # the forward identical for both upsamplers.
+            self.grow = nn.PixelShuffle(self.scale)
+            self.tail = nn.Conv2d(chs[0], out_channels * self.scale ** 2, 3, 1, 1)
+            self._init_tail()
+            return
         n_up = math.ceil(math.log2(self.scale)) if self.scale > 1 else 0
         ch, grow = chs[0], []
         for _ in range(n_up):
@@ -218,16 +234,26 @@ class LRUNetGenerator(_UNetBody):
         """Restore ``lq`` ``(N,3,h,w)`` in [0,1]; same contract as :meth:`UNetGenerator.forward`."""
         out_size = _out_size(lq, self.scale, out_size)
         h, w = int(lq.shape[-2]), int(lq.shape[-1])
-        base = lq if (h, w) == out_size else F.interpolate(lq, size=out_size, mode="bicubic", align_corners=False)
         m = 2 ** self.depth
         ph, pw = (-h) % m, (-w) % m
         x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
         x, deepest = self._body(x)
-        if self.colour is not None:
-            base = self.colour(deepest, base)
         if ph or pw:
             x = x[..., :h, :w]
-        res = self.tail(self.grow(x))
+        shuffle = isinstance(self.grow, nn.PixelShuffle)
+        if out_size == (h * self.scale, w * self.scale) and self.scale > 1:
+            # The colour transform is per-pixel linear and bicubic weights sum to 1, so colour at the
+            # input size then upsample equals upsample then colour, at 1/scale**2 of the cost.
+            img = self.colour(deepest, lq) if self.colour is not None else lq
+            phases = self.bicubic(img)
+            if shuffle:  # one shuffle for base and residual
+                return F.pixel_shuffle(self.tail(x) + phases, self.scale)
+            base = F.pixel_shuffle(phases, self.scale)
+        else:
+            base = lq if (h, w) == out_size else F.interpolate(lq, size=out_size, mode="bicubic", align_corners=False)
+            if self.colour is not None:
+                base = self.colour(deepest, base)
+        res = self.grow(self.tail(x)) if shuffle else self.tail(self.grow(x))
         if tuple(res.shape[-2:]) != out_size:
             res = F.interpolate(res, size=out_size, mode="bilinear", align_corners=False)
         return base + res
