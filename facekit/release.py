@@ -388,6 +388,11 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         _run_files(c)
     if probe_people:  # before the slow part: a card must not report recognition on training faces
         check_probes_unseen([run_dir, *compare], probe_people)
+    teacher = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("distill_from")
+    if teacher and Path(teacher).resolve() == (out_dir / STAGE_FILE).resolve():
+        raise ConfigError(f"{run_dir}: its distillation teacher {teacher} is the file this release would overwrite; "
+                          f"move the teacher to its own folder (and point distill_from there) first")
+    teacher_sha = _sha256(teacher)  # before the export: the checkpoint's copy of the path may be stale
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces)
     size_mb = stage_path.stat().st_size / 2**20
@@ -448,21 +453,57 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
         "training": {r.name: _run_files(r)[1] for r in runs},
         "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
-        "teacher_sha256": _sha256(cfg.get("distill_from")),
+        "teacher_sha256": teacher_sha,
         "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
                  "preset": cfg["preset"], "scale": int(cfg["scale"]), "angles": False,
                  "identity_nets": nets, "missing": df.attrs.get("missing", {})},
         "targets": {"psnr_gain_db": TARGET_PSNR_GAIN, "ssim_gain": TARGET_SSIM_GAIN,
                     "met_in_every_condition": bool(quality["meets_target"].all())},
         "quality": json.loads(quality.to_json(orient="records", double_precision=4)),
-        "headroom_medium": json.loads(headroom.to_json(orient="records", double_precision=4)),
-        "orl_probes": None if probes is None else json.loads(probes.to_json(orient="records", double_precision=4)),
+        "headroom_medium": json.loads(headroom.to_json(orient="records", double_precision=10)),
+        "orl_probes": None if probes is None else json.loads(probes.to_json(orient="records", double_precision=10)),
         "by_method_condition": json.loads(per_method.to_json(orient="records", double_precision=4)),
         "by_method": json.loads(overall.to_json(orient="records", double_precision=4)),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom, probes)
     return report
+
+
+def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
+    """Rewrite a released folder's ``TRAINING.md`` from its ``report.json`` and ``test_metrics.csv``.
+
+    Nothing is re-measured: the tables come from the saved per-face scores (the bootstrap is
+    seeded, so the intervals are the same), for card text changes after a release.
+
+    Args:
+        out_dir: a folder written by :func:`release_run`.
+        n_boot: bootstrap resamples, as given to the release.
+
+    Returns:
+        The card's path.
+
+    Raises:
+        ConfigError: the folder lacks one of the release's files.
+    """
+    from facekit import evaluate as ev
+
+    out_dir = Path(out_dir)
+    missing = [n for n in ("report.json", "test_metrics.csv", "config.yaml") if not (out_dir / n).is_file()]
+    if missing:
+        raise ConfigError(f"{out_dir}: not a released model folder (missing {', '.join(missing)})")
+    report = json.loads((out_dir / "report.json").read_text())
+    cfg = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+    df = pd.read_csv(out_dir / "test_metrics.csv")
+    summary = report["training"][report["released_run"]]
+    released = _method_label(Path(report["released_run"]), cfg)
+    id_cols = [f"id_{n}" for n in report["test"]["identity_nets"] if f"id_{n}" in df.columns]
+    quality = quality_table(df, released, n_boot=n_boot)
+    per_method = ev.summarise(df, ("method", "condition"), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    overall = ev.summarise(df, ("method",), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    headroom = pd.DataFrame(report["headroom_medium"]) if report.get("headroom_medium") else None
+    probes = pd.DataFrame(report["orl_probes"]) if report.get("orl_probes") else None
+    return _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom, probes)
 
 
 def _sha256(path: str | None) -> str | None:
@@ -496,11 +537,16 @@ def _loaded_by(out_dir: Path) -> str:
 def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list[str]:
     """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
     minutes = float(summary.get("seconds", float("nan"))) / 60
-    recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {minutes:.0f} minutes "
+    resumed = int(summary.get("resumed_from") or 0)
+    # summary.json times only the last process: after a resume, say so rather than under-report
+    timed = f"{minutes:.0f} minutes" + (f" for the {int(cfg['steps']) - resumed} steps after its resume from step "
+                                         f"{resumed}" if resumed else "")
+    gan = (f"{cfg['gan_type']} GAN (weight {cfg['gan_weight']}, from step {cfg['gan_start']}), {cfg['gp_mode']} "
+           f"gradient penalty (weight {cfg['gp_weight']}, every {cfg['lazy_k']} steps)"
+           if float(cfg.get("gan_weight", 0)) > 0 else "no adversarial term")
+    recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {timed} "
               f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg['pixel_loss']} pixel loss, "
-              f"{cfg['gan_type']} GAN (weight {cfg['gan_weight']}, from step {cfg['gan_start']}), {cfg['gp_mode']} "
-              f"gradient penalty (weight {cfg['gp_weight']}, every {cfg['lazy_k']} steps), {cfg['schedule']} LR "
-              f"(peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
+              f"{gan}, {cfg['schedule']} LR (peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
     if cfg.get("distill_from"):
         recipe += (f" Distilled from the frozen teacher `{cfg['distill_from']}` (l_g_distill: {cfg['pixel_loss']} to the "
                    f"teacher's restoration of each lq, weight {cfg.get('distill_weight', 1.0)}, beside l_g_pix to the gt); "
@@ -625,19 +671,26 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="finished training run folder (data/runs/NAME)")
+    parser.add_argument("run", nargs="?", default=None, help="finished training run folder (data/runs/NAME)")
     parser.add_argument("out", nargs="?", default=None, help="chain folder to write (default models/default)")
     parser.add_argument("--compare", action="append", default=[], metavar="RUN",
                         help="another finished run scored beside it (repeatable)")
     parser.add_argument("--sample-size", type=int, default=None, help="evaluate this many test faces (default all)")
     parser.add_argument("--weights", choices=WEIGHTS, default="best",
                         help="ema, raw (last step) or best of the two on the validation pairs (default)")
+    parser.add_argument("--rewrite-card", metavar="DIR", default=None,
+                        help="only rewrite DIR/TRAINING.md from its report.json and test_metrics.csv (no re-measuring)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from facekit.restore import default_model_dir
 
+    if args.rewrite_card:
+        print(rewrite_card(args.rewrite_card))
+        return 0
+    if not args.run:
+        raise ConfigError("release needs a finished training run folder (data/runs/NAME), or --rewrite-card DIR")
     out = Path(args.out) if args.out else default_model_dir()
     report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
                          progress=not args.no_progress, weights=args.weights)

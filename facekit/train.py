@@ -116,7 +116,7 @@ class TrainConfig:
     # run; optimizers, schedule and step count start fresh. None = random initialisation.
     init_from: str | None = None
     # Distillation: a frozen teacher generator (a run folder, training checkpoint or released stage
-    # file such as models/default/reconstruct.pt) whose output on each lq is a second target,
+    # file such as models/celeba-orl-identity/reconstruct.pt) whose output on each lq is a second target,
     # l_g_distill = pixel_loss(out, teacher(lq)). Lets a small real-time net learn a big one's mapping.
     distill_from: str | None = None
     distill_weight: float = 1.0

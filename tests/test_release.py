@@ -67,6 +67,13 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     assert {r["net"] for r in report["orl_probes"]} == {"sface"}  # one block per identity net
     assert probes["clean"]["rank1"] > probes["bicubic"]["rank1"] and probes["clean"]["people"] == 4
     assert "unseen domain: ORL gallery, 4 people" in card and f"{probes[name]['margin']:.3f}" in card
+    # the card can be rewritten from the saved files alone, to the same text
+    (out / "TRAINING.md").write_text("stale")
+    assert release.rewrite_card(out, n_boot=50) == out / "TRAINING.md"
+    assert (out / "TRAINING.md").read_text() == card
+    (out / "test_metrics.csv").unlink()
+    with pytest.raises(ConfigError, match="not a released model folder .missing test_metrics.csv"):
+        release.rewrite_card(out)
 
 
 def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):
@@ -188,3 +195,18 @@ def test_card_says_a_distilled_model_needs_its_teacher(tmp_path):
     assert f"Distilled from the frozen teacher `{teacher}`" in text and "weight 0.5" in text
     assert "sha256 9a129038d9a00aed..." in text  # sha256(b"weights")
     assert release._sha256(str(tmp_path / "gone.pt")) is None
+
+
+def test_release_refuses_to_overwrite_the_runs_own_teacher(tiny_run, tmp_path):
+    import yaml
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_run, student)
+    out = tmp_path / "default"
+    out.mkdir()
+    (out / "reconstruct.pt").write_bytes(b"teacher")
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    (student / "config.yaml").write_text(yaml.safe_dump({**cfg, "distill_from": str(out / "reconstruct.pt")}))
+    with pytest.raises(ConfigError, match="teacher .* is the file this release would overwrite"):
+        release.release_run(student, out, faces=orl_faces(4), progress=False, probe_people=0)
+    assert (out / "reconstruct.pt").read_bytes() == b"teacher"

@@ -363,12 +363,15 @@ def test_shipped_configs_load(name):
         parent = next(TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")
                       if TrainConfig.from_yaml(p).name == Path(cfg.init_from).name)
         assert (parent.arch_g, parent.arch_g_kwargs, parent.scale) == (cfg.arch_g, cfg.arch_g_kwargs, cfg.scale)
+    if cfg.distill_from:  # the teacher ships with the project, so the config trains from a fresh clone
+        assert (ROOT / cfg.distill_from).is_file(), cfg.distill_from
 
 
-def test_released_model_config_is_a_shipped_config():
-    released = ROOT / "models" / "default" / "config.yaml"
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "models").glob("*/config.yaml")) or ["default"])
+def test_released_model_config_is_a_shipped_config(folder):
+    released = ROOT / "models" / folder / "config.yaml"
     if not released.is_file():
-        pytest.skip("no released model in models/default")
+        pytest.skip(f"no released model in models/{folder}")
     cfg = TrainConfig.from_yaml(released)
     shipped = {TrainConfig.from_yaml(p).name: TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")}
     assert shipped[cfg.name] == cfg  # the README's reproduce commands train exactly this
