@@ -431,12 +431,9 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                      seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
                      identity=True, identity_nets=nets)
     df.to_csv(out_dir / "test_metrics.csv", index=False)
-    quality = quality_table(df, released, n_boot=n_boot)
     headroom = headroom_table(faces.images if hasattr(faces, "images") else faces, methods[released],
                               preset=cfg["preset"], scale=int(cfg["scale"]))
-    id_cols = [f"id_{n}" for n in nets if f"id_{n}" in df.columns]
-    per_method = ev.summarise(df, ("method", "condition"), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
-    overall = ev.summarise(df, ("method",), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    quality, per_method, overall, id_cols = _score_tables(df, released, nets, n_boot)
     probes = None
     if probe_people:
         from facekit.identify import probe_check
@@ -470,6 +467,17 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     return report
 
 
+def _score_tables(df: pd.DataFrame, released: str, nets, n_boot: int):
+    """The card's tables from per-face scores: ``(quality, per_method, overall, id_cols)``."""
+    from facekit import evaluate as ev
+
+    id_cols = [f"id_{n}" for n in nets if f"id_{n}" in df.columns]
+    metrics = ["psnr", "ssim", *id_cols]
+    return (quality_table(df, released, n_boot=n_boot),
+            ev.summarise(df, ("method", "condition"), metrics=metrics, n_boot=n_boot),
+            ev.summarise(df, ("method",), metrics=metrics, n_boot=n_boot), id_cols)
+
+
 def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     """Rewrite a released folder's ``TRAINING.md`` from its ``report.json`` and ``test_metrics.csv``.
 
@@ -486,8 +494,6 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     Raises:
         ConfigError: the folder lacks one of the release's files.
     """
-    from facekit import evaluate as ev
-
     out_dir = Path(out_dir)
     missing = [n for n in ("report.json", "test_metrics.csv", "config.yaml") if not (out_dir / n).is_file()]
     if missing:
@@ -497,10 +503,7 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     df = pd.read_csv(out_dir / "test_metrics.csv")
     summary = report["training"][report["released_run"]]
     released = _method_label(Path(report["released_run"]), cfg)
-    id_cols = [f"id_{n}" for n in report["test"]["identity_nets"] if f"id_{n}" in df.columns]
-    quality = quality_table(df, released, n_boot=n_boot)
-    per_method = ev.summarise(df, ("method", "condition"), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
-    overall = ev.summarise(df, ("method",), metrics=["psnr", "ssim", *id_cols], n_boot=n_boot)
+    quality, per_method, overall, id_cols = _score_tables(df, released, report["test"]["identity_nets"], n_boot)
     headroom = pd.DataFrame(report["headroom_medium"]) if report.get("headroom_medium") else None
     probes = pd.DataFrame(report["orl_probes"]) if report.get("orl_probes") else None
     return _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom, probes)
