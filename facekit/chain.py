@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from facekit.archs import ARCHS, arch_name
+from facekit.checkpoint import load_checkpoint, save_checkpoint
 from facekit.errors import CheckpointError, ConfigError
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -111,38 +112,9 @@ def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": STAGE_FORMAT, "stage": name, "arch": arch, "arch_kwargs": dict(arch_kwargs),
                "in_size": in_size, "state_dict": state, "extra": dict(extra or {})}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file does not exist")
-    try:
-        from facekit import checkpoint as ckpt_mod
-    except ImportError:
-        ckpt_mod = None
-    loader = getattr(ckpt_mod, "load_checkpoint", None) if ckpt_mod else None
-    try:
-        if loader is not None:
-            data = loader(path, map_location="cpu")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
-    return data
+    # through a file handle, so the archive's inner folder name does not come from the random temp
+    # name: exporting the same weights twice gives the same bytes
+    return save_checkpoint(path, payload)
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -246,7 +218,7 @@ class Stage:
                 scale that does not fit the role, or weights that do not fit the architecture.
         """
         path = Path(path)
-        data = _read_checkpoint(path)
+        data = load_checkpoint(path)
         saved_for, arch, kwargs, state, in_size = _unpack_checkpoint(data, path)
         if saved_for and saved_for != name and (saved_for in STAGE_ROLES or name in STAGE_ROLES):
             raise CheckpointError(f"{path}: checkpoint holds a {saved_for!r} stage ({arch}), not a {name!r} stage; "

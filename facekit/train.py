@@ -309,9 +309,25 @@ def _broadcast_module(module: torch.nn.Module, world: int) -> None:
             dist.broadcast(t.data, 0)
 
 
-def split_faces(faces, val_count: int):
-    """``(train uint8, val uint8)`` from a FaceSet (its train/val splits) or an array (last
-    ``val_count`` images held out)."""
+def split_faces(faces, val_count: int, val_faces=None):
+    """Training and validation faces, ``(train uint8, val uint8)``, each ``(N,S,S,3)``.
+
+    Args:
+        faces: a FaceSet (its train/val splits; a source without a val split holds out its last
+            ``val_count`` images) or an array (its last ``val_count`` images held out).
+        val_count: most val faces kept.
+        val_faces: the caller's own val faces. Then nothing is held out of ``faces``: an array
+            trains whole, a FaceSet on its train split (all of it when it has none).
+
+    Raises:
+        ConfigError: an array with no more than ``val_count`` faces and no ``val_faces``.
+    """
+    if val_faces is not None:
+        val = np.asarray(val_faces)[:val_count]
+        if hasattr(faces, "subset"):
+            train = faces.subset("train").images
+            return (train if len(train) else faces.images), val
+        return np.asarray(faces), val
     if hasattr(faces, "subset"):
         train = faces.subset("train").images
         val = faces.subset("val").images
@@ -707,8 +723,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         resume: continue from ``checkpoints/last.pt`` of the run folder (exactly).
         progress: tqdm bar with live losses.
         faces: training faces instead of ``load_faces(cfg.data)``: a FaceSet or ``(N,S,S,3)`` uint8.
-        val_faces: val faces (``(M,S,S,3)`` uint8); default: the FaceSet's val split or the last
-            ``cfg.val_count`` of the array.
+        val_faces: val faces (``(M,S,S,3)`` uint8), then every face of an array ``faces`` trains;
+            default: the FaceSet's val split or the last ``cfg.val_count`` of the array.
         runs_dir: parent of the run folder (default ``DATA_DIR/runs``).
         overwrite: start afresh even if the run folder already holds a checkpoint.
         extra_losses: ``{name: (weight, fn(out, gt) -> scalar)}`` added to the generator loss.
@@ -748,9 +764,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     data_source = cfg.data if faces is None else "given faces"
     if faces is None:
         faces = _load_training_faces(cfg, progress and is_main)
-    train_images, held_out = split_faces(faces, cfg.val_count)
-    if val_faces is not None:
-        held_out = np.asarray(val_faces)[: cfg.val_count]
+    train_images, held_out = split_faces(faces, cfg.val_count, val_faces)
     if train_images.shape[1] != cfg.size:
         raise ConfigError(f"faces are {train_images.shape[1]} px but the config says size={cfg.size}")
     mixed = 0

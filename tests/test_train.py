@@ -16,7 +16,7 @@ import torch
 from facekit import checkpoint
 from facekit.archs import build_model
 from facekit.errors import CheckpointError, ConfigError
-from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, mix_faces, train
+from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, mix_faces, split_faces, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,6 +212,29 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_split_faces_holds_out_val_only_without_given_val_faces():
+    import pandas as pd
+
+    from facekit.data import FaceSet
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 4, 4, 3), np.uint8)
+    given = images[:2] + 100
+    train_part, val = split_faces(images, 3)
+    assert [x[0, 0, 0] for x in train_part] == list(range(7)) and [x[0, 0, 0] for x in val] == [7, 8, 9]
+    train_part, val = split_faces(images, 1, val_faces=given)  # nothing held out of the array
+    assert np.array_equal(train_part, images) and np.array_equal(val, given[:1])
+    with pytest.raises(ConfigError, match="val_count=10"):
+        split_faces(images, 10)
+
+    split = np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2, dtype=object)
+    fs = FaceSet(images, np.array([""] * 10, dtype=object), split, np.array([""] * 10, dtype=object),
+                 pd.DataFrame({"split": split}))
+    train_part, val = split_faces(fs, 5)
+    assert np.array_equal(train_part, images[:6]) and np.array_equal(val, images[6:8])
+    train_part, val = split_faces(fs, 5, val_faces=given)  # the test split never trains
+    assert np.array_equal(train_part, images[:6]) and np.array_equal(val, given)
+
+
 def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
     faces = orl_faces(8)
     cfg = TrainConfig(name="overfit", size=32, scale=4, batch=8, steps=200, val_count=8, preset="cctv-light",
@@ -219,9 +242,8 @@ def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
                       arch_d_kwargs={"base": 8, "n_layers": 2}, gan_weight=0.0, lr_g=2e-3, betas=[0.9, 0.99],
                       schedule="constant", ema_decay=0.0, log_every=100, val_every=1000, ckpt_every=1000,
                       sample_every=1000, threads=1)
-    # train on the 8 faces (the array's last val_count are held out, so pass them twice) and
-    # validate on fresh degradations of the same 8 faces
-    run = train(cfg, faces=np.concatenate([faces, faces]), val_faces=faces, runs_dir=tmp_path, progress=False)
+    # train on the 8 faces and validate on fresh degradations of the same 8 faces
+    run = train(cfg, faces=faces, val_faces=faces, runs_dir=tmp_path, progress=False)
     s = json.loads((run / "summary.json").read_text())
     assert s["train_faces"] == 8 and s["val_faces"] == 8
     assert s["val_psnr"] > s["bicubic_psnr"] + 3.0, s  # measured: +4.3 dB
@@ -407,7 +429,7 @@ def test_mix_data_adds_only_the_chosen_people_at_about_the_asked_share(tmp_path)
     run = train(tiny_cfg(size=64, steps=2, mix_data="orl", mix_people=[21, 40], mix_share=0.5), faces=faces[:32],
                 val_faces=faces[32:], runs_dir=tmp_path, progress=False)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["mix_faces"] == n and summary["train_faces"] == 28 + n  # 4 of the 32 held out as val_count
+    assert summary["mix_faces"] == n and summary["train_faces"] == 32 + n  # given val faces: none of the 32 held out
     assert summary["data_source"] == "given faces" and summary["val_faces"] == 4
 
 
