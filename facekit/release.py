@@ -306,6 +306,57 @@ def headroom_table(faces, method, preset: str = "cctv-heavy", scale: int = 4, co
     return pd.DataFrame(rows)
 
 
+def released_quality(model_dir: str | Path | None = None) -> pd.DataFrame:
+    """The per-condition quality table a release measured (its ``report.json``), no re-measuring.
+
+    Args:
+        model_dir: a released folder (default ``models/default``).
+
+    Returns:
+        The :func:`quality_table` rows, with ``attrs["model"]`` (the released run's name).
+
+    Raises:
+        ConfigError: no ``report.json`` there, or one without a quality table.
+    """
+    from facekit.settings import PROJECT_ROOT
+
+    model_dir = Path(model_dir) if model_dir is not None else PROJECT_ROOT / "models" / "default"
+    path = model_dir / "report.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no release report here; `python -m facekit release RUN {model_dir}` writes one")
+    report = json.loads(path.read_text())
+    if not report.get("quality"):
+        raise ConfigError(f"{path}: the report has no per-condition quality table")
+    table = pd.DataFrame(report["quality"])
+    table.attrs["model"] = report.get("released_run", model_dir.name)
+    return table
+
+
+def plot_quality(quality: pd.DataFrame, axes=None):
+    """Bar charts of the model's PSNR and SSIM gain over bicubic per condition, with the targets.
+
+    Args:
+        quality: :func:`quality_table` or :func:`released_quality` rows.
+        axes: two matplotlib axes (default: a new figure).
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, (col, target, unit) in zip(axes, (("psnr_gain", TARGET_PSNR_GAIN, " (dB)"),
+                                              ("ssim_gain", TARGET_SSIM_GAIN, ""))):
+        met = quality[col] >= target
+        ax.bar(quality["condition"], quality[col], color=np.where(met, "tab:green", "tab:red"))
+        ax.axhline(target, color="black", ls="--", lw=1, label=f"target {target:g}")
+        ax.set_title(f"{col.split('_')[0].upper()} gain over bicubic{unit}"), ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
 def plot_curves(run_dirs: list[Path], path: Path) -> Path:
     """PNG of validation PSNR and the pixel/identity losses over steps, one line per run.
 

@@ -56,6 +56,15 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     assert row["psnr_gain"] == pytest.approx(low["psnr"].mean() - bic["psnr"].mean(), abs=1e-3)
     assert row["meets_target"] == (row["psnr_gain"] >= 3.0 and row["ssim_gain"] >= 0.05)
     assert json.loads((out / "report.json").read_text())["quality"] == report["quality"]
+    # notebook 03 reads the table back from the report, and colours each bar by its target
+    table = release.released_quality(out)
+    assert table.to_dict("records") == report["quality"] and table.attrs["model"] == tiny_run.name
+    fig = release.plot_quality(table)
+    bars = fig.axes[0].patches
+    assert [b.get_height() for b in bars] == pytest.approx(list(table["psnr_gain"]))
+    assert [b.get_facecolor()[1] > 0.4 for b in bars] == list(table["psnr_gain"] >= 3.0)  # green when met
+    with pytest.raises(ConfigError, match=r"nowhere.report.json: no release report here"):
+        release.released_quality(tmp_path / "nowhere")
     card = (out / "TRAINING.md").read_text()
     assert "non-commercial" in card and f"{row['psnr_model']:.3f}" in card
     head = {r["variant"]: r for r in report["headroom_medium"]}
