@@ -8,13 +8,14 @@ every step and a Python-loop EMA. facekit's step: one G forward shared by both s
 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
 channels-last memory format. Ablations toggle one optimisation at a time.
 
-Usage: ``python benchmarks/bench_train.py [--arch unet_lr|unet] [--sizes 64 128] [--batch 16] [--rounds 5]``.
+Usage: ``python benchmarks/bench_train.py [--arch unet_lr|student|unet] [--sizes 64 128] [--batch 16] [--rounds 5]``.
 Prints JSON.
 Variants run interleaved (4 steps each, in turn) and the median per variant is reported.
 Timings on a shared 2-core machine are noisy: compare numbers from the same run only.
 
-Measured 2026-12-01, --arch unet_lr --threads 2 --no-ablations --rounds 3 (both cores free),
-batch 16: 64 px facekit 52.9 vs plain 28.8 images/s (1.84x); 128 px 13.8 vs 8.2 (1.68x).
+Measured 2026-12-02, --threads 2 --no-ablations --rounds 3 (both cores free), batch 16, images/s:
+unet_lr (base 64, colour branch): 64 px facekit 103.2 vs plain 57.2 (1.80x); 128 px 28.3 vs 15.2 (1.86x).
+student (the released default):  64 px facekit 186.9 vs plain 112.5 (1.66x); 128 px 59.5 vs 31.8 (1.87x).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from facekit.archs import build_model
 from facekit.settings import set_threads
 from facekit.train import Trainer, TrainConfig
 
-G_ARCHS = {"unet": {"base": 32, "depth": 3}, "unet_lr": {"base": 64, "depth": 2}}  # configs/celeba-default.yaml widths
+# --arch name -> (registry name, kwargs). unet_lr: the GAN-trained generator (configs/celeba-default.yaml,
+# models/celeba-orl-identity); student: the released default (configs/celeba-realtime-student.yaml).
+G_ARCHS = {"unet": ("unet", {"base": 32, "depth": 3}),
+           "unet_lr": ("unet_lr", {"base": 64, "depth": 2, "global_colour": True}),
+           "student": ("unet_lr", {"base": 16, "depth": 2, "global_colour": True, "upsampler": "shuffle"})}
 D_KW = {"base": 32, "n_layers": 3}
 
 
@@ -70,7 +75,8 @@ class PlainStep:
 
 
 def make_cfg(size: int, batch: int, arch: str = "unet", **kw) -> TrainConfig:
-    base = dict(name="bench", size=size, scale=4, batch=batch, arch_g=arch, arch_g_kwargs=dict(G_ARCHS[arch]),
+    arch_g, kwargs = G_ARCHS[arch]
+    base = dict(name="bench", size=size, scale=4, batch=batch, arch_g=arch_g, arch_g_kwargs=dict(kwargs),
                 arch_d_kwargs=dict(D_KW),
                 gan_type="hinge", gan_weight=0.01, gp_mode="r1", gp_weight=1.0, lazy_k=4, ema_decay=0.999)
     base.update(kw)
@@ -108,7 +114,7 @@ def bench_size(size: int, batch: int, rounds: int, compile_: bool, ablations: bo
         "facekit_no_foreach": {"fused_optim": False},
     }
     if arch == "unet":  # only the full-resolution U-Net has the transposed-conv switch
-        variants["facekit_transpose_up"] = {"arch_g_kwargs": dict(G_ARCHS[arch], up="transpose")}
+        variants["facekit_transpose_up"] = {"arch_g_kwargs": dict(G_ARCHS[arch][1], up="transpose")}
     if not ablations:
         variants = {"facekit": {}}
     steps = {"plain": PlainStep(make_cfg(size, batch, arch)).step}
@@ -142,12 +148,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile on the generator")
     ap.add_argument("--no-ablations", action="store_true", help="only facekit vs plain (quicker)")
-    ap.add_argument("--arch", choices=sorted(G_ARCHS), default="unet_lr", help="generator (default: the released one)")
+    ap.add_argument("--arch", choices=sorted(G_ARCHS), default="unet_lr",
+                    help="generator: unet_lr (default, the GAN-trained one), student (the released default), unet")
     args = ap.parse_args()
     threads = set_threads(args.threads)
     out = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads,
            "load_average": [round(x, 2) for x in os.getloadavg()],
-           "arch_g": {args.arch: G_ARCHS[args.arch]}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
+           "arch_g": {args.arch: {"arch": G_ARCHS[args.arch][0], **G_ARCHS[args.arch][1]}}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
            "results": []}
     for size in args.sizes:
         out["results"].append(bench_size(size, args.batch, args.rounds, args.compile, not args.no_ablations, args.arch))
