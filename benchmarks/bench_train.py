@@ -154,7 +154,8 @@ def main() -> None:
     threads = set_threads(args.threads)
     out = {"torch": torch.__version__, "machine": platform.machine(), "threads": threads,
            "load_average": [round(x, 2) for x in os.getloadavg()],
-           "arch_g": {args.arch: {"arch": G_ARCHS[args.arch][0], **G_ARCHS[args.arch][1]}}, "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
+           "arch_g": {args.arch: {"arch": G_ARCHS[args.arch][0], **G_ARCHS[args.arch][1]}},
+           "arch_d": {"patchgan": D_KW}, "loss": "L1 + 0.01 hinge + R1 (lazy k=4)",
            "results": []}
     for size in args.sizes:
         out["results"].append(bench_size(size, args.batch, args.rounds, args.compile, not args.no_ablations, args.arch))

@@ -317,17 +317,14 @@ def split_faces(faces, val_count: int, val_faces=None):
             ``val_count`` images) or an array (its last ``val_count`` images held out).
         val_count: most val faces kept.
         val_faces: the caller's own val faces. Then nothing is held out of ``faces``: an array
-            trains whole, a FaceSet on its train split (all of it when it has none).
+            trains whole, a FaceSet on its train split.
 
     Raises:
         ConfigError: an array with no more than ``val_count`` faces and no ``val_faces``.
     """
     if val_faces is not None:
         val = np.asarray(val_faces)[:val_count]
-        if hasattr(faces, "subset"):
-            train = faces.subset("train").images
-            return (train if len(train) else faces.images), val
-        return np.asarray(faces), val
+        return (faces.subset("train").images if hasattr(faces, "subset") else np.asarray(faces)), val
     if hasattr(faces, "subset"):
         train = faces.subset("train").images
         val = faces.subset("val").images
