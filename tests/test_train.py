@@ -211,7 +211,6 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     assert steps == ["2", "3", "4", "6", "8"]
 
 
-@pytest.mark.slow
 def test_split_faces_holds_out_val_only_without_given_val_faces():
     import pandas as pd
 
@@ -235,6 +234,7 @@ def test_split_faces_holds_out_val_only_without_given_val_faces():
     assert np.array_equal(train_part, images[:6]) and np.array_equal(val, given)
 
 
+@pytest.mark.slow
 def test_overfit_on_8_faces_beats_bicubic_by_far(tmp_path):
     faces = orl_faces(8)
     cfg = TrainConfig(name="overfit", size=32, scale=4, batch=8, steps=200, val_count=8, preset="cctv-light",
