@@ -35,7 +35,9 @@ from facekit.errors import DataSourceError, FacekitError, ImageReadError, VideoR
 from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, read_image, to_rgb_uint8
 
-SOURCE_KINDS = ("orl", "folder", "celeba", "video")
+SOURCE_KINDS = ("orl", "folder", "celeba", "video", "utkface", "pins")
+# Sources that hold only evaluation faces: training refuses them (facekit.train).
+EVAL_ONLY_KINDS = ("pins",)
 SPLITS = ("train", "val", "test")
 # CelebA without a partition file: the slice 9,901-10,000 is the untouched test set, 9,001-9,900
 # validation, everything else training (matches ../shared/data/celeba-10k usage).
@@ -172,7 +174,7 @@ def parse_source(source: str) -> SourceSpec:
     kind = kind.strip().lower()
     if kind not in SOURCE_KINDS:
         raise DataSourceError(f"unknown data source {source!r}; valid kinds: orl, folder:PATH, "
-                              "celeba:PATH, video:PATH")
+                              "celeba:PATH, video:PATH, utkface:PATH, pins:PATH")
     if kind == "orl":
         return SourceSpec("orl", orl_dir(), "landmarks")
     if not rest:
@@ -220,6 +222,8 @@ def list_items(spec: SourceSpec) -> list[Item]:
         # LFW layout: every image sits one level below the root in a per-person folder.
         per_person = all(p.parent != spec.path and p.parent.parent == spec.path for p in files)
         return [Item(str(p), identity=p.parent.name if per_person else "") for p in files]
+    if spec.kind in ("utkface", "pins"):
+        return _labelled_items(spec)
     # CelebA
     ids, parts = {}, {}
     id_file, part_file = spec.path / "identity_CelebA.txt", spec.path / "list_eval_partition.txt"
@@ -234,6 +238,27 @@ def list_items(spec: SourceSpec) -> list[Item]:
     split_names = {"0": "train", "1": "val", "2": "test"}
     return [Item(str(p), identity=ids.get(p.name, ""), official_split=split_names.get(parts.get(p.name, ""), ""))
             for p in files]
+
+
+def _labelled_items(spec: SourceSpec) -> list[Item]:
+    """Items of a folder with a ``labels.csv`` (``file`` column, plus ``identity`` for Pins and
+    ``split`` for UTKFace, whose ``eval`` faces become the ``test`` split and never train)."""
+    labels = spec.path / "labels.csv"
+    if not labels.is_file():
+        raise DataSourceError(f"{spec.kind} source {spec.path}: labels.csv is missing")
+    try:
+        table = pd.read_csv(labels)
+    except (OSError, ValueError) as exc:
+        raise DataSourceError(f"{labels}: unreadable ({exc})") from None
+    if "file" not in table.columns:
+        raise DataSourceError(f"{labels}: no 'file' column (columns: {', '.join(table.columns)})")
+    split_names = {"train": "train", "eval": "test"}
+    items = []
+    for row in table.itertuples(index=False):
+        split = split_names.get(str(getattr(row, "split", "")), "") if spec.kind == "utkface" else ""
+        ident = str(getattr(row, "identity", "")) if spec.kind == "pins" else ""
+        items.append(Item(str(spec.path / row.file), identity=ident, official_split=split))
+    return items
 
 
 def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None):
@@ -429,6 +454,9 @@ def assign_splits(manifest: pd.DataFrame, kind: str, seed: int = 0,
                             for n in numbers], bool) & ok
     held_people = set(identities[holdout]) if by_identity else set()
 
+    if kind == "utkface" and ok.any() and (official[ok] != "").all():
+        out[ok] = official[ok]  # the labelled eval split is the per-group test set
+        return out
     if kind == "celeba" and ok.any() and (official[ok] != "").all():
         out[ok] = official[ok]
         out[holdout] = "test"

@@ -16,8 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from facekit import augment, degrade
+from facekit import augment, degrade, randdeg
 from facekit.errors import ConfigError, DataSourceError
+
+
+RANDOM_PRESET = "random"  # the wide randomised degradation model of facekit.randdeg
 
 
 def _face_array(faces) -> np.ndarray:
@@ -109,7 +112,10 @@ class PairedFaceDataset(torch.utils.data.Dataset):
             raise ConfigError(f"scale must be a whole number dividing the face size {size}, got {scale!r}")
         self.scale = int(scale)
         self.conditions = _conditions(conditions)
-        self.pipeline = build_pipeline(preset, self.scale, angles)
+        # "random": facekit.randdeg draws light, framing, grey and degradations itself (the target
+        # carries the input's light), so the lighting conditions and the preset pipeline are unused.
+        self.random = preset == RANDOM_PRESET
+        self.pipeline = None if self.random else build_pipeline(preset, self.scale, angles)
         self.preset = preset if isinstance(preset, str) else "custom"
         self.seed = int(seed)
         self.epoch = 0
@@ -131,6 +137,10 @@ class PairedFaceDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} faces")
         index = index % len(self)
         rng = self.rng(index)
+        if self.random:
+            lq, gt, params = randdeg.degrade_pair(self.faces[index], self.scale, rng, gray_prob=self.gray_prob)
+            params.update(condition=RANDOM_PRESET, records=[])
+            return lq, gt, params
         conds = self.conditions
         condition = conds[0] if len(conds) == 1 else conds[int(rng.integers(len(conds)))]
         face = self.faces[index]
@@ -143,7 +153,8 @@ class PairedFaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         lq, gt, params = self.sample(int(index))
-        pose = degrade.pose_angles(params)
+        pose = degrade.pose_angles(params) if not self.random else {"roll": 0.0, "yaw": 0.0, "pitch": 0.0,
+                                                                     "flip": False}
         return {"lq": to_tensor(lq), "gt": to_tensor(gt), "condition": params["condition"],
                 "index": int(index) % len(self), "roll": float(pose["roll"]), "yaw": float(pose["yaw"]),
                 "pitch": float(pose["pitch"]), "flip": bool(pose["flip"]), "scale": self.scale,
@@ -168,6 +179,12 @@ def make_eval_pairs(faces, preset="cctv-heavy", scale: int = 4, condition: str =
         ``(lq (N,3,S/scale,S/scale), gt (N,3,S,S))`` float32 tensors in [0,1].
     """
     images = _face_array(faces)
+    if preset == RANDOM_PRESET:
+        size = images.shape[1]
+        pairs = [randdeg.degrade_pair(images[i], int(scale), np.random.default_rng([int(seed), i]))
+                 for i in range(len(images))]
+        return (torch.from_numpy(np.stack([p[0].transpose(2, 0, 1) for p in pairs])),
+                torch.from_numpy(np.stack([p[1].transpose(2, 0, 1) for p in pairs])))
     cond = _conditions(condition)
     if len(cond) != 1:
         raise ConfigError(f"make_eval_pairs needs one lighting condition, got {condition!r}")

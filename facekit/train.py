@@ -70,6 +70,10 @@ class TrainConfig:
     mix_data: str | None = None
     mix_people: list[int] | None = None  # [first, last] person numbers (an identity's digits) kept
     mix_share: float = 0.25  # about this share of the training samples comes from mix_data
+    # More sources beside data/mix_data: [{data: SOURCE, share: 0.2, people: [first, last] or null}].
+    # Each joins with its train split only (UTKFace's eval split and CelebA's test slice never
+    # train), repeated to about ``share`` of the samples.
+    sources: list[dict] | None = None
     val_count: int = 64  # held-out val faces (spread over the conditions)
     arch_g: str = "unet"
     arch_g_kwargs: dict = field(default_factory=lambda: {"base": 32, "depth": 3})
@@ -176,6 +180,29 @@ class TrainConfig:
         people = self.mix_people
         if people is not None and (len(people) != 2 or int(people[0]) > int(people[1])):
             bad("mix_people", "must be [first, last] with first <= last, or null (every person)")
+        if self.sources is not None:
+            if not isinstance(self.sources, list) or not all(isinstance(e, dict) for e in self.sources):
+                bad("sources", "must be a list of {data, share, people} mappings")
+            for e in self.sources:
+                extra = sorted(set(e) - {"data", "share", "people"})
+                if extra or not isinstance(e.get("data"), str):
+                    bad("sources", f"entry {e!r}: needs data: SOURCE, optional share and people; unknown {extra}")
+                if not 0.0 < float(e.get("share", 0.2)) < 1.0:
+                    bad("sources", f"entry {e!r}: share must be in (0, 1)")
+            if sum(share for _, _, share in self.mix_entries()) >= 1.0:
+                bad("sources", "the mixed sources' shares must add up to less than 1")
+        from facekit.data import EVAL_ONLY_KINDS
+
+        for src in [self.data] + [d for d, _, _ in self.mix_entries()]:
+            if str(src).partition(":")[0].strip().lower() in EVAL_ONLY_KINDS:
+                bad("data", f"{src!r} is an evaluation-only source (identity evaluation); never train on it")
+
+    def mix_entries(self) -> list[tuple[str, list[int] | None, float]]:
+        """Every mixed-in source as ``(data, people, share)``: ``mix_data`` first, then ``sources``."""
+        out = [(self.mix_data, self.mix_people, float(self.mix_share))] if self.mix_data else []
+        for e in self.sources or []:
+            out.append((e["data"], e.get("people"), float(e.get("share", 0.2))))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/checkpoint safe)."""
@@ -338,40 +365,46 @@ def split_faces(faces, val_count: int, val_faces=None):
 
 
 def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False) -> tuple[np.ndarray, int]:
-    """Append ``cfg.mix_data``'s training faces to the training faces, repeated to make about
-    ``cfg.mix_share`` of the samples (repetition keeps every sample a plain index, so epochs and
-    resumes stay exact). Only the source's ``train`` split joins: its val and test people are what
-    evaluations of that source (notebook 05 on ORL) measure on.
+    """Append the mixed-in sources' training faces (``cfg.mix_data`` and ``cfg.sources``) to the
+    training faces, each repeated to make about its share of the samples (repetition keeps every
+    sample a plain index, so epochs and resumes stay exact). Only each source's ``train`` split
+    joins: its val and test faces are what evaluations of that source measure on.
 
     Args:
         train_images: ``(N,S,S,3)`` uint8 training faces of ``cfg.data``.
-        cfg: the run's config (``mix_data``, ``mix_people``, ``mix_share``, ``size``).
-        progress: a bar while the mix source is ingested.
+        cfg: the run's config (``mix_data``/``mix_people``/``mix_share``, ``sources``, ``size``).
+        progress: a bar while a source is ingested.
 
     Returns:
-        ``(faces (N+k*M,S,S,3) uint8, M)``: the training faces and how many distinct mix faces joined.
+        ``(faces (N+sum k_i*M_i,S,S,3) uint8, sum M_i)``: the training faces and how many distinct
+        mixed-in faces joined.
 
     Raises:
-        ConfigError: the source holds no face of ``mix_people`` or has another face size.
+        ConfigError: a source holds no face of its ``people`` or has another face size.
     """
     from facekit.data import load_faces, person_numbers
 
-    # the source's own split seed, not the run's: its test people must be the ones evaluations use
-    faces = load_faces(cfg.mix_data, size=cfg.size, progress=progress).subset("train")
-    extra = faces.images
-    if cfg.mix_people is not None:
-        first, last = (int(v) for v in cfg.mix_people)
-        num = person_numbers(faces.identity)
-        extra = extra[(num >= first) & (num <= last)]
-    if len(extra) == 0:
-        raise ConfigError(f"mix_data {cfg.mix_data!r}: no training-split faces of people {cfg.mix_people} "
-                          f"({len(faces.images)} training faces, identities e.g. {list(faces.identity[:3])})")
-    if extra.shape[1:] != train_images.shape[1:]:
-        raise ConfigError(f"mix_data {cfg.mix_data!r}: faces are {extra.shape[1:]}, "
-                          f"training faces {train_images.shape[1:]}")
-    share = float(cfg.mix_share)
-    repeats = max(1, round(share / (1.0 - share) * len(train_images) / len(extra)))
-    return np.concatenate([train_images, *([extra] * repeats)]), int(len(extra))
+    entries = cfg.mix_entries()
+    total = len(train_images) / (1.0 - sum(share for _, _, share in entries))
+    parts, distinct = [train_images], 0
+    for data, people, share in entries:
+        # the source's own split seed, not the run's: its test people must be the ones evaluations use
+        faces = load_faces(data, size=cfg.size, progress=progress).subset("train")
+        extra = faces.images
+        if people is not None:
+            first, last = (int(v) for v in people)
+            num = person_numbers(faces.identity)
+            extra = extra[(num >= first) & (num <= last)]
+        if len(extra) == 0:
+            raise ConfigError(f"mixed source {data!r}: no training-split faces of people {people} "
+                              f"({len(faces.images)} training faces, identities e.g. {list(faces.identity[:3])})")
+        if extra.shape[1:] != train_images.shape[1:]:
+            raise ConfigError(f"mixed source {data!r}: faces are {extra.shape[1:]}, "
+                              f"training faces {train_images.shape[1:]}")
+        repeats = max(1, round(share * total / len(extra)))
+        parts += [extra] * repeats
+        distinct += len(extra)
+    return np.concatenate(parts), int(distinct)
 
 
 def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -379,6 +412,9 @@ def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tens
     from facekit import augment
     from facekit.dataset import make_eval_pairs
 
+    if cfg.preset == "random":  # facekit.randdeg draws the light per face; one mixed val set
+        lq, gt = make_eval_pairs(val_images, "random", cfg.scale, seed=cfg.seed + 1)
+        return lq, gt, ["random"] * len(lq)
     conds = list(cfg.conditions or augment.CONDITIONS)
     lqs, gts, names = [], [], []
     for k, c in enumerate(conds):
@@ -765,7 +801,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     if train_images.shape[1] != cfg.size:
         raise ConfigError(f"faces are {train_images.shape[1]} px but the config says size={cfg.size}")
     mixed = 0
-    if cfg.mix_data:
+    if cfg.mix_entries():
         train_images, mixed = mix_faces(train_images, cfg, progress and is_main)
     dataset = PairedFaceDataset(train_images, preset=cfg.preset, scale=cfg.scale,
                                 conditions=cfg.conditions if cfg.conditions else None, angles=cfg.angles,

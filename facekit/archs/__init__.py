@@ -10,6 +10,7 @@ from torch import nn
 
 from facekit.archs.deblurganv2 import FPNMobileNetGenerator
 from facekit.archs.discriminator import PatchDiscriminator
+from facekit.archs.faithful import FaithfulGenerator
 from facekit.archs.rrdbnet import CompactRRDBNet, RRDBNet, SRVGGNetCompact
 from facekit.archs.unet import LRUNetGenerator, UNetGenerator
 from facekit.errors import ConfigError
@@ -17,6 +18,7 @@ from facekit.errors import ConfigError
 ARCHS: dict[str, type[nn.Module]] = {
     "unet": UNetGenerator,
     "unet_lr": LRUNetGenerator,
+    "faithful": FaithfulGenerator,  # bicubic base + high-passed luma/chroma residual (issue 24)
     "patchgan": PatchDiscriminator,
     "deblurganv2": FPNMobileNetGenerator,  # DeblurGAN-v2 FPN on MobileNetV2 (deblur stage)
     "rrdbnet": RRDBNet,  # ESRGAN / Real-ESRGAN x4plus layout
