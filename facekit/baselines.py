@@ -457,9 +457,12 @@ def _make_chain(scale: int, device: str, arg: str | None, context: dict) -> Meth
         raise MethodUnavailable(f"chain:{arg}: {spec_file} does not exist")
     rc, in_size = restore.build_chain(stages, None, model_dir, backend="torch", device=device)
 
+    # Fully convolutional stages that were trained for any face size (``any_size``) run at the
+    # input's own size; the others were trained on in_size inputs, so faces are resized to it.
+    any_size = all(getattr(s.model, "any_size", False) for s in rc.stages)
+
     def run(lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        # The chain was trained on in_size inputs: restore.py resizes faces to it, so do we.
-        return rc(resize_batch(lq, (in_size, in_size))).out
+        return rc(lq if any_size else resize_batch(lq, (in_size, in_size))).out
 
     native = int(rc.scale)
     note = f"restoration chain {model_dir.name} ({' -> '.join(rc.names)}), input {in_size}px, output " \

@@ -1136,11 +1136,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dlib", action="store_true", help="also score identity with dlib (slower than SFace)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--name", default=None, help="run name: results go to DATA_DIR/runs/eval-NAME/")
+    parser.add_argument("--name", default=None, help="run name: results go to DATA_DIR/runs/eval-NAME/ "
+                                                       "(ood suite: DATA_DIR/runs/ood-NAME/)")
+    parser.add_argument("--suite", choices=("standard", "ood"), default="standard",
+                        help="standard: facekit's own presets on --data; ood: the out-of-distribution suite "
+                             "(UTKFace eval, Pins, ORL 1-20, CelebA test slice, facekit.ood_recipe degradations; "
+                             "methods default to bicubic,chain:default)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="ood suite: at most this many faces (UTKFace, CelebA) or people (Pins, ORL) per source")
+    parser.add_argument("--quick", action="store_true", help="ood suite: skip the 12/24/32 px and grey low-light cells")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run an evaluation from the command line, write the results and print the condition table."""
+    if args.suite == "ood":
+        from facekit import ood
+
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+        return ood.run_cli(args)
     from facekit.baselines import build_methods
     from facekit.data import load_faces
 

@@ -76,6 +76,8 @@ class FaithfulGenerator(_UNetBody):
             fitted locus buffers. Off in training; the released stage turns it on.
     """
 
+    any_size = True  # fully convolutional and scale-consistent: runs at a face's own input size
+
     def __init__(self, scale: int = 4, base: int = 48, depth: int = 2, max_channels: int = 192,
                  res_blocks: int = 2, lowpass_sigma: float = 1.0, chroma: bool = True, relight: bool = False):
         super().__init__()
