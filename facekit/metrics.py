@@ -76,3 +76,88 @@ def psnr_uint8(out: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def ssim_uint8(out: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """SSIM of uint8 RGB arrays; ``(N,)`` float."""
     return ssim(_uint8_to_tensor(out), _uint8_to_tensor(gt)).numpy()
+
+
+# ----------------------------------------------------------------------------- colour fidelity
+# numpy only (uint8 RGB in): how well a restoration keeps the face's colour and exposure, and
+# whether a grey input stays grey.
+
+def _uint8_batch(images) -> np.ndarray:
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images, got {a.dtype}")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[1] < 1 or a.shape[2] < 1:
+        raise ValueError(f"expected (H,W,3) or (N,H,W,3) uint8 RGB, got shape {a.shape}")
+    return a
+
+
+def face_region_mask(h: int, w: int) -> np.ndarray:
+    """Boolean ``(h,w)`` mask of the central face ellipse used by :func:`face_region_lab`.
+
+    The ellipse is centred at (0.5 W, 0.55 H) with semi-axes 0.28 W x 0.34 H. On a face framed
+    by a detector box (tight to loose), that covers the cheeks, nose and forehead, where skin
+    colour and exposure show, and keeps out the hair, ears and background, whose colour says
+    nothing about the face. It always holds the centre pixel, so it is never empty.
+    """
+    yy, xx = np.mgrid[0:h, 0:w]
+    # Pixel centres sit at half-integer coordinates.
+    u = (xx + 0.5 - 0.5 * w) / (0.28 * w)
+    v = (yy + 0.5 - 0.55 * h) / (0.34 * h)
+    return u * u + v * v <= 1.0
+
+
+def face_region_lab(images) -> np.ndarray:
+    """Mean CIELAB colour of the central face region of each image.
+
+    Args:
+        images: ``(N,H,W,3)`` or ``(H,W,3)`` uint8 RGB (sRGB, D65).
+
+    Returns:
+        ``(N,3) float64``: per image the mean over :func:`face_region_mask` of per-pixel
+        (L, a, b) from ``cv2.cvtColor`` on float32 [0,1] RGB: L in 0-100, a and b roughly
+        -128..127.
+    """
+    import cv2  # here, so importing facekit.metrics does not need OpenCV
+
+    a = _uint8_batch(images)
+    mask = face_region_mask(a.shape[1], a.shape[2])
+    out = np.empty((a.shape[0], 3), np.float64)
+    for i, img in enumerate(a):
+        lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        out[i] = lab[mask].astype(np.float64).mean(0)
+    return out
+
+
+def delta_e(lab_a, lab_b) -> np.ndarray:
+    """CIE76 colour difference (Euclidean distance in CIELAB).
+
+    Args:
+        lab_a, lab_b: ``(N,3)`` or ``(3,)`` Lab colours (e.g. from :func:`face_region_lab`);
+            they broadcast against each other.
+
+    Returns:
+        ``(N,) float64`` (a 1-element array for single colours); about 2.3 is a just
+        noticeable difference.
+    """
+    a = np.atleast_2d(np.asarray(lab_a, np.float64))
+    b = np.atleast_2d(np.asarray(lab_b, np.float64))
+    if a.shape[-1] != 3 or b.shape[-1] != 3 or a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"expected (N,3) or (3,) Lab colours, got {a.shape} and {b.shape}")
+    return np.sqrt(((a - b) ** 2).sum(-1))
+
+
+def gray_spread(images) -> np.ndarray:
+    """How far from grey each image is: the largest channel spread of any pixel.
+
+    Args:
+        images: ``(N,H,W,3)`` or ``(H,W,3)`` uint8 RGB.
+
+    Returns:
+        ``(N,) float64`` in 0-255: max over pixels of (max channel - min channel); 0 exactly
+        when every pixel has three equal channels.
+    """
+    a = _uint8_batch(images)
+    spread = a.max(-1).astype(np.int16) - a.min(-1).astype(np.int16)
+    return spread.reshape(a.shape[0], -1).max(1).astype(np.float64)
