@@ -126,6 +126,8 @@ def _blur(x: np.ndarray, rng: np.random.Generator, side: int, strength: float) -
 
 
 def _noise(x: np.ndarray, rng: np.random.Generator, gray: bool, strength: float) -> tuple[np.ndarray, dict]:
+    # filters leave -1e-17 where a value should be 0, and Poisson rates must not be negative
+    x = np.clip(x, 0.0, 1.0)
     colour = (not gray) and rng.random() < 0.5
     if rng.random() < 0.5:
         sigma = float(rng.uniform(0.002, 0.06) * strength)
