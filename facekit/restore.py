@@ -1,10 +1,41 @@
-"""``python -m facekit restore``: restore a face image or a folder of face crops with a chain.
+"""``python -m facekit restore``: restore the faces in photos and frames, or whole face crops, with a chain.
+
+Two modes, both scale-aware (by default a face is never shrunk below its own resolution before the
+model):
+
+* **Whole images** (default), as GFPGAN's and CodeFormer's command lines work: the faces are
+  found with YuNet (:class:`facekit.faces.FaceDetector`), each is cut as a square around its
+  landmarks (framed like the training crops, :func:`facekit.faces.align_face`'s margin), restored
+  at the scale its size needs and pasted back with a feathered mask. The output is the input
+  enlarged ``--upscale U`` times (bicubic; U=1 keeps it as it is), and every pixel outside the
+  faces' paste squares is exactly that (upscaled) input. An image without a face is written
+  unchanged (upscaled) and reported as "no face found".
+* **Face crops** (``--aligned``): every input is one face, restored whole. Its aspect is kept
+  (nothing is centre-cropped); the output's longer side is ``max(input longer side, --out-size)``
+  (default ``--out-size``: the chain's output side, e.g. 16 px x4 = 64 px).
+
+Per face, with side ``c`` (the crop's longer side), target side ``t`` in the output (``c * U``
+for whole images, ``max(c, --out-size)`` for crops), chain input side ``n`` and scale ``s``:
+
+* ``c >= t`` and ``c >= --out-size``: **kept** -- the face is already at the output size; a crop
+  is written bit-identical, a face in an image is left as the (upscaled) input.
+* ``c < n``: enlarged (bicubic) to ``n``, restored ``n -> n*s``, resized to ``t``.
+* ``c >= n``, by ``--large-faces``: ``own`` (default) restores it at its own size ``c -> c*s``
+  (reflection-padded to a multiple of 8; the released chains are fully convolutional; a chain
+  that only runs at ``n``, found by one probe, keeps such faces), ``native`` shrinks it to ``n``
+  first, ``keep`` leaves it unrestored. The result is resized to ``t`` (area filter when
+  shrinking, bicubic when enlarging); a kept face is resized to ``t`` by bicubic like the
+  background. A chain trained on ``n`` px faces may do badly at other sizes: the summary says
+  when faces ran at their own size.
+
+Faces at the chain's own input size run on the chosen backend (ONNX Runtime may be picked by
+``--backend auto``); other sizes run in PyTorch, since the ONNX files are exported per size.
 
 Model layout: a chain folder (the released default is ``models/default/``) holds one checkpoint
 per stage and a ``chain.yaml`` listing them in run order::
 
     # models/default/chain.yaml
-    size: 16                  # input side the chain was trained for (faces are resized to it)
+    size: 16                  # input side the chain was trained for
     stages:                   # stage name -> checkpoint file, relative to this folder, in order
       deblur: deblur.pt
       reconstruct: reconstruct.pt
@@ -13,11 +44,12 @@ per stage and a ``chain.yaml`` listing them in run order::
 Each checkpoint is a :func:`facekit.chain.save_stage` file or a facekit training checkpoint.
 ``--chain`` picks the membership and order, ``--checkpoint STAGE=PATH`` replaces or adds a stage.
 
-Inputs of any size are centre-cropped to a square and resized to ``--size`` (area filter when
-shrinking, bicubic when enlarging). Outputs keep the input's relative path with a ``.png``
-suffix (``a.jpg`` -> ``a.png``; when two inputs would collide, e.g. ``a.jpg`` and ``a.png``, the
-later keeps its full name: ``a.png.png``). Unreadable inputs are reported by name and skipped;
-the exit status is 1 when any input failed.
+Inputs and outputs are checked before any model is loaded (a missing input, an empty folder or
+an output that is a file where a folder is needed stop the command at once). Outputs keep the
+input's relative path with a ``.png`` suffix (``a.jpg`` -> ``a.png``; when two inputs would
+collide, e.g. ``a.jpg`` and ``a.png``, the later keeps its full name: ``a.png.png``). One line
+per file says what was found and done, then the totals. Unreadable inputs are reported by name
+and skipped; the exit status is 1 when any input failed (a file without a face is not a failure).
 """
 
 from __future__ import annotations
@@ -153,6 +185,7 @@ def resolve_stages(chain: list[str] | None, checkpoints: dict[str, Path] | None 
     return order, {n: known[n] for n in order}, spec.size if spec else None
 
 
+
 # ---------------------------------------------------------------------------------------------
 # Inputs and outputs
 
@@ -162,6 +195,9 @@ def list_inputs(input_path: str | Path) -> tuple[Path, list[Path]]:
 
     A file is restored on its own (whatever its extension; unreadable files are reported later);
     a folder is searched recursively for files with an image extension.
+
+    Raises:
+        ConfigError: the input does not exist.
     """
     from facekit.imageio import IMAGE_EXTENSIONS
 
@@ -169,7 +205,7 @@ def list_inputs(input_path: str | Path) -> tuple[Path, list[Path]]:
     if input_path.is_file():
         return input_path.parent, [Path(input_path.name)]
     if not input_path.is_dir():
-        raise ConfigError(f"{input_path}: input does not exist (give a face image or a folder of face crops)")
+        raise ConfigError(f"{input_path}: input does not exist (give an image, a face crop or a folder of them)")
     files = sorted(p.relative_to(input_path) for p in input_path.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     return input_path, files
@@ -188,8 +224,47 @@ def output_names(rel_paths: list[Path]) -> list[Path]:
     return out
 
 
+def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[Path], list[Path]]:
+    """Check the input and output paths and pair every input with its output file (reads no image).
+
+    Args:
+        input_path: an image file or a folder (searched recursively).
+        output: a folder; for a single input file, a path with an image extension (that is not a
+            folder) is the output file itself.
+
+    Returns:
+        ``(root, input paths relative to root, output paths)``.
+
+    Raises:
+        ConfigError: the input does not exist, a folder holds no image, or the output (or a
+            folder above it) is an existing file where a folder is needed.
+    """
+    from facekit.imageio import IMAGE_EXTENSIONS
+
+    root, rels = list_inputs(input_path)
+    if not rels:
+        raise ConfigError(f"{input_path}: no image files found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    output = Path(output)
+    if Path(input_path).is_file() and output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
+        targets, folder = [output], output.parent
+    else:
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"{output}: output is an existing file, but a folder is needed for "
+                              f"{'the outputs' if len(rels) > 1 else 'the output'} (give a folder"
+                              + (", or an output file name with an image extension)" if len(rels) == 1 else ")"))
+        targets, folder = [output / name for name in output_names(rels)], output
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{output}: cannot create the output there: {parent} is a file")
+            break
+    return root, rels, targets
+
+
 def prepare_face(img: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop an RGB image to a square and resize it to ``size`` x ``size``.
+
+    (The command no longer does this; kept for callers that feed a fixed-size model.)
 
     Args:
         img: ``(H,W,3) uint8`` RGB.
@@ -208,20 +283,301 @@ def prepare_face(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def _read_batch(root: Path, rels: list[Path], size: int) -> tuple[list[int], np.ndarray, list[tuple[Path, str]]]:
-    from facekit.imageio import read_image
+# ---------------------------------------------------------------------------------------------
+# Per-face geometry: what to run, at which size, and where to paste it
 
-    ok, faces, failed = [], [], []
-    for i, rel in enumerate(rels):
-        try:
-            faces.append(prepare_face(read_image(root / rel), size))
-            ok.append(i)
-        except ImageReadError as exc:
-            failed.append((rel, exc.problem))
-        except (OSError, ValueError, cv2.error) as exc:  # anything else a broken file can raise
-            failed.append((rel, f"{type(exc).__name__}: {exc}"))
-    arr = np.stack(faces) if faces else np.empty((0, size, size, 3), np.uint8)
-    return ok, arr, failed
+PAD_MULTIPLE = 8      # sides of off-size chain inputs are reflection-padded to a multiple of this
+FACE_MARGIN = 0.15    # context around the face, as facekit.faces.align_face frames training crops
+FEATHER = 0.12        # width of the paste mask's soft edge, as a fraction of the face square
+
+
+def face_square(det, margin: float = FACE_MARGIN) -> tuple[int, int, int]:
+    """Square crop around a detected face, framed like the aligned training crops.
+
+    The similarity that maps the five landmarks onto :func:`facekit.faces.template` gives the
+    crop's centre and side (rotation is ignored: the crop stays axis-aligned so it can be pasted
+    back exactly); degenerate landmarks fall back to the box enlarged by ``1 + 2 * margin``.
+
+    Args:
+        det: a :class:`facekit.faces.Detection` (``box`` ``(x,y,w,h)``, ``landmarks`` ``(5,2)``).
+        margin: context around the face (0.15 = facekit's alignment margin).
+
+    Returns:
+        ``(x0, y0, side)`` in image pixels, ``side >= 1``; the square may reach past the image
+        border (:func:`crop_square` fills that part by reflection, :func:`paste_face` drops it).
+    """
+    from facekit.faces import template
+
+    x, y, w, h = (float(v) for v in det.box)
+    big = max(w, h, 1.0)
+    cx, cy, side = x + w / 2, y + h / 2, big * (1 + 2 * margin)
+    lm = np.asarray(det.landmarks, np.float32)
+    if lm.shape == (5, 2) and np.isfinite(lm).all():
+        matrix, _ = cv2.estimateAffinePartial2D(lm, template(1.0, margin), method=cv2.LMEDS)
+        if matrix is not None:
+            k = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+            if k > 0:
+                lx, ly = np.linalg.solve(matrix[:, :2], np.array([0.5, 0.5]) - matrix[:, 2])
+                # trust the landmarks while they agree with the box (a profile can collapse them)
+                if big <= 1.0 / k <= 2.5 * big and x <= lx <= x + w and y <= ly <= y + h:
+                    cx, cy, side = float(lx), float(ly), 1.0 / k
+    side_i = max(1, int(round(side)))
+    return int(round(cx - side_i / 2)), int(round(cy - side_i / 2)), side_i
+
+
+def crop_square(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """Cut ``img[y0:y0+side, x0:x0+side]``, filling any part past the border by reflection.
+
+    Args:
+        img: ``(H,W,3) uint8``.
+        x0, y0, side: the square in image pixels (may extend past the image).
+
+    Returns:
+        ``(side,side,3) uint8``.
+    """
+    h, w = img.shape[:2]
+    top, left = max(0, -y0), max(0, -x0)
+    bottom, right = max(0, y0 + side - h), max(0, x0 + side - w)
+    inner = img[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
+    if inner.size == 0:  # the square misses the image (never for a detection): use the nearest pixel
+        y, x = min(max(y0, 0), h - 1), min(max(x0, 0), w - 1)
+        return np.broadcast_to(img[y, x], (side, side, img.shape[2])).copy()
+    if top or bottom or left or right:
+        inner = np.pad(inner, ((top, bottom), (left, right), (0, 0)), mode="reflect")
+    return np.ascontiguousarray(inner)
+
+
+def feather_mask(h: int, w: int, feather: float = FEATHER) -> np.ndarray:
+    """Soft paste mask: 1 inside, easing (smoothstep) to ~0 at the border of an ``h`` x ``w`` square.
+
+    Args:
+        h, w: mask size in pixels.
+        feather: width of the soft edge as a fraction of the shorter side (at least 1 px).
+
+    Returns:
+        ``(h,w) float32`` in (0, 1].
+    """
+    width = max(1.0, feather * min(h, w))
+
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float32) + 0.5
+        r = np.clip(np.minimum(i, n - i) / width, 0.0, 1.0)
+        return r * r * (3.0 - 2.0 * r)
+
+    return np.outer(ramp(h), ramp(w)).astype(np.float32)
+
+
+def paste_face(canvas: np.ndarray, face: np.ndarray, x0: int, y0: int, mask: np.ndarray | None = None) -> None:
+    """Blend ``face`` into ``canvas`` at ``(x0, y0)`` with a soft mask, in place.
+
+    Only pixels where the mask is above zero (inside the canvas) are written; every other pixel
+    keeps its exact value.
+
+    Args:
+        canvas: ``(H,W,3) uint8``, modified in place.
+        face: ``(h,w,3)`` uint8 or float32 in [0,255], placed with its top-left at ``(x0, y0)``
+            (parts past the canvas border are dropped).
+        x0, y0: position in canvas pixels.
+        mask: ``(h,w)`` float32 in [0,1] (default :func:`feather_mask`).
+    """
+    h, w = face.shape[:2]
+    mask = feather_mask(h, w) if mask is None else mask
+    H, W = canvas.shape[:2]
+    ya, yb, xa, xb = max(0, y0), min(H, y0 + h), max(0, x0), min(W, x0 + w)
+    if ya >= yb or xa >= xb:
+        return
+    m = mask[ya - y0:yb - y0, xa - x0:xb - x0, None]
+    src = face[ya - y0:yb - y0, xa - x0:xb - x0].astype(np.float32)
+    dst = canvas[ya:yb, xa:xb]
+    blended = np.clip(np.rint(dst.astype(np.float32) * (1.0 - m) + src * m), 0, 255).astype(np.uint8)
+    np.copyto(dst, blended, where=m > 0)
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize to ``h`` x ``w``: area filter when shrinking, bicubic when enlarging."""
+    ih, iw = img.shape[:2]
+    if (ih, iw) == (h, w):
+        return img
+    interp = cv2.INTER_AREA if h <= ih and w <= iw else cv2.INTER_CUBIC
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+@dataclass
+class FacePlan:
+    """How one face is handled.
+
+    Attributes:
+        side: the face's side in input pixels (a crop's longer side).
+        target: ``(h, w)`` it takes in the output.
+        run: chain input side (longer side, before padding), or None when the face is kept.
+        action: what is done, in words ("restored at 16->64", "kept: already at output size").
+    """
+
+    side: int
+    target: tuple[int, int]
+    run: int | None
+    action: str
+
+
+LARGE_FACES = ("own", "native", "keep")  # how faces above the chain's input side are restored
+
+
+def plan_face(h: int, w: int, target: tuple[int, int], in_size: int, scale: int, out_size: int,
+              any_size: bool | None = True, large: str = "own") -> FacePlan:
+    """Decide how a face of ``h`` x ``w`` pixels reaching ``target`` in the output is restored.
+
+    Args:
+        h, w: the face crop's size in input pixels.
+        target: ``(h, w)`` in the output.
+        in_size: chain input side ``n``; smaller faces are enlarged to it.
+        scale: chain scale ``s``.
+        out_size: faces at least this big that need no enlarging are kept.
+        any_size: whether the chain runs at sizes other than ``n`` (None: not known yet, treated
+            as True; see :func:`chain_runs_any_size`).
+        large: faces above ``n`` (and below the output size): ``"own"`` restores them at their
+            own size, ``"native"`` shrinks them to ``n`` first, ``"keep"`` leaves them unrestored.
+
+    Returns:
+        A :class:`FacePlan` (``run`` None: kept, resized to ``target`` like the background).
+    """
+    if large not in LARGE_FACES:
+        raise ConfigError(f"--large-faces must be one of {', '.join(LARGE_FACES)}, got {large!r}")
+    side = max(h, w)
+    t = max(target)
+    if side >= t and side >= out_size:
+        return FacePlan(side, target, None, f"kept: already at output size ({side} px >= {out_size} px)")
+    if side > in_size and large == "keep":
+        return FacePlan(side, target, None, f"kept: {side} px is above the chain's {in_size} px input "
+                                            "(--large-faces keep)" + (f", resized to {t}" if t != side else ""))
+    run = in_size if large == "native" else max(side, in_size)
+    if run != in_size and any_size is False:
+        return FacePlan(side, target, None, f"kept: the chain runs only at {in_size} px and the face is {side} px"
+                        + (f", resized to {t}" if t != side else ""))
+    action = ""
+    if side != run:
+        action = f"{'enlarged' if side < run else 'shrunk'} {side}->{run}, "
+    action += f"restored at {run}->{run * scale}"
+    if t != run * scale:
+        action += f", resized to {t}"
+    return FacePlan(side, target, run, action)
+
+
+def _chain_input(face: np.ndarray, run: int, in_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The (padded) chain input for a face crop and the padding ``(top, bottom, left, right)``.
+
+    A crop whose longer side is not ``run`` is resized to it (bicubic when enlarging, area when
+    shrinking; aspect kept). At the
+    chain's own size the input is reflection-padded to ``in_size`` x ``in_size`` (so it batches
+    and runs on any backend); at other sizes each side is padded to a multiple of :data:`PAD_MULTIPLE`.
+    """
+    h, w = face.shape[:2]
+    side = max(h, w)
+    if side != run:
+        h, w = max(1, round(h * run / side)), max(1, round(w * run / side))
+        face = cv2.resize(face, (w, h), interpolation=cv2.INTER_CUBIC if side < run else cv2.INTER_AREA)
+    if run == in_size:
+        ph, pw = in_size - h, in_size - w
+    else:
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+    pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    if ph or pw:
+        face = np.pad(face, ((pad[0], pad[1]), (pad[2], pad[3]), (0, 0)), mode="reflect")
+    return np.ascontiguousarray(face), pad
+
+
+def _call_chain(chain, x: torch.Tensor, native: bool):
+    """Run the chain; inputs not at its own size go through PyTorch (ONNX files are per size)."""
+    if native or getattr(chain, "backend", "torch") == "torch":
+        return chain(x)
+    return chain(x, backend="torch")
+
+
+def chain_runs_any_size(chain, in_size: int) -> bool:
+    """Whether ``chain`` (in PyTorch) restores non-square inputs of other sizes than ``in_size``.
+
+    Probes one ``(in_size + 8) x (in_size + 16)`` input and checks the output is ``scale`` times
+    larger; any error means no (such faces are then kept rather than shrunk to ``in_size``).
+    """
+    h, w = in_size + PAD_MULTIPLE, in_size + 2 * PAD_MULTIPLE
+    try:
+        out = _call_chain(chain, torch.full((1, 3, h, w), 0.5), native=False).out
+    except Exception:  # noqa: BLE001 - any failure means "not at this size"
+        return False
+    return tuple(out.shape) == (1, 3, h * chain.scale, w * chain.scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclass
+class FaceReport:
+    """What happened to one face.
+
+    Attributes:
+        side: face side in input pixels (the crop square's side; a crop's longer side).
+        action: what was done ("restored at 16->64", "kept: already at output size (...)").
+        restored: whether the chain ran on it.
+        box: YuNet box ``(x, y, w, h)`` in input pixels (whole-image mode; None for crops).
+        score: detector confidence (whole-image mode).
+        square: ``(x0, y0, side)`` the face square in input pixels (whole-image mode).
+        region: ``(x0, y0, side)`` its paste square in output pixels; the output differs from
+            the (upscaled) input only inside these squares (whole-image mode).
+    """
+
+    side: int
+    action: str
+    restored: bool
+    box: tuple[int, int, int, int] | None = None
+    score: float | None = None
+    square: tuple[int, int, int] | None = None
+    region: tuple[int, int, int] | None = None
+
+    def text(self) -> str:
+        if self.box is None:
+            return self.action
+        x, y, w, h = self.box
+        x0, y0, side = self.square
+        return f"box ({x}, {y}, {w}, {h}) score {self.score:.2f}, square {side} px at ({x0}, {y0}): {self.action}"
+
+
+@dataclass
+class FileReport:
+    """What happened to one input file.
+
+    Attributes:
+        rel: input path relative to the input root.
+        output: the file written.
+        in_shape / out_shape: ``(H, W)`` of the input and the output.
+        faces: one :class:`FaceReport` per face (crops: exactly one).
+        aligned: whether the input was treated as a face crop.
+    """
+
+    rel: Path
+    output: Path
+    in_shape: tuple[int, int]
+    out_shape: tuple[int, int]
+    faces: list[FaceReport] = field(default_factory=list)
+    aligned: bool = False
+
+    @property
+    def restored(self) -> int:
+        return sum(f.restored for f in self.faces)
+
+    @property
+    def kept(self) -> int:
+        return sum(not f.restored for f in self.faces)
+
+    def text(self) -> str:
+        (ih, iw), (oh, ow) = self.in_shape, self.out_shape
+        head = f"{self.rel}: {iw}x{ih} -> {ow}x{oh}"
+        if self.aligned:
+            return f"{head}: {self.faces[0].action}"
+        if not self.faces:
+            return f"{head}: no face found; written " + ("unchanged" if self.in_shape == self.out_shape else "upscaled")
+        lines = [f"{head}: {len(self.faces)} face(s) found, {self.restored} restored, {self.kept} kept"]
+        lines += [f"  face {i + 1}: {f.text()}" for i, f in enumerate(self.faces)]
+        return "\n".join(lines)
 
 
 @dataclass
@@ -231,96 +587,269 @@ class RestoreSummary:
     Attributes:
         written: output files, in input order.
         failed: ``(input relative path, problem)`` for every input that could not be read.
-        seconds: total wall time (reading, restoring, writing).
+        files: one :class:`FileReport` per written file, in input order.
+        seconds: total wall time (reading, detecting, restoring, writing).
         model_seconds: time inside the chain.
         stage_seconds: per-stage time summed over batches.
-        backend: the backend that ran.
+        backend: the backend that ran faces at the chain's own input size (other sizes: torch).
+        off_size: chain input side of every face restored at a size other than ``in_size``.
+        in_size: the chain's input side.
     """
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    files: list[FileReport] = field(default_factory=list)
     seconds: float = 0.0
     model_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     backend: str = "torch"
+    off_size: list[int] = field(default_factory=list)
+    in_size: int | None = None
+
+    @property
+    def faces_found(self) -> int:
+        return sum(len(f.faces) for f in self.files)
+
+    @property
+    def faces_restored(self) -> int:
+        return sum(f.restored for f in self.files)
+
+    @property
+    def faces_kept(self) -> int:
+        return sum(f.kept for f in self.files)
+
+    @property
+    def no_face(self) -> list[Path]:
+        """Inputs in which no face was found (whole-image mode)."""
+        return [f.rel for f in self.files if not f.faces]
 
     @property
     def faces_per_s(self) -> float:
-        return len(self.written) / self.seconds if self.seconds > 0 else 0.0
+        return self.faces_restored / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def model_faces_per_s(self) -> float:
-        return len(self.written) / self.model_seconds if self.model_seconds > 0 else 0.0
+        return self.faces_restored / self.model_seconds if self.model_seconds > 0 else 0.0
 
-    def text(self) -> str:
-        lines = [f"restored {len(self.written)} face(s) in {self.seconds:.2f} s: {self.faces_per_s:.1f} faces/s "
-                 f"overall, {self.model_faces_per_s:.1f} faces/s in the chain ({self.backend}; "
-                 + ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items()) + ")",
-                 f"unreadable inputs: {len(self.failed)}"]
+    def text(self, per_file: bool = True) -> str:
+        """The report: one line per file (with ``per_file``), the totals and the unreadable inputs."""
+        lines = [f.text() for f in self.files] if per_file else []
+        lines.append(f"total: {len(self.written)} file(s) written, {self.faces_found} face(s) found, "
+                     f"{self.faces_restored} restored, {self.faces_kept} kept"
+                     + (f"; no face found in {len(self.no_face)} file(s)" if self.no_face else ""))
+        small = [f for f in self.files if not f.faces and max(f.in_shape) <= 128]
+        if small and not any(f.aligned for f in self.files):
+            lines.append(f"hint: {len(small)} input(s) without a face are small ({max(small[0].in_shape)} px); "
+                         "if they are face crops, restore them with --aligned")
+        if self.off_size:
+            lines.append(f"note: {len(self.off_size)} face(s) ran at their own size ({min(self.off_size)}-"
+                         f"{max(self.off_size)} px), not the chain's {self.in_size} px input; a chain trained "
+                         "at one face size may restore other sizes badly (see --large-faces native|keep)")
+        lines.append(f"restored {self.faces_restored} face(s) in {self.seconds:.2f} s: {self.faces_per_s:.1f} faces/s "
+                     f"overall, {self.model_faces_per_s:.1f} faces/s in the chain ({self.backend}"
+                     + "".join(f"; {k} {v:.2f} s" for k, v in self.stage_seconds.items()) + ")")
+        lines.append(f"unreadable inputs: {len(self.failed)}")
         lines += [f"  {rel}: {problem}" for rel, problem in self.failed]
         return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# Restoring files
+
+
+@dataclass
+class _Loaded:
+    index: int                      # position in the input list
+    img: np.ndarray                 # (H,W,3) uint8 input
+    squares: list[tuple] | None     # whole-image mode: [(detection, (x0, y0, side))]
+
+
+def _load(root: Path, rels: list[Path], indices: list[int], detector, margin: float
+          ) -> tuple[list[_Loaded], list[tuple[int, str]]]:
+    """Read (and in whole-image mode, detect faces in) a chunk of files; runs on the prefetch thread."""
+    from facekit.imageio import read_image
+
+    ok, failed = [], []
+    for i in indices:
+        try:
+            img = read_image(root / rels[i])
+        except ImageReadError as exc:
+            failed.append((i, exc.problem))
+            continue
+        except (OSError, ValueError, cv2.error) as exc:  # anything else a broken file can raise
+            failed.append((i, f"{type(exc).__name__}: {exc}"))
+            continue
+        squares = None
+        if detector is not None:
+            squares = [(d, face_square(d, margin)) for d in detector.detect(img)]
+        ok.append(_Loaded(i, img, squares))
+    return ok, failed
+
+
+def _run_jobs(chain, jobs: list[tuple], batch: int, size: int, scale: int,
+              summary: RestoreSummary) -> dict[tuple[int, int], np.ndarray]:
+    """Run the chain on planned faces, batched by input shape; adds the timing to ``summary``.
+
+    Args:
+        jobs: ``(file k, face j, FacePlan, (h,w,3) uint8 padded input, (top, bottom, left, right))``.
+
+    Returns:
+        ``(k, j)`` -> the restored face, unpadded and resized to its plan's target: ``(th,tw,3)``
+        float32 in [0, 255].
+    """
+    results: dict[tuple[int, int], np.ndarray] = {}
+    by_shape: dict[tuple[int, int], list] = {}
+    for job in jobs:
+        by_shape.setdefault(job[3].shape[:2], []).append(job)
+    for shape, group in by_shape.items():
+        for g in range(0, len(group), batch):
+            part = group[g:g + batch]
+            x = torch.from_numpy(np.stack([jb[3] for jb in part])).permute(0, 3, 1, 2).float().div_(255.0)
+            t0 = time.perf_counter()
+            result = _call_chain(chain, x, native=shape == (size, size))
+            summary.model_seconds += time.perf_counter() - t0
+            for name, sec in getattr(result, "seconds", {}).items():
+                summary.stage_seconds[name] = summary.stage_seconds.get(name, 0.0) + sec
+            out = result.out.detach().float().clamp(0, 1).mul(255.0).permute(0, 2, 3, 1).cpu().numpy()
+            for (k, j, plan, _, (top, bottom, left, right)), o in zip(part, out):
+                o = o[top * scale:o.shape[0] - bottom * scale, left * scale:o.shape[1] - right * scale]
+                results[(k, j)] = np.clip(_resize(np.ascontiguousarray(o), *plan.target), 0, 255)
+    return results
+
+
 def restore_path(input_path: str | Path, output: str | Path, chain, size: int, batch: int = 32,
-                 progress: bool = True) -> RestoreSummary:
-    """Restore one image or every image under a folder.
+                 progress: bool = True, *, aligned: bool = False, upscale: int = 1, out_size: int | None = None,
+                 detector=None, margin: float = FACE_MARGIN, large: str = "own") -> RestoreSummary:
+    """Restore the faces in one image or in every image under a folder.
 
     Args:
         input_path: image file or folder (searched recursively).
-        output: folder for the restored faces (for a single input file, a path with an image
-            extension is used as the output file itself).
-        chain: a :class:`facekit.chain.RestorationChain`.
-        size: side every face is resized to before the chain.
-        batch: faces per chain call.
+        output: folder for the results (for a single input file, a path with an image extension
+            is used as the output file itself).
+        chain: a :class:`facekit.chain.RestorationChain` (or any callable with ``.scale``,
+            ``.backend`` and ``chain(x) -> result.out``, ``x`` ``(N,3,h,w)`` float32 in [0,1]).
+        size: the chain's input side ``n``: smaller faces are enlarged to it, larger ones run at
+            their own size (see the module docstring).
+        batch: files read per step (and most faces per chain call).
         progress: show a tqdm progress bar.
+        aligned: inputs are face crops, restored whole (else faces are detected and pasted back).
+        upscale: whole-image mode: integer factor the output is enlarged by (>= 1).
+        out_size: crops: the output's longer side is at least this; whole images: faces at least
+            this big are kept unless ``upscale`` enlarges them. Default ``size * chain.scale``.
+        detector: a :class:`facekit.faces.FaceDetector` (default: a new one; whole-image mode).
+        margin: context around each detected face (whole-image mode).
+        large: faces above ``size``: ``"own"`` (restored at their own size), ``"native"``
+            (shrunk to ``size`` first) or ``"keep"`` (not restored); see :func:`plan_face`.
 
     Returns:
-        A :class:`RestoreSummary`; unreadable inputs are listed there (and warned about), not raised.
+        A :class:`RestoreSummary`; unreadable inputs are listed there (and warned about), not
+        raised; a file without a face is written (upscaled) and listed in ``no_face``.
+
+    Raises:
+        ConfigError: bad paths (see :func:`plan_paths`) or settings.
     """
     from tqdm.auto import tqdm
 
-    from facekit.imageio import IMAGE_EXTENSIONS, write_image
+    from facekit.imageio import write_image
 
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     if size < 1:
         raise ConfigError(f"--size must be >= 1, got {size}")
+    if int(upscale) != upscale or upscale < 1:
+        raise ConfigError(f"--upscale must be a whole number >= 1, got {upscale}")
+    upscale = int(upscale)
+    if aligned and upscale != 1:
+        raise ConfigError("--upscale enlarges whole images; for face crops (--aligned) set the output side "
+                          "with --out-size")
+    scale = int(chain.scale)
+    out_size = int(out_size or size * scale)
+    if out_size < 1:
+        raise ConfigError(f"--out-size must be >= 1, got {out_size}")
+    if large not in LARGE_FACES:
+        raise ConfigError(f"--large-faces must be one of {', '.join(LARGE_FACES)}, got {large!r}")
     t_start = time.perf_counter()
-    root, rels = list_inputs(input_path)
-    if not rels:
-        raise ConfigError(f"{input_path}: no image files found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    output = Path(output)
-    single_file = Path(input_path).is_file()
-    if single_file and output.suffix.lower() in IMAGE_EXTENSIONS:
-        targets = [output]
-    else:
-        targets = [output / name for name in output_names(rels)]
-    summary = RestoreSummary(backend=chain.backend)
+    root, rels, targets = plan_paths(input_path, output)
+    if not aligned and detector is None:
+        from facekit.faces import FaceDetector
+
+        detector = FaceDetector()
+    summary = RestoreSummary(backend=getattr(chain, "backend", "torch"), in_size=size)
+    any_size: list[bool | None] = [None]  # probed once, the first time a face needs another size
+
+    def runs_any_size() -> bool:
+        if any_size[0] is None:
+            any_size[0] = chain_runs_any_size(chain, size)
+        return bool(any_size[0])
+
+    def plan(h: int, w: int, target: tuple[int, int]) -> FacePlan:
+        p = plan_face(h, w, target, size, scale, out_size, True, large)
+        if p.run is not None and p.run != size and not runs_any_size():
+            p = plan_face(h, w, target, size, scale, out_size, False, large)
+        if p.run is not None and p.run != size:
+            summary.off_size.append(p.run)
+        return p
+
     chunks = [list(range(i, min(i + batch, len(rels)))) for i in range(0, len(rels), batch)]
-    bar = tqdm(total=len(rels), unit="face", desc="restore", disable=not progress, file=sys.stderr)
-    # Decode the next batch on a worker thread while the chain runs on the current one.
+    bar = tqdm(total=len(rels), unit="file", desc="restore", disable=not progress, file=sys.stderr)
+    # Decode (and detect) the next chunk on a worker thread while the chain runs on the current one.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read_batch, root, [rels[i] for i in chunks[0]], size) if chunks else None
-        for c, idx in enumerate(chunks):
-            ok, faces, failed = pending.result()
+        pending = pool.submit(_load, root, rels, chunks[0], None if aligned else detector, margin)
+        for c in range(len(chunks)):
+            loaded, failed = pending.result()
             if c + 1 < len(chunks):
-                pending = pool.submit(_read_batch, root, [rels[i] for i in chunks[c + 1]], size)
-            for rel, problem in failed:
-                summary.failed.append((rel, problem))
-                bar.write(f"restore: skipped unreadable input {rel}: {problem}", file=sys.stderr)
-            if len(ok):
-                lq = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255.0)
-                t0 = time.perf_counter()
-                result = chain(lq)
-                summary.model_seconds += time.perf_counter() - t0
-                for k, v in result.seconds.items():
-                    summary.stage_seconds[k] = summary.stage_seconds.get(k, 0.0) + v
-                out = (result.out.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255)
-                       .to(torch.uint8).cpu().numpy())
-                for j, i in enumerate(ok):
-                    summary.written.append(write_image(targets[idx[i]], out[j]))
-            bar.update(len(idx))
-            bar.set_postfix(failed=len(summary.failed))
+                pending = pool.submit(_load, root, rels, chunks[c + 1], None if aligned else detector, margin)
+            for i, problem in failed:
+                summary.failed.append((rels[i], problem))
+                bar.write(f"restore: skipped unreadable input {rels[i]}: {problem}", file=sys.stderr)
+            # Plan every face of the chunk, then run them grouped by chain input shape.
+            jobs = []  # (file k, face j, plan, chain input, padding)
+            canvases, reports = [], []
+            for k, item in enumerate(loaded):
+                h, w = item.img.shape[:2]
+                if aligned:
+                    side = max(h, w)
+                    t = max(side, out_size)
+                    target = (max(1, round(h * t / side)), max(1, round(w * t / side)))
+                    p = plan(h, w, target)
+                    canvases.append(_resize(item.img, *target) if p.run is None else None)
+                    faces = [FaceReport(p.side, p.action, p.run is not None)]
+                    if p.run is not None:
+                        jobs.append((k, 0, p, *_chain_input(item.img, p.run, size)))
+                else:
+                    canvases.append(item.img.copy() if upscale == 1 else
+                                    cv2.resize(item.img, (w * upscale, h * upscale), interpolation=cv2.INTER_CUBIC))
+                    faces = []
+                    for j, (det, (x0, y0, side)) in enumerate(item.squares):
+                        t = side * upscale
+                        p = plan(side, side, (t, t))
+                        box = tuple(int(round(float(v))) for v in det.box)
+                        faces.append(FaceReport(side, p.action, p.run is not None, box, float(det.score),
+                                                (x0, y0, side), (x0 * upscale, y0 * upscale, t)))
+                        if p.run is not None:
+                            jobs.append((k, j, p, *_chain_input(crop_square(item.img, x0, y0, side), p.run, size)))
+                reports.append(faces)
+            results = _run_jobs(chain, jobs, batch, size, scale, summary)
+            for k, item in enumerate(loaded):
+                canvas = canvases[k]
+                if aligned:
+                    if canvas is None:
+                        canvas = np.rint(results[(k, 0)]).astype(np.uint8)
+                else:
+                    # paste the most confident face last, so it wins where squares overlap
+                    for j in reversed(range(len(reports[k]))):
+                        if (k, j) in results:
+                            x0, y0, _ = reports[k][j].region
+                            paste_face(canvas, results[(k, j)], x0, y0)
+                target_path = targets[item.index]
+                summary.written.append(write_image(target_path, canvas))
+                report = FileReport(rels[item.index], target_path, item.img.shape[:2], canvas.shape[:2],
+                                    reports[k], aligned)
+                summary.files.append(report)
+                if not report.faces:
+                    bar.write(f"restore: no face found in {report.rel}", file=sys.stderr)
+            bar.update(len(chunks[c]))
+            bar.set_postfix(faces=summary.faces_found, failed=len(summary.failed))
     bar.close()
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -347,8 +876,25 @@ def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="a face image or a folder of face crops (any size)")
-    parser.add_argument("output", help="folder for the restored faces (same relative names, .png)")
+    parser.add_argument("input", help="an image (photo, frame) or a folder of them; with --aligned, face crops")
+    parser.add_argument("output", help="folder for the results (same relative names, .png), or an output "
+                                       "file name for a single input")
+    parser.add_argument("--aligned", action="store_true",
+                        help="inputs are face crops: restore each whole, keeping its aspect (default: find "
+                             "the faces in each image, restore them and paste them back)")
+    parser.add_argument("--upscale", type=int, default=1, metavar="U",
+                        help="whole images: enlarge the output U times (background bicubic, faces restored; "
+                             "default 1)")
+    parser.add_argument("--out-size", type=int, default=None, metavar="PX",
+                        help="face crops: the output's longer side is at least PX; whole images: faces of "
+                             "PX or more are kept unless --upscale enlarges them (default: the chain's "
+                             "output side, e.g. 64)")
+    parser.add_argument("--large-faces", choices=LARGE_FACES, default="own",
+                        help="faces larger than the chain's input (and below the output size): own = restore "
+                             "at their own size (default; the chain must cope with that face size), native = "
+                             "shrink to the chain's input first, keep = leave them unrestored (bicubic)")
+    parser.add_argument("--det-score", type=float, default=0.6,
+                        help="whole images: minimum YuNet face confidence (default 0.6)")
     parser.add_argument("--chain", default=None,
                         help="comma-separated stages in run order, e.g. deblur,reconstruct,upscale "
                              "(default: the order in chain.yaml)")
@@ -357,22 +903,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="chain folder with chain.yaml (default: models/default)")
     parser.add_argument("--size", type=int, default=None,
-                        help="input side faces are resized to (default: chain.yaml's size, e.g. 16 or 32)")
-    parser.add_argument("--batch", type=int, default=32, help="faces per batch (default 32)")
+                        help="the chain's input side: smaller faces are enlarged to it, larger ones run at "
+                             "their own size (default: chain.yaml's size, e.g. 16)")
+    parser.add_argument("--batch", type=int, default=32, help="files read, and faces restored, per batch (default 32)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                        help="inference backend; auto measures both and keeps the faster (default)")
+                        help="inference backend for faces at the chain's input size (other sizes run in "
+                             "torch); auto measures both and keeps the faster (default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    # Everything that can be checked without a model is checked first.
     chain_names = [n.strip() for n in args.chain.split(",")] if args.chain else None
     checkpoints = parse_checkpoint_args(args.checkpoint)
+    for flag, value, low in (("--batch", args.batch, 1), ("--upscale", args.upscale, 1),
+                             ("--size", args.size, 1), ("--out-size", args.out_size, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if args.aligned and args.upscale != 1:
+        raise ConfigError("--upscale enlarges whole images; for face crops (--aligned) set the output side "
+                          "with --out-size")
+    if not 0.0 < args.det_score <= 1.0:
+        raise ConfigError(f"--det-score must be in (0, 1], got {args.det_score}")
+    plan_paths(args.input, args.output)
     chain, size = build_chain(chain_names, checkpoints, args.models, args.size, args.backend, args.device,
                               args.batch)
+    detector = None
+    if not args.aligned:
+        from facekit.faces import FaceDetector
+
+        detector = FaceDetector(score_threshold=args.det_score)
+    out_size = args.out_size or size * chain.scale
+    mode = ("face crops (--aligned), output side >= " f"{out_size} px" if args.aligned else
+            f"whole images: detect faces, restore, paste back, upscale x{args.upscale}")
     print(f"restore: chain {' -> '.join(chain.names)} (x{chain.scale}), {size}px -> {size * chain.scale}px, "
           f"backend {chain.backend}" + (f" (measured {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in chain.timings.items())})"
-                                        if chain.timings else ""), file=sys.stderr)
-    summary = restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress)
+                                        if chain.timings else "") + f"; {mode}", file=sys.stderr)
+    summary = restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress,
+                           aligned=args.aligned, upscale=args.upscale, out_size=args.out_size, detector=detector,
+                           large=args.large_faces)
     print(summary.text())
     return 1 if summary.failed else 0
