@@ -1,0 +1,98 @@
+"""The out-of-distribution evaluation suite (issue 24): it must catch a restorer that does harm."""
+
+import numpy as np
+import pytest
+import torch
+
+from facekit import ood
+from facekit.baselines import build_method
+
+
+@pytest.fixture(scope="module")
+def orl_data():
+    return ood.load_ood_data(("orl",), limit=2, progress=False)
+
+
+def _constant(lq, size):
+    return torch.full((lq.shape[0], 3, *size), 0.5)
+
+
+def test_missing_shared_source_is_skipped_with_the_reason(tmp_path, orl_data):
+    data = ood.load_ood_data(("utkface", "orl"), limit=1, root=tmp_path, progress=False)
+    assert "utkface" in data.skipped and "absent" in data.skipped["utkface"]
+    assert len(data.probes["orl"]) == 8  # one person, photos 3-10
+    assert len(orl_data.gallery["orl"][0]) == 4  # photos 1-2 of two people enrolled
+
+
+def test_pairs_are_deterministic_and_landmarks_follow_the_framing(orl_data):
+    faces = orl_data.probes["orl"]
+    cell = ood.Cell("medium", "offcentre")
+    a = ood.make_cell_pairs(faces, cell, 3, 2, seed=1)
+    b = ood.make_cell_pairs(faces, cell, 3, 2, seed=1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[2], b[2])
+    assert a[0].shape == (16, 16, 16, 3) and a[1].shape == (16, 64, 64, 3)
+    # clean framed faces aligned at the mapped landmarks are recognised against the gallery
+    from facekit import recognition
+
+    for framing in ("tight", "loose", "offcentre"):
+        _, gt, lms, _ = ood.make_cell_pairs(faces, ood.Cell("medium", framing), 0, 2)
+        emb = recognition.l2_normalize(recognition.embed(ood.identity_crops(gt, lms), "sface"))
+        g_crops, g_ids = orl_data.gallery["orl"]
+        g_emb = recognition.l2_normalize(recognition.embed(g_crops, "sface"))
+        hits = g_ids[np.argmax(emb @ g_emb.T, axis=1)] == np.array([f.identity for f in faces], dtype=object)
+        assert hits.mean() >= 0.85, framing
+
+
+def test_suite_flags_a_constant_face_restorer_in_every_cell(orl_data):
+    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    cells = ood.default_cells(quick=True)
+    df = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False)
+    assert set(df["cell"]) == {c.name for c in cells}
+    fl = ood.flags(ood.summarise(df))
+    bad = fl[fl["method"] == "constant"]
+    assert len(bad) == len(cells) and bad["worse"].all()
+    # raw similarity alone would miss it: a featureless face has ~0.26 to anyone; the margin does not
+    assert bad["id_sface_margin_worse"].all() and bad["ssim_worse"].all()
+    results = {r.target.split(" ")[0].rstrip(","): r for r in ood.check_targets(df, "constant")}
+    assert not results["PSNR"].passed
+    assert "0/7 cells" in results["PSNR"].value
+    grey = [r for r in ood.check_targets(df, "constant") if r.target.startswith("grey")][0]
+    assert grey.passed  # a constant grey face is grey; the colour-cast check below is the converse
+    md = ood.markdown_gain_table(df, "constant")
+    assert md.count("✗") == len(cells)
+
+
+def test_targets_catch_colour_added_to_grey_faces_and_a_skin_tone_shift(orl_data):
+    def tinted(lq, size):
+        out = torch.nn.functional.interpolate(lq, size=size, mode="bicubic", align_corners=False)
+        return (out * torch.tensor([1.1, 1.0, 0.9]).view(1, 3, 1, 1)).clamp(0, 1)
+
+    methods = {"bicubic": build_method("bicubic"), "tinted": tinted}
+    df = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium"), ood.Cell("medium", gray=True)],
+                          identity_nets=("sface",), progress=False)
+    grey = [r for r in ood.check_targets(df, "tinted") if r.target.startswith("grey")][0]
+    assert not grey.passed
+    s = ood.summarise(df).set_index(["cell", "method"])
+    assert s.loc[("medium", "tinted"), "dE"] > s.loc[("medium", "bicubic"), "dE"] + 2
+
+
+def test_results_round_trip(tmp_path, orl_data):
+    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    df = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium")], identity_nets=("sface",), progress=False)
+    paths = ood.save_results(df, tmp_path / "run", ["constant"])
+    back = ood.load_results(tmp_path / "run")
+    assert len(back) == len(df)
+    assert np.allclose(back["psnr"], df["psnr"])
+    import json
+
+    doc = json.loads(paths["json"].read_text())
+    assert doc["targets"]["constant"][0]["passed"] is False
+
+
+def test_bad_names_and_sources_are_refused():
+    from facekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="plain folder name"):
+        ood.run_dir("../x")
+    with pytest.raises(ConfigError, match="valid"):
+        ood.load_ood_data(("lfw",))
