@@ -441,9 +441,10 @@ def _call_generator_loader(loader, path, device):
     return net, info
 
 
-def _make_chain(scale: int, device: str, arg: str | None, context: dict) -> Method:
+def _make_chain(scale: int, device: str, arg: str | None, context: dict, relight: bool = True) -> Method:
     """``chain:DIR`` (a folder with chain.yaml; ``default`` = models/default) or ``chain:DIR@a+b``
-    (only stages a then b, e.g. one stage alone)."""
+    (only stages a then b, e.g. one stage alone). ``relight=False`` switches the explicit relight
+    step of faithful stages off (``chain-norelight:DIR``)."""
     if not arg:
         raise ConfigError("method 'chain:DIR' needs a chain folder (or 'default') after the colon, "
                           "optionally @stage+stage")
@@ -456,6 +457,10 @@ def _make_chain(scale: int, device: str, arg: str | None, context: dict) -> Meth
     if not spec_file.is_file():
         raise MethodUnavailable(f"chain:{arg}: {spec_file} does not exist")
     rc, in_size = restore.build_chain(stages, None, model_dir, backend="torch", device=device)
+    if not relight:
+        for st in rc.stages:
+            if hasattr(st.model, "relight"):
+                st.model.relight = False
 
     # Fully convolutional stages that were trained for any face size (``any_size``) run at the
     # input's own size; the others were trained on in_size inputs, so faces are resized to it.
@@ -467,7 +472,13 @@ def _make_chain(scale: int, device: str, arg: str | None, context: dict) -> Meth
     native = int(rc.scale)
     note = f"restoration chain {model_dir.name} ({' -> '.join(rc.names)}), input {in_size}px, output " \
            f"{in_size * native}px, resized to the gt size"
-    return Method(f"chain:{arg}", run, scale, native, note, 16, str(device))
+    prefix = "chain" if relight else "chain-norelight"
+    return Method(f"{prefix}:{arg}", run, scale, native, note, 16, str(device))
+
+
+def _make_chain_norelight(scale: int, device: str, arg: str | None, context: dict) -> Method:
+    """``chain-norelight:DIR``: a chain with its stages' relight step off (``restore --no-relight``)."""
+    return _make_chain(scale, device, arg, context, relight=False)
 
 
 # name -> factory(scale, device, argument after "name:" or None, context). Parametrised methods
@@ -479,8 +490,9 @@ METHODS: dict[str, Callable[[int, str, str | None, dict], Method]] = {
     "realesrgan-x4plus": _make_realesrgan,
     "model": _make_model,
     "chain": _make_chain,
+    "chain-norelight": _make_chain_norelight,
 }
-PARAMETRISED = ("model", "chain")
+PARAMETRISED = ("model", "chain", "chain-norelight")
 
 
 def build_method(name: str, scale: int = 4, device: str | torch.device = "cpu", train_faces=None) -> Method:

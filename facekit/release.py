@@ -177,7 +177,43 @@ def val_scores(nets: dict, cfg: dict, faces=None) -> dict[str, dict[str, float]]
     return {name: evaluate(net, lq, gt, torch.device("cpu")) for name, net in nets.items()}
 
 
-def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None) -> tuple[Path, dict]:
+LOCUS_FACES = 4000  # training faces the relight locus is fitted on (a seeded sample)
+
+
+def training_faces_sample(cfg: dict, n: int = LOCUS_FACES, seed: int = 0) -> np.ndarray:
+    """A seeded sample of a run's clean training faces, every mixed-in source included (their
+    train splits only), ``(n,S,S,3) uint8``: what the relight locus is fitted on."""
+    from facekit.data import load_faces
+    from facekit.train import TrainConfig, mix_faces, split_faces
+
+    tcfg = TrainConfig.from_dict(cfg)
+    train, _ = split_faces(load_faces(tcfg.data, size=tcfg.size, limit=tcfg.limit, seed=tcfg.seed, progress=False),
+                           tcfg.val_count)
+    if tcfg.mix_entries():
+        train, _ = mix_faces(train, tcfg)  # repeated by share, so the sample follows the training mix
+    pick = np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False)
+    return train[np.sort(pick)]
+
+
+def prepare_for_release(net, info: dict, relight: bool = True) -> dict:
+    """Arch kwargs for the released stage; a ``faithful`` generator gets its relight locus fitted
+    on the run's training faces and the (explicit, switchable) relight step turned on.
+
+    Returns:
+        The kwargs to save with the stage.
+    """
+    kwargs = dict(info["kwargs"])
+    if info["arch"] == "faithful":
+        from facekit.relight import fit_locus, set_locus
+
+        set_locus(net, fit_locus(training_faces_sample(info["config"])))
+        net.relight = bool(relight)
+        kwargs["relight"] = bool(relight)
+    return kwargs
+
+
+def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None,
+                 allow_unfinished: bool = False) -> tuple[Path, dict]:
     """Write a run's generator as a ``reconstruct`` chain stage.
 
     Args:
@@ -188,6 +224,8 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
             EMA (decay 0.999) still carries a noticeable share of the initial, bicubic-like
             weights, so the raw weights can be better.
         val_faces: validation faces for "best" (default: the run's source's val split).
+        allow_unfinished: export a run that has not reached its last step (an interim candidate
+            for evaluation; never a release).
 
     Returns:
         ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``,
@@ -202,7 +240,8 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
     ckpt, summary = _run_files(run_dir)
     net, info = load_generator(ckpt, ema=weights != "raw")
     cfg = info["config"]
-    if cfg.get("steps") is not None and info.get("step") is not None and int(info["step"]) < int(cfg["steps"]):
+    if (not allow_unfinished and cfg.get("steps") is not None and info.get("step") is not None
+            and int(info["step"]) < int(cfg["steps"])):
         raise ConfigError(f"{ckpt}: the run stopped at step {info['step']} of {cfg['steps']}; "
                           f"finish it (python -m facekit train --config {run_dir / 'config.yaml'} --resume) first")
     chosen, val = ("raw" if weights == "raw" else "ema"), {}
@@ -212,6 +251,7 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
         if val["raw"]["psnr"] > val["ema"]["psnr"]:
             net, chosen = raw, "raw"
     in_size = int(cfg["size"]) // int(cfg["scale"])
+    info["kwargs"] = prepare_for_release(net, info)
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
                extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
                       "weights": chosen, "val": val})

@@ -64,7 +64,8 @@ def test_restore_folder_writes_one_output_per_input_and_reports_unreadable(model
     assert shapes == {"a.png": (64, 64, 3), "sub/c.png": (64, 64, 3), "b.png": (109, 89, 3), "d.png": (64, 48, 3)}
     for name, src in (("b.png", "b.jpg"), ("d.png", "d.bmp")):
         assert np.array_equal(read_image(out / name), read_image(faces_dir / src))
-    assert "a.png: 40x40 -> 64x64: restored at 40->160, resized to 64" in captured.out
+    # "auto": these stages were not trained for any face size, so a 40 px face is shrunk to 16 first
+    assert "a.png: 40x40 -> 64x64: shrunk 40->16, restored at 16->64" in captured.out
     assert "sub/c.png: 12x12 -> 64x64: enlarged 12->16, restored at 16->64" in captured.out
     assert "b.jpg: 89x109 -> 89x109: kept: already at output size" in captured.out
     assert "total: 4 file(s) written, 4 face(s) found, 2 restored, 2 kept" in captured.out
@@ -235,7 +236,8 @@ def test_aligned_small_crops_are_restored_to_the_output_size_not_just_resized(or
     ref12 = _run(chain, cv2.resize(tiny, (16, 16), interpolation=cv2.INTER_CUBIC))  # enlarged to 16, 16 -> 64
     assert out12.shape == (64, 64, 3) and np.abs(out12.astype(int) - np.rint(ref12)).max() <= 1
 
-    out32 = _restore_one(mid, tmp_path, models, name="m32.png")
+    # "own" explicitly: these test stages are not marked any_size, so "auto" would shrink to 16
+    out32 = _restore_one(mid, tmp_path, models, "--large-faces", "own", name="m32.png")
     own = _run(chain, mid)  # restored at its own 32 px -> 128, then area-resized to the 64 px output
     ref32 = cv2.resize(own, (64, 64), interpolation=cv2.INTER_AREA)
     assert own.shape == (128, 128, 3)
@@ -244,7 +246,7 @@ def test_aligned_small_crops_are_restored_to_the_output_size_not_just_resized(or
         bicubic = cv2.resize(small, (64, 64), interpolation=cv2.INTER_CUBIC).astype(int)
         assert np.abs(out.astype(int) - bicubic).mean() > 5
 
-    big = _restore_one(mid, tmp_path, models, "--out-size", "128", name="m32_128.png")
+    big = _restore_one(mid, tmp_path, models, "--out-size", "128", "--large-faces", "own", name="m32_128.png")
     assert big.shape == (128, 128, 3) and np.abs(big.astype(int) - np.rint(own.clip(0, 255))).max() <= 1
     # --large-faces native shrinks the 32 px crop to the chain's 16 px first; keep only resizes it
     native = _restore_one(mid, tmp_path, models, "--large-faces", "native", name="m32_native.png")
@@ -364,7 +366,7 @@ def test_two_faces_are_restored_in_place_and_the_background_is_bit_identical(two
 @pytest.mark.skipif(not (default_model_dir() / "chain.yaml").is_file(), reason="no released model")
 def test_released_model_restores_faces_in_place_via_the_cli(two_faces, tmp_path, capsys):
     path, img, _ = two_faces
-    rc = main(["restore", str(path), str(tmp_path / "out"), "--out-size", "128", "--backend", "torch",
+    rc = main(["restore", str(path), str(tmp_path / "out"), "--out-size", "128", "--backend", "torch", "--large-faces", "own",
                "--no-progress"])
     captured = capsys.readouterr()
     out = read_image(tmp_path / "out" / "two.png")
