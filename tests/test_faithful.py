@@ -170,3 +170,22 @@ def test_training_refuses_evaluation_only_sources():
     cfg = TrainConfig(mix_data="orl", mix_people=[21, 40], mix_share=0.1,
                       sources=[{"data": "utkface:/x", "share": 0.3}])
     assert cfg.mix_entries() == [("orl", [21, 40], 0.1), ("utkface:/x", None, 0.3)]
+
+
+def test_onnx_export_matches_torch_with_relight_on(tmp_path):
+    import onnxruntime as ort
+
+    from facekit.chain import export_onnx
+
+    net = _net(relight=True)
+    relight.set_locus(net, relight.fit_locus(_natural_faces()))
+    path = export_onnx(net, tmp_path / "f.onnx", 16)
+    x = _faces(3)
+    x[1] = x[1].mean(dim=0, keepdim=True)  # a grey face in the batch
+    x[2] = (x[2] * torch.tensor([1.0, 0.8, 0.4]).view(3, 1, 1)).clamp(0, 1)  # a cast the relight moves
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"lq": x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    assert np.ptp(got[1], axis=0).max() == 0.0

@@ -98,7 +98,11 @@ class FaithfulGenerator(_UNetBody):
         self.tail = nn.Conv2d(chs[0], self.n_out * self.scale ** 2, 3, 1, 1)
         self._init_tail()
         self.bicubic = BicubicPhases(self.scale, 3)
-        self.register_buffer("lowpass", _gauss_taps(float(lowpass_sigma)), persistent=False)
+        taps = _gauss_taps(float(lowpass_sigma))
+        # separable taps for the 3 residual channels, as fixed-shape depthwise kernels (ONNX needs
+        # constant kernel shapes)
+        self.register_buffer("lowpass_x", taps.view(1, 1, 1, -1).repeat(3, 1, 1, 1), persistent=False)
+        self.register_buffer("lowpass_y", taps.view(1, 1, -1, 1).repeat(3, 1, 1, 1), persistent=False)
         self.register_buffer("ycc", torch.tensor(_YCC_TO_RGB)[:, : self.n_out].contiguous(), persistent=False)
         # Relight locus (facekit.relight.fit_locus); persistent so a released stage carries it.
         # The defaults make relighting a no-op until a locus is fitted.
@@ -108,13 +112,11 @@ class FaithfulGenerator(_UNetBody):
         self.register_buffer("luma_floor", torch.tensor(0.0))
 
     def _lowpass_lr(self, x: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur of ``(N,C,h,w)`` at the input scale (replicated borders)."""
-        c = x.shape[1]
-        k = self.lowpass.to(x.dtype)
-        pad = k.numel() // 2
+        """Separable Gaussian blur of ``(N,3,h,w)`` at the input scale (replicated borders)."""
+        pad = self.lowpass_x.shape[-1] // 2
         x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        x = F.conv2d(x, self.lowpass_x.to(x.dtype), groups=3)
+        return F.conv2d(x, self.lowpass_y.to(x.dtype), groups=3)
 
     def highpass(self, res: torch.Tensor) -> torch.Tensor:
         """Remove from an output-size residual ``(N,3,H,W)`` what its input-scale low-pass holds."""
