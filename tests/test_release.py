@@ -237,12 +237,14 @@ def test_release_refuses_to_overwrite_the_runs_own_teacher(tiny_run, tmp_path):
     assert (out / "reconstruct.pt").read_bytes() == b"teacher"
 
 
-def _fake_ood(passed: bool):
+def _fake_ood(passed: bool, rank1_passed: bool = True):
     def section(out_dir, run_dir, limit, progress, sources=None):
+        targets = [{"target": "PSNR, SSIM and SFace margin above bicubic",
+                    "value": "0/1 cells" if not passed else "1/1 cells", "passed": passed},
+                   {"target": "rank-1 orl medium >= 1.5x bicubic", "value": "0.4 vs 0.3", "passed": rank1_passed}]
         return {"faces": {"orl": 8}, "skipped": {}, "limit": limit, "cells": ["medium"], "psnr_md": "| t |",
-                "margin_md": "| t |", "sface_md": "| t |", "previous_psnr_md": None,
-                "targets": [{"target": "PSNR above bicubic", "value": "0/1 cells" if not passed else "1/1 cells",
-                             "passed": passed}], "all_passed": passed, "colour_medium": []}
+                "margin_md": "| t |", "sface_md": "| t |", "previous_psnr_md": None, "targets": targets,
+                "all_passed": passed and rank1_passed, "colour_medium": []}
     return section
 
 
@@ -261,13 +263,19 @@ def test_release_makes_a_model_the_default_only_when_every_ood_target_passes(tin
     with pytest.raises(ConfigError, match="whole out-of-distribution suite"):
         release.release_run(tiny_run, default, ood_limit=2, **kw)
     monkeypatch.setattr(release, "_ood_section", _fake_ood(False))
-    with pytest.raises(ConfigError, match=r"not made the default: PSNR above bicubic \(0/1 cells\)"):
+    with pytest.raises(ConfigError, match=r"not made the default: PSNR, SSIM and SFace margin above bicubic \(0/1"):
         release.release_run(tiny_run, default, **kw)
+    with pytest.raises(ConfigError, match="no-harm targets cannot be waived"):  # doing harm is never waived
+        release.release_run(tiny_run, default, accept_failing="because", **kw)
     assert (default / "report.json").read_text() == json.dumps({"released_run": "older"})  # untouched
     candidate = models / f"candidate-{tiny_run.name}"
     assert "NOT all met" in (candidate / "TRAINING.md").read_text()
-    monkeypatch.setattr(release, "_ood_section", _fake_ood(True))
-    release.release_run(tiny_run, default, **kw)
+    monkeypatch.setattr(release, "_ood_section", _fake_ood(True, rank1_passed=False))
+    with pytest.raises(ConfigError, match="rank-1 orl"):  # a failing gain target refuses too, unless waived
+        release.release_run(tiny_run, default, **kw)
+    release.release_run(tiny_run, default, accept_failing="It does less harm than the old default.", **kw)
     assert json.loads((default / "report.json").read_text())["released_run"] == tiny_run.name
     assert (models / "older" / "chain.yaml").is_file() and not candidate.exists()
-    assert "--models" not in (default / "TRAINING.md").read_text().split("Loaded by")[1].split("\n")[0]
+    card = (default / "TRAINING.md").read_text()
+    assert "--models" not in card.split("Loaded by")[1].split("\n")[0]
+    assert "waived**: rank-1 orl medium" in card and "It does less harm than the old default." in card
