@@ -293,7 +293,7 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         cfg.with_overrides(["stepz=3"])
     with pytest.raises(ConfigError, match="gan_type='nope'.*valid: wgan, hinge"):
         cfg.with_overrides(["gan_type=nope"])
-    with pytest.raises(ConfigError, match="arch_g=.nope.*valid: deblurganv2, patchgan, rrdbnet, rrdbnet_compact, srvgg_compact, unet, unet_lr"):
+    with pytest.raises(ConfigError, match="arch_g=.nope.*valid: deblurganv2, faithful, patchgan, rrdbnet, rrdbnet_compact, srvgg_compact, unet, unet_lr"):
         TrainConfig(arch_g="nope")
     path.write_text("steps: 3\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: .*unknown keys \['bogus'\]"):
