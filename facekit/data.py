@@ -711,13 +711,15 @@ def plot_counts(faces: FaceSet):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit data``."""
+    """Arguments of ``python -m facekit data`` (values range-checked here: a bad one exits 2)."""
+    from facekit.settings import SEED_MAX, int_arg
+
     parser.add_argument("source", nargs="?", default="orl",
                         help="orl | folder:PATH | celeba:PATH | video:PATH (default: orl)")
-    parser.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    parser.add_argument("--size", type=int_arg(16, 1024), default=64, help="crop side in pixels (16-1024, default 64)")
     parser.add_argument("--align", default="auto", choices=ALIGN_MODES)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N inputs")
-    parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--limit", type=int_arg(1), default=None, help="use only the first N inputs")
+    parser.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0, help=f"split seed (0-{SEED_MAX})")
     parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
 
 

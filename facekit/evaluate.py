@@ -857,7 +857,8 @@ def run_dir(name: str) -> Path:
     """``DATA_DIR/runs/eval-<name>/`` (created)."""
     from facekit import settings
 
-    path = settings.DATA_DIR / "runs" / f"eval-{name}"
+    settings.check_name(name, "evaluation run name")
+    path = settings.child_dir(settings.DATA_DIR / "runs", f"eval-{name}", "evaluation run name")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -1117,44 +1118,56 @@ def worst_cases(df: pd.DataFrame, faces, methods: dict, metric: str = "psnr", k:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit evaluate``."""
+    """Arguments of ``python -m facekit evaluate`` (values range-checked here: a bad one exits 2)."""
+    from facekit.data import SPLITS
+    from facekit.settings import SEED_MAX, device_arg, int_arg, name_arg
+
     parser.add_argument("--data", default="orl", help="face source (orl, folder:PATH, celeba:PATH)")
-    parser.add_argument("--size", type=int, default=64, help="face crop side")
-    parser.add_argument("--split", default="test", help="split to evaluate (train/val/test)")
+    parser.add_argument("--size", type=int_arg(16, 1024), default=64, help="face crop side (16-1024)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate")
     parser.add_argument("--methods", default="bicubic,classical",
                         help="comma-separated: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, "
                              "chain:PATH")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated lighting conditions")
     parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
-    parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-size", type=int, default=None, help="evaluate a random subset of this many faces")
+    parser.add_argument("--scale", type=int_arg(1, 8), default=4, help="upscaling factor (1-8, divides --size)")
+    parser.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
+    parser.add_argument("--sample-size", type=int_arg(1), default=None,
+                        help="evaluate a random subset of this many faces")
     parser.add_argument("--no-angles", action="store_true", help="no head-pose augmentation")
     parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(SWEEPS))
     parser.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS")
     parser.add_argument("--no-identity", action="store_true", help="skip identity metrics")
     parser.add_argument("--dlib", action="store_true", help="also score identity with dlib (slower than SFace)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--name", default=None, help="run name: results go to DATA_DIR/runs/eval-NAME/ "
-                                                       "(ood suite: DATA_DIR/runs/ood-NAME/)")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch", type=int_arg(1, 4096), default=32)
+    parser.add_argument("--name", type=name_arg, default=None,
+                        help="run name (A-Z a-z 0-9 . _ -): results go to DATA_DIR/runs/eval-NAME/ "
+                             "(ood suite: DATA_DIR/runs/ood-NAME/)")
     parser.add_argument("--suite", choices=("standard", "ood"), default="standard",
                         help="standard: facekit's own presets on --data; ood: the out-of-distribution suite "
                              "(UTKFace eval, Pins, ORL 1-20, CelebA test slice, facekit.ood_recipe degradations; "
                              "methods default to bicubic,chain:default)")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=int_arg(1), default=None,
                         help="ood suite: at most this many faces (UTKFace, CelebA) or people (Pins, ORL) per source")
     parser.add_argument("--quick", action="store_true", help="ood suite: skip the 12/24/32 px and grey low-light cells")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run an evaluation from the command line, write the results and print the condition table."""
+    from facekit import settings
+
+    settings.check_device(args.device, "--device", available=True)  # before any data or model loads
+    if args.name is not None:
+        settings.check_name(args.name, "--name")
     if args.suite == "ood":
         from facekit import ood
 
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         return ood.run_cli(args)
+    if args.size % args.scale:
+        raise ConfigError(f"--scale {args.scale}: must divide --size {args.size}")
     from facekit.baselines import build_methods
     from facekit.data import load_faces
 

@@ -483,12 +483,14 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit identify``."""
+    """Arguments of ``python -m facekit identify`` (values range-checked here: a bad one exits 2)."""
+    from facekit.settings import device_arg, int_arg
+
     parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
     parser.add_argument("probes", help="probe image file or folder (photos or face crops)")
-    parser.add_argument("--top-k", type=int, default=5, help="candidates per probe (default 5)")
+    parser.add_argument("--top-k", type=int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
     parser.add_argument("--threshold", default="auto",
-                        help="accept threshold on cosine similarity, or 'auto' (the gallery's, else "
+                        help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "
                              "calibrated on ORL at FAR 1%%)")
     parser.add_argument("--calibration", default="pair", choices=("pair", "open-set"),
                         help="with --threshold auto: FAR 1%% over ORL impostor pairs (pair) or over ORL "
@@ -497,11 +499,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
                         help="restore probes before matching; METHOD is a facekit.baselines name "
                              "(default: the released model, chain:default or models/*.pt)")
-    parser.add_argument("--scale", type=int, default=4, help="restoration scale (with --restore)")
+    parser.add_argument("--scale", type=int_arg(1, 8), default=4, help="restoration scale (1-8, with --restore)")
     parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
     parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
     parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
 
 
 def _threshold(arg: str, gallery: Gallery, mode: str = "pair") -> float:
@@ -510,15 +512,24 @@ def _threshold(arg: str, gallery: Gallery, mode: str = "pair") -> float:
             gallery.calibrate(mode=mode)
         return gallery.threshold
     try:
-        return float(arg)
+        value = float(arg)
     except ValueError:
         raise ConfigError(f"--threshold must be 'auto' or a number, got {arg!r}") from None
+    if not -1.0 <= value <= 1.0:  # also refuses NaN
+        raise ConfigError(f"--threshold {arg!r}: must be a cosine similarity in [-1, 1]")
+    return value
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
     from facekit import settings
 
+    # before the gallery is enrolled: a bad value fails in a second, not after minutes of work
+    settings.check_device(args.device, "--device", available=True)
+    if not 1 <= int(args.top_k):
+        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
+    if str(args.threshold).lower() != "auto":
+        _threshold(args.threshold, None)
     gpath = Path(args.gallery)
     if gpath.suffix == ".npz":
         gallery = Gallery.load(gpath, device=args.device)

@@ -28,6 +28,7 @@ import dataclasses
 import inspect
 import json
 import math
+import numbers
 import os
 import random
 import time
@@ -129,14 +130,67 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid value."""
+        """Raise :class:`ConfigError` naming the first invalid value (types, ranges, finite numbers)."""
         def bad(key, why):
             raise ConfigError(f"train config: {key}={getattr(self, key)!r}: {why}")
 
-        if not self.name or "/" in self.name:
-            bad("name", "must be a non-empty folder name")
-        if int(self.size) < 8 or int(self.scale) < 1 or int(self.scale) > 8 or int(self.size) % int(self.scale):
-            bad("scale", f"must be 1..8 and divide size {self.size}")
+        def check(fn, key, *args, **kwargs):
+            try:
+                return fn(getattr(self, key), key, *args, **kwargs)
+            except ConfigError as exc:
+                raise ConfigError(f"train config: {exc}") from None
+
+        as_int, as_float, as_str = settings.check_int, settings.check_float, settings.check_str
+        try:
+            settings.check_name(self.name, "name")
+        except ConfigError:
+            bad("name", "must be a single folder name of the characters A-Z a-z 0-9 . _ - (not '.' or '..')")
+        for key in ("data", "preset", "arch_g", "arch_d", "d_norm", "schedule", "pixel_loss", "gan_type",
+                    "identity_mode", "gp_mode", "device"):
+            check(as_str, key)
+        for key in ("mix_data", "init_from", "distill_from"):
+            check(as_str, key, optional=True)
+        for key in ("angles", "deterministic", "channels_last", "fused_optim"):
+            if not isinstance(getattr(self, key), bool):
+                bad(key, "must be true or false")
+        check(as_int, "size", 8, 4096)
+        check(as_int, "scale", 1, 8)
+        if self.size % self.scale:
+            bad("scale", f"must divide size {self.size}")
+        check(as_int, "limit", 1, optional=True)
+        check(as_int, "val_count", 0)
+        for key in ("batch", "steps", "lazy_k", "log_every", "val_every", "ckpt_every", "sample_every", "lr_step"):
+            check(as_int, key, 1)
+        check(as_int, "warmup", 0)
+        check(as_int, "gan_start", 0)
+        check(as_int, "seed", 0, settings.SEED_MAX)
+        check(as_int, "num_workers", 0, 256)
+        check(as_int, "threads", 1, settings.MAX_THREADS, optional=True)
+        check(as_int, "identity_batch", 1, optional=True)
+        for key in ("lr_gamma", "identity_temperature"):
+            check(as_float, key, 0.0, lo_open=True)
+        for key in ("lr_g", "lr_d", "pixel_weight", "gan_weight", "gp_weight", "identity_weight", "distill_weight"):
+            check(as_float, key, 0.0)  # lr 0 freezes a network (fine-tuning checks)
+        check(as_float, "grad_clip", 0.0, lo_open=True, optional=True)
+        check(as_float, "ema_decay", 0.0, 1.0, hi_open=True)
+        check(as_float, "gray_prob", 0.0, 1.0)
+        check(as_float, "mix_share", 0.0, 1.0, lo_open=True, hi_open=True)
+        betas = self.betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= float(b) < 1.0
+                           for b in betas)):
+            bad("betas", "must be a list of two numbers in [0, 1), e.g. [0.5, 0.999]")
+        try:
+            settings.check_device(self.device, "device")
+        except ConfigError:
+            bad("device", "expected cpu, cuda, cuda:N or mps")
+        if self.conditions is not None and (not isinstance(self.conditions, list)
+                                            or not all(isinstance(c, str) for c in self.conditions)):
+            bad("conditions", "must be a list of lighting condition names or null (all)")
+        for key in ("arch_g_kwargs", "arch_d_kwargs"):
+            kw = getattr(self, key)
+            if not isinstance(kw, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kw):
+                bad(key, "must be a mapping of constructor argument names to values")
         for key in ("arch_g", "arch_d"):
             if getattr(self, key) not in ARCHS:
                 bad(key, f"unknown architecture; valid: {', '.join(sorted(ARCHS))}")
@@ -150,45 +204,33 @@ class TrainConfig:
             bad("gp_mode", f"valid: {', '.join(losses.GP_MODES)}")
         if self.pixel_loss not in losses.PIXEL_LOSSES:
             bad("pixel_loss", f"valid: {', '.join(losses.PIXEL_LOSSES)}")
-        for key in ("batch", "steps", "lazy_k", "log_every", "val_every", "ckpt_every", "sample_every"):
-            if int(getattr(self, key)) < 1:
-                bad(key, "must be >= 1")
-        if not 0 <= float(self.ema_decay) < 1:
-            bad("ema_decay", "must be in [0, 1)")
-        if len(self.betas) != 2:
-            bad("betas", "must be two numbers")
-        if self.grad_clip is not None and float(self.grad_clip) <= 0:
-            bad("grad_clip", "must be > 0 or null (off)")
-        if float(self.identity_weight) < 0:
-            bad("identity_weight", "must be >= 0")
-        if self.identity_batch is not None and int(self.identity_batch) < 1:
-            bad("identity_batch", "must be >= 1 or null (the whole batch)")
         from facekit.recognition import IDENTITY_MODES
 
         if self.identity_mode not in IDENTITY_MODES:
             bad("identity_mode", f"valid: {', '.join(IDENTITY_MODES)}")
         if self.identity_mode == "contrastive" and self.identity_batch is not None and int(self.identity_batch) < 2:
             bad("identity_batch", "the contrastive identity loss needs >= 2 faces (other faces are its negatives)")
-        if float(self.identity_temperature) <= 0:
-            bad("identity_temperature", "must be > 0")
-        if not 0.0 <= float(self.gray_prob) <= 1.0:
-            bad("gray_prob", "must be in [0, 1]")
-        if not 0.0 < float(self.mix_share) < 1.0:
-            bad("mix_share", "must be in (0, 1)")
-        if float(self.distill_weight) < 0:
-            bad("distill_weight", "must be >= 0")
         people = self.mix_people
-        if people is not None and (len(people) != 2 or int(people[0]) > int(people[1])):
+        if people is not None and (not isinstance(people, list) or len(people) != 2
+                                   or not all(isinstance(p, int) and not isinstance(p, bool) for p in people)
+                                   or people[0] > people[1]):
             bad("mix_people", "must be [first, last] with first <= last, or null (every person)")
         if self.sources is not None:
             if not isinstance(self.sources, list) or not all(isinstance(e, dict) for e in self.sources):
                 bad("sources", "must be a list of {data, share, people} mappings")
             for e in self.sources:
-                extra = sorted(set(e) - {"data", "share", "people"})
-                if extra or not isinstance(e.get("data"), str):
+                extra = sorted(set(e) - {"data", "share", "people"}, key=str)
+                if extra or not isinstance(e.get("data"), str) or "\x00" in e["data"]:
                     bad("sources", f"entry {e!r}: needs data: SOURCE, optional share and people; unknown {extra}")
-                if not 0.0 < float(e.get("share", 0.2)) < 1.0:
-                    bad("sources", f"entry {e!r}: share must be in (0, 1)")
+                share = e.get("share", 0.2)
+                if (isinstance(share, bool) or not isinstance(share, numbers.Real) or not math.isfinite(share)
+                        or not 0.0 < float(share) < 1.0):
+                    bad("sources", f"entry {e!r}: share must be a number in (0, 1)")
+                p = e.get("people")
+                if p is not None and (not isinstance(p, list) or len(p) != 2
+                                      or not all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+                                      or p[0] > p[1]):
+                    bad("sources", f"entry {e!r}: people must be [first, last] with first <= last, or null")
             if sum(share for _, _, share in self.mix_entries()) >= 1.0:
                 bad("sources", "the mixed sources' shares must add up to less than 1")
         from facekit.data import EVAL_ONLY_KINDS
@@ -226,12 +268,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file does not exist")
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        d = settings.load_yaml(path)  # size and alias limits; ConfigError naming the file
         if d is None:  # an empty file would otherwise train the built-in smoke config
             raise ConfigError(f"{path}: the config file is empty")
         if not isinstance(d, dict):
@@ -249,7 +286,7 @@ class TrainConfig:
                 raise ConfigError(f"--set {item!r}: expected key=value")
             key, value = item.split("=", 1)
             key = key.strip()
-            parsed = yaml.safe_load(value)
+            parsed = settings.parse_yaml(value, f"--set {item!r}")
             if "." in key:  # nested dict entry, e.g. arch_g_kwargs.base=16
                 top, sub = key.split(".", 1)
                 if not isinstance(d.get(top), dict):
@@ -741,7 +778,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def run_dir_for(cfg: TrainConfig, runs_dir: str | Path | None = None) -> Path:
-    return Path(runs_dir or settings.DATA_DIR / "runs") / cfg.name
+    """``runs_dir/<cfg.name>``; the name is checked to be one safe folder name inside ``runs_dir``."""
+    return settings.child_dir(runs_dir or settings.DATA_DIR / "runs", cfg.name, "train config: name")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=None, val_faces=None,
@@ -768,7 +806,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         ``Path`` of the run folder.
     """
     rank, world, local_rank = _dist_info()
-    dev = torch.device(cfg.device)
+    dev = torch.device(settings.check_device(cfg.device, "train config: device", available=True))
     if world > 1:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")

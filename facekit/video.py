@@ -312,9 +312,52 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
 # Config and results
 
 
+# Accepted range of each numeric VideoConfig setting: (kind, low, high, low excluded, high excluded,
+# None allowed). One table for VideoConfig.validate (ConfigError, exit 1) and the command-line
+# options (argparse, exit 2). Upper bounds keep memory bounded: the two frame queues hold up to
+# 2 x queue_size frames (a 1080p frame is 6 MB), a crop is enhanced at crop_size^2.
+LIMITS: dict[str, tuple] = {
+    "detect_every": (int, 1, 1000, False, False, False),
+    "max_frames": (int, 1, None, False, False, True),
+    "crop_size": (int, 8, 1024, False, False, False),
+    "margin": (float, 0.0, 1.0, False, False, False),
+    "temporal": (float, 0.0, 1.0, False, True, False),
+    "feather": (float, 0.0, 1.0, False, False, False),
+    "quality": (int, 0, 100, False, False, False),
+    "webm_scale": (float, 0.0, 4.0, True, False, False),
+    "queue_size": (int, 1, 256, False, False, False),
+    "reconnect": (int, 0, 1000, False, False, False),
+    "reconnect_delay_s": (float, 0.0, 3600.0, False, False, False),
+    "open_timeout_s": (float, 0.0, 3600.0, True, False, False),
+    "score_threshold": (float, 0.0, 1.0, False, False, False),
+    "min_face": (int, 1, 4096, False, False, False),
+    "detect_side": (int, 64, 8192, False, False, False),
+    "gallery_size": (int, 16, 1024, False, False, False),
+    "identity_crops": (int, 1, 64, False, False, False),
+    "identity_max_embeds": (int, 0, 1000, False, False, False),
+}
+
+
+def _limit_arg(key: str):
+    """argparse ``type=`` for the option of VideoConfig setting ``key`` (see :data:`LIMITS`)."""
+    from facekit.settings import float_arg, int_arg
+
+    kind, lo, hi, lo_open, hi_open, _ = LIMITS[key]
+    return int_arg(lo, hi) if kind is int else float_arg(lo, hi, lo_open, hi_open)
+
+
+def _threshold_arg(text: str):
+    """argparse ``type=`` of ``--gallery-threshold``: ``auto`` or a cosine similarity in [-1, 1]."""
+    try:
+        value = parse_identity_threshold(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "auto" if value is None else value
+
+
 @dataclass
 class VideoConfig:
-    """Settings of :func:`process_video` (saved in ``summary.json``).
+    """Settings of :func:`process_video` (saved in ``summary.json``); ranges in :data:`LIMITS`.
 
     Attributes:
         enhancer: "auto" (the released chain ``models/default`` when installed, else "classical";
@@ -385,22 +428,16 @@ class VideoConfig:
     identity_max_embeds: int = 4
 
     def validate(self) -> None:
-        if self.detect_every < 1:
-            raise ConfigError(f"detect_every must be >= 1, got {self.detect_every}")
+        """Raise :class:`ConfigError` naming the first invalid setting (types and :data:`LIMITS`)."""
+        from facekit import settings
+
+        for key, (kind, lo, hi, lo_open, hi_open, optional) in LIMITS.items():
+            if kind is int:
+                settings.check_int(getattr(self, key), key, lo, hi, optional=optional)
+            else:
+                settings.check_float(getattr(self, key), key, lo, hi, lo_open, hi_open, optional=optional)
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; valid: {', '.join(CODECS)}")
-        if not 0 <= self.quality <= 100:
-            raise ConfigError(f"quality must be within 0-100, got {self.quality}")
-        if not 0 <= self.temporal < 1:
-            raise ConfigError(f"temporal must be within [0, 1), got {self.temporal}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.crop_size < 8:
-            raise ConfigError(f"crop_size must be >= 8, got {self.crop_size}")
-        if self.identity_crops < 1:
-            raise ConfigError(f"identity_crops must be >= 1, got {self.identity_crops}")
-        if self.identity_max_embeds < 0:
-            raise ConfigError(f"identity_max_embeds must be >= 0, got {self.identity_max_embeds}")
         if self.identity_source not in IDENTITY_SOURCES:
             raise ConfigError(f"unknown identity_source {self.identity_source!r}; valid: {', '.join(IDENTITY_SOURCES)}")
         parse_identity_threshold(self.identity_threshold)
@@ -1422,32 +1459,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{', '.join(ENHANCERS)} or model:PATH (default {d.enhancer})")
     parser.add_argument("--model-backend", default=d.model_backend, choices=MODEL_BACKENDS,
                         help="runtime of a model:PATH enhancer (default onnx = ONNX Runtime)")
-    parser.add_argument("--detect-every", type=int, default=d.detect_every, help="run the detector every k frames")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-    parser.add_argument("--detect-side", type=int, default=d.detect_side,
-                        help="longest frame side the detector sees (smaller = faster)")
-    parser.add_argument("--min-face", type=int, default=d.min_face, help="smallest face side (px) kept")
-    parser.add_argument("--temporal", type=float, default=d.temporal,
+    parser.add_argument("--detect-every", type=_limit_arg("detect_every"), default=d.detect_every,
+                        help="run the detector every k frames (1-1000)")
+    parser.add_argument("--max-frames", type=_limit_arg("max_frames"), default=None, help="stop after N frames")
+    parser.add_argument("--detect-side", type=_limit_arg("detect_side"), default=d.detect_side,
+                        help="longest frame side the detector sees (64-8192; smaller = faster)")
+    parser.add_argument("--min-face", type=_limit_arg("min_face"), default=d.min_face,
+                        help="smallest face side (px) kept (1-4096)")
+    parser.add_argument("--temporal", type=_limit_arg("temporal"), default=d.temporal,
                         help="enhanced-face EMA history weight in [0,1) (0 = off)")
-    parser.add_argument("--crop-size", type=int, default=d.crop_size, help="face crop side fed to the enhancer")
+    parser.add_argument("--crop-size", type=_limit_arg("crop_size"), default=d.crop_size,
+                        help="face crop side fed to the enhancer (8-1024)")
     parser.add_argument("--codec", default=d.codec, choices=list(CODECS), help="codec of annotated video")
-    parser.add_argument("--quality", type=int, default=d.quality, help="encoder quality 0-100")
+    parser.add_argument("--quality", type=_limit_arg("quality"), default=d.quality, help="encoder quality 0-100")
     parser.add_argument("--no-webm", action="store_true", help="skip the browser-playable VP8 copy")
-    parser.add_argument("--webm-scale", type=float, default=d.webm_scale, help="size factor of the webm copy")
+    parser.add_argument("--webm-scale", type=_limit_arg("webm_scale"), default=d.webm_scale,
+                        help="size factor of the webm copy (0-4]")
     parser.add_argument("--no-annotate", action="store_true", help="do not draw boxes/IDs/fps")
     parser.add_argument("--live", action="store_true", default=None,
                         help="treat the input as live (drop stale frames) even if it is a file")
-    parser.add_argument("--reconnect", type=int, default=d.reconnect, help="reconnect attempts for live sources")
-    parser.add_argument("--open-timeout", type=float, default=d.open_timeout_s, help="seconds to open a source")
-    parser.add_argument("--queue-size", type=int, default=d.queue_size, help="bounded queue length")
+    parser.add_argument("--reconnect", type=_limit_arg("reconnect"), default=d.reconnect,
+                        help="reconnect attempts for live sources (0-1000)")
+    parser.add_argument("--open-timeout", type=_limit_arg("open_timeout_s"), default=d.open_timeout_s,
+                        help="seconds to open a source (0-3600]")
+    parser.add_argument("--queue-size", type=_limit_arg("queue_size"), default=d.queue_size,
+                        help="bounded queue length in frames (1-256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--gallery", default=None, metavar="PATH",
                         help="label tracks with known people: a gallery folder (sub-folder or name_ prefix per "
                              "person) or a .npz saved by `facekit identify --save-gallery`")
-    parser.add_argument("--gallery-threshold", default=d.identity_threshold, metavar="auto|SIM",
+    parser.add_argument("--gallery-threshold", type=_threshold_arg, default=d.identity_threshold,
+                        metavar="auto|SIM",
                         help="cosine similarity a track needs to take an identity (below: unknown); auto = the "
                              "gallery's calibrated threshold, else calibrated on ORL at FAR 1%%")
-    parser.add_argument("--identity-crops", type=int, default=d.identity_crops,
+    parser.add_argument("--identity-crops", type=_limit_arg("identity_crops"), default=d.identity_crops,
                         help="best crops per track averaged into its embedding (default %(default)s)")
     parser.add_argument("--identity-source", default=d.identity_source, choices=IDENTITY_SOURCES,
                         help="match the enhanced (composited) face or the raw input face")
