@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from facekit.settings import set_threads
 
-    set_threads(args.threads)
     module = importlib.import_module(args._module)
     try:
+        set_threads(args.threads)  # inside: a bad --threads or FACEKIT_THREADS is a one-line error
         return int(module.run_cli(args) or 0)
     except FacekitError as exc:
         print(f"facekit {args.command}: error: {exc}", file=sys.stderr)
