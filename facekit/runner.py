@@ -351,6 +351,27 @@ def _kernel_environment(reports_dir: Path, threads: int):
         os.environ.update(saved)
 
 
+def _kernel_config():
+    """traitlets config for the kernels papermill starts: Curve-encrypted sockets where possible.
+
+    ipykernel 7 prints "Kernel is running over TCP without encryption..." to its stderr, which is
+    the terminal, right into the cell progress bar, when its sockets are plain TCP. With
+    ``transport_encryption = "auto"`` the kernel manager provisions CurveZMQ keys when pyzmq has
+    Curve support and the kernelspec declares it (ipykernel's own does), and otherwise starts the
+    kernel as before. None where jupyter_client has no such setting (older than 8.9) or pyzmq no
+    Curve: papermill's defaults apply.
+    """
+    try:
+        import zmq
+        from jupyter_client.manager import KernelManager
+        from traitlets.config import Config
+    except ImportError:
+        return None
+    if not KernelManager.class_traits().get("transport_encryption") or not zmq.has("curve"):
+        return None
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
 def _source_index(executed_nb, cell_index: int) -> int:
     """Map papermill's failing-cell index to the index of that cell in the source notebook.
 
@@ -484,6 +505,8 @@ def run_pipeline(
     t_run = time.perf_counter()
     total = len(summary.results)
     interrupted: BaseException | None = None
+    kernel_config = _kernel_config()
+    engine_kwargs = {} if kernel_config is None else {"config": kernel_config}
     with _kernel_environment(reports_dir, threads):
         for i, result in enumerate(summary.results, 1):
             if summary.failed is not None or interrupted is not None:
@@ -506,7 +529,7 @@ def run_pipeline(
                         str(result.path), str(result.executed),
                         parameters=result.parameters, kernel_name=KERNEL_NAME,
                         cwd=str(settings.PROJECT_ROOT), progress_bar=progress, log_output=False,
-                        request_save_on_cell_execute=True,
+                        request_save_on_cell_execute=True, **engine_kwargs,
                     )
                 result.status = STATUS_OK
             except KeyboardInterrupt as exc:

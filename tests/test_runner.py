@@ -246,6 +246,22 @@ def test_kernel_failures_and_interrupts_still_write_the_index(exc, tmp_path, mon
     assert parse_index(reports / "index.html")["01_alpha"]["link"] is None  # nothing to show
 
 
+def test_kernels_start_without_the_plain_tcp_warning(tmp_path, capfd):
+    """ipykernel 7 prints "Kernel is running over TCP without encryption" on the terminal (into
+    the progress bar) unless the kernel manager provisions CurveZMQ keys (issue 20)."""
+    import zmq
+
+    config = runner._kernel_config()
+    if config is None:
+        pytest.skip(f"no Curve support here (zmq.has('curve') is {zmq.has('curve')}) or jupyter_client < 8.9")
+    assert config.KernelManager.transport_encryption == "auto"
+    summary = runner.run_pipeline(notebooks_dir=FIXTURES, only="03", reports_dir=tmp_path / "reports",
+                                  progress=False)
+    assert summary.ok
+    err = capfd.readouterr().err  # the kernel writes to the inherited file descriptor 2
+    assert "without encryption" not in err, err
+
+
 # --- selection, profiles, parameters (no kernel) ------------------------------------------------
 
 
