@@ -27,6 +27,29 @@ these columns or names change.
 
 Command line: ``python -m facekit video INPUT OUTPUT_DIR [--enhancer ...] [--detect-every k]
 [--gallery PATH [--gallery-threshold auto|0.4]] ...``.
+
+Stopping and crash safety: every output (videos, gallery images, ``tracks.csv``/``tracks.json``,
+``summary.json``) is written under a temporary name in its own folder (``.NAME.facekit-tmp-PID.EXT``)
+and renamed to its final name only once finalised, so nothing half-written ever carries a final name.
+On the command line SIGTERM (systemd, docker, ``timeout``) is handled like SIGINT (Ctrl-C): the run
+stops reading, flushes and closes the writers, writes the tracks and ``summary.json`` (with
+``"stopped": "SIGTERM"`` or ``"SIGINT"``), renames everything, then exits with 128 + the signal
+number: **143 for SIGTERM, 130 for SIGINT** (a second signal while finalising is ignored). A run
+that is killed (SIGKILL, power loss) leaves only temporary files; the next run into the same folder
+sweeps those of dead processes at start-up: a temporary video that OpenCV can still read at least
+one frame from is kept as ``NAME.killed-PID.EXT`` and reported, every other one is deleted; both
+are listed in ``summary.json`` (``swept``). OpenCV's ``VideoWriter`` writes the ``mp4`` index (moov)
+only on release and gives no way to pass muxer options (fragmented MP4 needs ``movflags``), so an
+``mp4v`` ``.mp4`` cut by SIGKILL is not playable and is deleted at the sweep; the browser copy
+(``annotated.webm``, written by a separate ffmpeg process that finishes the file when its input
+pipe closes) usually survives.
+
+Image sequences (a folder or glob of frames): non-regular files (FIFOs, sockets, devices, broken
+links) are never opened; they are skipped and reported (stderr and ``summary.json`` ``skipped``).
+Each frame's size is read from its header before decoding and refused above
+:data:`facekit.imageio.MAX_PIXELS` (64 Mpx, the single-image limit); a frame whose size differs
+from the first frame's is an error naming the file (exit 1), never silently dropped. Unreadable
+frames are skipped and reported, and are not counted in ``frames``.
 """
 
 from __future__ import annotations
@@ -36,10 +59,14 @@ import csv
 import glob
 import json
 import math
+import os
 import queue
 import re
+import signal
+import stat
 import sys
 import threading
+import warnings
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,25 +220,91 @@ def make_enhancer(spec: str | Enhancer, backend: str = "onnx") -> Enhancer:
 # Sources
 
 
-class ImageSequence:
-    """A ``cv2.VideoCapture``-like reader over a sorted list of image files."""
+def _not_regular(path: Path) -> str:
+    """Why ``path`` must not be opened as a frame ("" when it is a regular file)."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a FIFO is a FIFO
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "no longer exists"
+    except OSError as exc:
+        return f"cannot stat ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return ""
+    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "folder" if stat.S_ISDIR(mode) else "special file")
+    return f"not a regular file ({kind}), not opened"
 
-    def __init__(self, files: list[Path]):
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header without decoding pixels; None when unrecognised."""
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except Image.DecompressionBombError as exc:
+            m = re.search(r"\((\d+) pixels\)", str(exc))
+            n = int(m.group(1)) if m else 0
+            return (n, 1) if n else (1 << 30, 1 << 30)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None
+
+
+class ImageSequence:
+    """A ``cv2.VideoCapture``-like reader over a sorted list of image files.
+
+    Every frame is checked before it is opened or decoded: non-regular files are skipped (a FIFO
+    would block forever), the header's pixel count must be at most ``max_pixels``, and the decoded
+    frame must have the first frame's size.
+
+    Raises (from :meth:`read`):
+        VideoReadError: a frame above ``max_pixels`` or of another size than the first, naming the file.
+    """
+
+    def __init__(self, files: list[Path], max_pixels: int | None = None, skipped: list[str] | None = None):
+        from facekit.imageio import MAX_PIXELS
+
         self.files = files
         self.pos = 0
-        self.skipped: list[str] = []
+        self.max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+        self.size: tuple[int, int] | None = None
+        self.skipped: list[str] = list(skipped or [])  # "path: reason" lines
 
     def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoCapture
         return True
 
     def read(self):
         while self.pos < len(self.files):
-            f = self.files[self.pos]
+            f = Path(self.files[self.pos])
             self.pos += 1
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is not None:
-                return True, img
-            self.skipped.append(str(f))
+            why = _not_regular(f)
+            if why:
+                self.skipped.append(f"{f}: {why}")
+                continue
+            hs = _header_size(f)
+            if hs is None:
+                self.skipped.append(f"{f}: not a recognised image")
+                continue
+            if hs[0] * hs[1] > self.max_pixels:
+                raise VideoReadError(f"{f}: frame is {hs[0]}x{hs[1]} ({hs[0] * hs[1] / 1e6:.0f} Mpx), above the "
+                                     f"limit of {self.max_pixels / 1e6:.0f} Mpx; downscale the sequence first")
+            try:
+                img = cv2.imdecode(np.fromfile(f, dtype=np.uint8), cv2.IMREAD_COLOR)
+            except (OSError, cv2.error):
+                img = None
+            if img is None:
+                self.skipped.append(f"{f}: unreadable (corrupt or truncated)")
+                continue
+            size = (img.shape[1], img.shape[0])
+            if self.size is None:
+                self.size = size
+            elif size != self.size:
+                raise VideoReadError(f"{f}: frame is {size[0]}x{size[1]} but the sequence started at "
+                                     f"{self.size[0]}x{self.size[1]}; every frame of an image sequence must "
+                                     "have one size (resize them first)")
+            return True, img
         return False, None
 
     def get(self, prop):
@@ -231,6 +324,7 @@ class Source:
     kind: str  # "file", "sequence", "webcam", "url"
     target: object
     live: bool
+    skipped: list[str] = field(default_factory=list)  # sequence entries never opened: "path: reason"
 
 
 def resolve_source(spec) -> Source:
@@ -248,9 +342,17 @@ def resolve_source(spec) -> Source:
     if p.is_dir() or any(ch in s for ch in "*?["):
         files = sorted(p.iterdir()) if p.is_dir() else sorted(Path(f) for f in glob.glob(s))
         files = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
-        if not files:
-            raise VideoReadError(f"{s}: no image files ({', '.join(IMAGE_EXTS)}) for an image sequence")
-        return Source(s, "sequence", files, False)
+        skipped, regular = [], []
+        for f in files:
+            why = _not_regular(f)
+            if why:
+                skipped.append(f"{f}: {why}")
+            else:
+                regular.append(f)
+        if not regular:
+            extra = f" ({len(skipped)} non-regular entries skipped)" if skipped else ""
+            raise VideoReadError(f"{s}: no image files ({', '.join(IMAGE_EXTS)}) for an image sequence{extra}")
+        return Source(s, "sequence", regular, False, skipped)
     if not p.exists():
         raise VideoReadError(f"{s}: no such video file")
     if not p.is_file():
@@ -280,7 +382,7 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
         VideoReadError: the source did not open, or not in time.
     """
     if source.kind == "sequence" and factory is None:
-        return ImageSequence(source.target)
+        return ImageSequence(source.target, skipped=source.skipped)
     box: dict = {}
 
     def _open():
@@ -483,6 +585,9 @@ class VideoResult:
     webm_backend: str
     config: dict
     identities: dict | None = None
+    stopped: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run early
+    skipped: list[str] = field(default_factory=list)  # sequence entries skipped: "path: reason"
+    swept: list[str] = field(default_factory=list)  # temporary files of killed runs dealt with at start
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -764,6 +869,157 @@ def sharpness(img: np.ndarray) -> float:
     return float(cv2.Laplacian(g, cv2.CV_32F).var())
 
 
+# ---------------------------------------------------------------------------------------------
+# Temporary names, atomic writes, stale-file sweep
+
+TMP_MARK = ".facekit-tmp-"
+"""Temporary outputs are named ``.NAME.facekit-tmp-PID.EXT`` next to their final name."""
+_TMP_RE = re.compile(r"^\.(?P<stem>.+)\.facekit-tmp-(?P<pid>\d+)(?P<ext>\.[A-Za-z0-9]+)?$")
+VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+
+
+def tmp_path(final: Path) -> Path:
+    """The temporary name of ``final`` for this process (same folder, same extension, hidden)."""
+    final = Path(final)
+    return final.with_name(f".{final.stem}{TMP_MARK}{os.getpid()}{final.suffix}")
+
+
+def _write_atomic(final: Path, data: bytes | str) -> Path:
+    """Write ``data`` under a temporary name, then rename it to ``final`` (never half-written)."""
+    tmp = tmp_path(final)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _readable_frames(path: Path) -> bool:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, _ = cap.read() if cap.isOpened() else (False, None)
+        return bool(ok)
+    finally:
+        cap.release()
+
+
+def sweep_stale_temps(out_dir: Path) -> list[str]:
+    """Deal with the temporary files that killed runs left in ``out_dir`` (and its ``gallery/``).
+
+    Files of processes still alive are left alone. A temporary video that still yields a frame is
+    renamed ``NAME.killed-PID.EXT`` (a partial recording, never a final name); everything else is
+    deleted. Returns one report line per file.
+    """
+    lines = []
+    for folder in (Path(out_dir), Path(out_dir) / "gallery"):
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            m = _TMP_RE.match(f.name)
+            if not m or _pid_alive(int(m.group("pid"))):
+                continue
+            ext = m.group("ext") or ""
+            try:
+                if (ext.lower() in VIDEO_EXTS and f.is_file() and not f.is_symlink() and f.stat().st_size > 0
+                        and _readable_frames(f)):
+                    kept = f.with_name(f"{m.group('stem')}.killed-{m.group('pid')}{ext}")
+                    os.replace(f, kept)
+                    lines.append(f"{f}: left by a killed run (pid {m.group('pid')}), partial video kept as {kept.name}")
+                else:
+                    f.unlink()
+                    lines.append(f"{f}: left by a killed run (pid {m.group('pid')}), removed")
+            except OSError as exc:
+                lines.append(f"{f}: left by a killed run, could not be removed ({exc.strerror or exc})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping on SIGTERM / SIGINT
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or SIGINT asked ``video`` to stop (see :class:`StopSignals`).
+
+    Raised by :func:`process_video` after the outputs are finalised (``result`` holds the summary),
+    or from wherever the signal arrived when it came before any output was opened (``result`` None).
+    A subclass of ``KeyboardInterrupt`` so that callers that handle Ctrl-C handle it too.
+    """
+
+    def __init__(self, signum: int, result: "VideoResult | None" = None):
+        self.signum = int(signum)
+        self.signame = signal.Signals(self.signum).name
+        self.result = result
+        super().__init__(self.signame)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: 143 for SIGTERM, 130 for SIGINT."""
+        return 128 + self.signum
+
+
+_ACTIVE_STOP: "StopSignals | None" = None
+
+
+class StopSignals:
+    """Context manager (main thread only; a no-op elsewhere) under which SIGTERM and SIGINT stop
+    :func:`process_video` gracefully.
+
+    Before the writers exist a signal raises :class:`StopRequested` at once. Once they do, it only
+    records the request: the processing loop stops after the current frame, the outputs are
+    finalised, and :func:`process_video` then raises :class:`StopRequested`. Further signals while
+    finalising are ignored (SIGKILL still ends the process; the next run sweeps its temporary files).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.defer = False
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        if self.signum is not None:
+            print(f"facekit video: {signal.Signals(signum).name} ignored: already stopping, finalising outputs",
+                  file=sys.stderr)
+            return
+        self.signum = signum
+        if not self.defer:
+            raise StopRequested(signum)
+
+    def __enter__(self) -> "StopSignals":
+        global _ACTIVE_STOP
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+            _ACTIVE_STOP = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE_STOP
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+        if _ACTIVE_STOP is self:
+            _ACTIVE_STOP = None
+
+
 class FfmpegWebmWriter:
     """VP8 ``.webm`` through the ffmpeg binary of the pip package ``imageio-ffmpeg``.
 
@@ -788,7 +1044,10 @@ class FfmpegWebmWriter:
                "-b:v", str(bitrate), "-deadline", "realtime", "-cpu-used", "8", "-threads", "1",
                "-pix_fmt", "yuv420p", str(path)]
         self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        # own session: a Ctrl-C or a signal to the caller's process group does not cut the encoder
+        # short; it finishes the file when its input pipe closes (on release, or when we die)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
         self.path = path
         self.error = ""
 
@@ -829,9 +1088,13 @@ class _Writer:
         self.frames = 0
         self.seconds = 0.0
         w, h = size
+        self.tmp: dict[str, Path] = {}  # key -> temporary file, renamed to self.paths[key] by commit()
         self.video_path = out_dir / ("annotated" + CODECS[cfg.codec])
-        self.main = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
+        self.tmp["video"] = tmp_path(self.video_path)
+        self.main = cv2.VideoWriter(str(self.tmp["video"]), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
         if not self.main.isOpened():
+            self.main.release()
+            self.tmp["video"].unlink(missing_ok=True)
             raise ConfigError(f"OpenCV cannot write {self.video_path} with codec {cfg.codec}")
         self.main.set(cv2.VIDEOWRITER_PROP_QUALITY, float(cfg.quality))
         self.paths["video"] = self.video_path
@@ -842,15 +1105,17 @@ class _Writer:
                           max(2, int(round(h * cfg.webm_scale / 2)) * 2))
         if cfg.webm:
             self.webm_path = out_dir / "annotated.webm"
+            self.tmp["webm"] = tmp_path(self.webm_path)
             try:
-                self.webm = FfmpegWebmWriter(self.webm_path, self.webm_size, fps, cfg.quality)
+                self.webm = FfmpegWebmWriter(self.tmp["webm"], self.webm_size, fps, cfg.quality)
                 self.webm_backend = "imageio-ffmpeg libvpx (realtime)"
             except (ImportError, OSError, RuntimeError):
-                wr = cv2.VideoWriter(str(self.webm_path), cv2.VideoWriter_fourcc(*"VP80"), fps, self.webm_size)
+                wr = cv2.VideoWriter(str(self.tmp["webm"]), cv2.VideoWriter_fourcc(*"VP80"), fps, self.webm_size)
                 if wr.isOpened():
                     self.webm, self.webm_backend = wr, "opencv VP80"
                 else:  # neither ffmpeg nor an OpenCV build with libvpx: report, do not fail the run
                     wr.release()
+                    self.tmp.pop("webm").unlink(missing_ok=True)
                     self.webm_backend = "unavailable (no imageio-ffmpeg, OpenCV without VP8)"
             if self.webm is not None:
                 self.paths["webm"] = self.webm_path
@@ -866,12 +1131,33 @@ class _Writer:
         self.seconds += time.perf_counter() - t0
 
     def close(self) -> str:
-        """Finalise every file; returns a problem description ("" when all is well)."""
+        """Finalise every file (still under its temporary name); returns a problem description
+        ("" when all is well)."""
         self.main.release()
         if self.webm is not None:
             self.webm.release()
             return getattr(self.webm, "error", "")
         return ""
+
+    def commit(self, webm_ok: bool = True) -> None:
+        """Rename the finalised temporary files to their final names (after :meth:`close`). A webm
+        whose encoder failed (``webm_ok`` False) is deleted and dropped from :attr:`paths`."""
+        for key, tmp in list(self.tmp.items()):
+            if key == "webm" and not webm_ok:
+                tmp.unlink(missing_ok=True)
+                self.paths.pop(key, None)
+            elif tmp.exists():
+                os.replace(tmp, self.paths[key])
+            else:
+                self.paths.pop(key, None)
+            del self.tmp[key]
+
+    def discard(self) -> None:
+        """Delete the temporary files (a failed writer: their content cannot be trusted)."""
+        for tmp in self.tmp.values():
+            tmp.unlink(missing_ok=True)
+        self.tmp.clear()
+        self.paths.clear()
 
 
 _STOP = object()
@@ -1189,7 +1475,9 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             if labelled:
                 stem += f"_{_file_safe(lab.identity)}" + ("" if math.isnan(lab.score) else f"_{lab.score:.2f}")
             gpath = gallery / f"{stem}.png"
-            cv2.imwrite(str(gpath), img[:, :, ::-1])
+            ok, buf = cv2.imencode(".png", img[:, :, ::-1])
+            if ok:
+                _write_atomic(gpath, buf.tobytes())
             gfile = str(gpath.relative_to(out_dir))
         rows.append({"track_id": tid, "first_frame": rec.first, "last_frame": rec.last, "frames": len(rec.boxes),
                      "max_score": round(rec.max_score, 4), "best_frame": rec.best_frame,
@@ -1200,12 +1488,15 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
                             "gallery": gfile, **ident, "boxes": boxes})
     fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
               "best_sharpness", "gallery"] + (IDENTITY_FIELDS if labelled else [])
-    with open(out_dir / "tracks.csv", "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=fields)
-        wr.writeheader()
-        wr.writerows(rows)
-    (out_dir / "tracks.json").write_text(json.dumps({"box_format": "xywh", "tracks": tracks_json},
-                                                    separators=(",", ":")))
+    import io
+
+    text = io.StringIO(newline="")
+    wr = csv.DictWriter(text, fieldnames=fields)
+    wr.writeheader()
+    wr.writerows(rows)
+    _write_atomic(out_dir / "tracks.csv", text.getvalue().encode())
+    _write_atomic(out_dir / "tracks.json", json.dumps({"box_format": "xywh", "tracks": tracks_json},
+                                                      separators=(",", ":")))
     return {"tracks_csv": str(out_dir / "tracks.csv"), "tracks_json": str(out_dir / "tracks.json"),
             "gallery": str(gallery)}
 
@@ -1236,9 +1527,17 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         A :class:`VideoResult`; ``summary.json`` in ``out_dir`` holds the same. With a gallery,
         each ``TrackRecord.label`` holds the track's final :class:`TrackLabel`.
 
+    Every output is written under a temporary name and renamed once finalised; temporary files of
+    killed runs in ``out_dir`` are swept first (:func:`sweep_stale_temps`). Under
+    :class:`StopSignals` (the command line), SIGTERM/SIGINT stop the run after the current frame.
+
     Raises:
-        VideoReadError: the source cannot be opened or yields no frame.
+        VideoReadError: the source cannot be opened or yields no frame; an image-sequence frame is
+            above the pixel limit or of another size than the first.
         ConfigError: bad settings, or a gallery path that is neither a gallery folder nor a saved gallery.
+        StopRequested: under :class:`StopSignals`, a signal stopped the run; raised after every
+            output (``summary.json`` included, with ``stopped``) is finalised; ``.result`` holds it.
+        KeyboardInterrupt: Ctrl-C without :class:`StopSignals`; re-raised after the same finalisation.
     """
     cfg = config or VideoConfig()
     cfg.validate()
@@ -1257,19 +1556,39 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     except Exception:  # noqa: BLE001 - fake captures may not implement get()
         pass
-    ok, first = cap.read()
+    try:
+        ok, first = cap.read()
+    except BaseException:
+        cap.release()
+        raise
     if not ok or first is None:
         cap.release()
-        raise VideoReadError(f"{source.spec}: no readable frame (empty, zero-frame or truncated video)")
+        skipped = getattr(cap, "skipped", None)
+        detail = f"; skipped: {'; '.join(skipped[:3])}" if skipped else ""
+        raise VideoReadError(f"{source.spec}: no readable frame (empty, zero-frame or truncated video){detail}")
     if fps_in <= 0 or fps_in > 240:
         fps_in = 25.0
     processor = FaceVideoProcessor(cfg, enhancer=enhancer, detector=detector, identifier=identifier)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        swept = sweep_stale_temps(out_dir)
+    except BaseException:
+        cap.release()
+        raise
+    for line in swept:
+        print(f"facekit video: {line}", file=sys.stderr)
     if first.ndim == 2:
         first = cv2.cvtColor(first, cv2.COLOR_GRAY2BGR)
     first = first[:, :, :3]
     h, w = first.shape[:2]
-    writer = _Writer(out_dir, (w, h), fps_in, cfg)
+    guard = _ACTIVE_STOP
+    if guard is not None:
+        guard.defer = True  # from here on a signal only asks the loop to stop; the outputs get finalised
+    try:
+        writer = _Writer(out_dir, (w, h), fps_in, cfg)
+    except BaseException:
+        cap.release()
+        raise
 
     state = {"dropped": 0, "reconnects": 0, "message": "", "read_s": 0.0, "live": live, "read_frames": 0,
              "offset": 1}
@@ -1320,7 +1639,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     recent: list[float] = []
     try:
         while True:
-            item = frames_q.get()
+            item = _next_frame(frames_q, guard)
             if item is _STOP:
                 break
             index, frame = item
@@ -1364,13 +1683,20 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
             pass
         if bar is not None:
             bar.close()
-        labels = identifier.finish(embed=error is None) if identifier is not None else {}
+        signalled = guard is not None and guard.signum is not None
+        labels = (identifier.finish(embed=error is None and not signalled)
+                  if identifier is not None else {})
     elapsed = time.perf_counter() - t_start
-    if error is not None:
-        raise error
-    if "error" in writer_err:
+    interrupted = error if isinstance(error, KeyboardInterrupt) else None
+    if "error" in writer_err:  # the writer failed: its files cannot be trusted
+        writer.discard()
+        if error is not None:
+            raise error
         raise FacekitError(f"writing {out_dir}: {writer_err['error']}")
-    if "error" in state:
+    writer.commit(webm_ok=not webm_error)  # finalised: the temporary files take their final names
+    if error is not None and interrupted is None:
+        raise error
+    if "error" in state and interrupted is None:
         raise VideoReadError(f"{source.spec}: reader failed: {state['error']}")
 
     truncated = False
@@ -1381,8 +1707,20 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         truncated = True
         message = (f"{source.spec}: video ended after {read_frames} of {expected} frames "
                    "(truncated or corrupt); outputs hold the frames read")
-    if source.kind == "sequence" and getattr(cap_holder["cap"], "skipped", None):
-        message = f"skipped {len(cap_holder['cap'].skipped)} unreadable image(s): {cap_holder['cap'].skipped[:3]}"
+    skipped = list(getattr(cap_holder["cap"], "skipped", None) or []) if source.kind == "sequence" else []
+    if skipped:
+        for line in skipped[:20]:
+            print(f"facekit video: skipped {line}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"facekit video: ... and {len(skipped) - 20} more skipped", file=sys.stderr)
+        message = f"skipped {len(skipped)} image(s): {skipped[:3]}"
+    stopped = None
+    if guard is not None and guard.signum is not None:
+        stopped = signal.Signals(guard.signum).name
+    elif interrupted is not None:
+        stopped = "SIGINT"
+    if stopped:
+        message = (message + "; " if message else "") + f"stopped by {stopped} after {n} frames"
     if webm_error:
         message = (message + "; " if message else "") + f"webm: {webm_error}"
     if message:
@@ -1409,10 +1747,29 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         dropped=state["dropped"], reconnects=state["reconnects"], truncated=truncated, message=message,
         stage_ms={k: round(v, 3) for k, v in stage_ms.items()},
         flicker=None if flick is None else round(flick, 4), outputs=outputs,
-        webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities)
+        webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities,
+        stopped=stopped, skipped=skipped, swept=swept)
     outputs["summary"] = str(out_dir / "summary.json")
-    (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
+    _write_atomic(out_dir / "summary.json", json.dumps(result.to_json(), indent=2))
+    if interrupted is not None:
+        if isinstance(interrupted, StopRequested):
+            interrupted.result = result
+        raise interrupted
+    if stopped:
+        raise StopRequested(guard.signum, result)
     return result
+
+
+def _next_frame(frames_q: queue.Queue, guard: StopSignals | None):
+    """The next queued frame, or ``_STOP`` once a stop signal was recorded by ``guard``."""
+    if guard is None:
+        return frames_q.get()
+    while guard.signum is None:
+        try:
+            return frames_q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _STOP
 
 
 class _OffsetQueue:
@@ -1508,7 +1865,16 @@ def run_cli(args: argparse.Namespace) -> int:
                       queue_size=args.queue_size, progress=not args.no_progress,
                       identity_gallery=args.gallery, identity_threshold=args.gallery_threshold,
                       identity_crops=args.identity_crops, identity_source=args.identity_source)
-    res = process_video(args.input, args.output_dir, cfg)
+    with StopSignals():
+        try:
+            res = process_video(args.input, args.output_dir, cfg)
+        except StopRequested as stop:
+            if stop.result is None:
+                print(f"facekit video: stopped by {stop.signame} before any output was written", file=sys.stderr)
+            else:
+                print(f"facekit video: stopped by {stop.signame} after {stop.result.frames} frames; outputs "
+                      f"finalised in {stop.result.output_dir}", file=sys.stderr)
+            return stop.exit_code  # 143 for SIGTERM, 130 for SIGINT (128 + signal number)
     summary = {k: getattr(res, k) for k in ("frames", "fps", "tracks", "dropped", "reconnects", "truncated",
                                             "flicker", "stage_ms")}
     summary["fps"] = round(summary["fps"], 2)
