@@ -38,11 +38,14 @@ number: **143 for SIGTERM, 130 for SIGINT** (a second signal while finalising is
 that is killed (SIGKILL, power loss) leaves only temporary files; the next run into the same folder
 sweeps those of dead processes at start-up: a temporary video that OpenCV can still read at least
 one frame from is kept as ``NAME.killed-PID.EXT`` and reported, every other one is deleted; both
-are listed in ``summary.json`` (``swept``). OpenCV's ``VideoWriter`` writes the ``mp4`` index (moov)
-only on release and gives no way to pass muxer options (fragmented MP4 needs ``movflags``), so an
-``mp4v`` ``.mp4`` cut by SIGKILL is not playable and is deleted at the sweep; the browser copy
-(``annotated.webm``, written by a separate ffmpeg process that finishes the file when its input
-pipe closes) usually survives.
+are listed in ``summary.json`` (``swept``). The default ``mp4v`` ``annotated.mp4`` is a fragmented
+MP4 written by the ffmpeg binary of ``imageio-ffmpeg`` (:class:`FfmpegMp4Writer`; OpenCV's
+``VideoWriter`` writes the index only on release and takes no muxer options), so a file cut by
+SIGKILL plays up to its last keyframe (at most about one second lost); when only facekit is killed,
+the encoder (in its own session, like the webm encoder) sees its input close and finishes the file.
+Without ``imageio-ffmpeg``, or with ``--codec MJPG/XVID/VP80``, OpenCV writes the main video and a
+killed ``.mp4`` is not playable (deleted at the sweep); ``summary.json`` names the writer
+(``video_backend``).
 
 Image sequences (a folder or glob of frames): non-regular files (FIFOs, sockets, devices, broken
 links) are never opened; they are skipped and reported (stderr and ``summary.json`` ``skipped``).
@@ -588,6 +591,7 @@ class VideoResult:
     stopped: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run early
     skipped: list[str] = field(default_factory=list)  # sequence entries skipped: "path: reason"
     swept: list[str] = field(default_factory=list)  # temporary files of killed runs dealt with at start
+    video_backend: str = ""  # writer of the main video
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -1037,12 +1041,9 @@ class FfmpegWebmWriter:
         import imageio_ffmpeg
 
         w, h = size
-        crf = int(round(4 + (100 - quality) * 0.59))
-        bitrate = max(200_000, int(w * h * fps * 0.2))
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-               "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-an", "-c:v", "libvpx", "-crf", str(crf),
-               "-b:v", str(bitrate), "-deadline", "realtime", "-cpu-used", "8", "-threads", "1",
-               "-pix_fmt", "yuv420p", str(path)]
+               "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-an", *self._codec_args(size, fps, quality),
+               str(path)]
         self._log = tempfile.TemporaryFile()
         # own session: a Ctrl-C or a signal to the caller's process group does not cut the encoder
         # short; it finishes the file when its input pipe closes (on release, or when we die)
@@ -1050,6 +1051,14 @@ class FfmpegWebmWriter:
                                       start_new_session=True)
         self.path = path
         self.error = ""
+
+    @staticmethod
+    def _codec_args(size: tuple[int, int], fps: float, quality: int) -> list[str]:
+        w, h = size
+        crf = int(round(4 + (100 - quality) * 0.59))
+        bitrate = max(200_000, int(w * h * fps * 0.2))
+        return ["-c:v", "libvpx", "-crf", str(crf), "-b:v", str(bitrate), "-deadline", "realtime", "-cpu-used", "8",
+                "-threads", "1", "-pix_fmt", "yuv420p"]
 
     def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoWriter
         return self._proc.poll() is None
@@ -1080,6 +1089,30 @@ class FfmpegWebmWriter:
         self._log.close()
 
 
+class FfmpegMp4Writer(FfmpegWebmWriter):
+    """MPEG-4 Part 2 (``mp4v``) in a **fragmented** ``.mp4`` through the ffmpeg binary of ``imageio-ffmpeg``.
+
+    The main output for codec ``mp4v`` (the same codec OpenCV's writer would use). OpenCV's writer
+    writes the mp4 index only on release and takes no muxer options, so a killed run left an
+    unplayable file; here ``-movflags frag_keyframe+empty_moov`` writes a self-contained fragment at
+    every keyframe (one per second at most, ``-g`` = fps) and ``-flush_packets 1`` pushes it to the
+    file at once, so a file cut by SIGKILL (of this process and the encoder) still plays up to the
+    last fragment. When only this process dies, the encoder sees its input pipe close and finishes
+    the file completely.
+
+    Args:
+        quality: 0-100, mapped to ffmpeg's ``-q:v`` (100 -> 2, 90 -> 5, 0 -> 31).
+    """
+
+    @staticmethod
+    def _codec_args(size: tuple[int, int], fps: float, quality: int) -> list[str]:
+        q = int(round(2 + (100 - quality) * 0.29))
+        gop = max(1, int(round(fps)))
+        return ["-c:v", "mpeg4", "-tag:v", "mp4v", "-q:v", str(q), "-g", str(gop), "-threads", "1",
+                "-pix_fmt", "yuv420p", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
+                "-flush_packets", "1", "-f", "mp4"]
+
+
 class _Writer:
     """Owns the output video writers; runs in its own thread fed by a bounded queue."""
 
@@ -1091,12 +1124,21 @@ class _Writer:
         self.tmp: dict[str, Path] = {}  # key -> temporary file, renamed to self.paths[key] by commit()
         self.video_path = out_dir / ("annotated" + CODECS[cfg.codec])
         self.tmp["video"] = tmp_path(self.video_path)
-        self.main = cv2.VideoWriter(str(self.tmp["video"]), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
-        if not self.main.isOpened():
-            self.main.release()
-            self.tmp["video"].unlink(missing_ok=True)
-            raise ConfigError(f"OpenCV cannot write {self.video_path} with codec {cfg.codec}")
-        self.main.set(cv2.VIDEOWRITER_PROP_QUALITY, float(cfg.quality))
+        self.main = None
+        self.video_backend = "opencv " + cfg.codec
+        if cfg.codec == "mp4v":  # fragmented mp4: playable up to the last keyframe even after SIGKILL
+            try:
+                self.main = FfmpegMp4Writer(self.tmp["video"], (w, h), fps, cfg.quality)
+                self.video_backend = "imageio-ffmpeg mpeg4 (fragmented mp4)"
+            except (ImportError, OSError, RuntimeError):
+                self.main = None
+        if self.main is None:
+            self.main = cv2.VideoWriter(str(self.tmp["video"]), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
+            if not self.main.isOpened():
+                self.main.release()
+                self.tmp["video"].unlink(missing_ok=True)
+                raise ConfigError(f"OpenCV cannot write {self.video_path} with codec {cfg.codec}")
+            self.main.set(cv2.VIDEOWRITER_PROP_QUALITY, float(cfg.quality))
         self.paths["video"] = self.video_path
         self.webm = None
         self.webm_backend = "none"
@@ -1123,6 +1165,8 @@ class _Writer:
     def write(self, bgr: np.ndarray) -> None:
         t0 = time.perf_counter()
         self.main.write(bgr)
+        if getattr(self.main, "error", ""):
+            raise FacekitError(f"encoding {self.video_path.name}: {self.main.error}")
         if self.webm is not None:
             small = bgr if (bgr.shape[1], bgr.shape[0]) == self.webm_size else cv2.resize(
                 bgr, self.webm_size, interpolation=cv2.INTER_AREA)
@@ -1132,8 +1176,12 @@ class _Writer:
 
     def close(self) -> str:
         """Finalise every file (still under its temporary name); returns a problem description
-        ("" when all is well)."""
+        ("" when all is well). Raises FacekitError when the main video could not be finished."""
         self.main.release()
+        if getattr(self.main, "error", ""):
+            if self.webm is not None:
+                self.webm.release()
+            raise FacekitError(f"encoding {self.video_path.name}: {self.main.error}")
         if self.webm is not None:
             self.webm.release()
             return getattr(self.webm, "error", "")
@@ -1675,7 +1723,11 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
                 break
         out_q.put(_STOP)
         wt.join()
-        webm_error = writer.close()
+        try:
+            webm_error = writer.close()
+        except FacekitError as exc:  # the main video could not be finished: discarded below
+            writer_err.setdefault("error", exc)
+            webm_error = ""
         rt.join(timeout=2.0)
         try:
             cap_holder["cap"].release()
@@ -1748,7 +1800,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         stage_ms={k: round(v, 3) for k, v in stage_ms.items()},
         flicker=None if flick is None else round(flick, 4), outputs=outputs,
         webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities,
-        stopped=stopped, skipped=skipped, swept=swept)
+        stopped=stopped, skipped=skipped, swept=swept, video_backend=writer.video_backend)
     outputs["summary"] = str(out_dir / "summary.json")
     _write_atomic(out_dir / "summary.json", json.dumps(result.to_json(), indent=2))
     if interrupted is not None:
