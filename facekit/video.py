@@ -53,6 +53,8 @@ Each frame's size is read from its header before decoding and refused above
 :data:`facekit.imageio.MAX_PIXELS` (64 Mpx, the single-image limit); a frame whose size differs
 from the first frame's is an error naming the file (exit 1), never silently dropped. Unreadable
 frames are skipped and reported, and are not counted in ``frames``.
+Other sources whose frame size changes mid-run (a stream after a reconnect) have those frames
+resized to the first frame's size, counted in ``message``; no frame is ever dropped by the writer.
 """
 
 from __future__ import annotations
@@ -1120,6 +1122,8 @@ class _Writer:
         self.paths: dict[str, Path] = {}
         self.frames = 0
         self.seconds = 0.0
+        self.size = size
+        self.resized = 0  # frames of another size (a stream that changed resolution) resized to ``size``
         w, h = size
         self.tmp: dict[str, Path] = {}  # key -> temporary file, renamed to self.paths[key] by commit()
         self.video_path = out_dir / ("annotated" + CODECS[cfg.codec])
@@ -1164,6 +1168,9 @@ class _Writer:
 
     def write(self, bgr: np.ndarray) -> None:
         t0 = time.perf_counter()
+        if (bgr.shape[1], bgr.shape[0]) != self.size:  # never dropped (OpenCV's writer would drop it silently)
+            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)
+            self.resized += 1
         self.main.write(bgr)
         if getattr(self.main, "error", ""):
             raise FacekitError(f"encoding {self.video_path.name}: {self.main.error}")
@@ -1773,6 +1780,9 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         stopped = "SIGINT"
     if stopped:
         message = (message + "; " if message else "") + f"stopped by {stopped} after {n} frames"
+    if writer.resized:
+        message = (message + "; " if message else "") + (
+            f"{writer.resized} frame(s) of another size than the first were resized to {w}x{h}")
     if webm_error:
         message = (message + "; " if message else "") + f"webm: {webm_error}"
     if message:

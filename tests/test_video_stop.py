@@ -231,3 +231,34 @@ def test_temporary_name_is_hidden_sibling(tmp_path):
     tp = video.tmp_path(p)
     assert tp.parent == p.parent and tp.suffix == ".mp4"
     assert tp.name == f".annotated.facekit-tmp-{os.getpid()}.mp4"
+
+
+def test_stream_frames_of_another_size_are_resized_and_counted(tmp_path):
+    """A source that changes resolution (e.g. a camera after a reconnect): frames are resized to the
+    first frame's size and counted in the message, never silently dropped from the video."""
+    from facekit.video import VideoConfig, process_video
+
+    class Cap:
+        i = 0
+
+        def isOpened(self):  # noqa: N802
+            return True
+
+        def get(self, prop):
+            return 0.0
+
+        def release(self):
+            pass
+
+        def read(self):
+            self.i += 1
+            if self.i > 6:
+                return False, None
+            return True, np.full((48 if self.i < 4 else 60, 64, 3), 100, np.uint8)
+
+    (tmp_path / "x.mp4").write_bytes(b"")
+    res = process_video(tmp_path / "x.mp4", tmp_path / "out", VideoConfig(enhancer="none", progress=False),
+                        capture_factory=lambda target: Cap())
+    assert res.frames == 6 == _frames(tmp_path / "out" / "annotated.mp4")
+    assert "3 frame(s) of another size than the first were resized to 64x48" in res.message
+    assert _temps(tmp_path / "out") == []
