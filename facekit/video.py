@@ -1758,11 +1758,16 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     if "error" in state and interrupted is None:
         raise VideoReadError(f"{source.spec}: reader failed: {state['error']}")
 
+    stopped = None
+    if guard is not None and guard.signum is not None:
+        stopped = signal.Signals(guard.signum).name
+    elif interrupted is not None:
+        stopped = "SIGINT"
     truncated = False
     message = state["message"]
     read_frames = state["read_frames"] + 1  # + the first frame, read before the reader started
     wanted = expected if cfg.max_frames is None else min(expected, cfg.max_frames)
-    if source.kind == "file" and expected > 0 and read_frames < wanted - 1:
+    if not stopped and source.kind == "file" and expected > 0 and read_frames < wanted - 1:
         truncated = True
         message = (f"{source.spec}: video ended after {read_frames} of {expected} frames "
                    "(truncated or corrupt); outputs hold the frames read")
@@ -1773,11 +1778,6 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         if len(skipped) > 20:
             print(f"facekit video: ... and {len(skipped) - 20} more skipped", file=sys.stderr)
         message = f"skipped {len(skipped)} image(s): {skipped[:3]}"
-    stopped = None
-    if guard is not None and guard.signum is not None:
-        stopped = signal.Signals(guard.signum).name
-    elif interrupted is not None:
-        stopped = "SIGINT"
     if stopped:
         message = (message + "; " if message else "") + f"stopped by {stopped} after {n} frames"
     if writer.resized:

@@ -100,7 +100,7 @@ def test_signal_finalises_playable_outputs(long_clip, tmp_path, sig, code):
     assert "Traceback" not in err and f"stopped by {sig.name}" in err
     n = _frames(out / "annotated.mp4")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped"] == sig.name
+    assert summary["stopped"] == sig.name and summary["truncated"] is False
     assert 0 < n == summary["frames"] < _frames(long_clip)
     cap = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0
