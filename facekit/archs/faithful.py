@@ -125,13 +125,7 @@ class FaithfulGenerator(_UNetBody):
 
     def residual(self, lq: torch.Tensor) -> torch.Tensor:
         """The RGB residual (before high-passing) for ``lq`` ``(N,3,h,w)`` -> ``(N,3,h*s,w*s)``."""
-        h, w = int(lq.shape[-2]), int(lq.shape[-1])
-        m = 2 ** self.depth
-        ph, pw = (-h) % m, (-w) % m
-        x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
-        x, _ = self._body(x)
-        if ph or pw:
-            x = x[..., :h, :w]
+        x, _ = self._body_any_size(lq)
         ycc = F.pixel_shuffle(self.tail(self.res(x)), self.scale)  # (N, n_out, H, W)
         if self.chroma:
             colour = (~is_gray(lq)).to(ycc.dtype).view(-1, 1, 1, 1)

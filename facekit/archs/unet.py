@@ -79,6 +79,16 @@ class _UNetBody(nn.Module):
             self.tail.weight.mul_(0.1)
             self.tail.bias.zero_()
 
+    def _body_any_size(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_body` on an input of any size: replicate-padded to a multiple of ``2**depth``,
+        the decoded features cropped back to ``lq``'s size; returns ``(decoded, deepest)``."""
+        h, w = int(lq.shape[-2]), int(lq.shape[-1])
+        m = 2 ** self.depth
+        ph, pw = (-h) % m, (-w) % m
+        x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
+        x, deepest = self._body(x)
+        return (x[..., :h, :w] if (ph or pw) else x), deepest
+
     def _body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the U-Net on ``x`` (sides a multiple of ``2**depth``); returns ``(decoded, deepest)``."""
         x = self.head(x)
@@ -234,12 +244,7 @@ class LRUNetGenerator(_UNetBody):
         """Restore ``lq`` ``(N,3,h,w)`` in [0,1]; same contract as :meth:`UNetGenerator.forward`."""
         out_size = _out_size(lq, self.scale, out_size)
         h, w = int(lq.shape[-2]), int(lq.shape[-1])
-        m = 2 ** self.depth
-        ph, pw = (-h) % m, (-w) % m
-        x = F.pad(lq, (0, pw, 0, ph), mode="replicate") if (ph or pw) else lq
-        x, deepest = self._body(x)
-        if ph or pw:
-            x = x[..., :h, :w]
+        x, deepest = self._body_any_size(lq)
         shuffle = isinstance(self.grow, nn.PixelShuffle)
         if out_size == (h * self.scale, w * self.scale) and self.scale > 1:
             # The colour transform is per-pixel linear and bicubic weights sum to 1, so colour at the
