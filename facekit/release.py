@@ -937,6 +937,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ema, raw (last step) or best of the two on the validation pairs (default)")
     parser.add_argument("--rewrite-card", metavar="DIR", default=None,
                         help="only rewrite DIR/TRAINING.md from its report.json and test_metrics.csv (no re-measuring)")
+    parser.add_argument("--ood-limit", type=int, default=None, metavar="N",
+                        help="OOD suite on at most N faces (or people) per source: a quicker card for a folder "
+                             "that is not the default (the default needs the whole suite)")
     parser.add_argument("--accept-failing", metavar="REASON", default=None,
                         help="make the default despite failing gain targets (rank-1 ratio), with this reason "
                              "written on the card; no-harm targets (below bicubic, colour, grey) are never waived")
@@ -953,7 +956,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ConfigError("release needs a finished training run folder (data/runs/NAME), or --rewrite-card DIR")
     out = Path(args.out) if args.out else default_model_dir()
     report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
-                         progress=not args.no_progress, weights=args.weights, accept_failing=args.accept_failing)
+                         progress=not args.no_progress, weights=args.weights, accept_failing=args.accept_failing,
+                         ood_limit=args.ood_limit)
     print(out / "TRAINING.md")
     print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
     return 0
