@@ -131,19 +131,31 @@ class PairedFaceDataset(torch.utils.data.Dataset):
         """The generator of sample ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """``(lq (h,w,3), gt (S,S,3), params)`` as float32 numpy arrays, for inspection/replay."""
+    def sample(self, index: int, lq_side: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(lq (h,w,3), gt (S,S,3), params)`` as float32 numpy arrays, for inspection/replay.
+
+        ``lq_side`` (random preset only): area-resize the clean face to ``lq_side * scale`` first
+        (multi-scale training), so ``gt`` is that side instead of S.
+        """
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} faces")
         index = index % len(self)
         rng = self.rng(index)
+        face = self.faces[index]
+        if lq_side is not None:
+            side = int(lq_side) * self.scale
+            if not self.random or not 4 <= int(lq_side) or side > face.shape[0]:
+                raise ConfigError(f"lq_side {lq_side!r} needs the random preset and lq_side x scale <= {face.shape[0]}")
+            if side != face.shape[0]:
+                import cv2
+
+                face = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
         if self.random:
-            lq, gt, params = randdeg.degrade_pair(self.faces[index], self.scale, rng, gray_prob=self.gray_prob)
+            lq, gt, params = randdeg.degrade_pair(face, self.scale, rng, gray_prob=self.gray_prob)
             params.update(condition=RANDOM_PRESET, records=[])
             return lq, gt, params
         conds = self.conditions
         condition = conds[0] if len(conds) == 1 else conds[int(rng.integers(len(conds)))]
-        face = self.faces[index]
         gray = self.gray_prob > 0 and np.random.default_rng([self.seed, self.epoch, index, 1]).random() < self.gray_prob
         if gray:
             face = to_gray(face)
@@ -151,8 +163,10 @@ class PairedFaceDataset(torch.utils.data.Dataset):
         params["gray"] = bool(gray)
         return lq, gt, params
 
-    def __getitem__(self, index: int) -> dict:
-        lq, gt, params = self.sample(int(index))
+    def __getitem__(self, index) -> dict:
+        """Item ``index``, or ``(index, lq_side)`` for a multi-scale batch (see :meth:`sample`)."""
+        index, lq_side = index if isinstance(index, tuple) else (index, None)
+        lq, gt, params = self.sample(int(index), lq_side)
         pose = degrade.pose_angles(params) if not self.random else {"roll": 0.0, "yaw": 0.0, "pitch": 0.0,
                                                                      "flip": False}
         return {"lq": to_tensor(lq), "gt": to_tensor(gt), "condition": params["condition"],

@@ -178,6 +178,12 @@ def val_scores(nets: dict, cfg: dict, faces=None) -> dict[str, dict[str, float]]
     return {name: evaluate(net, lq, gt, torch.device("cpu")) for name, net in nets.items()}
 
 
+def release_size(cfg: dict) -> int:
+    """The gt side a run is measured and released at: its ``val_size`` (multi-scale runs cache
+    larger faces than they are measured at), else its ``size``."""
+    return int(cfg.get("val_size") or cfg["size"])
+
+
 LOCUS_FACES = 4000  # training faces the relight locus is fitted on (a seeded sample)
 
 
@@ -251,7 +257,7 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
         val = val_scores({"ema": net, "raw": raw}, cfg, val_faces)
         if val["raw"]["psnr"] > val["ema"]["psnr"]:
             net, chosen = raw, "raw"
-    in_size = int(cfg["size"]) // int(cfg["scale"])
+    in_size = release_size(cfg) // int(cfg["scale"])
     info["kwargs"] = prepare_for_release(net, info)
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
                extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
@@ -515,7 +521,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     if size_mb > MAX_MODEL_MB:
         raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
     cfg = info["config"]
-    in_size = int(cfg["size"]) // int(cfg["scale"])
+    in_size = release_size(cfg) // int(cfg["scale"])
     (out_dir / "chain.yaml").write_text(
         f"# Released by facekit.release from run {run_dir.name!r} (step {info['step']}); see TRAINING.md.\n"
         f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n")
@@ -529,7 +535,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     if faces is None:
         from facekit.data import load_faces
 
-        faces = load_faces(cfg["data"], size=int(cfg["size"]), seed=int(cfg.get("seed", 0)), progress=progress)
+        faces = load_faces(cfg["data"], size=release_size(cfg), seed=int(cfg.get("seed", 0)), progress=progress)
         faces = faces.subset("test")
         if len(faces.images) == 0:
             raise ConfigError(f"{cfg['data']}: the source has no test split to measure the released model on")
@@ -559,7 +565,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
 
         # SFace trains the identity loss, so the independent net scores the same probes beside it
         probes = probe_check(methods, people=probe_people, preset=test_preset, scale=int(cfg["scale"]),
-                             size=int(cfg["size"]), progress=progress, nets=nets)
+                             size=release_size(cfg), progress=progress, nets=nets)
     ood_report = _ood_section(out_dir, run_dir, ood_limit, progress, ood_sources) if ood_suite else None
     runs = [run_dir, *compare]
     plot_curves(runs, out_dir / "curves.png")
@@ -567,7 +573,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     report = {
         "released_run": run_dir.name, "step": info["step"], "arch": info["arch"], "arch_kwargs": info["kwargs"],
         "weights": info["weights"], "val": info["val"], "compared": compared,
-        "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": int(cfg["size"]),
+        "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": release_size(cfg),
         "training": {r.name: _run_files(r)[1] for r in runs},
         "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
         "teacher_sha256": teacher_sha,

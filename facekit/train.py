@@ -58,8 +58,13 @@ class TrainConfig:
 
     name: str = "smoke"
     data: str = "orl"  # facekit.data source: "orl", "celeba:PATH", "folder:PATH"
-    size: int = 64  # gt side
+    size: int = 64  # gt side (with lq_sizes: the cached faces' side, the largest gt)
     scale: int = 4  # lq side = size / scale
+    # Multi-scale training (preset "random" only): each batch draws its lq side from this list and
+    # its faces are area-resized to lq_side * scale first, so one model learns 12 px and 32 px faces.
+    # None = every batch at size / scale.
+    lq_sizes: list[int] | None = None
+    val_size: int | None = None  # gt side of the val (and release test) pairs; None = size
     limit: int | None = None  # only the first N source images
     preset: str = "cctv-heavy"  # facekit.degrade preset
     conditions: list[str] | None = None  # lighting conditions (None = all five)
@@ -158,6 +163,16 @@ class TrainConfig:
         if self.size % self.scale:
             bad("scale", f"must divide size {self.size}")
         check(as_int, "limit", 1, optional=True)
+        check(as_int, "val_size", 8, self.size, optional=True)
+        if self.val_size is not None and self.val_size % self.scale:
+            bad("val_size", f"must be divisible by scale {self.scale}")
+        if self.lq_sizes is not None:
+            if (not isinstance(self.lq_sizes, list) or not self.lq_sizes
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and 4 <= v and v * self.scale <= self.size
+                               for v in self.lq_sizes)):
+                bad("lq_sizes", f"must be a non-empty list of whole lq sides >= 4 with side x scale <= size {self.size}")
+            if self.preset != "random":
+                bad("lq_sizes", "multi-scale batches need the random preset (facekit.randdeg)")
         check(as_int, "val_count", 0)
         for key in ("batch", "steps", "lazy_k", "log_every", "val_every", "ckpt_every", "sample_every", "lr_step"):
             check(as_int, key, 1)
@@ -323,6 +338,12 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, worl
     return [perm[b * gb + rank * batch: b * gb + (rank + 1) * batch] for b in range(n // gb)]
 
 
+def epoch_lq_sides(n_batches: int, lq_sizes: list[int], seed: int, epoch: int) -> list[int]:
+    """The lq side of each global batch of ``epoch`` (multi-scale training); the same on every rank."""
+    gen = np.random.default_rng([int(seed), int(epoch), 7])
+    return [int(v) for v in gen.choice(np.asarray(lq_sizes), size=n_batches)]
+
+
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     """LR multiplier per step: linear warmup, then cosine to 0, step decay or constant."""
     def f(step: int) -> float:
@@ -444,11 +465,21 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
     return np.concatenate(parts), int(distinct)
 
 
+def resize_faces(images: np.ndarray, side: int) -> np.ndarray:
+    """Area-resize ``(N,S,S,3) uint8`` faces to ``(N,side,side,3) uint8``."""
+    import cv2
+
+    return np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in images]) \
+        if len(images) else images[:, :side, :side]
+
+
 def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Fixed val pairs: the val faces spread round-robin over the lighting conditions."""
     from facekit import augment
     from facekit.dataset import make_eval_pairs
 
+    if cfg.val_size and cfg.val_size != val_images.shape[1]:
+        val_images = resize_faces(val_images, cfg.val_size)
     if cfg.preset == "random":  # facekit.randdeg draws the light per face; one mixed val set
         lq, gt = make_eval_pairs(val_images, "random", cfg.scale, seed=cfg.seed + 1)
         return lq, gt, ["random"] * len(lq)
@@ -755,7 +786,11 @@ def _batch_iter(dataset, cfg: TrainConfig, rank: int, world: int, start_step: in
     epoch, first = divmod(start_step, n_batches)
     while True:
         dataset.set_epoch(epoch)
-        batches = epoch_batches(len(dataset), cfg.batch, cfg.seed, epoch, rank, world)[first:]
+        batches = epoch_batches(len(dataset), cfg.batch, cfg.seed, epoch, rank, world)
+        if cfg.lq_sizes:  # (index, lq side) items: PairedFaceDataset resizes the face to side x scale
+            sides = epoch_lq_sides(len(batches), cfg.lq_sizes, cfg.seed, epoch)
+            batches = [[(i, side) for i in b] for b, side in zip(batches, sides)]
+        batches = batches[first:]
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=_collate,
             worker_init_fn=getattr(dataset, "worker_init_fn", None) if cfg.num_workers else None)
