@@ -1,11 +1,18 @@
 """Helpers notebooks use to publish results for the HTML reports.
 
-Every notebook writes its headline numbers with :func:`write_headline`; the runner's
-``reports/index.html`` reads them back from these files instead of re-typing them.
+Every notebook writes its headline numbers with :func:`write_headline` and its key figure with
+:func:`save_figure`; the runner's ``reports/index.html`` reads them back from these files instead
+of re-typing them.
+
+Headline file format (``reports/metrics/<stem>.json``): a flat JSON object. A value is either a
+bare scalar (the original format, still read) or a :func:`metric` entry
+``{"value", "unit", "better", "baseline", "baseline_name", "ci", "label"}``; keys starting with
+``_`` are about the notebook, not numbers: ``_scope`` is one sentence on what this run can show.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
@@ -36,22 +43,164 @@ def _jsonable(value):
     return str(value)
 
 
-def write_headline(notebook: str, numbers: dict) -> Path:
-    """Write a notebook's headline numbers (a flat ``{name: value}`` dict) for the report index.
+BETTER = ("higher", "lower")
+_METRIC_KEYS = ("value", "unit", "better", "baseline", "baseline_name", "ci", "label")
+
+
+def metric(value, unit: str, better: str | None = None, *, baseline=None,
+           baseline_name: str | None = None, ci=None, label: str | None = None) -> dict:
+    """One headline number with what a reader needs to judge it, for :func:`write_headline`.
+
+    Args:
+        value: the number (numpy/torch scalars are fine; NaN is stored as None).
+        unit: its unit, e.g. ``"dB"``, ``"0-1"``, ``"faces"``, ``"ms/face"``; never empty.
+        better: ``"higher"``, ``"lower"`` or None (a count or setting, not a score).
+        baseline: the same number for the reference method (bicubic, the input ...), or None.
+        baseline_name: what the baseline is, e.g. ``"bicubic"``.
+        ci: ``(low, high)`` 95% confidence interval of ``value``, or None.
+        label: readable name shown instead of the key, or None.
+
+    Returns:
+        The JSON-ready entry (keys other than ``value`` that are None are left out).
+
+    Raises:
+        ConfigError: empty unit, unknown ``better``, or a ``ci`` that is not a pair.
+    """
+    if not isinstance(unit, str) or not unit.strip():
+        raise ConfigError(f"metric {value!r}: unit must be a non-empty string, got {unit!r}")
+    if better is not None and better not in BETTER:
+        raise ConfigError(f"metric {value!r}: better must be 'higher', 'lower' or None, got {better!r}")
+    if ci is not None:
+        ci = [_jsonable(c) for c in ci]
+        if len(ci) != 2:
+            raise ConfigError(f"metric {value!r}: ci must be (low, high), got {ci!r}")
+    entry = {"value": _jsonable(value), "unit": unit, "better": better, "baseline": _jsonable(baseline),
+             "baseline_name": baseline_name, "ci": ci, "label": label}
+    return {k: v for k, v in entry.items() if v is not None or k == "value"}
+
+
+def _entry(value):
+    if isinstance(value, dict):
+        unknown = set(value) - set(_METRIC_KEYS)
+        if unknown or "value" not in value:
+            raise ConfigError(f"headline entry {value!r}: use facekit.report.metric() "
+                              f"(unknown keys: {', '.join(sorted(unknown)) or 'none'})")
+        return {k: ([_jsonable(c) for c in v] if k == "ci" else _jsonable(v)) for k, v in value.items()}
+    return _jsonable(value)
+
+
+def write_headline(notebook: str, numbers: dict, *, scope: str | None = None) -> Path:
+    """Write a notebook's headline numbers for the report index.
 
     Args:
         notebook: notebook stem, e.g. ``"03_train_gan"``.
-        numbers: flat mapping of short names to scalars or short strings.
+        numbers: flat mapping of short names to :func:`metric` entries, scalars or short strings.
+        scope: one sentence on what this run can show (and what it cannot), e.g. that a smoke
+            run shows the pipeline works, not the model's quality.
 
     Returns:
         The path written (atomically: temp file then rename).
     """
     path = headline_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: _entry(v) for k, v in numbers.items()}
+    if scope:
+        data["_scope"] = str(scope)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in numbers.items()}, indent=2))
+    tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
     return path
+
+
+def figure_path(notebook: str, *, reports_dir: str | Path | None = None) -> Path:
+    """Return the PNG file holding a notebook's key figure (``reports/figures/<stem>.png``).
+
+    Args:
+        notebook: notebook stem.
+        reports_dir: reports folder; ``None`` uses ``settings.REPORTS_DIR``.
+    """
+    base = settings.REPORTS_DIR if reports_dir is None else Path(reports_dir)
+    return base / "figures" / f"{notebook}.png"
+
+
+THUMBNAIL_WIDTH_PX = 640  # stored width; the index shows it at half that (sharp on HiDPI screens)
+
+
+def save_figure(notebook: str, figure) -> Path:
+    """Save a notebook's key figure (its before/after or main comparison) for the index thumbnail.
+
+    Args:
+        notebook: notebook stem.
+        figure: a matplotlib ``Figure``, or the path of an image file (PNG/JPEG) already written.
+
+    Returns:
+        The PNG written (``figures/<stem>.png`` in the reports folder, about 640 px wide).
+    """
+    path = figure_path(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if hasattr(figure, "savefig"):
+        dpi = THUMBNAIL_WIDTH_PX / max(figure.get_figwidth(), 1e-3)
+        figure.savefig(tmp, dpi=dpi, format="png", facecolor="white")
+    else:
+        from PIL import Image
+
+        with Image.open(figure) as image:
+            image = image.convert("RGB")
+            if image.width > THUMBNAIL_WIDTH_PX:
+                height = round(image.height * THUMBNAIL_WIDTH_PX / image.width)
+                image = image.resize((THUMBNAIL_WIDTH_PX, max(height, 1)), Image.LANCZOS)
+            image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def headline_rows(headline: dict) -> tuple[list[dict], str | None]:
+    """Normalise a headline (either file format) into display rows and the scope sentence.
+
+    Args:
+        headline: what :func:`read_headline` returned.
+
+    Returns:
+        ``(rows, scope)``: one dict per entry with ``name``, ``label``, ``value``, ``unit``,
+        ``better``, ``baseline``, ``baseline_name``, ``ci`` (None where not given) and ``verdict``
+        (see :func:`verdict`); ``scope`` is the ``_scope`` sentence or None.
+    """
+    rows = []
+    for name, entry in headline.items():
+        if name.startswith("_"):
+            continue
+        row = dict.fromkeys(_METRIC_KEYS)
+        row.update(entry if isinstance(entry, dict) else {"value": entry})
+        row["name"] = name
+        row["label"] = row["label"] or name
+        row["verdict"] = verdict(row["value"], row["baseline"], row["better"], row["ci"])
+        rows.append(row)
+    scope = headline.get("_scope")
+    return rows, (str(scope) if scope else None)
+
+
+def verdict(value, baseline, better: str | None, ci=None) -> str:
+    """Compare a number with its baseline for the index's colours.
+
+    Args:
+        value: the number.
+        baseline: the baseline's number, or None.
+        better: ``"higher"``, ``"lower"`` or None.
+        ci: ``(low, high)`` 95% CI of ``value``, or None.
+
+    Returns:
+        ``"better"`` (green), ``"worse"`` (red), ``"same"`` (grey: equal, or the baseline inside
+        the CI, so no difference is shown) or ``"none"`` (nothing to compare).
+    """
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, baseline))
+    if better not in BETTER or not numeric:
+        return "none"
+    if ci is not None and None not in ci and min(ci) <= baseline <= max(ci):
+        return "same"
+    if value == baseline:
+        return "same"
+    return "better" if (value > baseline) == (better == "higher") else "worse"
 
 
 def read_headline(notebook: str, *, reports_dir: str | Path | None = None) -> dict:
@@ -218,6 +367,29 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+# Width (CSS px) at which a report shows a figure: about the output column of the lab template in
+# a 1200 px window; a wider PNG is scaled down to it. Plotting helpers size panels for it.
+REPORT_FIGURE_WIDTH_PX = 1000
+MIN_PANEL_WIDTH_PX = 250  # narrowest readable panel at that width (ticks, labels, a title)
+
+
+def panel_widths_px(figure, report_width_px: int = REPORT_FIGURE_WIDTH_PX) -> list[float]:
+    """Width of each panel (axes, colour bars left out) of a figure as a report shows it.
+
+    Args:
+        figure: a matplotlib ``Figure`` (after ``tight_layout`` or with a layout engine).
+        report_width_px: width the report gives figures; wider figures are scaled down to it.
+
+    Returns:
+        One width in px per panel, in ``figure.axes`` order.
+    """
+    figure.canvas.draw()
+    width_px = figure.get_figwidth() * figure.dpi
+    scale = min(1.0, report_width_px / width_px)
+    return [ax.get_position().width * width_px * scale
+            for ax in figure.axes if ax.get_label() != "<colorbar>"]
+
+
 _INDEX_CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px; color: #222; }
 h1 { font-size: 22px; margin: 0 0 12px; }
@@ -227,35 +399,108 @@ th { background: #eef1f5; }
 table.run th { width: 9em; }
 .status { display: inline-block; padding: 1px 8px; border-radius: 9px; font-weight: 600; color: #fff; }
 .status-ok { background: #2e7d32; } .status-failed { background: #c62828; } .status-skipped { background: #8a8f98; }
-.metric { display: inline-block; margin: 0 14px 2px 0; white-space: nowrap; }
-.metric b { font-weight: 600; color: #555; margin-right: 4px; }
-.params { color: #555; font: 12px monospace; }
-td.duration { white-space: nowrap; }
+.params { color: #555; font: 12px monospace; margin-top: 6px; }
+.duration { color: #555; white-space: nowrap; }
 a.ipynb { font-size: 11px; color: #777; margin-left: 6px; }
 .error { border: 1px solid #c62828; background: #fdecea; padding: 10px 14px; white-space: pre-wrap; font: 13px monospace; }
+.profile-note, .scope { background: #fff8e1; border-left: 4px solid #f9a825; padding: 6px 10px; margin: 8px 0; }
+.scope { margin: 0 0 6px; font-size: 13px; }
+img.thumb { width: 320px; max-height: 260px; object-fit: contain; border: 1px solid #d0d4da; background: #fff; }
+.no-figure { color: #8a8f98; font-style: italic; }
+table.numbers { margin: 0; font-size: 13px; }
+table.numbers th, table.numbers td { padding: 2px 8px; }
+table.numbers td.value, table.numbers td.baseline, table.numbers td.ci { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.numbers td.better { color: #555; white-space: nowrap; }
+tr.cmp-better td.value { background: #e3f4e1; color: #1b5e20; font-weight: 600; }
+tr.cmp-worse td.value { background: #fde4e1; color: #b71c1c; font-weight: 600; }
+tr.cmp-same td.value { background: #eef1f5; }
+.context { color: #555; font-size: 13px; margin: 0 0 4px; }
+.context .metric { margin-right: 14px; white-space: nowrap; } .context .metric b { font-weight: 600; margin-right: 4px; }
+.legend { font-size: 12px; color: #555; }
+.legend span { padding: 0 6px; margin-right: 6px; }
 """
 
+# What each profile of params/ can show; a notebook adds its own sentence (write_headline's scope).
+PROFILE_NOTES = {
+    "smoke": "Smoke profile: a few faces and a few dozen training steps. It shows that every notebook "
+             "runs end to end; it does not measure the quality of the models (the model cards in "
+             "models/ and the full profile do).",
+    "full": "Full profile: the whole test split and full-length training; the numbers measure the "
+            "models, within the 95% confidence intervals shown.",
+}
+_BETTER_TEXT = {"higher": "higher is better", "lower": "lower is better", None: "–"}
+_VERDICT_TEXT = {"better": "better than the baseline", "worse": "worse than the baseline",
+                 "same": "no difference from the baseline (equal, or inside the 95% CI)", "none": ""}
 
-def render_index(summary: dict) -> str:
+
+def _thumbnail(reports_dir: Path | None, figure: str | None) -> bytes | None:
+    if not figure or reports_dir is None:
+        return None
+    path = Path(reports_dir) / figure
+    return path.read_bytes() if path.is_file() else None
+
+
+def _numbers_html(headline: dict, esc) -> str:
+    """The headline of one notebook: scope sentence, text entries, then the table of numbers."""
+    rows, scope = headline_rows(headline)
+    numbers = [r for r in rows if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
+               or r["value"] is None]
+    texts = [r for r in rows if r not in numbers]
+    out = [f'<p class="scope">{esc(scope)}</p>'] if scope else []
+    if texts:
+        out.append('<p class="context">' + "".join(
+            f'<span class="metric text" data-name="{esc(r["name"])}"><b>{esc(r["label"])}</b>'
+            f'{esc(_format_value(r["value"]))}</span>' for r in texts) + "</p>")
+    if numbers:
+        out.append('<table class="numbers"><thead><tr><th>number</th><th>value</th><th>unit</th>'
+                   "<th>95% CI</th><th>baseline</th><th>direction</th></tr></thead><tbody>")
+        for r in numbers:
+            ci = f"[{_format_value(r['ci'][0])}, {_format_value(r['ci'][1])}]" if r["ci"] else ""
+            base = "" if r["baseline"] is None else _format_value(r["baseline"])
+            if r["baseline_name"] and base:
+                base += f" ({r['baseline_name']})"
+            out.append(
+                f'<tr class="metric cmp-{r["verdict"]}" data-name="{esc(r["name"])}" '
+                f'title="{esc(_VERDICT_TEXT[r["verdict"]])}"><th>{esc(r["label"])}</th>'
+                f'<td class="value">{esc(_format_value(r["value"]))}</td>'
+                f'<td class="unit">{esc(r["unit"] or "")}</td><td class="ci">{esc(ci)}</td>'
+                f'<td class="baseline">{esc(base)}</td>'
+                f'<td class="better">{esc(_BETTER_TEXT.get(r["better"], "–"))}</td></tr>')
+        out.append("</tbody></table>")
+    return "".join(out) or "–"
+
+
+def render_index(summary: dict, reports_dir: str | Path | None = None) -> str:
     """Render the run summary (as in ``run.json``) to the self-contained ``index.html`` text.
+
+    Per notebook: its status and links, a thumbnail of its key figure (embedded), the sentence on
+    what this run can show, and its headline numbers as a table with unit, 95% CI, baseline and
+    direction, the value coloured green/red/grey against the baseline (see :func:`verdict`).
 
     Args:
         summary: ``RunSummary.to_dict()`` of :mod:`facekit.runner`: run-level keys (``started``,
             ``profile``, ``data_source``, ``status``, ...) and ``notebooks``, a list of
-            per-notebook dicts (``stem``, ``status``, ``duration_s``, ``html`` relative to the
-            reports folder or None, ``headline`` numbers, ``parameters``, ``error``).
+            per-notebook dicts (``stem``, ``status``, ``duration_s``, ``html`` and ``figure``
+            relative to the reports folder or None, ``headline`` numbers, ``parameters``, ``error``).
+        reports_dir: folder the ``figure`` paths are relative to; None uses
+            ``summary["reports_dir"]`` (no thumbnails when neither is given).
 
     Returns:
-        The HTML page. Its notebook table has class and id ``headline``.
+        The HTML page. Its notebook table has class and id ``headline``; each notebook row has
+        ``data-stem``, each number a ``tr.metric`` row with ``data-name`` and a ``td.unit``.
     """
     from html import escape
 
     def esc(value) -> str:
         return escape(str(value), quote=True)
 
+    if reports_dir is None and summary.get("reports_dir"):
+        reports_dir = summary["reports_dir"]
+    reports_dir = Path(reports_dir) if reports_dir is not None else None
+    profile = summary.get("profile", "")
     run_rows = [
         ("run date", summary.get("started", "")),
-        ("profile", summary.get("profile", "")),
+        ("profile", profile),
         ("data source", summary.get("data_source") or "notebook defaults"),
         ("status", summary.get("status", "")),
         ("duration", format_duration(summary.get("duration_s"))),
@@ -266,19 +511,26 @@ def render_index(summary: dict) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1.0">',
-        f"<title>facekit reports · {esc(summary.get('profile', ''))}</title>",
+        f"<title>facekit reports · {esc(profile)}</title>",
         f"<style>{_INDEX_CSS}</style></head><body>",
         "<h1>facekit reports</h1>",
         '<table class="run" id="run">',
         *(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in run_rows),
         "</table>",
     ]
+    if PROFILE_NOTES.get(profile):
+        out.append(f'<p class="profile-note" id="profile-note">{esc(PROFILE_NOTES[profile])}</p>')
     if summary.get("error"):
         out.append(f'<div class="error" id="error">{esc(summary["error"])}</div>')
     out += [
+        '<p class="legend">Model numbers against their baseline: '
+        '<span class="cmp" style="background:#e3f4e1;color:#1b5e20">better</span>'
+        '<span class="cmp" style="background:#fde4e1;color:#b71c1c">worse</span>'
+        '<span class="cmp" style="background:#eef1f5">no difference (baseline inside the 95% CI)</span>'
+        "Click a notebook or its figure for the full report.</p>",
         '<table class="headline" id="headline">',
-        "<thead><tr><th>#</th><th>notebook</th><th>status</th><th>duration</th>"
-        "<th>headline numbers</th><th>parameters</th></tr></thead><tbody>",
+        "<thead><tr><th>#</th><th>notebook</th><th>key figure</th>"
+        "<th>headline numbers</th></tr></thead><tbody>",
     ]
     for i, nb in enumerate(summary.get("notebooks", []), 1):
         stem, status = nb.get("stem", "?"), nb.get("status", "?")
@@ -287,17 +539,22 @@ def render_index(summary: dict) -> str:
             name = f'<a href="{esc(nb["html"])}">{name}</a>'
         if nb.get("executed"):
             name += f' <a class="ipynb" href="{esc(nb["executed"])}">.ipynb</a>'
-        metrics = "".join(
-            f'<span class="metric" data-name="{esc(k)}"><b>{esc(k)}</b>{esc(_format_value(v))}</span>'
-            for k, v in (nb.get("headline") or {}).items()
-        )
+        png = _thumbnail(reports_dir, nb.get("figure"))
+        if png is not None:
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            thumb = f'<img class="thumb" alt="key figure of {esc(stem)}" src="{uri}">'
+            if nb.get("html"):
+                thumb = f'<a href="{esc(nb["html"])}">{thumb}</a>'
+        else:
+            thumb = '<span class="no-figure">no figure</span>'
         params = ", ".join(f"{k}={v!r}" for k, v in (nb.get("parameters") or {}).items())
         out.append(
-            f'<tr data-stem="{esc(stem)}" data-status="{esc(status)}"><td>{i}</td><td>{name}</td>'
-            f'<td><span class="status status-{esc(status)}">{esc(status)}</span></td>'
-            f'<td class="duration">{esc(format_duration(nb.get("duration_s")))}</td>'
-            f"<td>{metrics or '–'}</td>"
-            f'<td class="params">{esc(params) or "defaults"}</td></tr>'
+            f'<tr data-stem="{esc(stem)}" data-status="{esc(status)}"><td>{i}</td>'
+            f'<td>{name}<br><span class="status status-{esc(status)}">{esc(status)}</span> '
+            f'<span class="duration">{esc(format_duration(nb.get("duration_s")))}</span>'
+            f'<div class="params">{esc(params) or "defaults"}</div></td>'
+            f'<td class="figure">{thumb}</td>'
+            f'<td class="numbers">{_numbers_html(nb.get("headline") or {}, esc)}</td></tr>'
         )
     out += ["</tbody></table>", "</body></html>", ""]
     return "\n".join(out)
@@ -317,5 +574,5 @@ def write_index(summary: dict, reports_dir: str | Path | None = None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     (base / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     index = base / "index.html"
-    index.write_text(render_index(summary), encoding="utf-8")
+    index.write_text(render_index(summary, base), encoding="utf-8")
     return index

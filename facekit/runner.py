@@ -4,8 +4,8 @@
 ``notebooks/NN_*.ipynb`` in numeric order with the profile's parameters (``params/<profile>.yaml``)
 into ``reports/executed/``, converts each executed notebook to one self-contained HTML file in
 ``reports/html/``, and writes ``reports/index.html`` + ``reports/run.json`` with every notebook's
-status, duration and headline numbers (read back from the files the notebooks write with
-:func:`facekit.report.write_headline`). The first failing notebook stops the run; its report is
+status, duration, headline numbers and key figure (read back from the files the notebooks write
+with :func:`facekit.report.write_headline` and :func:`facekit.report.save_figure`). The first failing notebook stops the run; its report is
 still written with the error visible, later notebooks are marked ``skipped``.
 
 A profile YAML maps notebook stems (``03_train_gan``; a bare number ``"03"`` also works) to
@@ -59,6 +59,7 @@ class NotebookResult:
     source: str | None = None  # effective ``source`` parameter, when the notebook has one
     executed: Path | None = None
     html: Path | None = None
+    figure: Path | None = None  # key figure saved with report.save_figure (index thumbnail)
     headline: dict = field(default_factory=dict)
     error: dict | None = None  # cell_index, exec_count, first_line, ename, evalue, message
 
@@ -110,7 +111,7 @@ class RunSummary:
         notebooks = []
         for r in self.results:
             d = asdict(r)
-            d.update(path=str(r.path), executed=rel(r.executed), html=rel(r.html))
+            d.update(path=str(r.path), executed=rel(r.executed), html=rel(r.html), figure=rel(r.figure))
             notebooks.append(d)
         failed = self.failed
         return {
@@ -516,8 +517,9 @@ def run_pipeline(
             _log(progress, f"[{i}/{total}] {stem} ({shown})")
             result.executed = executed_dir / f"{stem}.ipynb"
             # Outputs of an earlier run must not pass for this run's (e.g. if the kernel fails).
+            figure = report.figure_path(stem, reports_dir=reports_dir)
             for stale in (report.headline_path(stem, reports_dir=reports_dir), result.executed,
-                          html_dir / f"{stem}.html"):
+                          html_dir / f"{stem}.html", figure):
                 stale.unlink(missing_ok=True)
             t0 = time.perf_counter()
             try:
@@ -547,6 +549,7 @@ def run_pipeline(
                 except Exception as exc:  # keep the run's index even if one conversion fails
                     _log(progress, f"  could not write the HTML report of {stem}: {exc}")
             result.headline = report.read_headline(stem, reports_dir=reports_dir)
+            result.figure = figure if figure.is_file() else None
             if result.status == STATUS_OK:
                 _log(progress, f"  {stem}: ok in {report.format_duration(result.duration_s)}")
             else:

@@ -7,6 +7,7 @@ folder). Skipped, with the reason, where Debian's ``chromium`` is not installed
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -61,6 +62,11 @@ def test_index_renders_with_the_headline_table(reports, tmp_path):
     assert '<table class="headline" id="headline">' in dom
     assert 'data-stem="01_alpha"' in dom and 'href="html/01_alpha.html"' in dom
     assert 'data-name="value_squared"' in dom
+    # a thumbnail of the key figure per notebook, embedded in the page
+    assert dom.count('<img class="thumb"') == 1 and 'src="data:image/png;base64,' in dom
+    # a unit for every headline number (each number is a tr.metric row with a td.unit)
+    units = re.findall(r'<tr class="metric[^"]*"[^>]*>.*?<td class="unit">([^<]*)</td>', dom, re.S)
+    assert len(units) == 3 and all(u.strip() for u in units), units
     image = screenshot(url, tmp_path / "index.png", tmp_path / "profile-shot")
     assert image.shape == (900, 1200, 3)
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)

@@ -27,40 +27,55 @@ REAL_NOTEBOOKS = sorted(runner.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 class _IndexParser(HTMLParser):
-    """Collects the rows of ``table#headline``: stem -> {status, link, metrics{name: text}}."""
+    """Collects the rows of ``table#headline``: stem -> {status, link, metrics{name: text}}.
+
+    A number is a ``tr.metric`` row of the notebook's numbers table (the text of its
+    ``td.value``); a text entry is a ``span.metric`` ("<b>name</b>value").
+    """
 
     def __init__(self):
         super().__init__()
         self.rows: dict[str, dict] = {}
-        self.in_table = False
+        self.depth = 0  # tables open inside table#headline, itself included
         self.row = None
-        self.metric = None
+        self.metric = None  # (name, "span" | "tr") being read
+        self.in_value = False
         self.text = ""
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "table" and a.get("id") == "headline" and "headline" in a.get("class", ""):
-            self.in_table = True
-        elif self.in_table and tag == "tr" and "data-stem" in a:
+        classes = a.get("class", "").split()
+        if tag == "table" and (self.depth or (a.get("id") == "headline" and "headline" in classes)):
+            self.depth += 1
+        elif not self.depth:
+            return
+        elif tag == "tr" and "data-stem" in a:
             self.row = {"status": a["data-status"], "link": None, "metrics": {}}
             self.rows[a["data-stem"]] = self.row
         elif self.row is not None and tag == "a":
-            key = "ipynb" if a.get("class") == "ipynb" else "link"
-            self.row[key] = a["href"]
-        elif self.row is not None and tag == "span" and a.get("class") == "metric":
-            self.metric, self.text = a["data-name"], ""
+            if a.get("class") == "ipynb":
+                self.row["ipynb"] = a["href"]
+            elif self.row["link"] is None:  # the name's link (the thumbnail links there too)
+                self.row["link"] = a["href"]
+        elif self.row is not None and tag in ("span", "tr") and "metric" in classes:
+            self.metric, self.text = (a["data-name"], tag), ""
+        elif self.metric is not None and tag == "td" and "value" in classes:
+            self.in_value = True
 
     def handle_data(self, data):
-        if self.metric is not None:
+        if self.metric is not None and (self.metric[1] == "span" or self.in_value):
             self.text += data
 
     def handle_endtag(self, tag):
-        if tag == "span" and self.metric is not None:
+        if self.metric is not None and tag == "td" and self.in_value:
+            self.row["metrics"][self.metric[0]] = self.text
+            self.metric, self.in_value = None, False
+        elif self.metric is not None and tag == "span" and self.metric[1] == "span":
             # "<b>name</b>value": the value is what follows the name
-            self.row["metrics"][self.metric] = self.text[len(self.metric):]
+            self.row["metrics"][self.metric[0]] = self.text[len(self.metric[0]):]
             self.metric = None
-        elif tag == "table":
-            self.in_table = False
+        elif tag == "table" and self.depth:
+            self.depth -= 1
 
 
 def parse_index(path: Path) -> dict[str, dict]:
@@ -109,6 +124,9 @@ def failed_run(tmp_path_factory):
     stale = report.headline_path("02_broken", reports_dir=reports)
     stale.parent.mkdir(parents=True)
     stale.write_text('{"stale_number": 123}')
+    stale_figure = report.figure_path("02_broken", reports_dir=reports)
+    stale_figure.parent.mkdir(parents=True)
+    stale_figure.write_bytes(b"not this run's figure")
     err = io.StringIO()  # capsys is function-scoped; this fixture is shared by the module
     with contextlib.redirect_stderr(err):
         code = main(["run", "--notebooks-dir", str(FIXTURES), "--reports-dir", str(reports),
@@ -143,10 +161,13 @@ def test_parameters_are_injected_and_data_overrides_source(ok_run):
     # the numbers come from the notebooks themselves, computed from the injected values
     reports = summary.reports_dir
     assert report.read_headline("01_alpha", reports_dir=reports) == {
-        "value_squared": 25, "source": "folder:/some/faces", "seed": 7, "threads": 2}
+        "value_squared": {"value": 25, "unit": "units\u00b2", "better": "higher", "baseline": 5,
+                          "baseline_name": "value"},
+        "source": "folder:/some/faces", "seed": {"value": 7, "unit": "seed"},
+        "threads": {"value": 2, "unit": "threads"}, "_scope": "A fixture: shows that the runner works."}
     assert report.read_headline("03_gamma", reports_dir=reports) == {
         "n_times_ten": 40, "label": "g", "pi": 3.14159265}
-    assert alpha.headline["value_squared"] == 25 and gamma.headline["n_times_ten"] == 40
+    assert alpha.headline["value_squared"]["value"] == 25 and gamma.headline["n_times_ten"] == 40
     assert summary.data_source == "folder:/some/faces"
 
 
@@ -188,7 +209,11 @@ def test_index_lists_every_notebook_with_its_headline_numbers(ok_run):
     assert run["status"] == "ok" and run["profile"] == "test_profile"
     assert [(n["stem"], n["status"], n["html"]) for n in run["notebooks"]] == [
         ("01_alpha", "ok", "html/01_alpha.html"), ("03_gamma", "ok", "html/03_gamma.html")]
-    assert run["notebooks"][0]["headline"]["value_squared"] == 25
+    assert run["notebooks"][0]["headline"]["value_squared"]["value"] == 25
+    # the key figure saved by 01_alpha is the index thumbnail; 03_gamma saved none
+    assert [n["figure"] for n in run["notebooks"]] == ["figures/01_alpha.png", None]
+    assert (summary.reports_dir / "figures" / "01_alpha.png").is_file()
+    assert text.count('<img class="thumb"') == 1 and 'data:image/png;base64,' in text
 
 
 def test_failing_notebook_stops_the_run_with_a_clear_message(failed_run):
@@ -219,6 +244,7 @@ def test_failed_notebook_still_gets_a_report_with_the_error(failed_run):
         "03_gamma": ("skipped", None),
     }
     assert rows["02_broken"]["metrics"] == {}  # the stale headline file was removed
+    assert not report.figure_path("02_broken", reports_dir=reports).exists()  # and its figure
     assert "division by zero" in (reports / "index.html").read_text()
 
 
