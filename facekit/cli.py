@@ -99,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from facekit.settings import set_threads
 
+    if getattr(sys.stdout, "errors", None) == "strict":  # a file name that is not UTF-8 prints as \\xNN
+        sys.stdout.reconfigure(errors="backslashreplace")
     module = importlib.import_module(args._module)
     try:
         set_threads(args.threads)  # inside: a bad --threads or FACEKIT_THREADS is a one-line error
         return int(module.run_cli(args) or 0)
     except FacekitError as exc:
-        print(f"facekit {args.command}: error: {exc}", file=sys.stderr)
+        from facekit.imageio import printable_path  # a name that is not UTF-8 as \\xNN, not \\udcNN
+
+        print(f"facekit {args.command}: error: {printable_path(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"facekit {args.command}: interrupted", file=sys.stderr)

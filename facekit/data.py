@@ -33,7 +33,7 @@ import pandas as pd
 from facekit import settings
 from facekit.errors import DataSourceError, FacekitError, ImageReadError, VideoReadError
 from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
-from facekit.imageio import IMAGE_EXTENSIONS, read_image, to_rgb_uint8
+from facekit.imageio import IMAGE_EXTENSIONS, opencv_path, printable_path, read_image, to_rgb_uint8
 
 SOURCE_KINDS = ("orl", "folder", "celeba", "video", "utkface", "pins")
 # Sources that hold only evaluation faces: training refuses them (facekit.train).
@@ -72,7 +72,7 @@ class SourceSpec:
         """Short, filesystem-safe name used for cache folders."""
         if self.path is None:
             return self.kind
-        digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(os.fsencode(self.path.resolve())).hexdigest()[:8]
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.path.name or "root")
         return f"{self.kind}-{name}-{digest}"
 
@@ -269,7 +269,8 @@ def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    cap = cv2.VideoCapture(str(path))
+    with opencv_path(path) as name:  # OpenCV crashes on a file name that is not UTF-8
+        cap = cv2.VideoCapture(name)
     if not cap.isOpened():
         cap.release()
         raise VideoReadError(f"{path}: cannot open as a video (corrupt, truncated or unsupported codec)")
@@ -296,7 +297,8 @@ def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None
 
 
 def _row(path: str, identity: str, status: str, reason: str = "", det=None, official_split: str = "") -> dict:
-    row = {"path": path, "identity": identity, "split": official_split, "status": status, "reason": reason,
+    # a file or folder name that is not UTF-8 is recorded with \\xNN escapes (the CSV is UTF-8)
+    row = {"path": printable_path(path), "identity": printable_path(identity), "split": official_split, "status": status, "reason": reason,
            "score": np.nan}
     box = det.box if det is not None else np.full(4, np.nan)
     lms = det.landmarks.reshape(-1) if det is not None else np.full(10, np.nan)
@@ -348,7 +350,7 @@ def ingest(spec: SourceSpec, size: int, align: str, margin: float = 0.15, limit:
     if spec.kind == "video":
         # A frame may hold several faces (or none): keep all and record empty frames.
         frames = iter_video_frames(spec.path, every=video_every, max_frames=limit)
-        for index, frame in tqdm(frames, desc=f"frames of {spec.path.name}", disable=not progress, unit="frame"):
+        for index, frame in tqdm(frames, desc=f"frames of {printable_path(spec.path.name)}", disable=not progress, unit="frame"):
             name = f"{spec.path}#frame={index}"
             got, reason = _crop_faces(frame, "landmarks" if align == "none" else align, size, margin,
                                       detector or FaceDetector(), "all")
@@ -493,9 +495,9 @@ def _fingerprint(spec: SourceSpec, items: list[Item] | None) -> str:
     files = [spec.path] if items is None else [Path(i.path) for i in items]
     for p in files:
         st = p.stat()
-        h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+        h.update(os.fsencode(f"{p}|{st.st_size}|{int(st.st_mtime)}\n"))  # names need not be UTF-8
     for item in items or []:
-        h.update(f"{item.identity}|{item.official_split}\n".encode())
+        h.update(os.fsencode(f"{item.identity}|{item.official_split}\n"))
     return h.hexdigest()
 
 
@@ -624,7 +626,7 @@ def load_faces(source: str = "orl", size: int = 64, align: str = "auto", limit: 
     elif json.loads((cdir / "meta.json").read_text()).get("seed") != seed:
         # The cached "split" column holds the old seed's result: restore the official partition
         # (CelebA) from the listing before re-splitting, so it is not mistaken for one or lost.
-        partition = {i.path: i.official_split for i in items or []}
+        partition = {printable_path(i.path): i.official_split for i in items or []}
         manifest = manifest.copy()
         manifest["split"] = assign_splits(manifest.assign(split=manifest["path"].map(partition).fillna("")),
                                           spec.kind, seed)

@@ -29,7 +29,7 @@ from facekit import recognition
 from facekit.data import person_numbers
 from facekit.errors import ConfigError, DataSourceError, FacekitError, ImageReadError
 from facekit.faces import align_face, center_crop
-from facekit.imageio import IMAGE_EXTENSIONS, read_image
+from facekit.imageio import IMAGE_EXTENSIONS, printable_path, read_image
 
 CROP_SIZE = 160  # margin-crop side used for enrolment and probes read from files (ArcFace frame ~123 px)
 MARGIN = recognition.DEFAULT_MARGIN
@@ -74,19 +74,20 @@ def read_faces(paths, size: int = CROP_SIZE, margin: float = MARGIN, detector=No
     det = detector or recognition.shared_detector()
     faces, skipped = [], []
     for p in paths:
+        name = printable_path(p)  # a name that is not UTF-8 is read as is, recorded with \\xNN escapes
         try:
             img = read_image(p)
         except ImageReadError as exc:
-            skipped.append((str(p), str(exc)))
+            skipped.append((name, exc.problem))
             continue
         if min(img.shape[:2]) < 8:
-            skipped.append((str(p), f"image too small ({img.shape[1]}x{img.shape[0]})"))
+            skipped.append((name, f"image too small ({img.shape[1]}x{img.shape[0]})"))
             continue
         dets = det.detect(img)
         if dets:
-            faces.append(FaceInput(str(p), align_face(img, dets[0].landmarks, size, margin), True))
+            faces.append(FaceInput(name, align_face(img, dets[0].landmarks, size, margin), True))
         else:
-            faces.append(FaceInput(str(p), center_crop(img, size), False))
+            faces.append(FaceInput(name, center_crop(img, size), False))
     return faces, skipped
 
 
@@ -106,7 +107,7 @@ def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:
             continue
         rel = p.relative_to(root)
         who = rel.parts[0] if len(rel.parts) > 1 else p.stem.split("_")[0]
-        out.append((p, who))
+        out.append((p, printable_path(who)))
     if not out:
         raise DataSourceError(f"gallery folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return out
@@ -202,7 +203,7 @@ class Gallery:
         """
         if isinstance(source, (str, Path)):
             pairs = list_gallery_folder(source)
-            who = {str(p): w for p, w in pairs}
+            who = {printable_path(p): w for p, w in pairs}
             faces, skipped = read_faces([p for p, _ in pairs], CROP_SIZE, self.margin, detector)
             self.skipped.extend(skipped)
             if faces:

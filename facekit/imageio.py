@@ -8,7 +8,11 @@ instead of failing deep inside numpy or OpenCV.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +26,70 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".
 # 64 Mpx covers any real camera frame; a 20,000 x 20,000 image (400 Mpx, 1.2 GB as RGB) is refused
 # from its header alone, before any pixel is decoded.
 MAX_PIXELS = 64_000_000
+
+
+def printable_path(path) -> str:
+    """A path or name as text that any stream or UTF-8 file can take.
+
+    File names on Linux are bytes; one that is not valid UTF-8 reaches Python as a str with
+    surrogate escapes (``os.fsdecode``), which ``print``, ``csv`` and ``.encode()`` refuse.
+
+    Args:
+        path: a str, bytes or ``os.PathLike``.
+
+    Returns:
+        The same text, with each undecodable byte written as ``\\xNN`` (``bad\\xff.png``).
+    """
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def cv_safe(path) -> bool:
+    """Whether OpenCV can take ``path`` as a file name (it crashes on a str with surrogate escapes)."""
+    p = os.fspath(path)
+    try:
+        p.encode("utf-8") if isinstance(p, str) else p.decode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def opencv_path(path):
+    """A name of ``path`` that OpenCV's ``VideoCapture``/``VideoWriter`` can take.
+
+    OpenCV's Python binding segfaults on a str holding surrogate escapes (a file or folder name that
+    is not UTF-8). Such a path is reached through a temporary symbolic link with an ASCII name: to
+    the file itself when it exists (reading), else to its folder (writing a new file whose own name
+    is UTF-8). The link is removed on exit; OpenCV keeps the file it opened, so open the capture or
+    writer inside the ``with`` block.
+
+    Args:
+        path: the file (str, bytes or ``os.PathLike``).
+
+    Yields:
+        ``str(path)`` when it is UTF-8 already, else the link's path.
+
+    Raises:
+        OSError: the link cannot be made (no such folder, no symlinks on this file system).
+    """
+    if cv_safe(path):
+        yield os.fsdecode(path)
+        return
+    raw = os.path.abspath(os.fsencode(path))
+    folder, name = os.path.split(raw)
+    ext = os.path.splitext(name)[1].decode("ascii", "replace").replace("\ufffd", "")
+    tmp = tempfile.mkdtemp(prefix="facekit-cvpath-")
+    try:
+        if os.path.lexists(raw) or not cv_safe(name):
+            link = os.path.join(tmp, "input" + ext)
+            os.symlink(raw, link)
+        else:  # a new file in a folder whose name is not UTF-8
+            os.symlink(folder, os.path.join(tmp, "dir"))
+            link = os.path.join(tmp, "dir", os.fsdecode(name))
+        yield link
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def to_rgb_uint8(arr: np.ndarray, *, source: str | Path = "<array>", bgr: bool = False) -> np.ndarray:

@@ -81,6 +81,7 @@ import cv2
 import numpy as np
 
 from facekit.errors import ConfigError, FacekitError, VideoReadError
+from facekit.imageio import opencv_path, printable_path
 from facekit.tracking import CropStabilizer, FlickerMeter, IoUTracker, TrackerConfig
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
@@ -286,11 +287,11 @@ class ImageSequence:
             self.pos += 1
             why = _not_regular(f)
             if why:
-                self.skipped.append(f"{f}: {why}")
+                self.skipped.append(f"{printable_path(f)}: {why}")
                 continue
             hs = _header_size(f)
             if hs is None:
-                self.skipped.append(f"{f}: not a recognised image")
+                self.skipped.append(f"{printable_path(f)}: not a recognised image")
                 continue
             if hs[0] * hs[1] > self.max_pixels:
                 raise VideoReadError(f"{f}: frame is {hs[0]}x{hs[1]} ({hs[0] * hs[1] / 1e6:.0f} Mpx), above the "
@@ -300,7 +301,7 @@ class ImageSequence:
             except (OSError, cv2.error):
                 img = None
             if img is None:
-                self.skipped.append(f"{f}: unreadable (corrupt or truncated)")
+                self.skipped.append(f"{printable_path(f)}: unreadable (corrupt or truncated)")
                 continue
             size = (img.shape[1], img.shape[0])
             if self.size is None:
@@ -351,7 +352,7 @@ def resolve_source(spec) -> Source:
         for f in files:
             why = _not_regular(f)
             if why:
-                skipped.append(f"{f}: {why}")
+                skipped.append(f"{printable_path(f)}: {why}")
             else:
                 regular.append(f)
         if not regular:
@@ -370,6 +371,9 @@ def _default_capture(target, timeout_s: float):
         ms = int(timeout_s * 1000)
         return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
                                 [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    if isinstance(target, str):  # a file: OpenCV crashes on a name that is not UTF-8
+        with opencv_path(target) as name:
+            return cv2.VideoCapture(name)
     return cv2.VideoCapture(target)
 
 
@@ -918,7 +922,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _readable_frames(path: Path) -> bool:
-    cap = cv2.VideoCapture(str(path))
+    with opencv_path(path) as name:
+        cap = cv2.VideoCapture(name)
     try:
         ok, _ = cap.read() if cap.isOpened() else (False, None)
         return bool(ok)
@@ -1137,7 +1142,8 @@ class _Writer:
             except (ImportError, OSError, RuntimeError):
                 self.main = None
         if self.main is None:
-            self.main = cv2.VideoWriter(str(self.tmp["video"]), cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
+            with opencv_path(self.tmp["video"]) as name:
+                self.main = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*cfg.codec), fps, (w, h))
             if not self.main.isOpened():
                 self.main.release()
                 self.tmp["video"].unlink(missing_ok=True)
@@ -1156,7 +1162,8 @@ class _Writer:
                 self.webm = FfmpegWebmWriter(self.tmp["webm"], self.webm_size, fps, cfg.quality)
                 self.webm_backend = "imageio-ffmpeg libvpx (realtime)"
             except (ImportError, OSError, RuntimeError):
-                wr = cv2.VideoWriter(str(self.tmp["webm"]), cv2.VideoWriter_fourcc(*"VP80"), fps, self.webm_size)
+                with opencv_path(self.tmp["webm"]) as name:
+                    wr = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*"VP80"), fps, self.webm_size)
                 if wr.isOpened():
                     self.webm, self.webm_backend = wr, "opencv VP80"
                 else:  # neither ffmpeg nor an OpenCV build with libvpx: report, do not fail the run

@@ -265,6 +265,71 @@ CASES = [
     ("data-limit-zero", ["data", "folder:{T}/no-such-faces", "--limit", "0"], {}, 2, ["--limit", "'0'"]),
 ]
 
+# Non-UTF-8 file names (issue 19): on Linux a name is bytes, and one that is not UTF-8 reaches Python
+# as a str with surrogate escapes; OpenCV used to segfault on it (exit 139) and csv/print/.encode()
+# raised. {B} in argv is such a name part (bytes ff fe). Each case: the exit code, and fragments its
+# stdout + stderr must hold (the name written with \xNN escapes). The files are built by
+# _build_bad_names; the cases are left out (and their test skipped) when the file system refuses
+# such names (macOS APFS does).
+BAD_NAME = b"\xff\xfe"
+NAME_CASES = [
+    # a video file with such a name: read through a temporary ASCII link, never crashes OpenCV
+    ("names-video-file", ["video", "{T}/names/clip{B}.avi", "{T}/names/out-file", "--enhancer", "none",
+                          "--no-webm"], 0, ["outputs in"]),
+    # an image sequence holding such names: frames read through bytes (np.fromfile), the junk one
+    # skipped with a printable line
+    ("names-video-sequence", ["video", "{T}/names/seq", "{T}/names/out-seq", "--enhancer", "none", "--no-webm"], 0,
+     ["skipped", "junk\\xff\\xfe.png: not a recognised image"]),
+    # a folder source: the readable one is ingested, the junk one skipped with its manifest line
+    ("names-data-folder", ["data", "folder:{T}/names/imgs", "--size", "32", "--align", "none", "--no-cache"], 0,
+     ["2 faces from", "junk\\xff\\xfe.png: is a text file"]),
+    # a video source with such a name: opened and read (its frames hold no face: exit 1, one line)
+    ("names-data-video", ["data", "video:{T}/names/clip{B}.avi", "--size", "32", "--no-cache"], 1,
+     ["clip\\xff\\xfe.avi", "no usable face"]),
+    # a gallery person and a probe with such names: enrolled, matched, written to the CSV
+    ("names-identify", ["identify", "{T}/names/gallery", "{T}/names/imgs", "--threshold", "0.3", "--csv",
+                        "{T}/names/identify.csv"], 0,
+     ["b\\xff\\xfe.png", "b\\xff\\xfeb", "skipped", "junk\\xff\\xfe.png"]),
+]
+
+
+def _build_bad_names(t: Path) -> bool:
+    """Files and folders with non-UTF-8 names under ``t/names``; False when the file system refuses them."""
+    import cv2
+    import numpy as np
+
+    names = t / "names"
+    names.mkdir()
+    root = os.fsencode(names)
+    try:
+        os.mkdir(root + b"/probe" + BAD_NAME)
+    except OSError:
+        return False
+    os.rmdir(root + b"/probe" + BAD_NAME)
+    rng = np.random.default_rng(0)
+
+    def image(seed: int) -> bytes:
+        y, x = np.mgrid[0:64, 0:64]
+        img = np.stack([(x * 4 + seed * 40) % 256, (y * 4) % 256, ((x + y) * 2 + seed * 70) % 256], -1)
+        return cv2.imencode(".png", img.astype(np.uint8))[1].tobytes()
+
+    for sub in (b"/seq", b"/imgs", b"/gallery", b"/gallery/alice", b"/gallery/b" + BAD_NAME + b"b"):
+        os.mkdir(root + sub)
+    files = {b"/seq/f0.png": image(0), b"/seq/f1.png": image(1), b"/seq/f" + BAD_NAME + b"2.png": image(2),
+             b"/seq/junk" + BAD_NAME + b".png": b"junk", b"/imgs/a.png": image(3),
+             b"/imgs/b" + BAD_NAME + b".png": image(4), b"/imgs/junk" + BAD_NAME + b".png": b"junk",
+             b"/gallery/alice/a.png": image(3), b"/gallery/b" + BAD_NAME + b"b/b.png": image(4)}
+    for rel, data in files.items():
+        with open(root + rel, "wb") as fh:
+            fh.write(data)
+    writer = cv2.VideoWriter(str(names / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for _ in range(6):
+        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    os.rename(root + b"/clip.avi", root + b"/clip" + BAD_NAME + b".avi")
+    return True
+
+
 # run as plain ``python -m facekit`` subprocesses too (the helper must behave like the real CLI)
 REAL_SUBPROCESS = ("train-name-dotdot", "video-queue-size-zero")
 
@@ -322,6 +387,11 @@ def _build_corpus(root: Path) -> tuple[Path, Path, list[dict]]:
                 a = str(t / f"{a[5:-1]}.yaml")
             args.append(a.replace("{T}", str(t)))
         cases.append({"id": cid, "argv": args, "env": env, "cwd": str(work / "cwd"), "timeout": CASE_TIMEOUT_S})
+    if _build_bad_names(t):
+        bad = os.fsdecode(BAD_NAME)  # the str Python makes of such a name (surrogate escapes)
+        for cid, argv, _, _ in NAME_CASES:
+            args = [a.replace("{T}", str(t)).replace("{B}", bad) for a in argv]
+            cases.append({"id": cid, "argv": args, "env": {}, "cwd": str(work / "cwd"), "timeout": CASE_TIMEOUT_S})
     return t, work, cases
 
 
@@ -374,6 +444,34 @@ def test_bad_input_fails_with_a_clear_message(corpus, cid, argv, env, expect_rc,
     assert res["seconds"] < FAST_S, f"{cid}: took {res['seconds']} s to refuse its input"
     assert not (res["created"] or res["removed"] or res["changed"]), (
         f"{cid}: touched files: created {res['created']}, removed {res['removed']}, changed {res['changed']}")
+
+
+@pytest.mark.parametrize("cid,argv,expect_rc,fragments", NAME_CASES, ids=[c[0] for c in NAME_CASES])
+def test_non_utf8_file_names(corpus, cid, argv, expect_rc, fragments):
+    """A file or folder name that is not UTF-8 is read (or skipped with a printable line), never a crash."""
+    res = corpus["results"].get(cid)
+    if res is None:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    out = res["stdout"] + res["stderr"]
+    assert not res["timed_out"], f"{cid}: still running after {CASE_TIMEOUT_S} s"
+    assert res["rc"] >= 0, f"{cid}: killed by signal {-res['rc']} (OpenCV given a surrogate str?)\n{out[-3000:]}"
+    assert "Traceback" not in out, f"{cid}: traceback\n{out[-3000:]}"
+    assert res["rc"] == expect_rc, f"{cid}: exit {res['rc']}, expected {expect_rc}\n{out[-3000:]}"
+    for frag in fragments:
+        assert frag in out, f"{cid}: {frag!r} not in the output\n{out[-3000:]}"
+    if expect_rc == 1:
+        lines = [line for line in res["stderr"].splitlines() if line.strip()]
+        assert lines and lines[-1].startswith("facekit ") and "error:" in lines[-1], res["stderr"]
+    names = corpus["dir"] / "names"
+    if cid.startswith("names-video"):
+        out_dir = names / ("out-file" if cid == "names-video-file" else "out-seq")
+        summary = json.loads((out_dir / "summary.json").read_text())
+        assert summary["frames"] == (6 if cid == "names-video-file" else 3)
+        assert (out_dir / "annotated.mp4").stat().st_size > 0
+        assert not [p for p in out_dir.iterdir() if "facekit-tmp" in p.name]
+    if cid == "names-identify":
+        table = (names / "identify.csv").read_text(encoding="utf-8")
+        assert "b\\xff\\xfe.png" in table and "b\\xff\\xfeb" in table
 
 
 @pytest.mark.parametrize("cid", REAL_SUBPROCESS)
