@@ -1151,6 +1151,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int_arg(1), default=None,
                         help="ood suite: at most this many faces (UTKFace, CelebA) or people (Pins, ORL) per source")
     parser.add_argument("--quick", action="store_true", help="ood suite: skip the 12/24/32 px and grey low-light cells")
+    parser.add_argument("--no-embedding-cache", action="store_true",
+                        help="ood suite: do not reuse or store identity embeddings in DATA_DIR/cache/ood-embeddings "
+                             "(memoised by the crops' content, so a cached value equals a fresh one)")
 
 
 def run_cli(args: argparse.Namespace) -> int:

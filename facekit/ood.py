@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,23 +294,62 @@ def identity_crops(images: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 
 class _Identity:
-    """Embeddings by network, with the reason for each network that is not available."""
+    """Embeddings by network, with the reason for each network that is not available.
 
-    def __init__(self, nets=("sface", "dlib")):
+    Embeddings are memoised on disk by content (the network, the margin and the crops' bytes), so
+    a re-run embeds only crops it has not seen: the clean faces and bicubic's outputs are the same
+    in every run with the same faces and seed, and an unchanged model's outputs are too.
+    """
+
+    def __init__(self, nets=("sface", "dlib"), cache_dir: str | Path | None = None):
         from facekit import recognition
 
         self.nets, self.missing = [], {}
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.hits = self.misses = 0
         for net in nets:
             if net == "dlib" and not recognition.dlib_available():
                 self.missing[net] = "dlib or its model files are not installed"
                 continue
             self.nets.append(net)
 
-    def embed(self, crops: np.ndarray, nets=None) -> dict[str, np.ndarray]:
+    def _embed_one(self, crops: np.ndarray, net: str) -> np.ndarray:
+        import hashlib
+
         from facekit import recognition
 
-        return {net: recognition.l2_normalize(recognition.embed(crops, net, _EMBED_MARGIN))
-                for net in self.nets if nets is None or net in nets}
+        path = None
+        if self.cache_dir is not None:
+            crops = np.ascontiguousarray(crops)
+            digest = hashlib.sha256(f"{net}|{_EMBED_MARGIN}|{crops.shape}|{crops.dtype}".encode())
+            digest.update(crops.tobytes())
+            path = self.cache_dir / f"{net}-{digest.hexdigest()[:40]}.npy"
+            try:
+                emb = np.load(path, allow_pickle=False)
+                if emb.shape == (len(crops), 128):
+                    self.hits += 1
+                    return emb
+            except (OSError, ValueError):
+                pass  # absent or damaged: embed again
+        emb = recognition.l2_normalize(recognition.embed(crops, net, _EMBED_MARGIN))
+        self.misses += 1
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, emb)
+            tmp.replace(path)
+        return emb
+
+    def embed(self, crops: np.ndarray, nets=None) -> dict[str, np.ndarray]:
+        return {net: self._embed_one(crops, net) for net in self.nets if nets is None or net in nets}
+
+
+def embedding_cache_dir() -> Path:
+    """``DATA_DIR/cache/ood-embeddings``: the suite's content-addressed embedding cache."""
+    from facekit import settings
+
+    return settings.DATA_DIR / "cache" / "ood-embeddings"
 
 
 def _margins(sim: np.ndarray, identities: list[str]) -> np.ndarray:
@@ -325,7 +365,8 @@ def _margins(sim: np.ndarray, identities: list[str]) -> np.ndarray:
 
 
 def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, seed: int = 0, scale: int = 4,
-                 identity_nets=("sface", "dlib"), progress: bool = True, dlib_cells=DLIB_CELLS) -> pd.DataFrame:
+                 identity_nets=("sface", "dlib"), progress: bool = True, dlib_cells=DLIB_CELLS,
+                 cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Run the suite: one row per (face, cell, method).
 
     Args:
@@ -338,6 +379,7 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
         identity_nets: recognisers for ``id_<net>`` and the rank-1 hit (SFace is the target's).
         progress: a bar over source x cell.
         dlib_cells: cell names where dlib scores too (about 3x SFace's cost on the CPU); None = every cell.
+        cache_dir: memoise embeddings there by content (see :class:`_Identity`); None = no cache.
 
     Returns:
         DataFrame with ``source, face, identity, group, cell, lighting, framing, size, gray,
@@ -349,7 +391,7 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
     from facekit import metrics
 
     cells = list(cells or default_cells())
-    ident = _Identity(identity_nets)
+    ident = _Identity(identity_nets, cache_dir)
     galleries = {src: (ident.embed(crops, ["sface"]), ids) for src, (crops, ids) in data.gallery.items()}
     rows = []
     jobs = [(si, src, ci, cell) for si, src in enumerate(SOURCES) if src in data.probes
@@ -395,7 +437,8 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
                 })
     df = pd.DataFrame(rows)
     df.attrs.update(skipped=data.skipped, undetected=data.undetected, missing_nets=ident.missing,
-                    cells=[asdict(c) for c in cells], seed=seed, scale=scale)
+                    cells=[asdict(c) for c in cells], seed=seed, scale=scale,
+                    embeddings_cached=ident.hits, embeddings_computed=ident.misses)
     return df
 
 
@@ -594,8 +637,11 @@ def load_results(out_dir: str | Path) -> pd.DataFrame:
 
 def run(methods: str | list[str], name: str | None = None, limit: int | None = None, quick: bool = False,
         sources=SOURCES, seed: int = 0, device: str = "cpu", identity_nets=("sface", "dlib"),
-        progress: bool = True) -> tuple[pd.DataFrame, dict[str, Path]]:
+        progress: bool = True, cache: bool = True) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Build the methods, run the suite, save it; the CLI's and notebook 05's entry point.
+
+    ``cache``: memoise identity embeddings in :func:`embedding_cache_dir` (by content, so a cached
+    result is always the one a fresh computation would give).
 
     Returns:
         ``(rows, written paths)``.
@@ -611,7 +657,8 @@ def run(methods: str | list[str], name: str | None = None, limit: int | None = N
     data = load_ood_data(sources, limit, progress=progress)
     for src, why in data.skipped.items():
         print(f"ood: skipped source {src}: {why}")
-    df = evaluate_ood(built, data, default_cells(quick), seed, 4, identity_nets, progress)
+    df = evaluate_ood(built, data, default_cells(quick), seed, 4, identity_nets, progress,
+                      cache_dir=embedding_cache_dir() if cache else None)
     df.attrs["skipped_methods"] = skipped
     out = run_dir(name or time.strftime("%Y%m%d-%H%M%S"))
     paths = save_results(df, out, [m for m in built if m != BASELINE])
@@ -623,7 +670,8 @@ def run_cli(args: argparse.Namespace) -> int:
     nets = ("sface", "dlib") if not getattr(args, "no_dlib_ood", False) else ("sface",)
     methods = args.methods if args.methods != "bicubic,classical" else "bicubic,chain:default"
     df, paths = run(methods, args.name or "latest", args.limit, args.quick, seed=args.seed, device=args.device,
-                    identity_nets=nets)
+                    identity_nets=nets, cache=not getattr(args, "no_embedding_cache", False))
+    print(f"ood: {df.attrs['embeddings_computed']} embedding batches computed, {df.attrs['embeddings_cached']} from the cache")
     for m in df["method"].unique():
         if m == BASELINE:
             continue

@@ -96,3 +96,29 @@ def test_bad_names_and_sources_are_refused():
         ood.run_dir("../x")
     with pytest.raises(ConfigError, match="valid"):
         ood.load_ood_data(("lfw",))
+
+
+def test_embedding_cache_returns_what_a_fresh_run_computes(tmp_path, orl_data):
+    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    cells = [ood.Cell("medium"), ood.Cell("low", gray=True)]
+    fresh = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False)
+    first = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
+    again = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
+    assert first.attrs["embeddings_computed"] > 0  # (a constant face's crops repeat across cells: hits)
+    # the second run embeds nothing; gallery, clean faces and both methods come from the cache
+    assert again.attrs["embeddings_computed"] == 0
+    assert again.attrs["embeddings_cached"] == first.attrs["embeddings_computed"] + first.attrs["embeddings_cached"]
+    cols = ["id_sface", "id_sface_margin", "rank1_hit"]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(fresh[cols], again[cols])
+    # a changed method output is a cache miss, never a stale hit
+    methods["constant"] = lambda lq, size: torch.full((lq.shape[0], 3, *size), 0.4)
+    changed = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
+    assert changed.attrs["embeddings_computed"] >= 1
+    assert not np.allclose(changed.loc[changed["method"] == "constant", "id_sface"],
+                           again.loc[again["method"] == "constant", "id_sface"])
+    # a damaged entry is recomputed
+    for f in tmp_path.glob("*.npy"):
+        f.write_bytes(b"junk")
+    redone = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
+    assert redone.attrs["embeddings_computed"] == first.attrs["embeddings_computed"]  # as with an empty cache
