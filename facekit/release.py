@@ -4,7 +4,7 @@
 that :mod:`facekit.restore` and the evaluation load as ``chain:default``::
 
     models/default/
-        chain.yaml        # size + stages (reconstruct: reconstruct.pt)
+        chain.yaml        # size + stages (reconstruct: reconstruct.pt) + sha256 of reconstruct.pt
         reconstruct.pt    # EMA generator, a facekit.chain stage file (weights_only loadable)
         config.yaml       # the run's TrainConfig, so it can be retrained from this alone
         report.json       # every number in TRAINING.md, machine readable
@@ -524,7 +524,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     in_size = release_size(cfg) // int(cfg["scale"])
     (out_dir / "chain.yaml").write_text(
         f"# Released by facekit.release from run {run_dir.name!r} (step {info['step']}); see TRAINING.md.\n"
-        f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n")
+        f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n"
+        f"sha256:  # checked at every load (facekit.checkpoint.load_checkpoint)\n  {STAGE_FILE}: {_sha256(stage_path)}\n")
     shutil.copyfile(run_dir / "config.yaml", out_dir / "config.yaml")
     ancestors = lineage(run_dir)[:-1]
     for old in out_dir.glob("init-*.yaml"):
@@ -612,7 +613,7 @@ def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool
     if (current / "chain.yaml").is_file() and current.resolve() != out_dir.resolve():
         methods["current default"] = build_method("chain:default")
     data = ood.load_ood_data(sources or ood.SOURCES, limit=limit, progress=progress)
-    df = ood.evaluate_ood(methods, data, ood.default_cells(), progress=progress)
+    df = ood.evaluate_ood(methods, data, ood.default_cells(), progress=progress, cache_dir=ood.embedding_cache_dir())
     # every row in the (git-ignored) runs folder; the per-cell means beside the weights
     ood.save_results(df, ood.run_dir(f"release-{run_dir.name}"), [m for m in methods if m != "bicubic"])
     ood.summarise(df).to_csv(out_dir / "ood_summary.csv", index=False, float_format="%.5g")
