@@ -29,7 +29,15 @@ Modules (one concern each):
     tracking   face tracks with stable IDs
     synthclip  synthetic CCTV clips with per-frame truth
     runner     headless notebook runner
+    progress   plain-text progress bars under the runner, widgets in JupyterLab
     report     HTML reports and the index
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+if _os.environ.get("FACEKIT_PLAIN_PROGRESS"):  # the runner's headless kernels (facekit.progress)
+    from facekit.progress import use_plain_progress as _use_plain_progress
+
+    _use_plain_progress()

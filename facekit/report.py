@@ -297,12 +297,24 @@ def inline_widget_outputs(nb) -> int:
     return replaced
 
 
+def _coalesce_streams(nb) -> None:
+    """Merge each cell's stream outputs and apply carriage returns, in place.
+
+    A text progress bar rewrites its line with ``\\r``; a notebook keeps every refresh, and HTML
+    would show them all run together. After this only the last state of each line is left.
+    """
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    CoalesceStreamsPreprocessor().preprocess(nb, {})
+
+
 def notebook_to_html(executed: str | Path, html_path: str | Path) -> Path:
     """Convert an executed notebook to one self-contained HTML file.
 
     Figures are inline ``data:`` URIs (notebook PNG outputs already are; markdown images are
     embedded with ``embed_images``), and no script or stylesheet is loaded from outside the file.
-    Widgets show the outputs they held when the notebook ran (see :func:`inline_widget_outputs`).
+    Widgets show the outputs they held when the notebook ran (see :func:`inline_widget_outputs`);
+    text progress bars show their last state (carriage returns applied).
 
     Args:
         executed: the executed ``.ipynb`` (as papermill writes it, errors included).
@@ -325,6 +337,7 @@ def notebook_to_html(executed: str | Path, html_path: str | Path) -> Path:
     except Exception as exc:  # nbformat raises several unrelated types for a bad file
         raise ConfigError(f"{executed}: cannot read notebook for the HTML report ({exc})") from exc
     inline_widget_outputs(nb)
+    _coalesce_streams(nb)
     config = Config()
     config.NbConvertBase.display_data_priority = list(_DISPLAY_PRIORITY)
     exporter = HTMLExporter(

@@ -335,13 +335,18 @@ def _kernel_environment(reports_dir: Path, threads: int):
     """Environment the notebook kernels inherit (papermill starts them from ``os.environ``).
 
     ``FACEKIT_REPORTS_DIR`` sends headline files to this run's reports folder,
-    ``FACEKIT_THREADS`` pins torch/OpenCV threads, and ``PYTHONPATH`` makes this checkout's
-    ``facekit`` importable whatever the kernel's install. Restored afterwards.
+    ``FACEKIT_THREADS`` pins torch/OpenCV threads, ``FACEKIT_PLAIN_PROGRESS`` makes progress bars
+    plain text (a widget bar is saved frozen at 0%; see :mod:`facekit.progress`), and
+    ``PYTHONPATH`` makes this checkout's ``facekit`` importable whatever the kernel's install.
+    Restored afterwards.
     """
+    from facekit.progress import PLAIN_ENV
+
     saved = dict(os.environ)
     try:
         os.environ["FACEKIT_REPORTS_DIR"] = str(reports_dir)
         os.environ["FACEKIT_THREADS"] = str(threads)
+        os.environ[PLAIN_ENV] = "1"
         root = str(settings.PROJECT_ROOT)
         path = os.environ.get("PYTHONPATH", "")
         if root not in path.split(os.pathsep):
@@ -415,6 +420,39 @@ def _describe_failure(stem: str, exc: BaseException, executed: Path) -> dict:
     }
 
 
+# A tqdm line: "desc: 40%|####  | 4/10 [00:02<00:03, 2.0it/s]" or "desc: 12it [00:03, 3.9it/s]".
+_PROGRESS_LINE = re.compile(r"\[\d+:\d\d(?::\d\d)?[<,\]]")
+
+
+class KernelProgress:
+    """Write-only stream for a kernel's stderr: echoes its progress-bar lines to the terminal.
+
+    papermill hands it every stderr chunk of the running cell; each refresh of a (plain, see
+    :mod:`facekit.progress`) tqdm bar becomes one line above papermill's cell bar, so a cell that
+    runs for minutes shows where it is. Other stderr text (warnings) stays in the report only.
+    """
+
+    def __init__(self, stem: str, stream=None):
+        """Args:
+            stem: notebook stem, the prefix of each line.
+            stream: where lines go; None is ``sys.stderr`` at write time.
+        """
+        self.stem, self.stream = stem, stream
+
+    def write(self, text: str) -> int:
+        """Echo the progress lines of ``text``; returns ``len(text)``."""
+        from tqdm import tqdm
+
+        for segment in re.split(r"[\r\n]+", text):
+            segment = segment.strip()
+            if segment and _PROGRESS_LINE.search(segment):
+                tqdm.write(f"  {self.stem} | {segment}", file=self.stream or sys.stderr)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
@@ -443,7 +481,8 @@ def run_pipeline(
         notebooks_dir: folder of ``NN_name.ipynb`` notebooks.
         reports_dir: output folder (``executed/``, ``html/``, ``metrics/``, ``index.html``,
             ``run.json``); None uses ``settings.REPORTS_DIR``.
-        progress: print which notebook runs and papermill's per-cell progress bar (stderr).
+        progress: print which notebook runs, papermill's per-cell progress bar and the
+            notebook's own progress bars (stderr).
         params_dir: folder of profile YAML files.
         threads: ``FACEKIT_THREADS`` for the kernels; None keeps the environment's value or
             uses all cores.
@@ -531,7 +570,8 @@ def run_pipeline(
                         str(result.path), str(result.executed),
                         parameters=result.parameters, kernel_name=KERNEL_NAME,
                         cwd=str(settings.PROJECT_ROOT), progress_bar=progress, log_output=False,
-                        request_save_on_cell_execute=True, **engine_kwargs,
+                        request_save_on_cell_execute=True,
+                        stderr_file=KernelProgress(stem) if progress else None, **engine_kwargs,
                     )
                 result.status = STATUS_OK
             except KeyboardInterrupt as exc:
