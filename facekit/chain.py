@@ -102,6 +102,8 @@ def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs:
         arch: registry name of the generator (default: looked up from ``type(model)``).
         in_size: input side it was trained on (the chain's default input size).
         extra: small metadata (training config, metrics) stored alongside.
+        half: store float32 *parameters* as float16 (half the file; ``load_state_dict`` casts them
+            back to float32). Buffers (e.g. the relight locus) keep their precision.
 
     Returns:
         The written path.
@@ -109,7 +111,9 @@ def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs:
     path = Path(path)
     arch = arch or arch_name(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    params = {k for k, _ in model.named_parameters()} if half else set()
+    state = {k: (v.detach().cpu().half() if k in params and v.dtype == torch.float32 else v.detach().cpu())
+             for k, v in model.state_dict().items()}
     payload = {"format": STAGE_FORMAT, "stage": name, "arch": arch, "arch_kwargs": dict(arch_kwargs),
                "in_size": in_size, "state_dict": state, "extra": dict(extra or {})}
     # through a file handle, so the archive's inner folder name does not come from the random temp

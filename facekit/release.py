@@ -220,7 +220,7 @@ def prepare_for_release(net, info: dict, relight: bool = True) -> dict:
 
 
 def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None,
-                 allow_unfinished: bool = False) -> tuple[Path, dict]:
+                 allow_unfinished: bool = False, half: bool = True) -> tuple[Path, dict]:
     """Write a run's generator as a ``reconstruct`` chain stage.
 
     Args:
@@ -233,6 +233,8 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
         val_faces: validation faces for "best" (default: the run's source's val split).
         allow_unfinished: export a run that has not reached its last step (an interim candidate
             for evaluation; never a release).
+        half: store the parameters as float16 (half the file, so a release stays small in git;
+            they run in float32 after loading, and the card's numbers are measured on them).
 
     Returns:
         ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``,
@@ -261,8 +263,9 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
     info["kwargs"] = prepare_for_release(net, info)
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
                extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
-                      "weights": chosen, "val": val})
-    info.update(summary=summary, weights=chosen, val=val)
+                      "weights": chosen, "val": val, "stored_dtype": "float16" if half else "float32"},
+               half=half)
+    info.update(summary=summary, weights=chosen, val=val, stored_dtype="float16" if half else "float32")
     return Path(path), info
 
 
@@ -456,7 +459,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                 sample_size: int | None = None, identity_nets=("sface", "dlib"), n_boot: int = 1000,
                 progress: bool = True, faces=None, weights: str = "best", val_faces=None,
                 probe_people: int = 20, ood_suite: bool = True, ood_limit: int | None = None,
-                ood_sources=None, accept_failing: str | None = None) -> dict:
+                ood_sources=None, accept_failing: str | None = None, half: bool = True) -> dict:
     """Export a run as a chain folder, measure it on the held-out test split, write its model card.
 
     Args:
@@ -481,6 +484,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         ood_sources: OOD sources (default all of :data:`facekit.ood.SOURCES`; all for the default).
         accept_failing: a reason to make the default despite failing *gain* targets (see
             :func:`_promote`); no-harm targets are never waived. Written on the card.
+        half: float16 parameters in the stage files (see :func:`export_stage`).
 
     Returns:
         The report dict written to ``report.json``.
@@ -516,7 +520,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                           f"move the teacher to its own folder (and point distill_from there) first")
     teacher_sha = _sha256(teacher)  # before the export: the checkpoint's copy of the path may be stale
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces)
+    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces, half=half)
     size_mb = stage_path.stat().st_size / 2**20
     if size_mb > MAX_MODEL_MB:
         raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
@@ -549,7 +553,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     compared = {}
     for c in compare:
         ccfg = yaml.safe_load((c / "config.yaml").read_text()) or {}
-        cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces)
+        cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces,
+                                    half=half)
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
         methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=int(cfg["scale"]))
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
@@ -574,7 +579,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     report = {
         "released_run": run_dir.name, "step": info["step"], "arch": info["arch"], "arch_kwargs": info["kwargs"],
         "weights": info["weights"], "val": info["val"], "compared": compared,
-        "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": release_size(cfg),
+        "stored_dtype": info["stored_dtype"], "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": release_size(cfg),
         "training": {r.name: _run_files(r)[1] for r in runs},
         "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
         "teacher_sha256": teacher_sha,
@@ -865,7 +870,8 @@ def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: 
         "",
         f"Generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
         f"CCTV-like faces to {report['out_size']}x{report['out_size']}; {report['weights']} weights at step {report['step']}, "
-        f"{report['model_mb']:.2f} MB. Loaded by {_loaded_by(out_dir)}.",
+        f"{report['model_mb']:.2f} MB (parameters stored as {report.get('stored_dtype', 'float32')}, run in float32; "
+        f"every number on this card is measured on the stored weights). Loaded by {_loaded_by(out_dir)}.",
         "",
         "## Data",
         _data_lines(cfg)
@@ -950,6 +956,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-failing", metavar="REASON", default=None,
                         help="make the default despite failing gain targets (rank-1 ratio), with this reason "
                              "written on the card; no-harm targets (below bicubic, colour, grey) are never waived")
+    parser.add_argument("--fp32-weights", action="store_true",
+                        help="store the released parameters as float32 (default float16: half the file)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -964,7 +972,7 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_model_dir()
     report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
                          progress=not args.no_progress, weights=args.weights, accept_failing=args.accept_failing,
-                         ood_limit=args.ood_limit)
+                         ood_limit=args.ood_limit, half=not args.fp32_weights)
     print(out / "TRAINING.md")
     print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
     return 0

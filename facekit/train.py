@@ -465,20 +465,14 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
     return np.concatenate(parts), int(distinct)
 
 
-def resize_faces(images: np.ndarray, side: int) -> np.ndarray:
-    """Area-resize ``(N,S,S,3) uint8`` faces to ``(N,side,side,3) uint8``."""
-    import cv2
-
-    return np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in images]) \
-        if len(images) else images[:, :side, :side]
-
-
 def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Fixed val pairs: the val faces spread round-robin over the lighting conditions."""
     from facekit import augment
     from facekit.dataset import make_eval_pairs
 
     if cfg.val_size and cfg.val_size != val_images.shape[1]:
+        from facekit.chain import resize_faces
+
         val_images = resize_faces(val_images, cfg.val_size)
     if cfg.preset == "random":  # facekit.randdeg draws the light per face; one mixed val set
         lq, gt = make_eval_pairs(val_images, "random", cfg.scale, seed=cfg.seed + 1)

@@ -310,3 +310,25 @@ def test_reconstruct_generators_export_to_onnx_and_match_pytorch(arch, kwargs, t
     # the perturbed network is far from its bicubic base, so agreement is not trivial
     bic = torch.nn.functional.interpolate(x, size=64, mode="bicubic", align_corners=False).clamp(0, 1)
     assert (ref - bic).abs().mean() > 1e-3
+
+
+def test_half_stage_file_is_smaller_and_restores_nearly_the_same(tmp_path):
+    from facekit.archs import build_model
+    from facekit.chain import Stage, save_stage
+
+    torch.manual_seed(0)
+    kw = {"base": 16, "depth": 2, "max_channels": 32, "res_blocks": 1}
+    net = build_model("faithful", scale=4, **kw).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a residual far from zero, so the weights matter
+    full = save_stage(tmp_path / "full.pt", "reconstruct", net, kw, in_size=16)
+    half = save_stage(tmp_path / "half.pt", "reconstruct", net, kw, in_size=16, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    lq = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(lq)
+        outs = [Stage.from_checkpoint("reconstruct", p).model(lq) for p in (full, half)]
+    assert torch.equal(outs[0], ref)
+    assert all(p.dtype == torch.float32 for p in Stage.from_checkpoint("reconstruct", half).model.parameters())  # runs in float32
+    assert 0 < (outs[1] - ref).abs().max() < 2.0 / 255
