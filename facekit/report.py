@@ -403,6 +403,87 @@ def panel_widths_px(figure, report_width_px: int = REPORT_FIGURE_WIDTH_PX) -> li
             for ax in figure.axes if ax.get_label() != "<colorbar>"]
 
 
+MAX_PANELS_PER_ROW = 3
+
+
+def panel_grid(n: int, ncols: int = MAX_PANELS_PER_ROW, panel_height: float = 3.0):
+    """A figure for ``n`` plot panels that stays readable at report width.
+
+    At most ``ncols`` (never more than :data:`MAX_PANELS_PER_ROW`) panels per row, the figure as
+    wide as the report shows it (:data:`REPORT_FIGURE_WIDTH_PX` at 100 dpi, so nothing is scaled
+    down), constrained layout so that :func:`shared_legend` can sit outside the axes.
+
+    Args:
+        n: number of panels.
+        ncols: panels per row.
+        panel_height: height of one row, in inches.
+
+    Returns:
+        ``(figure, axes)``: ``axes`` is a list of the ``n`` panels (unused grid cells removed).
+    """
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, MAX_PANELS_PER_ROW, n))
+    nrows = -(-n // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(REPORT_FIGURE_WIDTH_PX / 100, panel_height * nrows + 0.4),
+                             dpi=100, squeeze=False, layout="constrained")
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def shared_legend(figure, axes, ncol: int = 6, fontsize: float = 8):
+    """Replace the panels' own legends by one legend above them, outside every axes.
+
+    Args:
+        figure: the figure (made with a layout engine, e.g. :func:`panel_grid`).
+        axes: the panels whose legend entries are merged (first label wins).
+        ncol: most entries per legend row.
+        fontsize: legend font size.
+
+    Returns:
+        The figure legend, or None when no panel had labelled artists.
+    """
+    entries: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not entries:
+        return None
+    return figure.legend(list(entries.values()), list(entries), loc="outside upper center",
+                         ncol=min(ncol, len(entries)), frameon=False, fontsize=fontsize)
+
+
+def rotate_crowded_ticks(figure, axes, rotation: float = 30, gap_px: float = 4) -> list:
+    """Tilt the x tick labels of panels where neighbouring labels touch or run together.
+
+    Args:
+        figure: the figure (it is drawn once to measure the labels).
+        axes: the panels to check.
+        rotation: angle in degrees for the crowded panels (labels right-aligned to their tick).
+        gap_px: smallest gap between two labels that still counts as readable.
+
+    Returns:
+        The panels whose labels were tilted.
+    """
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    tilted = []
+    for ax in axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                       key=lambda b: b.x0)
+        if any(b.x0 - a.x1 < gap_px for a, b in zip(boxes, boxes[1:])):
+            for label in ax.get_xticklabels():
+                label.set_rotation(rotation)
+                label.set_horizontalalignment("right")
+                label.set_rotation_mode("anchor")
+            tilted.append(ax)
+    return tilted
+
+
 _INDEX_CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px; color: #222; }
 h1 { font-size: 22px; margin: 0 0 12px; }
