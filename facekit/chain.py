@@ -84,10 +84,9 @@ def build_stage_model(arch: str, kwargs: dict | None = None) -> torch.nn.Module:
         raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(archs))}")
     if callable(cls) and "pretrained_backbone" in inspect.signature(cls).parameters:
         kwargs["pretrained_backbone"] = False
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"architecture {arch!r} does not accept {kwargs}: {exc}") from None
+    from facekit.archs import construct
+
+    return construct(arch, cls, kwargs)  # kwargs bounded before any weight is allocated
 
 
 def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs: dict, arch: str | None = None,

@@ -10,12 +10,19 @@ A checkpoint is a plain dict readable with ``torch.load(weights_only=True)``:
   ``"sched_d"``: state dicts;
 - ``"rng"``: python, numpy, torch CPU (and CUDA when available) states plus named
   ``torch.Generator`` states.
+
+Every load (:func:`load_checkpoint`, used by training, stages and chains) refuses a file whose
+sha256 differs from the one its folder's ``chain.yaml`` records (released stage files), and any
+checkpoint holding a NaN or infinite value in a floating-point tensor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,22 +92,117 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``.
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 that the ``chain.yaml`` beside ``path`` records for it (a released stage file).
+
+    ``chain.yaml`` lists them as ``sha256: {FILE NAME: HEX}``; a chain folder without that key
+    (older releases) or without an entry for this file records none.
+
+    Returns:
+        The lower-case hex digest, or None.
 
     Raises:
-        CheckpointError: missing file, or not a readable checkpoint dict.
+        CheckpointError: ``chain.yaml`` is not readable YAML within the limits, or its entry for
+            this file is not a 64-digit hex string.
+    """
+    from facekit.errors import ConfigError
+    from facekit.settings import load_yaml
+
+    path = Path(path)
+    chain = path.parent / "chain.yaml"
+    if not chain.is_file():
+        return None
+    try:
+        data = load_yaml(chain)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    table = data.get("sha256") if isinstance(data, dict) else None
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{chain}: 'sha256' must map stage file names to hex digests, got {table!r}")
+    want = table.get(path.name)
+    if want is None:
+        return None
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", want):
+        raise CheckpointError(f"{chain}: sha256 of {path.name} must be 64 hex digits, got {want!r}")
+    return want.lower()
+
+
+def _non_finite(obj, where: str = "") -> str | None:
+    """Name (``key.key``) of the first floating-point tensor in ``obj`` holding NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return where or "tensor"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed, never suggesting the unsafe load.
+
+    torch's own message for a file its safe unpickler refuses says that ``weights_only=False``
+    "will likely succeed": that runs any code the file holds, so it is never repeated here.
+    """
+    text = str(exc)
+    detail = (re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
+              or re.search(r"\n\s*(Trying to load unsupported .+?)\s*(?:\n\n|Check the documentation|$)", text, re.S))
+    if isinstance(exc, pickle.UnpicklingError) or detail or "weights_only" in text:
+        why = " ".join(detail.group(1).split())[:200] if detail else type(exc).__name__
+        return ("corrupt, or it holds objects other than tensors and plain data, which facekit never loads "
+                f"({why})")
+    first = " ".join(text.split(". ")[0].split())[:200] if text else ""
+    return f"corrupt or truncated ({type(exc).__name__}: {first})" if first else f"corrupt ({type(exc).__name__})"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``, checked.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors are loaded.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: missing file; a sha256 that differs from the one ``chain.yaml`` records
+            (see :func:`recorded_sha256`); not a readable checkpoint dict; a NaN or infinite value
+            in any floating-point tensor. One line naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
+    want = recorded_sha256(path)
+    if want is not None:
+        got = file_sha256(path)
+        if got != want:
+            raise CheckpointError(f"{path}: weights file changed or corrupted (sha256 {got[:16]}..., "
+                                  f"{path.parent / 'chain.yaml'} records {want[:16]}...)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or non-checkpoint file
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {msg})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_load_failure(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
+    bad = _non_finite(data)
+    if bad:
+        raise CheckpointError(f"{path}: weights hold NaN or infinite values (in {bad}); the file is corrupt "
+                              "or comes from a diverged run")
     return data
 
 

@@ -490,7 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
     parser.add_argument("probes", help="probe image file or folder (photos or face crops)")
     parser.add_argument("--top-k", type=int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
-    parser.add_argument("--threshold", default="auto",
+    parser.add_argument("--threshold", type=_threshold_arg, default="auto",
                         help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "
                              "calibrated on ORL at FAR 1%%)")
     parser.add_argument("--calibration", default="pair", choices=("pair", "open-set"),
@@ -505,6 +505,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
     parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
     parser.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+
+
+def _threshold_arg(text: str):
+    """argparse ``type=`` of ``--threshold``: ``auto`` or a cosine similarity in [-1, 1] (else exit 2)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return _threshold(text, None)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 'auto' or a cosine similarity in [-1, 1]") from None
+
+
+_threshold_arg.__name__ = "threshold"
 
 
 def _threshold(arg: str, gallery: Gallery, mode: str = "pair") -> float:

@@ -103,17 +103,14 @@ def read_chain_spec(path: str | Path) -> ChainSpec:
     Raises:
         ConfigError: missing file, bad YAML, or a malformed ``stages`` entry (named in the message).
     """
-    import yaml
+    from facekit.settings import load_yaml
 
     path = Path(path)
     if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
         path = path / CHAIN_FILE
     if not path.is_file():
         raise ConfigError(_no_default_message(path))
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = load_yaml(path) or {}  # size and alias limits; a bad file is one line naming it
     stages = data.get("stages") if isinstance(data, dict) else None
     if isinstance(stages, list):  # also accept [{name: file}, ...]
         merged: dict = {}
@@ -917,7 +914,15 @@ def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | N
     return chain_obj, size
 
 
+# the chain's input side (--size): faces are enlarged to it, so an absurd value would allocate
+# (side * scale)^2 pixels per face; 1024 is far above any released chain (16-64)
+MAX_INPUT_SIDE = 1024
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m facekit restore`` (values range-checked here: a bad one exits 2)."""
+    from facekit.settings import float_arg, int_arg
+
     parser.add_argument("input", help="an image (photo, frame) or a folder of them; with --aligned, face crops")
     parser.add_argument("output", help="folder for the results (same relative names, .png), or an output "
                                        "file name for a single input")
@@ -927,7 +932,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upscale", type=int, default=1, metavar="U",
                         help="whole images: enlarge the output U times (background bicubic, faces restored; "
                              "default 1)")
-    parser.add_argument("--out-size", type=int, default=None, metavar="PX",
+    parser.add_argument("--out-size", type=int_arg(1, 8192), default=None, metavar="PX",
                         help="face crops: the output's longer side is at least PX; whole images: faces of "
                              "PX or more are kept unless --upscale enlarges them (default: the chain's "
                              "output side, e.g. 64)")
@@ -939,7 +944,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-relight", action="store_true",
                         help="switch off the explicit relight step (colour-cast and under-exposure "
                              "correction, reported per face): the output keeps the input's mean colour")
-    parser.add_argument("--det-score", type=float, default=0.6,
+    parser.add_argument("--det-score", type=float_arg(0.0, 1.0, lo_open=True), default=0.6,
                         help="whole images: minimum YuNet face confidence (default 0.6)")
     parser.add_argument("--chain", default=None,
                         help="comma-separated stages in run order, e.g. deblur,reconstruct,upscale "
@@ -948,10 +953,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint for a stage (repeatable); overrides the model folder's")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="chain folder with chain.yaml (default: models/default)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="the chain's input side: smaller faces are enlarged to it, larger ones run at "
+    parser.add_argument("--size", type=int_arg(4, MAX_INPUT_SIDE), default=None,
+                        help=f"the chain's input side (4-{MAX_INPUT_SIDE}): smaller faces are enlarged to it, larger ones run at "
                              "their own size (default: chain.yaml's size, e.g. 16)")
-    parser.add_argument("--batch", type=int, default=32, help="files read, and faces restored, per batch (default 32)")
+    parser.add_argument("--batch", type=int_arg(1, 4096), default=32,
+                        help="files read, and faces restored, per batch (1-4096, default 32)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                         help="inference backend for faces at the chain's input size (other sizes run in "
                              "torch); auto measures both and keeps the faster (default)")

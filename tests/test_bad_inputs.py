@@ -249,14 +249,36 @@ CASES = [
      ["--open-timeout", "'-1'"]),
     ("video-gallery-threshold", ["video", "{T}/in.mp4", "{T}/out", "--gallery-threshold", "5"], {}, 2,
      ["--gallery-threshold", "[-1, 1]"]),
-    # identify options (argparse: exit 2; --threshold and the device: exit 1, before the gallery is enrolled)
+    # identify options (argparse: exit 2; the device: exit 1, before the gallery is enrolled)
     ("identify-top-k-zero", ["identify", "{T}/gallery", "{T}/probes", "--top-k", "0"], {}, 2, ["--top-k", "'0'"]),
-    ("identify-threshold-five", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "5"], {}, 1,
-     ["--threshold '5'", "[-1, 1]"]),
-    ("identify-threshold-nan", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "nan"], {}, 1,
-     ["--threshold 'nan'", "[-1, 1]"]),
-    ("identify-threshold-text", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "high"], {}, 1,
+    ("identify-threshold-five", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "5"], {}, 2,
+     ["--threshold", "'5'", "[-1, 1]"]),
+    ("identify-threshold-nan", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "nan"], {}, 2,
+     ["--threshold", "'nan'", "[-1, 1]"]),
+    ("identify-threshold-text", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "high"], {}, 2,
      ["--threshold", "'high'"]),
+    # restore options (argparse: exit 2): --size 0 used to become 16, --size 30000 "unreadable input"
+    ("restore-size-zero", ["restore", "{T}/face.png", "{T}/restored", "--size", "0"], {}, 2, ["--size", "'0'"]),
+    ("restore-size-huge", ["restore", "{T}/face.png", "{T}/restored", "--size", "30000"], {}, 2,
+     ["--size", "'30000'", "1024"]),
+    ("restore-batch-zero", ["restore", "{T}/face.png", "{T}/restored", "--batch", "0"], {}, 2, ["--batch", "'0'"]),
+    ("restore-det-score-nan", ["restore", "{T}/face.png", "{T}/restored", "--det-score", "nan"], {}, 2,
+     ["--det-score", "'nan'"]),
+    # checkpoints and chain folders (exit 1, one line naming the file; never suggests weights_only=False)
+    ("ckpt-random-bytes", ["restore", "{T}/face.png", "{T}/restored", "--checkpoint", "reconstruct={T}/random.pt"],
+     {}, 1, ["random.pt", "not a readable PyTorch checkpoint", "corrupt"]),
+    ("ckpt-pickle-code", ["restore", "{T}/face.png", "{T}/restored", "--checkpoint", "reconstruct={T}/evil.pt"],
+     {}, 1, ["evil.pt", "never loads", "GLOBAL"]),
+    ("ckpt-nan-weights", ["restore", "{T}/face.png", "{T}/restored", "--checkpoint", "reconstruct={T}/nan.pt"],
+     {}, 1, ["nan.pt", "NaN or infinite"]),
+    ("ckpt-huge-arch", ["restore", "{T}/face.png", "{T}/restored", "--checkpoint", "reconstruct={T}/huge-arch.pt"],
+     {}, 1, ["huge-arch.pt", "max_channels=100000", "out of range"]),
+    ("ckpt-many-params", ["restore", "{T}/face.png", "{T}/restored", "--checkpoint",
+                          "reconstruct={T}/many-params.pt"], {}, 1, ["many-params.pt", "parameters, above the limit"]),
+    ("chain-sha-mismatch", ["restore", "{T}/face.png", "{T}/restored", "--models", "{T}/chain-changed"], {}, 1,
+     ["chain-changed/reconstruct.pt", "weights file changed or corrupted"]),
+    ("chain-yaml-alias-bomb", ["restore", "{T}/face.png", "{T}/restored", "--models", "{T}/chain-bomb"], {}, 1,
+     ["chain-bomb/chain.yaml", "alias"]),
     ("identify-device-missing-gpu", ["identify", "{T}/gallery", "{T}/probes", "--device", "cuda:99"], {}, 1,
      ["--device='cuda:99'", "CUDA"]),
     # data options (argparse: exit 2)
@@ -342,6 +364,64 @@ def _yaml_base(tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tiny_stage(**changes) -> dict:
+    """A facekit stage checkpoint dict of a tiny ``unet`` (``changes`` replace its entries)."""
+    import torch
+
+    from facekit.archs import build_model
+    from facekit.chain import STAGE_FORMAT
+
+    kwargs = {"scale": 4, "base": 4, "depth": 1, "max_channels": 8}
+    torch.manual_seed(0)
+    state = build_model("unet", **kwargs).state_dict()
+    payload = {"format": STAGE_FORMAT, "stage": "reconstruct", "arch": "unet", "arch_kwargs": kwargs,
+               "in_size": 16, "state_dict": state, "extra": {}}
+    payload.update(changes)
+    return payload
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _build_checkpoints(t: Path) -> None:
+    """Hostile and broken checkpoints and chain folders for the ``ckpt-*`` and ``chain-*`` cases."""
+    import hashlib
+
+    import cv2
+    import numpy as np
+    import torch
+
+    y, x = np.mgrid[0:64, 0:64]
+    cv2.imwrite(str(t / "face.png"), np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
+    (t / "random.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    torch.save({"format": "x", "payload": _RunsCode()}, t / "evil.pt")
+    nan = _tiny_stage()
+    first = next(iter(nan["state_dict"]))
+    nan["state_dict"][first] = nan["state_dict"][first].clone().fill_(float("nan"))
+    torch.save(nan, t / "nan.pt")
+    torch.save(_tiny_stage(arch_kwargs={"max_channels": 100000}, state_dict={}), t / "huge-arch.pt")
+    torch.save(_tiny_stage(arch_kwargs={"base": 4096, "depth": 6, "max_channels": 4096}, state_dict={}),
+               t / "many-params.pt")
+    # a released chain folder whose stage file changed after its sha256 was recorded
+    changed = t / "chain-changed"
+    changed.mkdir()
+    torch.save(_tiny_stage(), changed / "reconstruct.pt")
+    wrong = hashlib.sha256(b"the bytes that were released").hexdigest()
+    (changed / "chain.yaml").write_text(f"size: 16\nstages:\n  reconstruct: reconstruct.pt\n"
+                                        f"sha256:\n  reconstruct.pt: {wrong}\n")
+    bomb = t / "chain-bomb"
+    bomb.mkdir()
+    torch.save(_tiny_stage(), bomb / "reconstruct.pt")
+    (bomb / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n"
+                                     'x0: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+                                     + "".join(f"x{i}: &{c} [{','.join(['*' + p] * 9)}]\n"
+                                               for i, (p, c) in enumerate(zip("abcdefgh", "bcdefghi"), 1)))
+
+
 def _build_corpus(root: Path) -> tuple[Path, Path, list[dict]]:
     """Corpus files under ``root/corpus``, the watched working tree under ``root/work``; returns
     (corpus dir, watched dir, the helper's case list)."""
@@ -376,6 +456,7 @@ def _build_corpus(root: Path) -> tuple[Path, Path, list[dict]]:
     (t / "latin1.yaml").write_bytes(base.encode() + "data: caf\u00e9\n".encode("latin-1"))
     (t / "list.yaml").write_text("- name: x\n- steps: 3\n")
     (t / "in.mp4").write_bytes(b"not really a video")
+    _build_checkpoints(t)
     (t / "gallery").mkdir()
     (t / "probes").mkdir()
 
@@ -419,6 +500,7 @@ def corpus(tmp_path_factory):
 
 def _check(cid: str, rc: int, stderr: str, expect_rc: int, fragments: list[str], corpus_dir: Path) -> None:
     assert "Traceback" not in stderr, f"{cid}: traceback\n{stderr[-3000:]}"
+    assert "weights_only" not in stderr, f"{cid}: points at the unsafe load\n{stderr[-3000:]}"
     assert rc == expect_rc, f"{cid}: exit {rc}, expected {expect_rc}\n{stderr[-3000:]}"
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, f"{cid}: no error message"
@@ -490,3 +572,32 @@ def test_real_cli_subprocess_matches(corpus, cid):
     assert all(p.read_bytes() == b"sentinel" for p in sentinels)
     assert sorted(p.name for p in (corpus["work"] / "data").iterdir()) == ["checkpoints", "runs", "samples"]
     assert sorted(p.name for p in (corpus["work"] / "data" / "runs").iterdir()) == ["checkpoints", "samples"]
+
+
+def test_chain_sha256_checked_only_where_recorded(tmp_path):
+    """A stage file loads when chain.yaml records its sha256 or records none (older releases);
+    the committed releases record the hashes of their committed weights."""
+    import torch
+
+    from facekit.chain import Stage
+    from facekit.checkpoint import file_sha256, recorded_sha256
+    from facekit.settings import MODELS_DIR
+
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save(_tiny_stage(), old / "reconstruct.pt")
+    (old / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
+    assert recorded_sha256(old / "reconstruct.pt") is None
+    assert Stage.from_checkpoint("reconstruct", old / "reconstruct.pt").arch == "unet"
+    new = tmp_path / "new"
+    new.mkdir()
+    torch.save(_tiny_stage(), new / "reconstruct.pt")
+    digest = file_sha256(new / "reconstruct.pt")
+    (new / "chain.yaml").write_text(f"size: 16\nstages:\n  reconstruct: reconstruct.pt\n"
+                                    f"sha256:\n  reconstruct.pt: {digest.upper()}\n")
+    assert recorded_sha256(new / "reconstruct.pt") == digest
+    assert Stage.from_checkpoint("reconstruct", new / "reconstruct.pt").arch == "unet"
+    for folder in ("default", "celeba-orl-identity"):
+        stage = MODELS_DIR / folder / "reconstruct.pt"
+        if stage.is_file():
+            assert recorded_sha256(stage) == file_sha256(stage), f"{stage}: chain.yaml records another sha256"

@@ -6,6 +6,12 @@ architecture with one line here.
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
+import warnings
+
+import torch
 from torch import nn
 
 from facekit.archs.deblurganv2 import FPNMobileNetGenerator
@@ -27,20 +33,99 @@ ARCHS: dict[str, type[nn.Module]] = {
 }
 
 
+# Bounds checked before any weight is allocated (a checkpoint's kwargs are untrusted input): every
+# integer argument (channels, depth, blocks) at most MAX_INT_KWARG, and the whole model at most
+# MAX_PARAMS parameters (RRDBNet x4plus, the largest here, has 16.7 M; 200 M is 800 MB of float32).
+MAX_INT_KWARG = 4096
+MAX_PARAMS = 200_000_000
+
+
+def check_kwargs(name: str, kwargs: dict) -> None:
+    """Refuse architecture arguments that would allocate absurd amounts of memory.
+
+    Args:
+        name: the architecture's registry name (for the message).
+        kwargs: its constructor arguments.
+
+    Raises:
+        ConfigError: an integer argument outside ``[0, MAX_INT_KWARG]`` or a non-finite number,
+            naming the argument.
+    """
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, numbers.Integral) and not 0 <= v <= MAX_INT_KWARG:
+                raise ConfigError(f"architecture {name!r}: {key}={value!r} is out of range "
+                                  f"(integer arguments must be in [0, {MAX_INT_KWARG}])")
+            if isinstance(v, numbers.Real) and not math.isfinite(float(v)):
+                raise ConfigError(f"architecture {name!r}: {key}={value!r} must be a finite number")
+
+
+# constructor arguments that only read weights from disk: not needed to count the parameters
+_NO_LOADING = {"pretrained_backbone": False, "backbone_weights": None}
+
+
+def _count_params(cls, kwargs: dict) -> int | None:
+    """Parameters and buffers of ``cls(**kwargs)`` built on the meta device (no memory), or None
+    when the class cannot be built there."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    probe_kwargs = dict(kwargs, **{k: v for k, v in _NO_LOADING.items() if k in params})
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = cls(**probe_kwargs)
+    except TypeError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a constructor that reads values; the real build reports it
+        return None
+    return sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered architecture.
+    """Build a registered architecture, its size checked before any weight is allocated.
 
     Args:
         name: a key of :data:`ARCHS`.
         **kwargs: constructor arguments.
 
+    Returns:
+        The module (on the CPU, freshly initialised).
+
     Raises:
-        ConfigError: unknown name, or arguments the class does not accept.
+        ConfigError: unknown name, arguments the class does not accept, an argument out of range
+            (:func:`check_kwargs`) or a model above :data:`MAX_PARAMS` parameters.
     """
     cls = ARCHS.get(name)
     if cls is None:
         raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(ARCHS))}")
+    return construct(name, cls, kwargs)
+
+
+def construct(name: str, cls, kwargs: dict) -> nn.Module:
+    """``cls(**kwargs)`` after :func:`check_kwargs` and the :data:`MAX_PARAMS` check (see :func:`build_model`).
+
+    Args:
+        name: the architecture's name in messages.
+        cls: the module class.
+        kwargs: constructor arguments.
+
+    Returns:
+        The module.
+
+    Raises:
+        ConfigError: as :func:`build_model`.
+    """
+    check_kwargs(name, kwargs)
     try:
+        n = _count_params(cls, kwargs)
+        if n is not None and n > MAX_PARAMS:
+            raise ConfigError(f"architecture {name!r} with {kwargs}: {n / 1e6:.0f} M parameters, above the "
+                              f"limit of {MAX_PARAMS / 1e6:.0f} M (check its channel, depth and block arguments)")
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"architecture {name!r} does not accept {kwargs}: {exc}") from None

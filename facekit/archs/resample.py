@@ -12,6 +12,8 @@ generator add its residual before the shuffle, so one shuffle serves both.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,7 @@ def bicubic_phase_taps(scale: int) -> torch.Tensor:
     taps = torch.zeros(r, TAPS, dtype=torch.float64)
     for a in range(r):
         src = (a + 0.5) / r - 0.5  # source coordinate of output pixel a, relative to input pixel 0
-        base = int(torch.floor(torch.tensor(src)))
+        base = math.floor(src)  # plain Python: also builds on the meta device (archs.build_model's size check)
         t = src - base
         for k, w in zip(range(-1, 3), (_cubic(1 + t), _cubic(t), _cubic(1 - t), _cubic(2 - t))):
             taps[a, base + k + 2] += w
