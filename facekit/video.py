@@ -1486,7 +1486,9 @@ class FaceVideoProcessor:
                 text += f" {lab.caption()}" if lab is not None else " ..."
             cv2.putText(out, text, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, fs, color, thick,
                         cv2.LINE_AA)
-        cv2.putText(out, f"{self.fps:5.1f} fps", (6, int(18 * fs / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, fs,
+        # the rate is measured between output frames: none yet on the first one (not "0.0 fps")
+        rate = f"{self.fps:5.1f} fps" if self.fps > 0 else "-- fps"
+        cv2.putText(out, rate, (6, int(18 * fs / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, fs,
                     (0, 255, 255), thick, cv2.LINE_AA)
 
 

@@ -515,3 +515,24 @@ def test_track_identifier_aggregates_best_crops_off_the_clock():
     ident2.track_ended(7)
     lab = ident2.finish()[7]
     assert lab.identity == "unknown" and lab.candidate in g.people and lab.score == pytest.approx(0.0)
+
+
+def test_overlay_shows_no_rate_before_one_is_measured():
+    """The first annotated frame has no measured rate yet: it reads "-- fps", never "0.0 fps" (issue 20)."""
+    from facekit.video import FaceVideoProcessor
+
+    proc = FaceVideoProcessor(VideoConfig(enhancer="none"), detector=object())
+
+    def drawn(fps):
+        proc.fps = fps
+        out = np.zeros((240, 320, 3), np.uint8)
+        proc._annotate(out, [])
+        return out
+
+    def text(s):
+        out = np.zeros((240, 320, 3), np.uint8)
+        cv2.putText(out, s, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
+        return out
+
+    assert np.array_equal(drawn(0.0), text("-- fps"))
+    assert np.array_equal(drawn(12.34), text(" 12.3 fps"))
