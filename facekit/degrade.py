@@ -794,22 +794,19 @@ def load_spec(spec) -> list[dict]:
         spec: a preset name, a list of op dicts, a dict with an ``"ops"`` list, a YAML string
             holding either, or a path to a ``.yaml``/``.yml`` file.
     """
+    from facekit.settings import load_yaml, parse_yaml  # size and alias limits
+
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"{path}: pipeline spec file not found")
-        spec = path.read_text()
-    if isinstance(spec, str):
+        spec = load_yaml(path)
+    elif isinstance(spec, str):
         if spec in PRESETS:
             return [dict(e) for e in PRESETS[spec]]
         if "\n" not in spec and ":" not in spec and "[" not in spec:
             raise ConfigError(f"unknown preset {spec!r}; valid presets: {', '.join(PRESETS)}")
-        import yaml
-
-        try:
-            spec = yaml.safe_load(spec)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"pipeline spec is not valid YAML: {exc}") from exc
+        spec = parse_yaml(spec, "pipeline spec")
     if isinstance(spec, dict):
         if "ops" not in spec:
             raise ConfigError(f"a pipeline spec mapping needs an 'ops' list, got keys {sorted(spec)}")

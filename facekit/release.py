@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
 from facekit.errors import ConfigError
+from facekit.settings import load_yaml  # run configs: size and alias limits
 
 STAGE_FILE = "reconstruct.pt"
 MAX_MODEL_MB = 25.0
@@ -63,7 +62,7 @@ def lineage(run_dir: str | Path) -> list[Path]:
     """
     chain = [Path(run_dir)]
     while True:
-        cfg = yaml.safe_load((chain[0] / "config.yaml").read_text()) or {}
+        cfg = load_yaml(chain[0] / "config.yaml") or {}
         parent = cfg.get("init_from")
         if not parent:
             return chain
@@ -110,8 +109,8 @@ def _teacher_configs(teacher: str, student: Path, seen: list[Path]) -> list[tupl
     path = Path(teacher)
     if path.suffix == ".pt" and (path.parent / "config.yaml").is_file():  # a released folder
         folder = path.parent
-        found = [(str(folder / "config.yaml"), yaml.safe_load((folder / "config.yaml").read_text()) or {}, {})]
-        found += [(str(f), yaml.safe_load(f.read_text()) or {}, {}) for f in sorted(folder.glob("init-*.yaml"))]
+        found = [(str(folder / "config.yaml"), load_yaml(folder / "config.yaml") or {}, {})]
+        found += [(str(f), load_yaml(f) or {}, {}) for f in sorted(folder.glob("init-*.yaml"))]
         return found
     run = path.parent.parent if path.suffix == ".pt" else path  # a run's checkpoints/<file>.pt
     if not (run / "config.yaml").is_file():
@@ -133,7 +132,7 @@ def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> lis
         if a.resolve() in seen:  # shared by init_from and distill_from, or a distill_from loop: listed once
             continue
         seen.append(a.resolve())
-        cfg = yaml.safe_load((a / "config.yaml").read_text()) or {}
+        cfg = load_yaml(a / "config.yaml") or {}
         found.append((str(a), cfg, _run_files(a)[1]))
         if cfg.get("distill_from"):
             found += _teacher_configs(cfg["distill_from"], a, seen)
@@ -141,7 +140,7 @@ def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> lis
 
 
 def _steps(run: Path) -> int:
-    return int((yaml.safe_load((run / "config.yaml").read_text()) or {})["steps"])
+    return int((load_yaml(run / "config.yaml") or {})["steps"])
 
 
 def _step_offsets(runs: list[Path]) -> dict[Path, int]:
@@ -514,7 +513,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         _run_files(c)
     if probe_people:  # before the slow part: a card must not report recognition on training faces
         check_probes_unseen([run_dir, *compare], probe_people)
-    teacher = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("distill_from")
+    teacher = (load_yaml(run_dir / "config.yaml") or {}).get("distill_from")
     if teacher and Path(teacher).resolve() == (out_dir / STAGE_FILE).resolve():
         raise ConfigError(f"{run_dir}: its distillation teacher {teacher} is the file this release would overwrite; "
                           f"move the teacher to its own folder (and point distill_from there) first")
@@ -552,7 +551,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                released: build_method(f"model:{stage_path}", scale=int(cfg["scale"]))}
     compared = {}
     for c in compare:
-        ccfg = yaml.safe_load((c / "config.yaml").read_text()) or {}
+        ccfg = load_yaml(c / "config.yaml") or {}
         cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces,
                                     half=half)
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
@@ -707,7 +706,7 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     if missing:
         raise ConfigError(f"{out_dir}: not a released model folder (missing {', '.join(missing)})")
     report = json.loads((out_dir / "report.json").read_text())
-    cfg = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+    cfg = load_yaml(out_dir / "config.yaml") or {}
     df = pd.read_csv(out_dir / "test_metrics.csv")
     summary = report["training"][report["released_run"]]
     released = _method_label(Path(report["released_run"]), cfg)
@@ -788,7 +787,7 @@ def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list
 
 def _mix_lines(out_dir: Path, report: dict, cfg: dict, summary: dict) -> str:
     """The card's sentence on faces mixed in from a second source (``mix_data``), per run, or ''."""
-    runs = [(p["run"], yaml.safe_load((out_dir / p["config"]).read_text()) or {}, p["summary"])
+    runs = [(p["run"], load_yaml(out_dir / p["config"]) or {}, p["summary"])
             for p in report.get("lineage", [])] + [(report["released_run"], cfg, summary)]
     parts = []
     for name, c, s in runs:

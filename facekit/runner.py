@@ -205,8 +205,6 @@ def load_profile(profile: str | Path, params_dir: str | Path = PARAMS_DIR) -> di
     Raises:
         ConfigError: unknown profile (lists the valid ones), invalid YAML or a wrong structure.
     """
-    import yaml
-
     path = Path(profile)
     if path.suffix not in (".yaml", ".yml") or not path.exists():
         path = Path(params_dir) / f"{profile}.yaml"
@@ -216,10 +214,7 @@ def load_profile(profile: str | Path, params_dir: str | Path = PARAMS_DIR) -> di
             f"unknown profile {str(profile)!r}: no {path}; valid profiles: {choices} "
             "(or give the path of a .yaml file)"
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    data = settings.load_yaml(path) or {}  # size and alias limits
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile must be a mapping of notebook -> parameters")
     sections: dict[str, dict] = {"common": {}}
@@ -494,13 +489,12 @@ def run_pipeline(
         ConfigError: unknown profile, bad profile file, no notebooks, bad ``only`` selector.
         KeyboardInterrupt: re-raised after the index is written with the notebook marked failed.
     """
-    import papermill as pm
-
     notebooks_dir = Path(notebooks_dir).resolve()
     reports_dir = Path(reports_dir if reports_dir is not None else settings.REPORTS_DIR).resolve()
     sections = load_profile(profile, params_dir)
     all_paths = discover_notebooks(notebooks_dir)
     paths = select_notebooks(all_paths, only)
+    import papermill as pm  # ~10 s on a busy machine: after the profile and notebooks are checked
     for key in _unused_sections(sections, all_paths):
         warnings.warn(
             f"profile {profile!s}: section {key!r} names no notebook in {notebooks_dir} "

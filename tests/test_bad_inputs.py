@@ -211,6 +211,9 @@ CASES = [
     ("train-yaml-not-utf8", ["train", "--config", "{T}/latin1.yaml"], {}, 1, ["latin1.yaml", "UTF-8"]),
     ("train-yaml-directory", ["train", "--config", "{T}"], {}, 1, ["not a regular file"]),
     ("train-yaml-list", ["train", "--config", "{T}/list.yaml"], {}, 1, ["list.yaml", "mapping"]),
+    # every other YAML the CLI reads goes through the same limits (runner profiles; degradation specs,
+    # chain.yaml: below)
+    ("run-profile-alias-bomb", ["run", "--profile", "{T}/bomb.yaml"], {}, 1, ["bomb.yaml", "alias"]),
     # a valid config: fails on its (missing) data folder, proving the cases above failed on their value
     ("train-control-missing-data", ["train", "--config", "{cfg:base}"], {}, 1, ["no-such-faces"]),
     # evaluate options (argparse: exit 2) and the device (exit 1)
@@ -601,3 +604,19 @@ def test_chain_sha256_checked_only_where_recorded(tmp_path):
         stage = MODELS_DIR / folder / "reconstruct.pt"
         if stage.is_file():
             assert recorded_sha256(stage) == file_sha256(stage), f"{stage}: chain.yaml records another sha256"
+
+
+def test_degradation_spec_yaml_has_the_limits(tmp_path):
+    """A degradation spec (file or text) is read with the size and alias limits of every config."""
+    from facekit import degrade
+    from facekit.errors import ConfigError
+
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("ops: [{op: blur}]\n" + bomb)
+    with pytest.raises(ConfigError, match="spec.yaml: YAML aliases expand"):
+        degrade.load_spec(spec)
+    with pytest.raises(ConfigError, match="pipeline spec: YAML aliases expand"):
+        degrade.load_spec("ops: [{op: blur}]\n" + bomb)
+    assert degrade.load_spec("ops: [{op: blur}]\n") == [{"op": "blur"}]

@@ -323,7 +323,7 @@ def test_profiles_load_and_bad_ones_fail_clearly(tmp_path):
         runner.load_profile("fast")
     bad = tmp_path / "bad.yaml"
     bad.write_text("common: [1, 2\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         runner.load_profile(bad)
     bad.write_text("01_alpha: 5\n")
     with pytest.raises(ConfigError, match="section '01_alpha' must map"):
