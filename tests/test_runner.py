@@ -490,3 +490,18 @@ def test_smoke_profile_runs_every_real_notebook(tmp_path):
                for stem, row in rows.items())
     # every notebook publishes headline numbers, and the index shows them
     assert all(row["metrics"] for row in rows.values()), rows
+    assert_index_is_readable_at_a_glance(reports)
+
+
+def assert_index_is_readable_at_a_glance(reports: Path) -> None:
+    """Per notebook: a key figure, a scope sentence, and a unit for every headline number (issue 20)."""
+    run = json.loads((reports / "run.json").read_text())
+    for nb in run["notebooks"]:
+        assert nb["figure"] == f"figures/{nb['stem']}.png", nb["stem"]
+        numbers, scope = report.headline_rows(nb["headline"])
+        assert scope, f"{nb['stem']}: no scope sentence"
+        no_unit = [r["name"] for r in numbers
+                   if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool) and not r["unit"]]
+        assert not no_unit, f"{nb['stem']}: headline numbers without a unit: {no_unit}"
+    page = (reports / "index.html").read_text()
+    assert page.count('<img class="thumb"') == len(run["notebooks"])

@@ -24,7 +24,7 @@ seed = 0            # split seed
 import matplotlib.pyplot as plt
 from facekit import settings
 from facekit.data import load_faces, contact_sheet, plot_counts
-from facekit.report import write_headline
+from facekit.report import metric, save_figure, write_headline
 
 settings.set_threads()  # so FACEKIT_THREADS (tests, CI: 1) applies inside the kernel too
 faces = load_faces(source, size=size, align=align, limit=limit, seed=seed)
@@ -35,6 +35,7 @@ faces.counts()
     ("code", """
 labels = [i or "?" for i in faces.identity[:40]]
 fig = contact_sheet(faces.images[:40], cols=10, labels=labels)
+save_figure("01_data_prep", fig)  # the index thumbnail
 plt.show()
 """),
     ("md", "## Faces per split, faces per identity, detection scores"),
@@ -50,9 +51,12 @@ skipped.head(30)
 """),
     ("code", """
 write_headline("01_data_prep", {
-    "source": source, "faces": len(faces), "identities": len({i for i in faces.identity if i}),
-    "skipped": len(skipped), **{f"{s}_faces": int((faces.split == s).sum()) for s in ("train", "val", "test")},
-})
+    "source": source, "faces": metric(len(faces), "faces"),
+    "identities": metric(len({i for i in faces.identity if i}), "people"),
+    "skipped": metric(len(skipped), "inputs", "lower"),
+    **{f"{s}_faces": metric(int((faces.split == s).sum()), "faces") for s in ("train", "val", "test")},
+}, scope=f"Data only: shows which {source} faces the other notebooks use, their splits and why inputs "
+         "were skipped; no model is involved.")
 print("manifest:", faces.cache_dir / "manifest.csv" if faces.cache_dir else "(cache disabled)")
 """),
 ])
