@@ -180,6 +180,29 @@ def headline_rows(headline: dict) -> tuple[list[dict], str | None]:
     return rows, (str(scope) if scope else None)
 
 
+def headline_table(notebook: str, *, reports_dir: str | Path | None = None):
+    """The headline numbers a notebook wrote, read back from its file, as a small table.
+
+    Notebooks end with it, so what they show is what the index shows (plain numbers, not
+    ``np.float64(...)`` reprs).
+
+    Args:
+        notebook: notebook stem.
+        reports_dir: reports folder; ``None`` uses ``settings.REPORTS_DIR``.
+
+    Returns:
+        A DataFrame indexed by name: ``value``, ``unit``, ``ci``, ``baseline``, ``baseline_name``,
+        ``better`` and ``verdict``, columns without any entry left out.
+    """
+    import pandas as pd
+
+    rows, _ = headline_rows(read_headline(notebook, reports_dir=reports_dir))
+    columns = ["name", "value", "unit", "ci", "baseline", "baseline_name", "better", "verdict"]
+    table = pd.DataFrame(rows, columns=columns).set_index("name")
+    table["verdict"] = table["verdict"].where(table["verdict"] != "none")
+    return table.dropna(axis=1, how="all")
+
+
 def verdict(value, baseline, better: str | None, ci=None) -> str:
     """Compare a number with its baseline for the index's colours.
 

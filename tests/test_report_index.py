@@ -175,3 +175,14 @@ def test_write_headline_and_save_figure_go_to_the_reports_dir(tmp_path, monkeypa
     Image.new("RGB", (1600, 400)).save(big)
     with Image.open(report.save_figure("08_y", big)) as image:
         assert image.size == (report.THUMBNAIL_WIDTH_PX, 160)
+
+
+def test_headline_table_reads_the_file_back(tmp_path):
+    reports = tmp_path / "reports"
+    _write(reports, "03_t", {"psnr": report.metric(27.5, "dB", "higher", baseline=25.0, baseline_name="bicubic"),
+                             "n": 3, "_scope": "x"}, figure=False)
+    table = report.headline_table("03_t", reports_dir=reports)
+    assert list(table.index) == ["psnr", "n"]
+    assert table.at["psnr", "value"] == 27.5 and table.at["psnr", "unit"] == "dB"
+    assert table.at["psnr", "verdict"] == "better" and table.isna().at["n", "verdict"]
+    assert "ci" not in table.columns  # no entry had one
