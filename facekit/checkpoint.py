@@ -23,7 +23,9 @@ import os
 import pickle
 import random
 import re
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +75,58 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
             g.set_state(state["generators"][k])
 
 
+# the temporary files of save_checkpoint: ".NAME.pt.XXXXXXXX.tmp" (tempfile.mkstemp's 8 random characters)
+_TMP_RE = re.compile(r"\..+\.pth?\.[A-Za-z0-9_]{8}\.tmp")
+_STARTED = time.time()  # this process's start, near enough: training imports this module first
+_swept: set[str] = set()
+
+
+def sweep_stale_temps(folder: str | Path, before: float | None = None) -> list[Path]:
+    """Remove the temporary files that killed saves left in ``folder``.
+
+    Only files named like :func:`save_checkpoint`'s temporaries (``.last.pt.XXXXXXXX.tmp``) and last
+    modified before ``before`` are removed: a save in progress keeps touching its file.
+
+    Args:
+        folder: a checkpoint folder (not searched recursively).
+        before: a time (``time.time()``); default this process's start.
+
+    Returns:
+        The files removed (those that could not be removed are left, silently).
+    """
+    before = _STARTED if before is None else before
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if (_TMP_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically: a temp file in the same folder, fsync, then ``os.replace``,
-    so a crash mid-write never leaves a truncated checkpoint under ``path``."""
+    so a crash mid-write never leaves a truncated checkpoint under ``path``.
+
+    The first save of a process into a folder also removes the temporaries that killed saves
+    left there before this process started (:func:`sweep_stale_temps`, one line on stderr).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.path.abspath(path.parent)
+    if folder not in _swept:
+        _swept.add(folder)
+        gone = sweep_stale_temps(folder)
+        if gone:
+            print(f"facekit: removed {len(gone)} temporary file(s) left by killed saves in {path.parent} "
+                  f"({', '.join(p.name for p in gone[:3])}{', ...' if len(gone) > 3 else ''})", file=sys.stderr)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -620,3 +620,35 @@ def test_degradation_spec_yaml_has_the_limits(tmp_path):
     with pytest.raises(ConfigError, match="pipeline spec: YAML aliases expand"):
         degrade.load_spec("ops: [{op: blur}]\n" + bomb)
     assert degrade.load_spec("ops: [{op: blur}]\n") == [{"op": "blur"}]
+
+
+def test_stale_checkpoint_temps_swept_at_the_first_save(tmp_path, capsys):
+    """Temporaries of killed saves (``.last.pt.XXXXXXXX.tmp``) older than this process are removed
+    at its first save into their folder; newer ones, other names and other folders are kept."""
+    import time
+
+    import torch
+
+    from facekit import checkpoint
+
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    old = [ckpt_dir / ".last.pt.k1ll3d_1.tmp", ckpt_dir / ".step_000100.pt.abcdefgh.tmp"]
+    kept = [ckpt_dir / ".last.pt.n0wsav1n.tmp", ckpt_dir / "notes.tmp", ckpt_dir / ".last.pt.tmp",
+            ckpt_dir / "last.pt.abcdefgh.tmp"]
+    elsewhere = tmp_path / ".last.pt.abcdefgh.tmp"
+    for f in old + kept + [elsewhere]:
+        f.write_bytes(b"partial")
+    past = time.time() - 3600
+    for f in old + kept[1:] + [elsewhere]:
+        os.utime(f, (past, past))
+    os.utime(kept[0], (time.time() + 60, time.time() + 60))  # a save still in progress
+    checkpoint.save_checkpoint(ckpt_dir / "last.pt", {"step": torch.tensor(1)})
+    assert not any(f.exists() for f in old)
+    assert all(f.exists() for f in kept) and elsewhere.exists()
+    assert "removed 2 temporary file(s) left by killed saves" in capsys.readouterr().err
+    assert checkpoint.load_checkpoint(ckpt_dir / "last.pt")["step"] == 1
+    (ckpt_dir / ".last.pt.k1ll3d_2.tmp").write_bytes(b"x")
+    os.utime(ckpt_dir / ".last.pt.k1ll3d_2.tmp", (past, past))
+    checkpoint.save_checkpoint(ckpt_dir / "last.pt", {"step": torch.tensor(2)})  # swept once per process
+    assert (ckpt_dir / ".last.pt.k1ll3d_2.tmp").exists()
