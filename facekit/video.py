@@ -377,6 +377,21 @@ def _default_capture(target, timeout_s: float):
     return cv2.VideoCapture(target)
 
 
+OPEN_GRACE_S = 3.0  # extra wait for an open that overran its timeout to return (see open_capture)
+_ABANDONED_OPENS: list[threading.Thread] = []  # open threads still inside OpenCV after the grace
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once with ``code`` (an ``atexit`` hook): a thread still inside OpenCV's open would
+    abort the interpreter's shutdown in C++ (exit 134, after the clear error message)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
     """Open ``source`` within ``timeout_s`` seconds.
 
@@ -404,6 +419,13 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
     th.start()
     th.join(timeout_s)
     if th.is_alive():
+        # OpenCV's FFmpeg open has the same timeout of its own: let it return, so that the thread is
+        # not inside OpenCV's C++ code when the interpreter exits (that aborts: exit 134)
+        th.join(OPEN_GRACE_S)
+        if th.is_alive():
+            _ABANDONED_OPENS.append(th)
+        elif box.get("cap") is not None:
+            box["cap"].release()
         raise VideoReadError(f"{source.spec}: could not open the {source.kind} within {timeout_s:g} s "
                              "(unreachable stream or camera?)")
     if "error" in box:
@@ -1936,6 +1958,10 @@ def run_cli(args: argparse.Namespace) -> int:
                       queue_size=args.queue_size, progress=not args.no_progress,
                       identity_gallery=args.gallery, identity_threshold=args.gallery_threshold,
                       identity_crops=args.identity_crops, identity_source=args.identity_source)
+    try:  # facekit reports what failed in one line; OpenCV's own warnings (stream timeouts) only repeat it
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:
+        pass
     with StopSignals():
         try:
             res = process_video(args.input, args.output_dir, cfg)
@@ -1946,6 +1972,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 print(f"facekit video: stopped by {stop.signame} after {stop.result.frames} frames; outputs "
                       f"finalised in {stop.result.output_dir}", file=sys.stderr)
             return stop.exit_code  # 143 for SIGTERM, 130 for SIGINT (128 + signal number)
+        except FacekitError:
+            if any(t.is_alive() for t in _ABANDONED_OPENS):
+                import atexit
+
+                atexit.register(_exit_now, 1)  # after facekit.cli has printed the error line
+            raise
     summary = {k: getattr(res, k) for k in ("frames", "fps", "tracks", "dropped", "reconnects", "truncated",
                                             "flicker", "stage_ms")}
     summary["fps"] = round(summary["fps"], 2)

@@ -252,6 +252,10 @@ CASES = [
      ["--open-timeout", "'-1'"]),
     ("video-gallery-threshold", ["video", "{T}/in.mp4", "{T}/out", "--gallery-threshold", "5"], {}, 2,
      ["--gallery-threshold", "[-1, 1]"]),
+    # a stream that accepts the connection and never answers: the timeout message, exit 1 (it used to
+    # abort in C++ at exit, 134, because the open thread was still inside OpenCV)
+    ("video-stream-never-answers", ["video", "rtsp://127.0.0.1:{PORT}/x", "{T}/out-rtsp", "--enhancer", "none",
+                                    "--open-timeout", "1"], {}, 1, ["rtsp://127.0.0.1:", "within 1 s"]),
     # identify options (argparse: exit 2; the device: exit 1, before the gallery is enrolled)
     ("identify-top-k-zero", ["identify", "{T}/gallery", "{T}/probes", "--top-k", "0"], {}, 2, ["--top-k", "'0'"]),
     ("identify-threshold-five", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "5"], {}, 2,
@@ -356,7 +360,7 @@ def _build_bad_names(t: Path) -> bool:
 
 
 # run as plain ``python -m facekit`` subprocesses too (the helper must behave like the real CLI)
-REAL_SUBPROCESS = ("train-name-dotdot", "video-queue-size-zero")
+REAL_SUBPROCESS = ("train-name-dotdot", "video-queue-size-zero", "video-stream-never-answers")
 
 
 def _yaml_base(tmp: Path) -> str:
@@ -365,6 +369,21 @@ def _yaml_base(tmp: Path) -> str:
         v = v.replace("{T}", str(tmp)) if isinstance(v, str) else v
         lines.append(f"{k}: {json.dumps(v)}")
     return "\n".join(lines) + "\n"
+
+
+_SERVER: list = []
+
+
+def _silent_server():
+    """A listening TCP socket that never accepts: the kernel completes the handshake, nothing answers."""
+    import socket
+
+    if not _SERVER:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        _SERVER.append(sock)
+    return _SERVER[0]
 
 
 def _tiny_stage(**changes) -> dict:
@@ -469,7 +488,7 @@ def _build_corpus(root: Path) -> tuple[Path, Path, list[dict]]:
         for a in argv:
             if a.startswith("{cfg:"):
                 a = str(t / f"{a[5:-1]}.yaml")
-            args.append(a.replace("{T}", str(t)))
+            args.append(a.replace("{T}", str(t)).replace("{PORT}", str(_silent_server().getsockname()[1])))
         cases.append({"id": cid, "argv": args, "env": env, "cwd": str(work / "cwd"), "timeout": CASE_TIMEOUT_S})
     if _build_bad_names(t):
         bad = os.fsdecode(BAD_NAME)  # the str Python makes of such a name (surrogate escapes)
