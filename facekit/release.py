@@ -201,9 +201,10 @@ def training_faces_sample(cfg: dict, n: int = LOCUS_FACES, seed: int = 0) -> np.
     return train[np.sort(pick)]
 
 
-def prepare_for_release(net, info: dict, relight: bool = True) -> dict:
+def prepare_for_release(net, info: dict, relight: bool = True, luma_detail_only: bool = False) -> dict:
     """Arch kwargs for the released stage; a ``faithful`` generator gets its relight locus fitted
-    on the run's training faces and the (explicit, switchable) relight step turned on.
+    on the run's training faces and the (explicit, switchable) relight step turned on, and with
+    ``luma_detail_only`` its chroma detail switched off (the output's colour is then the input's).
 
     Returns:
         The kwargs to save with the stage.
@@ -215,11 +216,17 @@ def prepare_for_release(net, info: dict, relight: bool = True) -> dict:
         set_locus(net, fit_locus(training_faces_sample(info["config"])))
         net.relight = bool(relight)
         kwargs["relight"] = bool(relight)
+        if luma_detail_only:
+            net.chroma_detail = False
+            kwargs["chroma_detail"] = False
+    elif luma_detail_only:
+        raise ConfigError(f"luma_detail_only needs a faithful generator, not {info['arch']!r}")
     return kwargs
 
 
 def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", val_faces=None,
-                 allow_unfinished: bool = False, half: bool = True) -> tuple[Path, dict]:
+                 allow_unfinished: bool = False, half: bool = True,
+                 luma_detail_only: bool = False) -> tuple[Path, dict]:
     """Write a run's generator as a ``reconstruct`` chain stage.
 
     Args:
@@ -234,6 +241,7 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
             for evaluation; never a release).
         half: store the parameters as float16 (half the file, so a release stays small in git;
             they run in float32 after loading, and the card's numbers are measured on them).
+        luma_detail_only: see :func:`prepare_for_release`.
 
     Returns:
         ``(path, info)`` with info from :func:`facekit.checkpoint.load_generator` plus ``summary``,
@@ -259,7 +267,7 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
         if val["raw"]["psnr"] > val["ema"]["psnr"]:
             net, chosen = raw, "raw"
     in_size = release_size(cfg) // int(cfg["scale"])
-    info["kwargs"] = prepare_for_release(net, info)
+    info["kwargs"] = prepare_for_release(net, info, luma_detail_only=luma_detail_only)
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
                extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
                       "weights": chosen, "val": val, "stored_dtype": "float16" if half else "float32"},
@@ -458,7 +466,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                 sample_size: int | None = None, identity_nets=("sface", "dlib"), n_boot: int = 1000,
                 progress: bool = True, faces=None, weights: str = "best", val_faces=None,
                 probe_people: int = 20, ood_suite: bool = True, ood_limit: int | None = None,
-                ood_sources=None, accept_failing: str | None = None, half: bool = True) -> dict:
+                ood_sources=None, accept_failing: str | None = None, half: bool = True,
+                luma_detail_only: bool = False) -> dict:
     """Export a run as a chain folder, measure it on the held-out test split, write its model card.
 
     Args:
@@ -484,6 +493,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         accept_failing: a reason to make the default despite failing *gain* targets (see
             :func:`_promote`); no-harm targets are never waived. Written on the card.
         half: float16 parameters in the stage files (see :func:`export_stage`).
+        luma_detail_only: release a faithful generator with its chroma detail off (see
+            :func:`prepare_for_release`); written on the card.
 
     Returns:
         The report dict written to ``report.json``.
@@ -519,7 +530,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                           f"move the teacher to its own folder (and point distill_from there) first")
     teacher_sha = _sha256(teacher)  # before the export: the checkpoint's copy of the path may be stale
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces, half=half)
+    stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces, half=half,
+                                    luma_detail_only=luma_detail_only)
     size_mb = stage_path.stat().st_size / 2**20
     if size_mb > MAX_MODEL_MB:
         raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
@@ -955,6 +967,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accept-failing", metavar="REASON", default=None,
                         help="make the default despite failing gain targets (rank-1 ratio), with this reason "
                              "written on the card; no-harm targets (below bicubic, colour, grey) are never waived")
+    parser.add_argument("--luma-detail-only", action="store_true",
+                        help="faithful generator: add luma detail only (chroma detail off), so every output "
+                             "colour comes from the input")
     parser.add_argument("--fp32-weights", action="store_true",
                         help="store the released parameters as float32 (default float16: half the file)")
     parser.add_argument("--no-progress", action="store_true")
@@ -971,7 +986,8 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_model_dir()
     report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
                          progress=not args.no_progress, weights=args.weights, accept_failing=args.accept_failing,
-                         ood_limit=args.ood_limit, half=not args.fp32_weights)
+                         ood_limit=args.ood_limit, half=not args.fp32_weights,
+                         luma_detail_only=args.luma_detail_only)
     print(out / "TRAINING.md")
     print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
     return 0

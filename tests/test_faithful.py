@@ -189,3 +189,20 @@ def test_onnx_export_matches_torch_with_relight_on(tmp_path):
         want = net(x).numpy()
     assert np.abs(got - want).max() < 1e-4
     assert np.ptp(got[1], axis=0).max() == 0.0
+
+
+def test_chroma_detail_off_adds_the_same_detail_to_every_channel():
+    net = _net()
+    lq = _faces(3)
+    with torch.no_grad():
+        full = net(lq)
+        net.chroma_detail = False
+        luma = net(lq)
+    base = F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)
+    d = luma - base
+    assert d.abs().max() > 1e-3  # detail is still added ...
+    assert (d - d[:, :1]).abs().max() < 1e-5  # ... equally to R, G and B: no colour from the network
+    assert (full - luma).abs().max() > 1e-3  # (the chroma detail was there before)
+    # the same weights load into either setting (a release-time switch)
+    other = build_model("faithful", base=8, depth=2, max_channels=16, res_blocks=1, chroma_detail=False)
+    other.load_state_dict(net.state_dict())

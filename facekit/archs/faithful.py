@@ -72,6 +72,9 @@ class FaithfulGenerator(_UNetBody):
             larger lets the network change broader structure (denoising, deblurring), smaller
             ties the output more tightly to the input.
         chroma: predict chroma detail (gated off on grey inputs); False = luma only.
+        chroma_detail: with ``chroma``, whether the chroma detail is added (a release-time switch,
+            like ``relight``: False keeps the trained weights but adds luma detail only, so every
+            output colour comes from the input).
         relight: apply the explicit relight pre-step (:func:`facekit.relight.relight`) with the
             fitted locus buffers. Off in training; the released stage turns it on.
     """
@@ -79,7 +82,8 @@ class FaithfulGenerator(_UNetBody):
     any_size = True  # fully convolutional and scale-consistent: runs at a face's own input size
 
     def __init__(self, scale: int = 4, base: int = 48, depth: int = 2, max_channels: int = 192,
-                 res_blocks: int = 2, lowpass_sigma: float = 1.0, chroma: bool = True, relight: bool = False):
+                 res_blocks: int = 2, lowpass_sigma: float = 1.0, chroma: bool = True, relight: bool = False,
+                 chroma_detail: bool = True):
         super().__init__()
         if not 1 <= int(scale) <= 8:
             raise ConfigError(f"scale must be between 1 and 8, got {scale!r}")
@@ -91,6 +95,7 @@ class FaithfulGenerator(_UNetBody):
         self.scale = int(scale)
         self.chroma = bool(chroma)
         self.relight = bool(relight)
+        self.chroma_detail = bool(chroma_detail)
         chs = [min(int(base) * 2 ** i, int(max_channels)) for i in range(int(depth) + 1)]
         self._build_body(3, chs, "resize")
         self.res = nn.Sequential(*[_ResBlock(chs[0]) for _ in range(int(res_blocks))])
@@ -127,10 +132,12 @@ class FaithfulGenerator(_UNetBody):
         """The RGB residual (before high-passing) for ``lq`` ``(N,3,h,w)`` -> ``(N,3,h*s,w*s)``."""
         x, _ = self._body_any_size(lq)
         ycc = F.pixel_shuffle(self.tail(self.res(x)), self.scale)  # (N, n_out, H, W)
-        if self.chroma:
+        if self.chroma and not self.chroma_detail:
+            ycc = ycc[:, :1]
+        elif self.chroma:
             colour = (~is_gray(lq)).to(ycc.dtype).view(-1, 1, 1, 1)
             ycc = torch.cat([ycc[:, :1], ycc[:, 1:] * colour], dim=1)
-        return torch.einsum("ck,nkhw->nchw", self.ycc.to(ycc.dtype), ycc)
+        return torch.einsum("ck,nkhw->nchw", self.ycc[:, : ycc.shape[1]].to(ycc.dtype), ycc)
 
     def forward(self, lq: torch.Tensor, out_size: tuple[int, int] | int | None = None) -> torch.Tensor:
         """Restore ``lq`` ``(N,3,h,w)`` float in [0,1] -> ``(N,3,h*scale,w*scale)`` float (not clamped).
