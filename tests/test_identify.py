@@ -159,8 +159,10 @@ def test_identify_cli_on_tiny_folder(tmp_path, capsys):
     # reuse the saved gallery
     rc = main(["identify", str(saved), str(probes / "p_bob.pgm"), "--threshold", "0.3", "--csv", str(out)])
     assert rc == 0 and list(csv.DictReader(out.open()))[0]["identity"] == "bob"
-    assert main(["identify", str(gal), str(probes), "--threshold", "high"]) == 1
-    assert "threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a bad option value is a usage error (issue 19)
+        main(["identify", str(gal), str(probes), "--threshold", "high"])
+    assert exit_info.value.code == 2
+    assert "--threshold" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_threshold(tmp_path):
