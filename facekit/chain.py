@@ -90,7 +90,7 @@ def build_stage_model(arch: str, kwargs: dict | None = None) -> torch.nn.Module:
 
 
 def save_stage(path: str | Path, name: str, model: torch.nn.Module, arch_kwargs: dict, arch: str | None = None,
-               in_size: int | None = None, extra: dict | None = None) -> Path:
+               in_size: int | None = None, extra: dict | None = None, half: bool = False) -> Path:
     """Write a stage checkpoint atomically (temp file + rename).
 
     Args:

@@ -188,9 +188,14 @@ def recorded_sha256(path: str | Path) -> str | None:
 
 
 def _non_finite(obj, where: str = "") -> str | None:
-    """Name (``key.key``) of the first floating-point tensor in ``obj`` holding NaN or inf, else None."""
+    """Name (``key.key``) of the first floating-point tensor in ``obj`` holding NaN or inf, else None.
+
+    An infinite one-element tensor is allowed: it is a deliberate sentinel, such as the faithful
+    generator's ``locus_radius`` before a relight locus is fitted (inf = touch no face).
+    """
     if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+        if obj.is_floating_point() and obj.numel() and (bool(torch.isnan(obj).any()) or (
+                obj.numel() > 1 and not bool(torch.isfinite(obj).all()))):
             return where or "tensor"
         return None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
