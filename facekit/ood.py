@@ -591,11 +591,10 @@ def plot_gains(df: pd.DataFrame, methods: list[str] | None = None, metric: str =
 
 
 def run_dir(name: str) -> Path:
-    """``DATA_DIR/runs/ood-<name>/`` (created); the name must be a plain folder name."""
+    """``DATA_DIR/runs/ood-<name>/`` (created); the name is checked by :func:`facekit.settings.check_name`."""
     from facekit import settings
 
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ConfigError(f"evaluation name {name!r} must be a plain folder name")
+    settings.check_name(name, "evaluation name")
     path = settings.DATA_DIR / "runs" / f"ood-{name}"
     path.mkdir(parents=True, exist_ok=True)
     return path

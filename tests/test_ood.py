@@ -92,8 +92,11 @@ def test_results_round_trip(tmp_path, orl_data):
 def test_bad_names_and_sources_are_refused():
     from facekit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="plain folder name"):
+    with pytest.raises(ConfigError, match="single folder name"):
         ood.run_dir("../x")
+    for bad in ("a b", "x\x00", "n" * 300, ".."):  # the settings layer's rule, as for every run name
+        with pytest.raises(ConfigError):
+            ood.run_dir(bad)
     with pytest.raises(ConfigError, match="valid"):
         ood.load_ood_data(("lfw",))
 
