@@ -419,13 +419,9 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
     th.start()
     th.join(timeout_s)
     if th.is_alive():
-        # OpenCV's FFmpeg open has the same timeout of its own: let it return, so that the thread is
-        # not inside OpenCV's C++ code when the interpreter exits (that aborts: exit 134)
-        th.join(OPEN_GRACE_S)
-        if th.is_alive():
-            _ABANDONED_OPENS.append(th)
-        elif box.get("cap") is not None:
-            box["cap"].release()
+        # the thread may still be inside OpenCV's C++ open; the CLI waits for it before exiting
+        # (an interpreter exit with a thread in there aborts: exit 134), see run_cli
+        _ABANDONED_OPENS.append(th)
         raise VideoReadError(f"{source.spec}: could not open the {source.kind} within {timeout_s:g} s "
                              "(unreachable stream or camera?)")
     if "error" in box:
@@ -1973,6 +1969,10 @@ def run_cli(args: argparse.Namespace) -> int:
                       f"finalised in {stop.result.output_dir}", file=sys.stderr)
             return stop.exit_code  # 143 for SIGTERM, 130 for SIGINT (128 + signal number)
         except FacekitError:
+            # OpenCV's FFmpeg open has a timeout of its own: give an overrun open a grace to return
+            deadline = time.monotonic() + OPEN_GRACE_S
+            for t in _ABANDONED_OPENS:
+                t.join(max(0.0, deadline - time.monotonic()))
             if any(t.is_alive() for t in _ABANDONED_OPENS):
                 import atexit
 

@@ -130,7 +130,11 @@ def test_sigkill_leaves_playable_temp_swept_next_run(long_clip, tmp_path):
     out = tmp_path / "out"
     proc = _start_and_wait_for_frames(long_clip, out)
     time.sleep(1.5)  # past the first keyframe interval (one fragment per second of video)
-    for kid in _children(proc.pid):  # the ffmpeg encoders first, so that none can finish its file
+    # freeze the run first, so that it cannot react to its encoders dying (on a loaded machine it
+    # would finalise the output before its own SIGKILL arrives); then the encoders, so that none can
+    # finish its file; then the run
+    os.kill(proc.pid, signal.SIGSTOP)
+    for kid in _children(proc.pid):
         os.kill(kid, signal.SIGKILL)
     proc.kill()
     proc.communicate(timeout=30)
