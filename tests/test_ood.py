@@ -56,6 +56,7 @@ def test_suite_flags_a_constant_face_restorer_in_every_cell(orl_data):
     results = {r.target.split(" ")[0].rstrip(","): r for r in ood.check_targets(df, "constant")}
     assert not results["PSNR"].passed
     assert "0/7 cells" in results["PSNR"].value
+    assert not results["no"].passed and "0/8 cells" in results["no"].value  # every cell, grey included
     grey = [r for r in ood.check_targets(df, "constant") if r.target.startswith("grey")][0]
     assert grey.passed  # a constant grey face is grey; the colour-cast check below is the converse
     md = ood.markdown_gain_table(df, "constant")
@@ -125,3 +126,17 @@ def test_embedding_cache_returns_what_a_fresh_run_computes(tmp_path, orl_data):
         f.write_bytes(b"junk")
     redone = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
     assert redone.attrs["embeddings_computed"] == first.attrs["embeddings_computed"]  # as with an empty cache
+
+
+def test_a_loss_outside_the_16px_target_cells_still_fails_the_no_harm_target(orl_data):
+    bicubic = build_method("bicubic")
+
+    def worse_on_big_faces(lq, size):  # bicubic, except that 24 px inputs come back featureless
+        return _constant(lq, size) if lq.shape[-1] == 24 else bicubic(lq, size)
+
+    cells = [ood.Cell("medium"), ood.Cell("medium", size=24)]
+    df = ood.evaluate_ood({"bicubic": bicubic, "big": worse_on_big_faces}, orl_data, cells,
+                          identity_nets=("sface",), progress=False)
+    results = {r.target.split(":")[0]: r for r in ood.check_targets(df, "big")}
+    assert results["PSNR, SSIM and SFace margin above bicubic in every source x lighting/framing cell"].passed
+    assert not results["no cell below bicubic"].passed and "medium/24px" in results["no cell below bicubic"].value
