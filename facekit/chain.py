@@ -20,6 +20,7 @@ run with ONNX Runtime; matches PyTorch to ~1e-6) and ``auto`` (measures both on 
 from __future__ import annotations
 
 import hashlib
+import json
 import inspect
 import os
 import tempfile
@@ -331,7 +332,8 @@ class RestorationChain:
         stages: the stages, in order (membership and order are the caller's choice).
         device: torch device for the torch backend (ONNX Runtime runs on CPU).
         backend: "torch", "onnx" (stages exported to ONNX and run with ONNX Runtime), or "auto"
-            (time both on one batch and keep the faster; see :attr:`timings`).
+            (time both on one batch and keep the faster; see :attr:`timings`; the choice is stored
+            in a given ``onnx_dir`` and reused, :attr:`backend_from_cache`).
         onnx_dir: where exported stage files go; files are named by a digest of the weights, so
             a folder can be reused as a cache (default: a temporary folder).
         threads: intra-op threads for ONNX Runtime, and for torch when given (default:
@@ -366,6 +368,7 @@ class RestorationChain:
         self.backend = "torch"
         self.requested_backend = backend
         self.timings: dict[str, float] = {}
+        self.backend_from_cache = False  # "auto" reused a stored choice (see _pick_faster)
         self.onnx_dir = Path(onnx_dir) if onnx_dir else None
         self._onnx: dict[tuple[str, int, int], OnnxModule] = {}
         self._digests: dict[str, str] = {}
@@ -423,7 +426,23 @@ class RestorationChain:
         return {f"{n}@{h}x{w}": m.path for (n, h, w), m in self._onnx.items()}
 
     def _pick_faster(self, batch: int) -> str:
+        """Time both backends on one batch and return the faster; with a persistent ``onnx_dir`` the
+        choice is stored there (``backend-choice.json``, keyed by the weights' digests, input side,
+        batch and threads), so later chains reuse it instead of timing on every start."""
         size = self.in_size
+        key = "-".join(self._digests[s.name] for s in self.stages) + f"-{size}px-b{batch}-t{self.threads}"
+        cache = None if getattr(self, "_tmp", None) is not None else self.onnx_dir / "backend-choice.json"
+        known = {}
+        if cache is not None:
+            try:
+                known = json.loads(cache.read_text())
+                entry = known[key]
+                if entry["backend"] in ("torch", "onnx"):
+                    self.timings = {k: float(v) for k, v in entry["timings"].items()}
+                    self.backend_from_cache = True
+                    return entry["backend"]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                known = known if isinstance(known, dict) else {}
         x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         for backend in ("torch", "onnx"):
             self.backend = backend
@@ -434,7 +453,16 @@ class RestorationChain:
                 self(x)
                 best = min(best, time.perf_counter() - t0)
             self.timings[backend] = best
-        return min(self.timings, key=self.timings.get)
+        choice = min(self.timings, key=self.timings.get)
+        if cache is not None:
+            known[key] = {"backend": choice, "timings": self.timings}
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(known, indent=1))
+                tmp.replace(cache)
+            except OSError:
+                pass  # a read-only cache folder: time again next start
+        return choice
 
     def _run_stage(self, stage: Stage, x: torch.Tensor, backend: str) -> torch.Tensor:
         if backend == "onnx":

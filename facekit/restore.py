@@ -960,7 +960,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files read, and faces restored, per batch (1-4096, default 32)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                         help="inference backend for faces at the chain's input size (other sizes run in "
-                             "torch); auto measures both and keeps the faster (default)")
+                             "torch); auto measures both once per model, input size and thread count, keeps the faster "
+                             "and stores the choice beside the ONNX exports in DATA_DIR/onnx-cache (default)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

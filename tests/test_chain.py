@@ -124,6 +124,22 @@ def test_auto_backend_measures_both(ckpts, tmp_path):
     chain = load_chain(ckpts, order=["upscale"], backend="auto", onnx_dir=tmp_path, auto_batch=2)
     assert set(chain.timings) == {"torch", "onnx"} and all(t > 0 for t in chain.timings.values())
     assert chain.backend == min(chain.timings, key=chain.timings.get)
+    assert not chain.backend_from_cache
+    # the choice is stored beside the ONNX files and reused: a second start does not time again
+    # (a stored choice that differs from what timing would give proves it is read, not re-measured)
+    import json
+
+    stored = json.loads((tmp_path / "backend-choice.json").read_text())
+    (key, entry), = stored.items()
+    other = "torch" if entry["backend"] == "onnx" else "onnx"
+    stored[key]["backend"] = other
+    (tmp_path / "backend-choice.json").write_text(json.dumps(stored))
+    again = load_chain(ckpts, order=["upscale"], backend="auto", onnx_dir=tmp_path, auto_batch=2)
+    assert again.backend_from_cache and again.backend == other and again.timings == entry["timings"]
+    # other settings are another key; a damaged file is timed again (and rewritten)
+    (tmp_path / "backend-choice.json").write_text("{not json")
+    third = load_chain(ckpts, order=["upscale"], backend="auto", onnx_dir=tmp_path, auto_batch=3)
+    assert not third.backend_from_cache and len(json.loads((tmp_path / "backend-choice.json").read_text())) == 1
 
 
 def test_wrong_checkpoint_for_stage_fails_clearly(ckpts, tmp_path):
