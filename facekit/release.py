@@ -862,7 +862,7 @@ def _ood_lines(ood_report: dict | None) -> list[str]:
     if ood_report.get("waived"):
         w = ood_report["waived"]
         lines += [f"**Made the default with failing gain target(s) waived**: {'; '.join(w['targets'])}. "
-                  f"Reason given: {w['reason']} Every no-harm target holds.", ""]
+                  f"Reason given: {w['reason'].rstrip().rstrip('.')}. Every no-harm target holds.", ""]
     if ood_report.get("colour_medium"):
         colour = pd.DataFrame(ood_report["colour_medium"])[["group", "method", "n", "dE", "dL", "psnr", "id_sface_margin"]]
         lines += ["Colour fidelity per skin-tone group (UTKFace eval, medium light): dE of the face region's mean "
