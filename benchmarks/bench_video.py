@@ -24,6 +24,13 @@ released ``unet_lr`` chain: Pexels 640x360 27.2 fps detecting every frame, 34.7 
 Measured 2026-12-02, --threads 2 --max-frames 300, both cores free, enhancer auto = the new default
 (the 11 MMAC distilled ``celeba-realtime-student``): Pexels 34.6 fps detecting every frame, 53.1 every
 3rd (enhance 2.9 ms per frame; detection, 22 ms, is now the bottleneck); vtest 33.4 / 55.9 fps.
+
+Measured 2026-12-03, --threads 2 --max-frames 300 --detect-every 1, no other work running, enhancer
+auto = the faithful ``faithful-ms`` default (luma detail, relight): Pexels 24.0 fps (enhance 6.4 ms,
+detect 31 ms per frame), vtest 24.7 fps; back to back with ``--enhancer model:`` the previous
+11 MMAC default: Pexels 25.9 fps (enhance 3.2 ms, detect 31 ms), vtest 27.6 fps. Detection took 31
+ms per frame that day against 22 ms on 2026-12-02, so both numbers are lower than before; the new
+default misses the 25 fps floor on this clip by 4%.
 """
 
 from __future__ import annotations
