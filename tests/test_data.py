@@ -342,3 +342,23 @@ def test_concurrent_cache_writers_do_not_collide(tmp_path, monkeypatch):
     fdata.save_cache(cache, images[:5], manifest[:5], {"v": 2})
     assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-0000.npz"]
     np.testing.assert_array_equal(fdata.load_cache(cache, {"v": 2})[0], images[:5])
+
+
+def test_links_and_unsupported_formats_get_a_manifest_line(tmp_path):
+    for person in range(1, 4):
+        shutil.copy(_orl_file(person, 1), tmp_path / f"p{person}.pgm")
+    Image.new("RGB", (32, 32), (90, 60, 40)).save(tmp_path / "anim.gif")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    faces = fdata.load_faces(f"folder:{tmp_path}", size=32, cache=False, progress=False)
+    assert len(faces) == 3
+    skipped = faces.skipped.set_index(faces.skipped["path"].map(lambda p: p.rsplit("/", 1)[-1]))
+    assert skipped.loc["anim.gif", "reason"].startswith("unsupported image format (.gif)")
+    assert skipped.loc["gone.png", "reason"] == "broken symbolic link (its target does not exist)"
+    assert skipped.loc["loop.jpg", "reason"] == "symbolic link loop"
+    # a folder of nothing readable names what it found instead of "no images"
+    only = tmp_path / "only"
+    only.mkdir()
+    Image.new("RGB", (8, 8)).save(only / "a.gif")
+    with pytest.raises(DataSourceError, match=r"1 unreadable: a.gif: unsupported image format"):
+        fdata.load_faces(f"folder:{only}", cache=False, progress=False)
