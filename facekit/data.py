@@ -16,13 +16,14 @@ file that could not be used (and why) in the manifest rather than dropping it si
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import importlib.util
 import json
-import errno
 import os
 import re
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -302,22 +303,36 @@ def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None
     if not cap.isOpened():
         cap.release()
         raise VideoReadError(f"{path}: cannot open as a video (corrupt, truncated or unsupported codec)")
-    index, yielded = 0, 0
+    index, yielded, ended = 0, 0, False
+    announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
         while max_frames is None or yielded < max_frames:
             if index % every == 0:
                 ok, frame = cap.read()
                 if not ok:
+                    ended = True
                     break
                 yield index, to_rgb_uint8(frame, source=f"{path}#frame={index}", bgr=frame.ndim == 3)
                 yielded += 1
             elif not cap.grab():
+                ended = True
                 break
             index += 1
     finally:
         cap.release()
     if yielded == 0:
         raise VideoReadError(f"{path}: no readable frame (empty or truncated video)")
+    if ended and announced > index + 1:  # containers may count one frame more than they hold
+        warnings.warn(TruncatedVideoWarning(path, index, announced), stacklevel=2)
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video ended before the frame count its header announces (truncated or damaged file)."""
+
+    def __init__(self, path: Path, read: int, announced: int):
+        self.path, self.read, self.announced = path, int(read), int(announced)
+        super().__init__(f"{printable_path(path)}: the video ends after {self.read} of the {self.announced} frames "
+                         "its header announces (truncated or damaged file)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,15 +393,24 @@ def ingest(spec: SourceSpec, size: int, align: str, margin: float = 0.15, limit:
     if spec.kind == "video":
         # A frame may hold several faces (or none): keep all and record empty frames.
         frames = iter_video_frames(spec.path, every=video_every, max_frames=limit)
-        for index, frame in tqdm(frames, desc=f"frames of {printable_path(spec.path.name)}", disable=not progress, unit="frame"):
-            name = f"{spec.path}#frame={index}"
-            got, reason = _crop_faces(frame, "landmarks" if align == "none" else align, size, margin,
-                                      detector or FaceDetector(), "all")
-            if not got:
-                rows.append(_row(name, "", "skipped", reason))
-            for k, (crop, det) in enumerate(got):
-                crops.append(crop)
-                rows.append(_row(f"{name}&face={k}", "", "ok", "", det))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncatedVideoWarning)
+            for index, frame in tqdm(frames, desc=f"frames of {printable_path(spec.path.name)}", disable=not progress,
+                                     unit="frame"):
+                name = f"{spec.path}#frame={index}"
+                got, reason = _crop_faces(frame, "landmarks" if align == "none" else align, size, margin,
+                                          detector or FaceDetector(), "all")
+                if not got:
+                    rows.append(_row(name, "", "skipped", reason))
+                for k, (crop, det) in enumerate(got):
+                    crops.append(crop)
+                    rows.append(_row(f"{name}&face={k}", "", "ok", "", det))
+        for w in caught:  # a truncated video: one manifest line for the frames that never came, and the warning
+            if isinstance(w.message, TruncatedVideoWarning):
+                t = w.message
+                rows.append(_row(f"{spec.path}#frames={t.read}-{t.announced - 1}", "", "skipped",
+                                 f"missing: the file ends after {t.read} of {t.announced} frames (truncated or damaged)"))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     else:
         if items is None:
             items = list_items(spec)[:limit]

@@ -362,3 +362,21 @@ def test_links_and_unsupported_formats_get_a_manifest_line(tmp_path):
     Image.new("RGB", (8, 8)).save(only / "a.gif")
     with pytest.raises(DataSourceError, match=r"1 unreadable: a.gif: unsupported image format"):
         fdata.load_faces(f"folder:{only}", cache=False, progress=False)
+
+
+def test_truncated_video_is_ingested_with_a_warning_and_a_manifest_line(tmp_path):
+    clip = tmp_path / "clip.avi"
+    face = cv2.cvtColor(cv2.imread(str(_orl_file(1, 1)), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
+    frame = cv2.copyMakeBorder(cv2.resize(face, (184, 224)), 8, 8, 68, 68, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (frame.shape[1], frame.shape[0]))
+    for _ in range(40):
+        w.write(frame)
+    w.release()
+    whole = fdata.load_faces(f"video:{clip}", size=32, video_every=5, cache=False, progress=False)
+    assert not whole.skipped["reason"].str.startswith("missing").any()  # an intact file: no such line
+    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    with pytest.warns(fdata.TruncatedVideoWarning, match=r"clip.avi: the video ends after \d+ of the 40 frames"):
+        cut = fdata.load_faces(f"video:{clip}", size=32, video_every=5, cache=False, progress=False)
+    assert 0 < len(cut) < len(whole)
+    line = cut.skipped[cut.skipped["reason"].str.startswith("missing")]
+    assert len(line) == 1 and "of 40 frames (truncated or damaged)" in line["reason"].iloc[0]
