@@ -45,7 +45,8 @@ def _temps(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> Path:
     """A clip long enough to still be running when the signal arrives: single_face.mp4 looped 3x
-    (or, without the shared data, a synthetic 240-frame clip with a moving bright blob)."""
+    (or, without the shared data, a synthetic 1,800-frame clip with a moving bright blob: it holds no
+    face, so it runs fast, and a shorter one could finish before the signal on a fresh clone)."""
     out = tmp_path_factory.mktemp("clip") / "long.mp4"
     src = shared_path("data", "video", "single_face.mp4")
     frames = []
@@ -59,7 +60,7 @@ def long_clip(tmp_path_factory) -> Path:
         cap.release()
         frames = frames * 3
     if not frames:
-        for i in range(240):
+        for i in range(1800):
             f = np.full((240, 320, 3), 40, np.uint8)
             cv2.circle(f, (40 + i % 240, 120), 30, (200, 180, 160), -1)
             frames.append(f)
