@@ -550,8 +550,8 @@ def _fingerprint(spec: SourceSpec, items: list[Item] | None) -> str:
     files = [spec.path] if items is None else [Path(i.path) for i in items]
     for p in files:
         try:
-            st = p.lstat() if p.is_symlink() and not p.exists() else p.stat()  # a broken link has no target
-        except OSError:
+            st = p.stat()
+        except OSError:  # a broken link or link loop (listed as skipped)
             h.update(os.fsencode(f"{p}|unreadable\n"))
             continue
         h.update(os.fsencode(f"{p}|{st.st_size}|{int(st.st_mtime)}\n"))  # names need not be UTF-8
