@@ -1958,6 +1958,7 @@ def run_cli(args: argparse.Namespace) -> int:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
         pass
+    first_new = len(_ABANDONED_OPENS)  # only this run's overrun opens decide how the CLI exits
     with StopSignals():
         try:
             res = process_video(args.input, args.output_dir, cfg)
@@ -1971,9 +1972,10 @@ def run_cli(args: argparse.Namespace) -> int:
         except FacekitError:
             # OpenCV's FFmpeg open has a timeout of its own: give an overrun open a grace to return
             deadline = time.monotonic() + OPEN_GRACE_S
-            for t in _ABANDONED_OPENS:
+            mine = _ABANDONED_OPENS[first_new:]
+            for t in mine:
                 t.join(max(0.0, deadline - time.monotonic()))
-            if any(t.is_alive() for t in _ABANDONED_OPENS):
+            if any(t.is_alive() for t in mine):
                 import atexit
 
                 atexit.register(_exit_now, 1)  # after facekit.cli has printed the error line
