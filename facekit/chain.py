@@ -50,11 +50,14 @@ STAGE_FORMAT = "facekit-stage-v1"
 # The real-time chain's stage architectures (registry name, kwargs), chosen by measured speed on
 # 16-32 px faces (benchmarks/bench_restore.py): DeblurGAN-v2's FPN-MobileNetV2 at half width, a
 # shallow x1 U-Net that restores at the input size, and a narrow compact RRDBNet x4 (the RRDBNet
-# tail runs at the output size, so its width sets the cost).
+# tail runs at the output size, so its width sets the cost). The upscaler's convs replicate their
+# borders: with ESRGAN's zero padding a smoke-trained upscaler drew a dark frame round every face
+# (outer row at half the centre's brightness); replicate costs no measurable time.
 REALTIME_STAGES: dict[str, tuple[str, dict]] = {
     "deblur": ("deblurganv2", {"num_filters": 32, "num_filters_fpn": 64, "norm": "instance"}),
     "reconstruct": ("unet", {"scale": 1, "base": 16, "depth": 2}),
-    "upscale": ("rrdbnet_compact", {"num_feat": 16, "num_block": 2, "num_grow_ch": 16, "scale": 4}),
+    "upscale": ("rrdbnet_compact", {"num_feat": 16, "num_block": 2, "num_grow_ch": 16, "scale": 4,
+                                    "padding_mode": "replicate"}),
 }
 
 

@@ -348,3 +348,48 @@ def test_half_stage_file_is_smaller_and_restores_nearly_the_same(tmp_path):
     assert torch.equal(outs[0], ref)
     assert all(p.dtype == torch.float32 for p in Stage.from_checkpoint("reconstruct", half).model.parameters())  # runs in float32
     assert 0 < (outs[1] - ref).abs().max() < 2.0 / 255
+
+
+def _edge_gap(img: torch.Tensor, width: int = 4) -> tuple[float, float]:
+    """``(darkest edge-band mean - centre mean, largest |pixel - centre mean| in the edge band)``
+    of a ``(1,3,H,W)`` output, per channel, over the outer ``width`` rows and columns."""
+    h = img.shape[-1]
+    centre = img[..., h // 4: 3 * h // 4, h // 4: 3 * h // 4].mean(dim=(-2, -1), keepdim=True)
+    bands = [img[..., :width, :], img[..., -width:, :], img[..., :, :width], img[..., :, -width:]]
+    darkest = min(float((b.mean(dim=(-2, -1), keepdim=True) - centre).min()) for b in bands)
+    worst = max(float((b - centre).abs().max()) for b in bands)
+    return darkest, worst
+
+
+def test_realtime_upscaler_has_no_dark_border_on_constant_grey(tmp_path):
+    """Notebook 04's upscaled faces had a dark frame: ESRGAN's zero-padded convs, not yet trained
+    to undo it (outer row 0.25 for a 0.5 input). The real-time upscaler replicates its borders, so
+    a constant grey stays constant up to the last pixel, in PyTorch and after the ONNX export."""
+    from facekit.chain import REALTIME_STAGES, build_stage_model
+
+    arch, kwargs = REALTIME_STAGES["upscale"]
+    assert kwargs["padding_mode"] == "replicate"
+    torch.manual_seed(0)
+    net = build_stage_model(arch, kwargs).eval()
+    with torch.no_grad():  # weights far from init so borders would matter, centre output calibrated to the grey
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        grey = torch.full((1, 3, 16, 16), 0.5)
+        net.conv_last.bias.add_(0.5 - net(grey)[..., 32, 32].flatten())
+        out = net(grey)
+        zero_padded = build_stage_model(arch, {**kwargs, "padding_mode": "zeros"}).eval()
+        zero_padded.load_state_dict(net.state_dict())
+        out_zeros = zero_padded(grey)
+    assert abs(float(out[..., 32, 32].mean()) - 0.5) < 1e-5
+    darkest, worst = _edge_gap(out)
+    assert darkest > -1e-5 and worst < 1e-5, (darkest, worst)
+    # the same weights with zero padding: the border is off by far more, so the check has teeth
+    assert _edge_gap(out_zeros)[1] > 0.02
+    ckpt = save_stage(tmp_path / "upscale.pt", "upscale", net, kwargs, arch=arch, in_size=16)
+    chain = load_chain({"upscale": ckpt}, backend="onnx", onnx_dir=tmp_path / "onnx")
+    onnx_out = chain(grey).out
+    assert onnx_out.shape == (1, 3, 64, 64)
+    darkest, worst = _edge_gap(onnx_out)
+    assert darkest > -1e-4 and worst < 1e-4, (darkest, worst)
+    x = _faces(2, 16, seed=4)
+    assert (chain(x).out - chain(x, backend="torch").out).abs().max().item() < 1e-4

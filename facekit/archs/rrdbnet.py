@@ -108,12 +108,18 @@ class RRDBNet(nn.Module):
         num_feat: trunk width (64 in ESRGAN).
         num_block: number of RRDBs (23 in ESRGAN).
         num_grow_ch: growth channels of the dense blocks (32 in ESRGAN).
+        padding_mode: how every 3x3 conv pads its borders: ``"zeros"`` (ESRGAN's, needed for its
+            released weights) or ``"replicate"``. Zero padding makes the image border a dark edge
+            that the net must learn to undo; a briefly trained net does not, and its output has a
+            dark frame (notebook 04: a constant 0.5 input gave 0.25 on the outer row). With
+            ``"replicate"`` a constant input gives a constant output at every pixel.
 
     Forward:
         ``(N,num_in_ch,h,w)`` float32 in ``[0,1]`` -> ``(N,num_out_ch,scale*h,scale*w)``, unclamped.
     """
 
     SCALES = (1, 2, 4)
+    PADDING_MODES = ("zeros", "replicate")
 
     def __init__(
         self,
@@ -123,8 +129,11 @@ class RRDBNet(nn.Module):
         num_feat: int = 64,
         num_block: int = 23,
         num_grow_ch: int = 32,
+        padding_mode: str = "zeros",
     ):
         super().__init__()
+        if padding_mode not in self.PADDING_MODES:
+            raise ConfigError(f"RRDBNet padding_mode={padding_mode!r}: valid: {', '.join(self.PADDING_MODES)}")
         if scale not in self.SCALES:
             raise ConfigError(f"RRDBNet scale must be one of {self.SCALES}, got {scale!r}")
         for name, value in (("num_feat", num_feat), ("num_block", num_block), ("num_grow_ch", num_grow_ch)):
@@ -141,6 +150,11 @@ class RRDBNet(nn.Module):
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(LRELU_SLOPE, inplace=True)
+        self.padding_mode = padding_mode
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                # nn.Conv2d keeps its padding amounts for any mode; the attribute picks the fill.
+                module.padding_mode = padding_mode
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d, bool]]:
         """Return every conv in execution order as ``(name, conv, followed_by_leaky_relu)``.
@@ -191,8 +205,9 @@ class CompactRRDBNet(RRDBNet):
         num_feat: int = 32,
         num_block: int = 2,
         num_grow_ch: int = 16,
+        padding_mode: str = "zeros",
     ):
-        super().__init__(num_in_ch, num_out_ch, scale, num_feat, num_block, num_grow_ch)
+        super().__init__(num_in_ch, num_out_ch, scale, num_feat, num_block, num_grow_ch, padding_mode)
 
 
 class SRVGGNetCompact(nn.Module):
