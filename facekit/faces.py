@@ -130,7 +130,63 @@ def template(size: int, margin: float = 0.15) -> np.ndarray:
     return ((norm / (1.0 + 2.0 * margin)) + 0.5) * float(size)
 
 
-def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = 64, margin: float = 0.15) -> np.ndarray:
+BORDER_MODES = ("replicate", "soft")
+# "soft" fill, relative to the crop's side in source pixels: the blur that hides mirrored structure,
+# and the distance outside the image over which the fill fades to the image's median colour.
+SOFT_BLUR = 0.06
+SOFT_FADE = 0.25
+
+
+def _soft_border_source(src: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``src`` a crop reads, extended past the image border without streaks.
+
+    A crop that reaches beyond the image (ORL's 92x112 photos are narrower than the ArcFace
+    framing with margin: about 40% of every 64-px crop lies outside) needs pixels that do not
+    exist. Replicating the edge draws streaks (the "smeared bands" of notebook 01) and a plain
+    mirror copies eyes and ears into the band. As FFHQ's alignment does: mirror, then blur more
+    and fade to the image's median colour the further a pixel is from the image.
+
+    Args:
+        src: ``(H,W,3) uint8`` image.
+        matrix: ``(2,3)`` map from ``src`` pixels to crop pixels.
+        size: crop side.
+
+    Returns:
+        ``(patch, patch_matrix)``: ``src`` itself and ``matrix`` when the crop lies inside the
+        image (nothing changes), else a ``uint8`` patch covering the crop's footprint (2 px spare)
+        and the map from patch pixels to crop pixels.
+    """
+    h, w = src.shape[:2]
+    inv = cv2.invertAffineTransform(matrix)
+    corners = inv @ np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64).T
+    x0, y0 = np.floor(corners.min(axis=1)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(axis=1)).astype(int) + 2
+    if x0 >= 0 and y0 >= 0 and x1 <= w - 1 and y1 <= h - 1:
+        return src, matrix
+    # the image part of the footprint (at least one pixel, even for a crop wholly outside)
+    ix0, iy0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
+    ix1, iy1 = max(min(x1, w - 1), ix0), max(min(y1, h - 1), iy0)
+    region = src[iy0:iy1 + 1, ix0:ix1 + 1]
+    left, top = ix0 - x0, iy0 - y0
+    right, bottom = x1 - ix1, y1 - iy1
+    mode = cv2.BORDER_REFLECT_101 if min(region.shape[:2]) > 1 else cv2.BORDER_REPLICATE
+    patch = cv2.copyMakeBorder(region, top, bottom, left, right, mode).astype(np.float32)
+    side = float(size) / np.sqrt(abs(np.linalg.det(matrix[:, :2])))  # crop side in source pixels
+    ys, xs = np.ogrid[:patch.shape[0], :patch.shape[1]]
+    dx = np.maximum(np.maximum(left - xs, xs - (left + region.shape[1] - 1)), 0)
+    dy = np.maximum(np.maximum(top - ys, ys - (top + region.shape[0] - 1)), 0)
+    t = np.clip(np.maximum(dx, dy) / (SOFT_FADE * side), 0.0, 1.0)[..., None].astype(np.float32)
+    blurred = cv2.GaussianBlur(patch, (0, 0), sigmaX=max(SOFT_BLUR * side, 0.5), borderType=cv2.BORDER_REFLECT_101)
+    patch += (blurred - patch) * np.clip(3.0 * t, 0.0, 1.0)  # full blur a third of the way out
+    median = np.median(region.reshape(-1, region.shape[-1]), axis=0).astype(np.float32)
+    patch += (median - patch) * t
+    moved = matrix.astype(np.float64).copy()
+    moved[:, 2] += moved[:, :2] @ np.array([x0, y0], np.float64)  # patch pixel (0,0) is image pixel (x0,y0)
+    return np.clip(np.rint(patch), 0, 255).astype(np.uint8), moved
+
+
+def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = 64, margin: float = 0.15,
+               border: str = "replicate") -> np.ndarray:
     """Warp a face to the canonical five-point template by a similarity transform.
 
     Args:
@@ -138,10 +194,15 @@ def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = 64, margin: f
         landmarks: ``(5, 2)`` float32 landmarks in image pixels.
         size: output side.
         margin: see :func:`template`.
+        border: fill where the crop reaches beyond the image: ``"replicate"`` (the edge pixels,
+            streaks) or ``"soft"`` (mirrored, blurred and faded to the image's median colour;
+            see :func:`_soft_border_source`). Crops inside the image are identical in both.
 
     Returns:
         ``(size,size,3) uint8`` aligned crop.
     """
+    if border not in BORDER_MODES:
+        raise FacekitError(f"unknown border fill {border!r}; valid: {', '.join(BORDER_MODES)}")
     dst = template(size, margin)
     matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), dst, method=cv2.LMEDS)
     if matrix is None:  # degenerate landmarks (all collinear); fall back to a least-squares fit
@@ -157,6 +218,8 @@ def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = 64, margin: f
                          interpolation=cv2.INTER_AREA)
         matrix = matrix.copy()
         matrix[:, :2] /= f
+    if border == "soft":
+        src, matrix = _soft_border_source(src, matrix, size)
     return cv2.warpAffine(src, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
