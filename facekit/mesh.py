@@ -61,13 +61,12 @@ SYMMETRIC_PAIRS = ((33, 263), (133, 362), (234, 454), (61, 291), (93, 323), (132
 # crops (people 21-40) and 100 UTKFace *train* crops (8.8 and 8.7 degrees), so that head_pose
 # reads about 0 on a frontal face. Not fitted on the evaluation faces.
 PITCH_OFFSET_DEG = 8.75
-# Frontal faces' ratio of outer-eye-corner distance to the eye-to-mouth distance (median 1.49 on
-# those UTKFace train crops, 1.44 on those ORL crops). A face turned as a flat picture
-# (augment.pose_warp) reads to the landmark model as a narrower frontal face (yaw 45 -> about
-# 5 degrees of estimated yaw, ratio 1.16), so frontalise() also stretches the face along its own
-# x axis back to this ratio (within SHAPE_SCALE_RANGE).
-FRONTAL_RATIO = 1.47
-SHAPE_SCALE_RANGE = (0.8, 1.6)
+# Frontal faces' ratio of outer-eye-corner distance to the eye-to-mouth distance: median 1.49
+# (sd 0.11) on those UTKFace train crops, 1.44 (sd 0.13) on those ORL crops. A face turned as a
+# flat picture (augment.pose_warp) reads to the landmark model as a narrower frontal face (yaw 45:
+# about 5 degrees of estimated yaw, ratio 1.16), so frontalise() also stretches the face along
+# its own x axis into this range, about mean +- 1.5 sd: faces inside it are left as they are.
+FRONTAL_RATIO_RANGE = (1.30, 1.65)
 
 
 class MeshDependencyError(FacekitError):
@@ -94,7 +93,10 @@ class _StderrFilter:
     'GetPrototype'`` (a probe they catch themselves); anything else written meanwhile is passed on.
     """
 
-    KNOWN = "GetPrototype"
+    # The protobuf probe above, and the C++ graph's notices on creation and first run (TFLite's
+    # XNNPACK delegate, absl's pre-init note, the feedback-tensor and NORM_RECT warnings).
+    KNOWN = ("GetPrototype", "XNNPACK delegate", "absl::InitializeLog", "Feedback manager requires",
+             "NORM_RECT without IMAGE_DIMENSIONS")
 
     def __enter__(self):
         sys.stderr.flush()
@@ -110,7 +112,7 @@ class _StderrFilter:
         self._tmp.seek(0)
         text = self._tmp.read().decode("utf-8", "replace")
         self._tmp.close()
-        rest = [line for line in text.splitlines() if self.KNOWN not in line]
+        rest = [line for line in text.splitlines() if not any(k in line for k in self.KNOWN)]
         if rest:
             print("\n".join(rest), file=sys.stderr)
         return False
@@ -233,6 +235,7 @@ class LandmarkModel:
                               min_tracking_confidence=float(min_confidence))
         self.threads = cls.num_threads
         self._lock = threading.Lock()  # one graph run at a time
+        self._quiet_next = True  # the first run prints the graph's notices: filtered once
 
     def __call__(self, img: np.ndarray) -> np.ndarray | None:
         """Landmarks of the most prominent face of an image.
@@ -246,7 +249,12 @@ class LandmarkModel:
         """
         h, w = img.shape[:2]
         with self._lock:
-            result = self._graph.process(np.ascontiguousarray(img))
+            if self._quiet_next:
+                with _StderrFilter():
+                    result = self._graph.process(np.ascontiguousarray(img))
+                self._quiet_next = not result.multi_face_landmarks  # the notice comes with a face
+            else:
+                result = self._graph.process(np.ascontiguousarray(img))
         if not result.multi_face_landmarks:
             return None
         lm = result.multi_face_landmarks[0].landmark
@@ -299,9 +307,10 @@ def triangles() -> np.ndarray:
             edges = ast.literal_eval(node.value.args[0])
     if edges is None or len(edges) != 3 * N_TRIANGLES:
         raise FacekitError(f"{conn.__file__}: FACEMESH_TESSELATION is not the expected {3 * N_TRIANGLES} edges")
-    # MediaPipe lists them clockwise as seen from the camera in the Y-up frame; reversed here so
-    # that exported normals face the viewer (what OBJ/glTF viewers cull by).
-    tris = np.array([[edges[i][0], edges[i + 2][0], edges[i + 1][0]] for i in range(0, len(edges), 3)], np.int32)
+    # MediaPipe's order is already counter-clockwise seen from the viewer in the exported Y-up
+    # frame (96% of the triangles of a frontal face; the rest are slivers at the outline), so
+    # exported normals face the viewer, which is what OBJ/glTF viewers cull by.
+    tris = np.array([[edges[i][0], edges[i + 1][0], edges[i + 2][0]] for i in range(0, len(edges), 3)], np.int32)
     closed = all(edges[i][1] == edges[i + 1][0] and edges[i + 1][1] == edges[i + 2][0]
                  and edges[i + 2][1] == edges[i][0] for i in range(0, len(edges), 3))
     if not closed or set(map(tuple, edges)) != set(conn.FACEMESH_TESSELATION):
@@ -602,9 +611,9 @@ def frontal_transform(vertices: np.ndarray, keep_roll: bool = True, normalise_sh
         keep_roll: keep the in-plane roll (a later 5-point alignment removes it without a second
             resampling); False also undoes roll.
         normalise_shape: after the 3D turn, stretch along the face's own x axis so that
-            :func:`eye_mouth_ratio` becomes :data:`FRONTAL_RATIO` (factor clamped to
-            :data:`SHAPE_SCALE_RANGE`): undoes the foreshortening that the landmark model reads
-            as a narrow face rather than as a turn.
+            :func:`eye_mouth_ratio` comes into :data:`FRONTAL_RATIO_RANGE` (unchanged inside it):
+            undoes the foreshortening that the landmark model reads as a narrow face rather
+            than as a turn.
 
     Returns:
         ``(3,3) float64`` matrix ``M``; frontal points are ``(v - mean) @ M.T + mean``.
@@ -616,7 +625,8 @@ def frontal_transform(vertices: np.ndarray, keep_roll: bool = True, normalise_sh
     if normalise_shape:
         c = v.mean(0)
         front = (v - c) @ m.T + c
-        k = float(np.clip(FRONTAL_RATIO / eye_mouth_ratio(front), *SHAPE_SCALE_RANGE))
+        ratio = eye_mouth_ratio(front)
+        k = float(np.clip(ratio, *FRONTAL_RATIO_RANGE) / ratio)
         ax = target[:, 0]  # the face's x axis after the turn (rolled with it)
         m = (np.eye(3) + (k - 1.0) * np.outer(ax, ax)) @ m
     return m
@@ -707,6 +717,13 @@ def _write_png(path: Path, img: np.ndarray) -> Path:
         raise FacekitError(f"{path}: cannot encode the texture as PNG")
     path.write_bytes(buf.tobytes())
     return path
+
+
+def _read_png(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"texture {path.name} is unreadable")
+    return img[:, :, ::-1].copy()
 
 
 def write_obj(mesh: FaceMesh3D, path: str | Path) -> dict[str, Path]:
@@ -816,7 +833,8 @@ def read_mesh(path: str | Path) -> dict[str, np.ndarray]:
 
     Returns:
         ``{"vertices" (V,3) float32, "triangles" (F,3) int64 zero-based, "uvs" (V,2) float32 in the
-        OBJ convention (v up)}``.
+        OBJ convention (v up), "texture" (H,W,3) uint8 RGB or None}`` (the texture from the OBJ's
+        material, the PLY's ``TextureFile`` comment or the image inside the glb).
 
     Raises:
         FacekitError: unknown suffix or a malformed file (message names the file).
@@ -825,19 +843,23 @@ def read_mesh(path: str | Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".obj":
-            vs, vts, fs = [], [], []
+            vs, vts, fs, tex = [], [], [], None
             for line in path.read_text().splitlines():
                 parts = line.split()
                 if not parts:
                     continue
-                if parts[0] == "v":
+                if parts[0] == "mtllib" and (path.parent / parts[1]).is_file():
+                    maps = [x.split()[1] for x in (path.parent / parts[1]).read_text().splitlines()
+                            if x.startswith("map_Kd ")]
+                    tex = _read_png(path.parent / maps[0]) if maps else None
+                elif parts[0] == "v":
                     vs.append([float(x) for x in parts[1:4]])
                 elif parts[0] == "vt":
                     vts.append([float(x) for x in parts[1:3]])
                 elif parts[0] == "f":
                     fs.append([int(x.split("/")[0]) - 1 for x in parts[1:4]])
             return {"vertices": np.array(vs, np.float32), "triangles": np.array(fs, np.int64),
-                    "uvs": np.array(vts, np.float32)}
+                    "uvs": np.array(vts, np.float32), "texture": tex}
         if suffix == ".ply":
             lines = path.read_text().splitlines()
             end = lines.index("end_header")
@@ -847,8 +869,10 @@ def read_mesh(path: str | Path) -> dict[str, np.ndarray]:
             frows = np.array([[int(x) for x in line.split()] for line in lines[end + 1 + nv:end + 1 + nv + nf]])
             if (frows[:, 0] != 3).any():
                 raise ValueError("a face is not a triangle")
+            tex_names = [x.split()[2] for x in lines[:end] if x.startswith("comment TextureFile ")]
+            tex = _read_png(path.parent / tex_names[0]) if tex_names else None
             return {"vertices": vrows[:, :3].astype(np.float32), "triangles": frows[:, 1:].astype(np.int64),
-                    "uvs": vrows[:, 6:8].astype(np.float32)}
+                    "uvs": vrows[:, 6:8].astype(np.float32), "texture": tex}
         if suffix == ".glb":
             data = path.read_bytes()
             magic, version, total = struct.unpack_from("<III", data, 0)
@@ -870,9 +894,14 @@ def read_mesh(path: str | Path) -> dict[str, np.ndarray]:
 
             prim = doc["meshes"][0]["primitives"][0]
             uv = accessor(prim["attributes"]["TEXCOORD_0"]).astype(np.float32)
+            tex = None
+            if doc.get("images"):
+                view = doc["bufferViews"][doc["images"][0]["bufferView"]]
+                png = np.frombuffer(binary, np.uint8, view["byteLength"], view["byteOffset"])
+                tex = cv2.imdecode(png, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
             return {"vertices": accessor(prim["attributes"]["POSITION"]).astype(np.float32),
                     "triangles": accessor(prim["indices"]).reshape(-1, 3).astype(np.int64),
-                    "uvs": np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1)}
+                    "uvs": np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1), "texture": tex}
     except (OSError, ValueError, KeyError, IndexError, StopIteration, struct.error) as exc:
         raise FacekitError(f"{path}: not a readable mesh ({type(exc).__name__}: {exc})") from exc
     raise FacekitError(f"{path}: unknown mesh format {suffix!r} (expected .obj, .ply or .glb)")
@@ -987,7 +1016,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder: NAME.obj/.mtl/.png, NAME.ply, NAME.glb, NAME_frontal.png, NAME.json")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help=f"comma-separated mesh formats out of {', '.join(FORMATS)} (default: all)")
-    parser.add_argument("--max-faces", type=int, default=1, help="faces per image, by detector score (default 1)")
+    from facekit.settings import int_arg
+
+    parser.add_argument("--max-faces", type=int_arg(1, 100), default=1,
+                        help="faces per image, by detector score (default 1)")
     parser.add_argument("--no-frontal", action="store_true", help="skip the frontal rendering")
 
 
