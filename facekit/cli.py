@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "crops with --aligned"),
     "release": ("facekit.release", "export a finished training run as a released chain folder with its model card"),
     "video": ("facekit.video", "detect, track, enhance and composite faces in a video file or live stream"),
+    "mesh": ("facekit.mesh", "3D face mesh (OBJ+PNG, PLY, glb), head pose and a frontal view of the face in an image"),
 }
 
 
