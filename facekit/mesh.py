@@ -99,20 +99,34 @@ class _StderrFilter:
              "NORM_RECT without IMAGE_DIMENSIONS")
 
     def __enter__(self):
+        import io
+        import traceback
+
         sys.stderr.flush()
         self._tmp = tempfile.TemporaryFile(mode="w+b")
         self._saved = os.dup(2)
         os.dup2(self._tmp.fileno(), 2)
+        # pybind11 reports the probe with PyErr_Print, i.e. through sys.excepthook and sys.stderr,
+        # which a Jupyter kernel turns into an error output: catch those too.
+        self._py = io.StringIO()
+        self._saved_py = (sys.stderr, sys.excepthook)
+        sys.stderr = self._py
+        sys.excepthook = lambda t, v, tb: traceback.print_exception(t, v, tb, file=self._py)
         return self
 
     def __exit__(self, *exc):
         sys.stderr.flush()
+        sys.stderr, sys.excepthook = self._saved_py
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._tmp.seek(0)
-        text = self._tmp.read().decode("utf-8", "replace")
+        text = self._tmp.read().decode("utf-8", "replace") + "\n" + self._py.getvalue()
         self._tmp.close()
-        rest = [line for line in text.splitlines() if not any(k in line for k in self.KNOWN)]
+        lines = [line for line in text.splitlines() if line.strip()]
+        # a traceback's header and frames around a known message go with it
+        if any(self.KNOWN[0] in line for line in lines):
+            lines = [line for line in lines if not line.startswith(("Traceback (most recent", "  "))]
+        rest = [line for line in lines if not any(k in line for k in self.KNOWN)]
         if rest:
             print("\n".join(rest), file=sys.stderr)
         return False
