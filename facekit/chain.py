@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from facekit.archs import ARCHS, arch_name
 from facekit.checkpoint import load_checkpoint, save_checkpoint
-from facekit.errors import CheckpointError, ConfigError
+from facekit.errors import CheckpointError, ConfigError, OutputError
 
 BACKENDS = ("torch", "onnx", "auto")
 STAGE_ORDER = ("deblur", "reconstruct", "upscale")  # the default chain order
@@ -302,7 +302,10 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_size: int, opset: i
     import copy
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(path.parent, f"cannot create the ONNX export folder: {exc.strerror or exc}") from None
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     model = copy.deepcopy(model).float().eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, in_size, in_size, generator=torch.Generator().manual_seed(0))
@@ -313,6 +316,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_size: int, opset: i
             torch.onnx.export(model, (example,), str(tmp), input_names=["lq"], output_names=["out"],
                               dynamic_axes={"lq": axes, "out": axes}, opset_version=opset, dynamo=False)
         os.replace(tmp, path)
+    except OSError as exc:  # a read-only ONNX cache (DATA_DIR/onnx-cache), no space left
+        raise OutputError(path.parent, f"cannot write the ONNX export {path.name}: {exc.strerror or exc}; "
+                                       "--backend torch needs no export") from None
     finally:
         if tmp.exists():
             tmp.unlink()

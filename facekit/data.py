@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from facekit import settings
-from facekit.errors import DataSourceError, FacekitError, ImageReadError, VideoReadError
+from facekit.errors import DataSourceError, FacekitError, ImageReadError, OutputError, VideoReadError
 from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, opencv_path, printable_path, read_image, to_rgb_uint8
 
@@ -590,7 +590,18 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_cache(cache_dir: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict) -> None:
-    """Write the uint8 shards, the manifest and the metadata (each file atomically; safe to race)."""
+    """Write the uint8 shards, the manifest and the metadata (each file atomically; safe to race).
+
+    Raises:
+        OutputError: the folder cannot be written (read-only, no space), naming it.
+    """
+    try:
+        _write_cache(cache_dir, images, manifest, meta)
+    except OSError as exc:
+        raise OutputError(cache_dir, f"cannot write the data cache: {exc.strerror or exc}") from None
+
+
+def _write_cache(cache_dir: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, -(-len(images) // SHARD_SIZE))
     for old in cache_dir.glob("shard-*.npz"):
@@ -668,6 +679,9 @@ def load_faces(source: str = "orl", size: int = 64, align: str = "auto", limit: 
               "fingerprint": _fingerprint(spec, items)}
     loaded = load_cache(cdir, expect) if cache else None
     from_cache = loaded is not None
+    if loaded is None and cache:
+        # the cache is written after the whole ingestion: a read-only folder must fail before it
+        settings.check_writable(cdir, "data cache", "; use --no-cache (cache=False) or set FACEKIT_DATA_DIR")
     if loaded is None:
         images, rows = ingest(spec, size, align, margin, limit, video_every, progress, items)
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

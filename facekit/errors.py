@@ -30,3 +30,12 @@ class CheckpointError(FacekitError):
 
 class ConfigError(FacekitError):
     """A configuration or spec (degradation pipeline, model name, profile) is invalid."""
+
+
+class OutputError(FacekitError):
+    """An output or cache file or folder cannot be written (read-only, no space, a file in the way)."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -1245,6 +1245,8 @@ def run_cli(args: argparse.Namespace) -> int:
     settings.check_device(args.device, "--device", available=True)  # before any data or model loads
     if args.name is not None:
         settings.check_name(args.name, "--name")
+    # results go under DATA_DIR/runs: a read-only folder was a traceback after the whole evaluation
+    settings.check_writable(settings.DATA_DIR / "runs", "results folder", "; set FACEKIT_DATA_DIR to a writable folder")
     if args.suite == "ood":
         from facekit import ood
 

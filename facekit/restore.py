@@ -65,7 +65,7 @@ import cv2
 import numpy as np
 import torch
 
-from facekit.errors import ConfigError, ImageReadError
+from facekit.errors import ConfigError, ImageReadError, OutputError
 
 CHAIN_FILE = "chain.yaml"
 
@@ -235,6 +235,7 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
     Raises:
         ConfigError: the input does not exist, a folder holds no image, or the output (or a
             folder above it) is an existing file where a folder is needed.
+        OutputError: the output folder (or the parent it would be made in) is not writable.
     """
     from facekit.imageio import IMAGE_EXTENSIONS
 
@@ -255,6 +256,10 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
             if not parent.is_dir():
                 raise ConfigError(f"{output}: cannot create the output there: {parent} is a file")
             break
+    from facekit.settings import check_writable
+
+    # before any model loads: a read-only folder was a traceback at the first write
+    check_writable(folder, "output folder", "; give another output path")
     return root, rels, targets
 
 
@@ -874,7 +879,10 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
                             x0, y0, _ = reports[k][j].region
                             paste_face(canvas, results[(k, j)], x0, y0)
                 target_path = targets[item.index]
-                summary.written.append(write_image(target_path, canvas))
+                try:
+                    summary.written.append(write_image(target_path, canvas))
+                except OSError as exc:  # the folder turned read-only or the disk filled mid-run
+                    raise OutputError(target_path, f"cannot write the output: {exc.strerror or exc}") from None
                 report = FileReport(rels[item.index], target_path, item.img.shape[:2], canvas.shape[:2],
                                     reports[k], aligned)
                 summary.files.append(report)

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from facekit.errors import ConfigError
+from facekit.errors import ConfigError, OutputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FACEKIT_DATA_DIR", PROJECT_ROOT / "data"))
@@ -193,6 +193,47 @@ def child_dir(parent: str | Path, name: str, what: str = "name") -> Path:
     if Path(os.path.normpath(path.absolute())).parent != Path(os.path.normpath(parent.absolute())):
         raise ConfigError(f"{what} {name!r}: resolves outside {parent}")
     return path
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_writable(folder: str | Path, what: str, hint: str = "") -> Path:
+    """Check, before any work starts, that files can be created in ``folder``.
+
+    A read-only output or cache folder used to surface as a traceback at the first write, for
+    the data cache only after the whole ingestion. The check writes and removes one empty
+    temporary file; it creates nothing else: for a folder that does not exist yet, its nearest
+    existing parent must be writable (the folder will be made there) and must be a folder.
+
+    Args:
+        folder: the folder files will be written to.
+        what: what it holds, for the message ("output folder", "data cache" ...).
+        hint: how to choose another one (", choose another with --output"), appended.
+
+    Returns:
+        ``folder`` as a Path.
+
+    Raises:
+        OutputError: naming the folder (or the parent in the way) and the reason.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(probe, f"cannot create the {what} {folder} there: {probe} is a file{hint}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".facekit-write-check-", dir=probe)
+    except OSError as exc:  # PermissionError, a read-only file system (EROFS), no space left ...
+        where = str(folder) if probe == folder else f"{folder} (cannot create it in {probe})"
+        raise OutputError(where, f"{what} is not writable: {_os_reason(exc)}{hint}") from None
+    os.close(fd)
+    os.unlink(name)
+    return folder
 
 
 def check_device(spec, what: str = "device", available: bool = False) -> str:
