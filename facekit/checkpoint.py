@@ -12,7 +12,8 @@ A checkpoint is a plain dict readable with ``torch.load(weights_only=True)``:
   ``torch.Generator`` states.
 
 Every load (:func:`load_checkpoint`, used by training, stages and chains) refuses a file whose
-sha256 differs from the one its folder's ``chain.yaml`` records (released stage files), and any
+sha256 differs from the one the nearest ``chain.yaml`` at or above it records (released stage
+files, in sub-folders too), and any
 checkpoint holding a NaN or infinite value in a floating-point tensor.
 """
 
@@ -150,41 +151,105 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def recorded_sha256(path: str | Path) -> str | None:
-    """The sha256 that the ``chain.yaml`` beside ``path`` records for it (a released stage file).
+CHAIN_FILE = "chain.yaml"
 
-    ``chain.yaml`` lists them as ``sha256: {FILE NAME: HEX}``; a chain folder without that key
-    (older releases) or without an entry for this file records none.
+
+def _chain_key(name: str) -> str | None:
+    """A ``chain.yaml`` file entry as a normalised path relative to its folder (``a/b.pt``), or
+    None for one that leaves the folder (absolute or through ``..``)."""
+    text = name.replace("\\", "/").strip()
+    if not text or text.startswith("/") or re.match(r"[A-Za-z]:", text):
+        return None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def chain_sha256_table(chain: str | Path) -> tuple[dict[str, str] | None, set[str]]:
+    """Read a ``chain.yaml``'s ``sha256`` table and the stage files it lists.
+
+    Args:
+        chain: the ``chain.yaml`` file.
+
+    Returns:
+        ``(table, stage files)``: ``table`` maps each file, as a path relative to the chain
+        folder (``reconstruct.pt``, ``weights/upscale.pt``), to its lower-case hex sha256, or is
+        None when the file records none (older releases); ``stage files`` are the ``stages:``
+        entries in the same form (those that leave the folder left out).
+
+    Raises:
+        CheckpointError: unreadable YAML (size and alias limits), a table that is not a mapping
+            of files to 64-digit hex strings, or (with a table) a stage file that has no entry
+            or lies outside the chain folder: a release records every stage it ships.
+    """
+    from facekit.errors import ConfigError
+    from facekit.settings import load_yaml
+
+    chain = Path(chain)
+    try:
+        data = load_yaml(chain)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    data = data if isinstance(data, dict) else {}
+    stages = data.get("stages")
+    if isinstance(stages, list):  # [{name: file}, ...] is accepted too
+        stages = {k: v for item in stages if isinstance(item, dict) for k, v in item.items()}
+    files = [f for f in (stages.values() if isinstance(stages, dict) else ()) if isinstance(f, str)]
+    raw = data.get("sha256")
+    if raw is None:
+        return None, {k for k in map(_chain_key, files) if k}
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{chain}: 'sha256' must map stage files to hex digests, got {raw!r}")
+    table: dict[str, str] = {}
+    for name, want in raw.items():
+        key = _chain_key(str(name))
+        if key is None:
+            raise CheckpointError(f"{chain}: sha256 entry {name!r} must be a file inside the chain folder")
+        if not isinstance(want, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", want):
+            raise CheckpointError(f"{chain}: sha256 of {name} must be 64 hex digits, got {want!r}")
+        table[key] = want.lower()
+    listed = set()
+    for f in files:
+        key = _chain_key(f)
+        if key is None:
+            raise CheckpointError(f"{chain}: stage file {f} lies outside the chain folder, so its sha256 "
+                                  "cannot be recorded; copy it into the folder")
+        if key not in table:
+            raise CheckpointError(f"{chain}: stage file {f} has no sha256 entry (the file records one for "
+                                  f"{', '.join(sorted(table)) or 'no file'}); a weights file that is not "
+                                  "checked is not loaded")
+        listed.add(key)
+    return table, listed
+
+
+def _recorded(path: str | Path) -> tuple[str | None, Path | None]:
+    """``(recorded sha256 or None, the chain.yaml that decides or None)``; see :func:`recorded_sha256`."""
+    path = Path(os.path.abspath(path))
+    for folder in path.parents:
+        chain = folder / CHAIN_FILE
+        if chain.is_file():  # the nearest chain.yaml decides, so an unrelated one higher up is never read
+            table, _ = chain_sha256_table(chain)  # raises for a listed stage without an entry
+            return (table or {}).get(path.relative_to(folder).as_posix()), chain
+    return None, None
+
+
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 that a released chain's ``chain.yaml`` records for a weights file.
+
+    The nearest ``chain.yaml`` in the file's folder or a folder above it decides, its ``sha256``
+    table keyed by paths relative to its folder (``reconstruct.pt``, ``weights/upscale.pt``), so
+    stage files in sub-folders are covered. A chain without a ``sha256`` table (older releases),
+    or whose table does not name the file (not one of its stages), records none.
 
     Returns:
         The lower-case hex digest, or None.
 
     Raises:
-        CheckpointError: ``chain.yaml`` is not readable YAML within the limits, or its entry for
-            this file is not a 64-digit hex string.
+        CheckpointError: see :func:`chain_sha256_table` (a listed stage without an entry
+            included).
     """
-    from facekit.errors import ConfigError
-    from facekit.settings import load_yaml
-
-    path = Path(path)
-    chain = path.parent / "chain.yaml"
-    if not chain.is_file():
-        return None
-    try:
-        data = load_yaml(chain)
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
-    table = data.get("sha256") if isinstance(data, dict) else None
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise CheckpointError(f"{chain}: 'sha256' must map stage file names to hex digests, got {table!r}")
-    want = table.get(path.name)
-    if want is None:
-        return None
-    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", want):
-        raise CheckpointError(f"{chain}: sha256 of {path.name} must be 64 hex digits, got {want!r}")
-    return want.lower()
+    return _recorded(path)[0]
 
 
 def _non_finite(obj, where: str = "") -> str | None:
@@ -241,12 +306,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
-    want = recorded_sha256(path)
+    want, chain = _recorded(path)
     if want is not None:
         got = file_sha256(path)
         if got != want:
             raise CheckpointError(f"{path}: weights file changed or corrupted (sha256 {got[:16]}..., "
-                                  f"{path.parent / 'chain.yaml'} records {want[:16]}...)")
+                                  f"{chain} records {want[:16]}...)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or non-checkpoint file

@@ -102,7 +102,10 @@ def read_chain_spec(path: str | Path) -> ChainSpec:
 
     Raises:
         ConfigError: missing file, bad YAML, or a malformed ``stages`` entry (named in the message).
+        CheckpointError: the file records sha256 hashes but not for every stage file it lists
+            (each is checked against its hash when it loads: :func:`facekit.checkpoint.load_checkpoint`).
     """
+    from facekit.checkpoint import chain_sha256_table
     from facekit.settings import load_yaml
 
     path = Path(path)
@@ -127,6 +130,7 @@ def read_chain_spec(path: str | Path) -> ChainSpec:
     size = data.get("size")
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ConfigError(f"{path}: size must be a positive integer, got {size!r}")
+    chain_sha256_table(path)  # a stage outside the folder or without a hash would load unchecked
     return ChainSpec({n: (path.parent / f) for n, f in stages.items()}, size, path)
 
 
