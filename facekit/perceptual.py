@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from facekit.errors import FacekitError
+from facekit.pretrained import load_state_dict_file
 
 NETS = ("alex", "vgg")
 PACKAGE = "stlpips_pytorch"
@@ -123,7 +124,8 @@ class STLPIPS(torch.nn.Module):
         # strict=True (the package's own loader uses strict=False, which would hide a missing layer).
         with contextlib.redirect_stdout(None):
             model = stlpips.LPIPS(pretrained=False, net=net, variant="shift_tolerant", verbose=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # truncated/corrupt or NaN weights: one line naming the file (facekit.pretrained)
+        state = load_state_dict_file(path, f"ST-LPIPS {net}", f"; reinstall: {PIP_HINT}")
         # The package registers each calibration layer twice (``lin0`` and ``lins.0`` are the same
         # module); the file holds the ``linK`` names only, so the aliases are filled in from them.
         for key in list(state):

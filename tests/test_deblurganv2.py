@@ -104,7 +104,7 @@ def test_missing_backbone_weights_warn_and_fall_back(monkeypatch):
 def test_bad_backbone_file_is_a_checkpoint_error(tmp_path):
     bad = tmp_path / "not_weights.pth"
     bad.write_bytes(b"this is not a torch file")
-    with pytest.raises(CheckpointError, match="not_weights.pth: cannot read"):
+    with pytest.raises(CheckpointError, match="not_weights.pth: MobileNetV2 ImageNet weights are unreadable"):
         FPNMobileNetGenerator(backbone_weights=bad)
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.0.weight": torch.zeros(1)}, wrong)

