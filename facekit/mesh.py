@@ -116,6 +116,12 @@ class _StderrFilter:
 
     def __exit__(self, *exc):
         sys.stderr.flush()
+        try:  # TFLite's notice sits in C stdio's buffer otherwise, and comes out at exit
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):
+            pass
         sys.stderr, sys.excepthook = self._saved_py
         os.dup2(self._saved, 2)
         os.close(self._saved)
