@@ -283,18 +283,39 @@ class OnnxModule:
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, in_size: int, opset: int = 17) -> Path:
+# What torch's TorchScript ONNX exporter says on every facekit export, each understood; these and
+# nothing else are silenced, so a new warning still shows. The newer torch.export-based exporter
+# (dynamo=True) would say none of them but needs the onnxscript package, which facekit does not
+# install; the exported graphs and their numbers are those of this exporter.
+LEGACY_EXPORT_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # the exporter itself (torch >= 2.9) and a helper it calls inside (torch >= 2.7)
+    (r"You are using the legacy TorchScript-based ONNX export", DeprecationWarning),
+    (r"The feature will be removed\. Please remove usage of this function", DeprecationWarning),
+    # the generators choose their padding from the input size in Python: one export per size
+    (r"", torch.jit.TracerWarning),
+    # InstanceNorm without running statistics always normalises by the input's own: exact in eval
+    (r"ONNX export mode is set to TrainingMode\.EVAL, but operator 'instance_norm'", UserWarning),
+    # a crop the exporter cannot pre-compute stays a Slice node: same result, computed at run time
+    (r"Constant folding - Only steps=1 can be constant folded", UserWarning),
+)
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, in_size: int, opset: int = 17,
+                dynamic_hw: bool = False) -> Path:
     """Export a stage to ONNX for ``in_size`` x ``in_size`` inputs with a dynamic batch axis.
 
     Height and width stay fixed on purpose: the generators pick their padding mode from the input
     size in Python (reflect vs replicate), which a trace freezes, so one file per input size is
-    the only export that is exact for every size.
+    the only export that is exact for every size. The exporter's expected warnings
+    (:data:`LEGACY_EXPORT_WARNINGS`) are silenced; any other still shows.
 
     Args:
         model: the stage module (exported from a CPU copy in eval mode; the original is untouched).
         path: destination ``.onnx`` file (written atomically).
         in_size: example input side.
         opset: ONNX opset.
+        dynamic_hw: also leave height and width dynamic (exact only for a net whose padding
+            choice does not change between the sizes it is run at).
 
     Returns:
         The written path.
@@ -309,12 +330,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_size: int, opset: i
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     model = copy.deepcopy(model).float().eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, in_size, in_size, generator=torch.Generator().manual_seed(0))
-    axes = {0: "n"}
+    axes = ({"lq": {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 2: "oh", 3: "ow"}} if dynamic_hw
+            else {"lq": {0: "n"}, "out": {0: "n"}})
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent python ints
+            for message, category in LEGACY_EXPORT_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
             torch.onnx.export(model, (example,), str(tmp), input_names=["lq"], output_names=["out"],
-                              dynamic_axes={"lq": axes, "out": axes}, opset_version=opset, dynamo=False)
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only ONNX cache (DATA_DIR/onnx-cache), no space left
         raise OutputError(path.parent, f"cannot write the ONNX export {path.name}: {exc.strerror or exc}; "

@@ -17,9 +17,6 @@ from facekit.restore import (default_model_dir, feather_mask, output_names, plan
                              resolve_stages, restore_path)
 from tests.test_chain import DEBLUR_KW, RECON_KW, UPSCALE_KW, tiny_deblur, tiny_reconstruct, tiny_upscale
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning",
-                                        "ignore:ONNX export mode")
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
