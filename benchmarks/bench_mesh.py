@@ -11,7 +11,8 @@
    and of the frontalised crop (with and without the shape normalisation). Target: frontalised
    rank-1 at yaw 30-45 >= 1.2x raw.
 3. Speed: ms per face of ``build_mesh`` (landmarks + mesh + pose) on a 64 px crop, and of
-   ``frontalise`` on a 192 px one, at --threads.
+   ``frontalise`` on a 192 px one, with the process at --threads and the landmark model at
+   --model-threads (default 1: see facekit.mesh.LandmarkModel).
 
     PYTHONPATH=. python benchmarks/bench_mesh.py [--threads 2] [--limit N] [--sections speed,stability,recognition]
 """
@@ -108,15 +109,19 @@ def _recognition(data, model, seed: int, condition: str) -> dict:
                 small = np.stack([cv2.resize(p, (64, 64), interpolation=cv2.INTER_AREA) for p in posed])
                 posed = restore_crops(small, "chain:default", scale=4, size=64)
             variants = {"raw": [], "raw_realigned": [], "frontal": [], "frontal_3d_only": []}
+            missed = 0
             for p in posed:
                 try:
                     variants["raw_realigned"].append(M.frontal_crop(p, model=model, frontal=False))
                     variants["frontal"].append(M.frontal_crop(p, model=model))
                     variants["frontal_3d_only"].append(M.frontal_crop(p, model=model, normalise_shape=False))
-                except M.NoFaceError:  # no landmarks: the probe stays as it is in every variant
+                except M.NoFaceError:  # no landmarks: the probe stays as it is (at 112 px) in every variant
+                    missed += 1
                     for k in ("raw_realigned", "frontal", "frontal_3d_only"):
-                        variants[k].append(p)
-                variants["raw"].append(p)
+                        variants[k].append(cv2.resize(p, (112, 112), interpolation=cv2.INTER_CUBIC))
+                variants["raw"].append(cv2.resize(p, (112, 112), interpolation=cv2.INTER_CUBIC)
+                                       if p.shape[0] != 112 else p)
+            res[f"no_landmarks_yaw{yaw}"] = missed
             res[f"yaw{yaw}"] = {k: round(R.rank1(R.embed(np.stack(v), "sface", 0.15), ids, g_emb, g_ids), 4)
                                 for k, v in variants.items()}
         hi = [res[f"yaw{y}"] for y in YAWS if y >= 30]
@@ -156,7 +161,8 @@ def speed(data, model, n: int = 60) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads of the process")
+    ap.add_argument("--model-threads", type=int, default=1, help="the landmark model's XNNPACK threads")
     ap.add_argument("--limit", type=int, default=None, help="faces (UTKFace) / people (Pins, ORL) per source")
     ap.add_argument("--sections", default="speed,stability,recognition",
                     help="comma-separated subset of speed, stability, recognition")
@@ -165,13 +171,13 @@ def main() -> None:
     from facekit.settings import set_threads
 
     set_threads(args.threads)
-    model = M.LandmarkModel(threads=args.threads)
+    model = M.LandmarkModel(threads=args.model_threads)
     t0 = time.time()
     sections = set(args.sections.split(","))
     sources = {"orl"} | ({"utkface"} if sections & {"speed", "stability"} else set()) \
         | ({"pins"} if "recognition" in sections else set())
     data = ood.load_ood_data(sources=tuple(sorted(sources)), limit=args.limit, progress=False)
-    result = {"threads": args.threads, "limit": args.limit, "skipped_sources": data.skipped,
+    result = {"threads": args.threads, "model_threads": args.model_threads, "limit": args.limit, "skipped_sources": data.skipped,
               "targets": {"landmark_error_max": 0.05, "frontal_rank1_gain_min": 1.2, "mesh_ms_max": 30.0}}
     if "speed" in sections:
         result["speed"] = speed(data, model)

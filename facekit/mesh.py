@@ -238,7 +238,9 @@ class LandmarkModel:
 
     Args:
         min_confidence: minimum face-detection and face-presence score in [0, 1].
-        threads: TFLite threads; default the OpenCV thread count (``--threads``/``FACEKIT_THREADS``).
+        threads: TFLite (XNNPACK) threads; default 1. The 192 px model takes ~10 ms on one
+            thread, and XNNPACK's spinning worker threads collapse on a busy machine: with 2
+            threads on 2 cores shared with other jobs (load ~7) a face took ~1 s instead of ~10 ms.
 
     Raises:
         MeshDependencyError: MediaPipe is not installed (the message says how to install it).
@@ -246,9 +248,7 @@ class LandmarkModel:
 
     def __init__(self, min_confidence: float = 0.5, threads: int | None = None):
         cls = _compat_class()
-        from facekit.settings import default_threads
-
-        cls.num_threads = int(threads) if threads else default_threads()
+        cls.num_threads = int(threads) if threads else 1
         with _StderrFilter():  # TFLite's "Created XNNPACK delegate" notice
             self._graph = cls(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
                               min_detection_confidence=float(min_confidence),
@@ -292,9 +292,7 @@ _SHARED_LOCK = threading.Lock()
 
 def shared_model(threads: int | None = None) -> LandmarkModel:
     """One :class:`LandmarkModel` per thread count for the process (building a graph takes ~50 ms)."""
-    from facekit.settings import default_threads
-
-    key = (int(threads) if threads else default_threads(),)
+    key = (int(threads) if threads else 1,)
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = LandmarkModel(threads=key[0])
