@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("facekit.restore", "restore the faces in photos and frames (detect, restore, paste back), or face "
                                    "crops with --aligned"),
     "release": ("facekit.release", "export a finished training run as a released chain folder with its model card"),
+    "fuse": ("facekit.fusion", "fuse the crops of one face track (a folder of crops or a clip) into one face; "
+                               "--train / --export the learned fusion stage"),
     "video": ("facekit.video", "detect, track, enhance and composite faces in a video file or live stream"),
     "mesh": ("facekit.mesh", "3D face mesh (OBJ+PNG, PLY, glb), head pose and a frontal view of the face in an image"),
 }

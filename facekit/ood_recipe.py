@@ -171,6 +171,13 @@ def frame_face(img: np.ndarray, box, framing: str, out_side: int,
     return _frame(img, box, framing, out_side, rng)[0]
 
 
+def frame_face_info(img: np.ndarray, box, framing: str, out_side: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """:func:`frame_face` plus where the crop came from: ``{"framing", "crop_side", "shift_frac",
+    "shift_angle_deg"}`` (what :func:`make_pair` adds to its params)."""
+    return _frame(img, box, framing, out_side, rng)
+
+
 # ----------------------------------------------------------------------------- colour
 
 def to_gray(img: np.ndarray) -> np.ndarray:

@@ -175,8 +175,6 @@ def degrade_pair(face: np.ndarray, scale: int, rng: np.random.Generator, gray_pr
         ``(lq (S/scale,S/scale,3) float32 in [0,1], gt (S,S,3) float32 in [0,1], params)``;
         ``gt`` is the re-framed face under the drawn light, ``lq`` its degraded copy.
     """
-    s = face.shape[0]
-    lq_hw = (s // scale, s // scale)
     face, frame = jitter_frame(face, rng)
     gray = rng.random() < gray_prob
     light = random_light(rng)
@@ -184,10 +182,28 @@ def degrade_pair(face: np.ndarray, scale: int, rng: np.random.Generator, gray_pr
     gt = np.clip(gt, 0.0, 1.0).astype(np.float32)
     if gray:
         gt = np.repeat((gt @ augment.LUMA)[..., None], 3, axis=-1).astype(np.float32)
-    params: dict = {"frame": frame, "light": light, "gray": bool(gray), "ops": []}
+    lq, ops = degrade_lq(gt, scale, rng, gray)
+    return lq, gt, {"frame": frame, "light": light, "gray": bool(gray), "ops": ops}
+
+
+def degrade_lq(gt: np.ndarray, scale: int, rng: np.random.Generator, gray: bool = False
+               ) -> tuple[np.ndarray, list[dict]]:
+    """The camera part of :func:`degrade_pair`: a clean face (already framed and lit) to its input.
+
+    Args:
+        gt: ``(S,S,3) float32`` in [0,1] clean face (S divisible by ``scale``).
+        scale: lq side = S / scale.
+        rng: every draw comes from it.
+        gray: a grey sample: colour noise and JPEG chroma rounding are taken out again.
+
+    Returns:
+        ``(lq (S/scale,S/scale,3) float32 in [0,1], ops)``: one dict per applied operation.
+    """
+    s = gt.shape[0]
+    lq_hw = (s // scale, s // scale)
     if rng.random() < P_CLEAN:
         lq = _resize(gt, lq_hw, "area")
-        params["ops"].append({"op": "resize", "mode": "area", "size": list(lq_hw)})
+        ops = [{"op": "resize", "mode": "area", "size": list(lq_hw)}]
     else:
         second = rng.random() < P_SECOND_ORDER
         strength = float(rng.uniform(0.3, 1.0))
@@ -196,9 +212,9 @@ def degrade_pair(face: np.ndarray, scale: int, rng: np.random.Generator, gray_pr
             mid = int(np.clip(mid, lq_hw[0] + 1, s))
             lq, ops1 = _round(gt, rng, (mid, mid), gray, strength * 0.7, 0.8)
             lq, ops2 = _round(lq, rng, lq_hw, gray, strength * 0.6, 0.4)
-            params["ops"] = ops1 + ops2
+            ops = ops1 + ops2
         else:
-            lq, params["ops"] = _round(gt, rng, lq_hw, gray, strength, 0.85)
+            lq, ops = _round(gt, rng, lq_hw, gray, strength, 0.85)
     if gray:  # colour noise and JPEG chroma rounding must not colour a grey sample
         lq = np.repeat((lq @ augment.LUMA)[..., None], 3, axis=-1)
-    return np.clip(lq, 0.0, 1.0).astype(np.float32), gt, params
+    return np.clip(lq, 0.0, 1.0).astype(np.float32), ops
