@@ -589,7 +589,7 @@ def load_fusion_model(path, device: str = "cpu"):
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"fusion model {path}: no such file (train one with `python -m facekit fuse --train "
-                          f"configs/fusion.yaml`, or pass --no-learned for the classical fusion)")
+                          f"configs/fusion/fusion.yaml`, or pass --no-learned for the classical fusion)")
     ck = load_checkpoint(path)
     if not isinstance(ck, dict) or ck.get("format") != FUSION_FORMAT:
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
@@ -812,7 +812,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every", type=int_arg(1, 1000), default=1, help="clip input: use every N-th frame")
     parser.add_argument("--max-frames", type=int_arg(1, 100000), default=300, help="clip input: most frames read")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train", metavar="CONFIG", help="train the learned stage from a config (configs/fusion.yaml)")
+    parser.add_argument("--train", metavar="CONFIG", help="train the learned stage from a config (configs/fusion/fusion.yaml)")
     parser.add_argument("--resume", action="store_true", help="with --train: continue the run")
     parser.add_argument("--export", nargs=2, metavar=("RUN", "DEST"), help="write a run's weights as a fusion model")
 

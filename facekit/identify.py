@@ -113,13 +113,42 @@ def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:
     return out
 
 
+def track_probe_files(video_out: str | Path) -> list[Path]:
+    """One face per track of a ``facekit video`` output folder: the fused face
+    (``gallery/track_NNNN_fused.png``) where the track was fused, else its best single frame.
+
+    Raises:
+        DataSourceError: an unreadable ``tracks.json`` or no track with a face image.
+    """
+    import json
+
+    root = Path(video_out)
+    try:
+        tracks = json.loads((root / "tracks.json").read_text())["tracks"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+    files = []
+    for t in tracks:
+        for key in ("fused", "gallery"):
+            name = t.get(key) if isinstance(t, dict) else None
+            if name and (root / name).is_file():
+                files.append(root / name)
+                break
+    if not files:
+        raise DataSourceError(f"{root}: no track has a face image (run `facekit video` with the gallery on)")
+    return files
+
+
 def list_probe_files(probes: str | Path) -> list[Path]:
-    """Image files of a probe file or folder (recursive, natural order)."""
+    """Image files of a probe file or folder (recursive, natural order). A ``facekit video``
+    output folder (it holds ``tracks.json``) gives one face per track: :func:`track_probe_files`."""
     probes = Path(probes)
     if probes.is_file():
         return [probes]
     if not probes.is_dir():
         raise DataSourceError(f"probes {probes}: no such file or folder")
+    if (probes / "tracks.json").is_file():
+        return track_probe_files(probes)
     files = [p for p in probes.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
         raise DataSourceError(f"probe folder {probes} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -488,7 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from facekit.settings import device_arg, int_arg
 
     parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
-    parser.add_argument("probes", help="probe image file or folder (photos or face crops)")
+    parser.add_argument("probes", help="probe image file or folder (photos or face crops), or a `facekit video` "
+                                       "output folder (one face per track: the fused face where there is one)")
     parser.add_argument("--top-k", type=int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
     parser.add_argument("--threshold", type=_threshold_arg, default="auto",
                         help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "

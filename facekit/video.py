@@ -464,6 +464,7 @@ LIMITS: dict[str, tuple] = {
     "gallery_size": (int, 16, 1024, False, False, False),
     "identity_crops": (int, 1, 64, False, False, False),
     "identity_max_embeds": (int, 0, 1000, False, False, False),
+    "fusion_frames": (int, 2, 64, False, False, False),
 }
 
 
@@ -522,6 +523,10 @@ class VideoConfig:
         identity_source: "enhanced" (crops from the composited frame) or "raw" (the input frame).
         identity_max_embeds: embeddings per track while it is on screen (the real-time budget);
             the track's best crops are embedded once more when it ends.
+        fuse_tracks: when a run ends, fuse each track's best raw crops into one face
+            (:mod:`facekit.fusion`) and write it beside the best single-frame face
+            (``gallery/track_NNNN_fused.png``, ``fused`` columns of the track table).
+        fusion_frames: raw crops kept per track for fusion (the best by quality).
     """
 
     enhancer: str = "auto"
@@ -555,6 +560,8 @@ class VideoConfig:
     identity_crops: int = 3
     identity_source: str = "enhanced"
     identity_max_embeds: int = 4
+    fuse_tracks: bool = True
+    fusion_frames: int = 16
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting (types and :data:`LIMITS`)."""
@@ -587,6 +594,9 @@ class TrackRecord:
     best_crop: np.ndarray | None = None
     max_score: float = 0.0
     label: "TrackLabel | None" = None
+    fusion_crops: list = field(default_factory=list)  # [(quality, frame, raw RGB crop, score, side)]
+    fused: np.ndarray | None = None  # the fused face (uint8 RGB), when the track was fused
+    fusion: dict | None = None  # facekit.fusion.FusionResult.summary() of that fusion
 
 
 @dataclass
@@ -616,6 +626,7 @@ class VideoResult:
     skipped: list[str] = field(default_factory=list)  # sequence entries skipped: "path: reason"
     swept: list[str] = field(default_factory=list)  # temporary files of killed runs dealt with at start
     video_backend: str = ""  # writer of the main video
+    fusion: dict | None = None  # track fusion: mode, tracks fused, ms per track (None: off)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -1425,6 +1436,8 @@ class FaceVideoProcessor:
             t3 = time.perf_counter()
             self.times["enhance"] += t3 - t2
             for t, (x0, y0, side), e, small in zip(live_tracks, regions, enhanced, batch):
+                if fresh and cfg.fuse_tracks and t.last_seen == index:
+                    self._keep_for_fusion(t, index, bgr[y0:y0 + side, x0:x0 + side, ::-1], side)
                 e = self.stabilizer(t.id, e, reset=t.reset)
                 self.flicker.add(t.id, index, e)
                 faces.append((t.id, (x0, y0, side), e))
@@ -1474,6 +1487,26 @@ class FaceVideoProcessor:
             rec.best_quality, rec.best_frame, rec.best_score, rec.best_sharpness = quality, index, t.score, sharp
             rec.best_crop = crop.copy()
         return quality
+
+    def _keep_for_fusion(self, t, index: int, crop_rgb: np.ndarray, side: int) -> None:
+        """Keep the track's ``fusion_frames`` best raw crops (at most FUSION_MAX_SIDE px) for fusion."""
+        from facekit.fusion import frame_quality
+
+        rec = self.records.get(t.id)
+        if rec is None:
+            rec = self.records[t.id] = TrackRecord(id=t.id, first=index, last=index)
+        if crop_rgb.shape[0] != crop_rgb.shape[1] or side < 4:
+            return  # clipped at the frame edge: not the same framing as the others
+        crop = cv2.resize(crop_rgb, (FUSION_MAX_SIDE,) * 2, interpolation=cv2.INTER_AREA) \
+            if side > FUSION_MAX_SIDE else np.ascontiguousarray(crop_rgb)
+        q = float(frame_quality(crop[None], [t.score])[0])
+        store = rec.fusion_crops
+        if len(store) >= self.cfg.fusion_frames:
+            worst = min(range(len(store)), key=lambda i: store[i][0])
+            if store[worst][0] >= q:
+                return
+            store.pop(worst)
+        store.append((q, index, crop, float(t.score), int(side)))
 
     def _offer_identity(self, index: int, frame_bgr: np.ndarray, offers) -> None:
         """Hand the identifier landmark-aligned crops of tracks whose crop improved on this frame."""
@@ -1527,6 +1560,46 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "x"
 
 
+FUSION_MAX_SIDE = 32  # fusion is for small faces; larger crops are kept at this side
+
+
+def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: str = "cpu") -> dict:
+    """Fuse each track's kept raw crops into ``record.fused`` (tracks with at least 2 crops).
+
+    The crops are brought to one side (their median, 8-32 px). The learned stage runs when the
+    enhancer is a released chain (``model:PATH``) and ``models/fusion/fusion.pt`` exists; otherwise
+    the classical multi-frame fusion is the fused face.
+
+    Returns:
+        ``{"mode": "learned"|"classical"|"off", "tracks": n fused, "ms_per_track": mean time}``.
+    """
+    from facekit import fusion
+
+    todo = [r for r in records.values() if len(r.fusion_crops) >= 2]
+    if not todo:
+        return {"mode": "off", "tracks": 0, "ms_per_track": 0.0}
+    restorer = enhancer_spec[len("model:"):] if isinstance(enhancer_spec, str) and \
+        enhancer_spec.startswith("model:") else None
+    learned = restorer is not None and fusion.default_fusion_model().is_file()
+    fuser = fusion.TrackFuser(fusion.FusionConfig(), restorer=restorer if learned else None,
+                              model="default" if learned else None, device=device)
+    t0 = time.perf_counter()
+    for rec in todo:
+        sides = np.array([c[4] for c in rec.fusion_crops], np.float64)
+        side = int(np.clip(np.median(np.minimum(sides, FUSION_MAX_SIDE)), 8, FUSION_MAX_SIDE))
+        crops = np.stack([cv2.resize(c[2], (side, side), interpolation=cv2.INTER_AREA if c[2].shape[0] > side
+                                     else cv2.INTER_CUBIC) for c in rec.fusion_crops])
+        try:
+            res = fuser(crops, [c[3] for c in rec.fusion_crops], sides)
+        except ConfigError:  # no crop registered to the reference: the track keeps its single face
+            continue
+        rec.fused = res.out
+        frames = [rec.fusion_crops[i][1] for i in res.frames]
+        rec.fusion = {"frames": frames, "used": int(res.registration.used.sum()), "side": side}
+    ms = 1000.0 * (time.perf_counter() - t0) / len(todo)
+    return {"mode": "learned" if learned else "classical", "tracks": len(todo), "ms_per_track": round(ms, 2)}
+
+
 def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128,
                  labelled: bool = False) -> dict[str, str]:
     """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
@@ -1561,15 +1634,24 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             if ok:
                 _write_atomic(gpath, buf.tobytes())
             gfile = str(gpath.relative_to(out_dir))
+        ffile = ""
+        if rec.fused is not None:
+            img = cv2.resize(rec.fused, (gallery_size, gallery_size), interpolation=cv2.INTER_CUBIC)
+            fpath = gallery / f"track_{tid:04d}_fused.png"
+            ok, buf = cv2.imencode(".png", img[:, :, ::-1])
+            if ok:
+                _write_atomic(fpath, buf.tobytes())
+                ffile = str(fpath.relative_to(out_dir))
+        fused = {"fused": ffile, "fused_frames": rec.fusion["used"] if rec.fusion else 0}
         rows.append({"track_id": tid, "first_frame": rec.first, "last_frame": rec.last, "frames": len(rec.boxes),
                      "max_score": round(rec.max_score, 4), "best_frame": rec.best_frame,
                      "best_score": round(rec.best_score, 4), "best_sharpness": round(rec.best_sharpness, 2),
-                     "gallery": gfile, **ident})
+                     "gallery": gfile, **fused, **ident})
         boxes = [list(rec.boxes[f]) if f in rec.boxes else None for f in range(rec.first, rec.last + 1)]
         tracks_json.append({"id": tid, "first": rec.first, "last": rec.last, "best_frame": rec.best_frame,
-                            "gallery": gfile, **ident, "boxes": boxes})
+                            "gallery": gfile, **fused, **ident, "boxes": boxes})
     fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
-              "best_sharpness", "gallery"] + (IDENTITY_FIELDS if labelled else [])
+              "best_sharpness", "gallery", "fused", "fused_frames"] + (IDENTITY_FIELDS if labelled else [])
     import io
 
     text = io.StringIO(newline="")
@@ -1819,6 +1901,11 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         if tid in processor.records:
             processor.records[tid].label = lab
     outputs = {k: str(v) for k, v in writer.paths.items()}
+    fusion_info = None
+    if cfg.fuse_tracks:
+        t_fuse = time.perf_counter()
+        fusion_info = fuse_records(processor.records, cfg.enhancer if enhancer is None else "")
+        fusion_info["seconds"] = round(time.perf_counter() - t_fuse, 3)
     outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None))
     identities = None
     if identifier is not None:
@@ -1837,7 +1924,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         stage_ms={k: round(v, 3) for k, v in stage_ms.items()},
         flicker=None if flick is None else round(flick, 4), outputs=outputs,
         webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities,
-        stopped=stopped, skipped=skipped, swept=swept, video_backend=writer.video_backend)
+        stopped=stopped, skipped=skipped, swept=swept, video_backend=writer.video_backend, fusion=fusion_info)
     outputs["summary"] = str(out_dir / "summary.json")
     _write_atomic(out_dir / "summary.json", json.dumps(result.to_json(), indent=2))
     if interrupted is not None:
@@ -1942,6 +2029,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="best crops per track averaged into its embedding (default %(default)s)")
     parser.add_argument("--identity-source", default=d.identity_source, choices=IDENTITY_SOURCES,
                         help="match the enhanced (composited) face or the raw input face")
+    parser.add_argument("--no-fuse-tracks", action="store_true",
+                        help="do not fuse each track's crops into one face at the end (gallery/*_fused.png)")
+    parser.add_argument("--fusion-frames", type=_limit_arg("fusion_frames"), default=d.fusion_frames,
+                        help="raw crops kept per track for fusion, the best by quality (2-64)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1953,7 +2044,8 @@ def run_cli(args: argparse.Namespace) -> int:
                       live=args.live, reconnect=args.reconnect, open_timeout_s=args.open_timeout,
                       queue_size=args.queue_size, progress=not args.no_progress,
                       identity_gallery=args.gallery, identity_threshold=args.gallery_threshold,
-                      identity_crops=args.identity_crops, identity_source=args.identity_source)
+                      identity_crops=args.identity_crops, identity_source=args.identity_source,
+                      fuse_tracks=not args.no_fuse_tracks, fusion_frames=args.fusion_frames)
     try:  # facekit reports what failed in one line; OpenCV's own warnings (stream timeouts) only repeat it
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:

@@ -197,3 +197,24 @@ def test_video_writes_a_fused_face_per_track(tmp_path):
                                                                         enhancer="bicubic", fuse_tracks=False))
     assert off.fusion is None
     assert not list((tmp_path / "off" / "gallery").glob("*_fused.png"))
+
+
+def test_identify_takes_a_video_folder_as_one_fused_face_per_track(tmp_path):
+    import json
+
+    from facekit.errors import DataSourceError
+    from facekit.identify import list_probe_files
+    from facekit.imageio import write_image
+
+    (tmp_path / "gallery").mkdir()
+    face = np.full((64, 64, 3), 120, np.uint8)
+    for name in ("track_0001.png", "track_0001_fused.png", "track_0002.png"):
+        write_image(tmp_path / "gallery" / name, face)
+    (tmp_path / "tracks.json").write_text(json.dumps({"tracks": [
+        {"id": 1, "gallery": "gallery/track_0001.png", "fused": "gallery/track_0001_fused.png"},
+        {"id": 2, "gallery": "gallery/track_0002.png", "fused": ""}]}))
+    files = list_probe_files(tmp_path)
+    assert [f.name for f in files] == ["track_0001_fused.png", "track_0002.png"]
+    (tmp_path / "tracks.json").write_text("{broken")
+    with pytest.raises(DataSourceError, match="tracks.json"):
+        list_probe_files(tmp_path)

@@ -98,7 +98,9 @@ def test_ids_stable_outputs_match_input(clip, tmp_path):
     assert rows[0].startswith("track_id") and len(rows) == 2
     # without a gallery: no identity columns, names or summary entry
     assert "identity" not in rows[0] and "identity" not in tracks[0]
-    assert rows[0].split(",")[-1] == "gallery" and rows[1].split(",")[-1] == "gallery/track_0001.png"
+    assert rows[0].split(",")[-3:] == ["gallery", "fused", "fused_frames"]
+    assert rows[1].split(",")[-3:-1] == ["gallery/track_0001.png", "gallery/track_0001_fused.png"]
+    assert (tmp_path / "gallery" / "track_0001_fused.png").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == N_FRAMES and summary["tracks"] == 1 and summary["dropped"] == 0
     assert set(summary["stage_ms"]) >= {"detect", "enhance", "read", "write"}
@@ -417,7 +419,9 @@ def test_saved_gallery_cli_labels_stranger_unknown(id_clips, id_gallery_dir, tmp
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["identities"]["threshold"] == ID_THRESHOLD
     assert summary["config"]["identity_gallery"] == str(saved)
-    assert [p.name.split("_0.")[0] for p in (tmp_path / "out" / "gallery").glob("*.png")] == ["track_0001_unknown"]
+    assert [p.name.split("_0.")[0] for p in (tmp_path / "out" / "gallery").glob("*.png")
+            if not p.name.endswith("_fused.png")] == ["track_0001_unknown"]
+    assert rows[0]["fused"] == "gallery/track_0001_fused.png"
 
 
 def test_uncalibrated_gallery_with_auto_threshold_is_calibrated_on_orl(id_clips, id_gallery_dir, tmp_path,
