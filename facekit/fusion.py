@@ -24,7 +24,6 @@ centres at integers) such that ``ref(x) ~ frame(W x)``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -63,16 +62,13 @@ class FusionConfig:
     max_shift: float = 0.25
 
     def __post_init__(self):
+        from facekit.settings import check_float, check_int
+
         for name, lo, hi in (("k", 1, 64), ("scale", 1, 8), ("iterations", 0, 100)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise ConfigError(f"fusion {name} must be an integer in [{lo}, {hi}], got {v!r}")
+            check_int(getattr(self, name), f"fusion {name}", lo, hi)
         for name, lo, hi in (("step", 0.0, 4.0), ("psf_sigma", 0.0, 4.0), ("min_correlation", -1.0, 1.0),
                              ("reject", 0.5, 100.0), ("max_shift", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not lo <= float(v) <= hi \
-                    or not math.isfinite(float(v)):
-                raise ConfigError(f"fusion {name} must be a number in [{lo}, {hi}], got {v!r}")
+            check_float(getattr(self, name), f"fusion {name}", lo, hi)
 
 
 @dataclass

@@ -73,10 +73,10 @@ class FusionTrainConfig:
     workers: int = 1
 
     def __post_init__(self):
+        from facekit.settings import check_int
+
         for name in ("bursts", "steps", "batch", "ckpt_every", "ch", "blocks", "scale", "workers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"fusion config {name} must be a positive integer, got {v!r}")
+            check_int(getattr(self, name), f"fusion config {name}", 1)
         if not (isinstance(self.k_range, (list, tuple)) and len(self.k_range) == 2
                 and 1 <= int(self.k_range[0]) <= int(self.k_range[1]) <= 64):
             raise ConfigError(f"fusion config k_range must be [min, max] within 1..64, got {self.k_range!r}")

@@ -125,7 +125,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         fusion.as_crops([np.zeros((16, 16, 3), np.uint8), np.zeros((20, 20, 3), np.uint8)])
     with pytest.raises(ConfigError, match="uint8"):
         fusion.as_crops(np.zeros((2, 16, 16, 3), np.float32))
-    with pytest.raises(ConfigError, match="k must be"):
+    with pytest.raises(ConfigError, match="fusion k=0"):
         fusion.FusionConfig(k=0)
     bogus = tmp_path / "fusion.pt"
     torch.save({"format": "something-else", "state_dict": {}}, bogus)
