@@ -57,7 +57,10 @@ def test_grey_world_removes_a_colour_cast(faces):
 
 
 def test_auto_exposure_fixes_dark_and_leaves_good_exposure(faces):
-    gt = faces[1].astype(np.float32) / 255.0
+    # a well-exposed face: ORL crops' soft-filled borders (data cache v2) brighten some crops past
+    # the over-exposure test, so take the face whose mean is nearest a typical exposure
+    gt = min((f.astype(np.float32) / 255.0 for f in faces), key=lambda x: abs(float((x @ baselines.LUMA).mean()) - 0.45))
+    assert 0.3 < float((gt @ baselines.LUMA).mean()) < 0.55
     assert np.array_equal(baselines.auto_exposure(gt), gt)
     dark = augment.apply_lighting(gt, exposure_stops=-2.0)
     assert _psnr(baselines.auto_exposure(dark), gt) > _psnr(dark, gt) + 6
