@@ -233,7 +233,7 @@ def _reg_image(crop: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(y, (0, 0), _UP * 0.6)
 
 
-def register(crops, reference: int = 0, motion: str = "euclidean", iterations: int = 60,
+def register(crops, reference: int = 0, motion: str = "euclidean", iterations: int = 25,
              min_correlation: float = 0.6, max_shift: float = 0.25) -> Registration:
     """Register every crop to the reference crop with sub-pixel accuracy.
 
@@ -260,7 +260,7 @@ def register(crops, reference: int = 0, motion: str = "euclidean", iterations: i
     warps = np.repeat(np.eye(2, 3, dtype=np.float32)[None], k, axis=0)
     corr = np.ones(k, np.float32)
     used = np.ones(k, bool)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), 1e-5)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), 1e-4)
     for i in range(k):
         if i == reference:
             continue
