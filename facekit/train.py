@@ -851,6 +851,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     torch.manual_seed(cfg.seed)
     is_main = rank == 0
     run_dir = run_dir_for(cfg, runs_dir)
+    if is_main:  # a read-only runs folder is a one-line error before any data loads, not at the first checkpoint
+        from facekit.settings import check_writable
+
+        check_writable(run_dir, "run folder", "; choose another with --runs-dir or set FACEKIT_DATA_DIR")
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     if is_main and not resume and last.exists() and not overwrite:

@@ -1709,6 +1709,9 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         cfg.enhancer = resolve_enhancer(cfg.enhancer)
     source = resolve_source(input_spec)
     out_dir = Path(out_dir)
+    from facekit.settings import check_writable
+
+    check_writable(out_dir, "output folder", "; give another OUTPUT_DIR")  # before the source opens
     live = source.live if cfg.live is None else bool(cfg.live)
     # Before opening the source: a bad gallery fails fast, and enrolment/calibration stay off the clock.
     identifier = build_identifier(cfg, gallery)

@@ -197,3 +197,31 @@ def test_check_writable_names_a_file_in_the_way(tmp_path):
     assert settings.check_writable(tmp_path / "new" / "deeper", "output folder") == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()  # the check creates nothing
     assert [p.name for p in tmp_path.iterdir()] == ["f"]  # and leaves no probe file
+
+
+def test_video_read_only_output_is_one_line_before_the_source_opens(read_only, tmp_path, capsys, monkeypatch):
+    from facekit import video
+
+    monkeypatch.setattr(video, "open_capture", lambda *a, **k: pytest.fail("the source was opened first"))
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(b"not opened")
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(out)
+    assert cli.main(["video", str(clip), str(out), "--no-progress"]) == 1
+    line = _one_error_line(capsys, "video")
+    assert f"{out}" in line and "output folder is not writable" in line
+
+
+def test_train_read_only_runs_folder_is_one_line_before_any_data_loads(read_only, tmp_path, capsys, monkeypatch):
+    from facekit import data
+
+    monkeypatch.setattr(data, "load_faces", lambda *a, **k: pytest.fail("faces were loaded first"))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    read_only(runs)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: ro\nsteps: 1\n")
+    assert cli.main(["train", "--config", str(cfg), "--runs-dir", str(runs)]) == 1
+    line = _one_error_line(capsys, "train")
+    assert f"{runs / 'ro'}" in line and "not writable" in line
