@@ -53,8 +53,8 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
         source: name written in the ``source`` column.
 
     Returns:
-        One row per (face, k, method): ``source, face, identity, k, method, psnr, ssim, id_sface,
-        rank1_hit`` (NaN without a gallery).
+        One row per (face, k, method): ``source, face, identity, group (skin-tone group where the
+        source has one), k, method, psnr, ssim, id_sface, rank1_hit`` (NaN without a gallery).
     """
     from tqdm.auto import tqdm
 
@@ -86,7 +86,7 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
                 tgt = gt[oracle] if name == "oracle_single" else gt[ref]
                 m = maps[oracle] if name == "oracle_single" else maps[ref]
                 outs.append(out), gts.append(tgt), lms.append(_landmarks_in_crop(face, info, framed_side, m))
-                keys.append((face.key, face.identity, k, name))
+                keys.append((face.key, face.identity, k, name, face.group))
     outs, gts, lms = np.stack(outs), np.stack(gts), np.stack(lms).astype(np.float32)
     psnr = metrics.psnr_uint8(outs, gts)
     ssim = metrics.ssim_uint8(outs, gts)
@@ -98,8 +98,8 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
         g_emb, g_ids = gallery
         best = np.argmax(emb @ g_emb.T, axis=1)
         hits = (np.asarray(g_ids, dtype=object)[best] == np.array([k[1] for k in keys], dtype=object)).astype(float)
-    for j, (key, identity, k, name) in enumerate(keys):
-        rows.append({"source": source, "face": key, "identity": identity, "k": k, "method": name,
+    for j, (key, identity, k, name, group) in enumerate(keys):
+        rows.append({"source": source, "face": key, "identity": identity, "group": group, "k": k, "method": name,
                      "psnr": float(psnr[j]), "ssim": float(ssim[j]), "id_sface": float(sim[j]),
                      "rank1_hit": float(hits[j])})
     return pd.DataFrame(rows)
