@@ -6,7 +6,7 @@ and OpenCV is fast on it; ``uint8`` only appears inside JPEG/video coding. Funct
 their input in place.
 
 Each degradation is a plain function with explicit parameters (``motion_blur``, ``jpeg`` ...) and
-a random variant taking a :class:`numpy.random.Generator` (``random_motion_blur`` ...) that
+a random variant, ``random_op(name, image, rng)`` with a :class:`numpy.random.Generator`, that
 returns ``(image, params)``; ``op(image, **params)`` reproduces it exactly. Noise ops take an
 integer ``seed`` as an explicit parameter so they replay too.
 
@@ -982,11 +982,17 @@ def pose_angles(params: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Random variants of each op: (image, rng, **parameter overrides) -> (image, drawn params)
+# Random draws of any op: (op name, image, rng, **parameter overrides) -> (image, drawn params)
 
 
 def random_op(name: str, img, rng: np.random.Generator, **overrides) -> tuple[np.ndarray, dict]:
     """Apply op ``name`` with parameters drawn from its default ranges (or ``overrides``).
+
+    Args:
+        name: an op of :data:`OPS`, e.g. ``"downsample"``.
+        img: ``(H,W,3)`` RGB, uint8 or float in [0,1].
+        rng: the generator the parameters are drawn from.
+        **overrides: parameter ranges or fixed values, as in a pipeline entry (``scale=[2, 8]``).
 
     Returns:
         ``(image float32 in [0,1], params)``; ``OPS[name].apply(image, **params)`` replays it.
@@ -995,56 +1001,6 @@ def random_op(name: str, img, rng: np.random.Generator, **overrides) -> tuple[np
     x = to_float(img)
     drawn = opdef.sample(rng, cfg, x.shape)
     return opdef.apply(x, **drawn), drawn
-
-
-def random_motion_blur(img, rng, **ranges):
-    """Random camera-shake blur (ranges: ``length_frac``, ``exposure``)."""
-    return random_op("motion_blur", img, rng, **ranges)
-
-
-def random_linear_motion_blur(img, rng, **ranges):
-    """Random straight motion blur (ranges: ``length_frac``, ``angle``)."""
-    return random_op("linear_motion_blur", img, rng, **ranges)
-
-
-def random_defocus_blur(img, rng, **ranges):
-    """Random defocus (range: ``radius_frac``)."""
-    return random_op("defocus_blur", img, rng, **ranges)
-
-
-def random_gaussian_blur(img, rng, **ranges):
-    """Random Gaussian blur (range: ``sigma_frac``)."""
-    return random_op("gaussian_blur", img, rng, **ranges)
-
-
-def random_downsample(img, rng, **ranges):
-    """Random downsampling (``scale`` 2-8, ``method``)."""
-    return random_op("downsample", img, rng, **ranges)
-
-
-def random_gaussian_noise(img, rng, **ranges):
-    """Random Gaussian noise (``sigma``, ``color``)."""
-    return random_op("gaussian_noise", img, rng, **ranges)
-
-
-def random_poisson_noise(img, rng, **ranges):
-    """Random shot noise (``photons``, ``color``)."""
-    return random_op("poisson_noise", img, rng, **ranges)
-
-
-def random_low_light(img, rng, **ranges):
-    """Random low light (``level``, ``gamma``, ``black``, ``photons``, ``read_noise``)."""
-    return random_op("low_light", img, rng, **ranges)
-
-
-def random_jpeg(img, rng, **ranges):
-    """Random JPEG quality (``quality`` 10-95)."""
-    return random_op("jpeg", img, rng, **ranges)
-
-
-def random_video_codec(img, rng, **ranges):
-    """Random video-codec pass (``codec``, ``quality``, ``motion_px``)."""
-    return random_op("video_codec", img, rng, **ranges)
 
 
 def random_occlusion(img, rng, kind=OCCLUSION_KINDS) -> tuple[np.ndarray, np.ndarray, dict]:
