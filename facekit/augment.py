@@ -100,20 +100,16 @@ def kelvin_to_rgb(kelvin: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4096)
 def _gains(kelvin: float, neutral: float) -> np.ndarray:
+    """Per-channel gains that re-light a ``neutral`` scene with a ``kelvin`` light.
+
+    Returns:
+        ``(3,) float32``, read-only (cached); their Rec.709 luminance is 1 (brightness is kept).
+    """
     gains = kelvin_to_rgb(kelvin) / kelvin_to_rgb(neutral)
     gains = gains / float(gains @ LUMA.astype(np.float64))
     out = gains.astype(np.float32)
     out.setflags(write=False)
     return out
-
-
-def white_balance_gains(kelvin: float, neutral: float = NEUTRAL_KELVIN) -> np.ndarray:
-    """Per-channel gains that re-light a neutral scene with a ``kelvin`` light.
-
-    Returns:
-        ``(3,) float32``; the Rec.709 luminance of the gains is 1 (brightness is kept).
-    """
-    return _gains(float(kelvin), float(neutral)).copy()
 
 
 def apply_lighting(img, kelvin: float = NEUTRAL_KELVIN, exposure_stops: float = 0.0,
