@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facekit import degrade
+from facekit.augment import apply_lighting
 from facekit.errors import ConfigError
 
 CLIP_NAME = "clip.avi"
@@ -79,11 +81,7 @@ def _paths(n_faces: int, n_frames: int, w: int, h: int, side: int, speed: float,
 
 
 def _relight(x: np.ndarray, kelvin: float, stops: float) -> np.ndarray:
-    """White-point shift and exposure change (``facekit.augment.apply_lighting`` when present)."""
-    try:
-        from facekit.augment import apply_lighting
-    except ImportError:  # pragma: no cover - the engine ships with facekit
-        return np.clip(x * np.float32(2.0 ** stops), 0, 1)
+    """White-point shift and exposure change (:func:`facekit.augment.apply_lighting`)."""
     return apply_lighting(x, kelvin=kelvin, exposure_stops=stops)
 
 
@@ -91,27 +89,22 @@ def _degrade(frame: np.ndarray, preset: ClipPreset, kelvin: float, stops: float,
              rng: np.random.Generator) -> np.ndarray:
     """Degrade a clean ``(H,W,3) float32`` frame; returns ``uint8`` RGB.
 
-    Uses ``facekit.degrade``'s ops when present (same maths as the training degradations), else
-    equivalent OpenCV calls.
+    Uses :mod:`facekit.degrade`'s ops, so clips carry the same maths as the training degradations.
     """
-    try:
-        from facekit import degrade as dg
-    except ImportError:  # pragma: no cover - the engine ships with facekit
-        dg = None
     h, w = frame.shape[:2]
     x = frame
     if preset.blur_px > 0:
-        x = dg.gaussian_blur(x, preset.blur_px) if dg else cv2.GaussianBlur(x, (0, 0), preset.blur_px)
+        x = degrade.gaussian_blur(x, preset.blur_px)
     if preset.scale > 1:
         sw, sh = max(1, round(w / preset.scale)), max(1, round(h / preset.scale))
         x = cv2.resize(cv2.resize(x, (sw, sh), interpolation=cv2.INTER_AREA), (w, h),
                        interpolation=cv2.INTER_LINEAR)
     x = _relight(np.clip(x, 0, 1).astype(np.float32), kelvin, stops)
     if preset.noise > 0:
-        x = dg.gaussian_noise(x, preset.noise, seed=rng) if dg else x + rng.normal(0, preset.noise, x.shape)
+        x = degrade.gaussian_noise(x, preset.noise, seed=rng)
     x = np.clip(x, 0, 1)
     if preset.jpeg < 100:
-        x = dg.jpeg(x, preset.jpeg) if dg else x
+        x = degrade.jpeg(x, preset.jpeg)
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
