@@ -3,9 +3,9 @@ faces, enhance each face crop, paste it back with a feathered blend, keep enhanc
 over time, and write an annotated video, a browser-playable VP8 ``.webm``, a per-track gallery and
 compact track files.
 
-Reader, processing and writer run in separate threads joined by bounded queues. Files process
-every frame (the reader waits); live sources drop the oldest queued frame when processing falls
-behind, and the count is reported.
+Reader, detection (one frame ahead of the rest), processing and writer run in separate threads
+joined by bounded queues. Files process every frame (the reader waits); live sources drop the
+oldest queued frame when processing falls behind, and the count is reported.
 
 Identities: with a gallery of known people (``VideoConfig.identity_gallery`` or ``--gallery PATH``:
 a gallery folder, one sub-folder or ``name_`` file prefix per person, or a ``.npz`` saved by
@@ -1385,11 +1385,35 @@ class FaceVideoProcessor:
             self._masks[key] = (m, 1.0 - m)
         return self._masks[key]
 
-    def process(self, index: int, bgr: np.ndarray, annotate: bool | None = None) -> tuple[np.ndarray, list]:
+    def detect(self, index: int, bgr: np.ndarray) -> list | None:
+        """Run the face detector on frame ``index`` if it is a detection frame (every ``detect_every``-th).
+
+        It reads no tracking state, so :func:`process_video` runs it for the next frame in its own
+        thread while this one is enhanced and composited; :meth:`process` gives the same result
+        whether the detections come from here beforehand or are computed inside it.
+
+        Args:
+            index: frame index. bgr: ``(H,W,3) uint8`` BGR frame (not modified).
+
+        Returns:
+            The detections of at least ``min_face`` px, or None on a frame that is only tracked.
+        """
+        if index % self.cfg.detect_every != 0:
+            return None
+        t0 = time.perf_counter()
+        dets = [d for d in self.detector.detect(bgr[:, :, ::-1]) if min(d.box[2], d.box[3]) >= self.cfg.min_face]
+        self.times["detect"] += time.perf_counter() - t0
+        return dets
+
+    def process(self, index: int, bgr: np.ndarray, annotate: bool | None = None,
+                detections: list | None = None) -> tuple[np.ndarray, list]:
         """Process one frame.
 
         Args:
             index: frame index (increasing). bgr: ``(H,W,3) uint8`` BGR frame (not modified).
+            annotate: draw boxes and the rate (None: ``cfg.annotate``).
+            detections: this frame's :meth:`detect` result when it was computed ahead (None: run
+                the detector here when it is a detection frame).
 
         Returns:
             ``(output BGR frame, [(track_id, (x0, y0, side), enhanced RGB crop)])``.
@@ -1398,9 +1422,8 @@ class FaceVideoProcessor:
         h, w = bgr.shape[:2]
         t0 = time.perf_counter()
         if index % cfg.detect_every == 0:
-            dets = [d for d in self.detector.detect(bgr[:, :, ::-1]) if min(d.box[2], d.box[3]) >= cfg.min_face]
+            dets = self.detect(index, bgr) if detections is None else detections
             t1 = time.perf_counter()
-            self.times["detect"] += t1 - t0
             self.detections += len(dets)
             tracks = self.tracker.update(index, [d.box for d in dets], [d.score for d in dets],
                                          [d.landmarks for d in dets] if dets else None)
@@ -1809,6 +1832,8 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     state = {"dropped": 0, "reconnects": 0, "message": "", "read_s": 0.0, "live": live, "read_frames": 0,
              "offset": 1}
     frames_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    # one detected frame waits while the previous one is composited: detection stays one frame ahead
+    detected_q: queue.Queue = queue.Queue(maxsize=1)
     out_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     stop = threading.Event()
     frames_q.put((0, first))
@@ -1837,6 +1862,8 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
 
     rt = threading.Thread(target=_reader_offset, daemon=True, name="facekit-video-reader")
     wt = threading.Thread(target=_write_loop, daemon=True, name="facekit-video-writer")
+    dt = threading.Thread(target=_detect_ahead, args=(processor, frames_q, detected_q, stop), daemon=True,
+                          name="facekit-video-detect")
     rt.start()
     wt.start()
 
@@ -1849,18 +1876,21 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
             total = min(total, cfg.max_frames) if total else cfg.max_frames
         bar = tqdm(total=total, desc="video", unit="frame", leave=False)
     t_start = time.perf_counter()
+    dt.start()  # after the clock starts: no frame is detected off the clock
     n = 0
     last_index = -1
     error = None
     recent: list[float] = []
     try:
         while True:
-            item = _next_frame(frames_q, guard)
+            item = _next_frame(detected_q, guard)
             if item is _STOP:
                 break
-            index, frame = item
+            if isinstance(item, _Failed):
+                raise item.exc
+            index, frame, dets = item
             last_index = index
-            out, faces = processor.process(index, frame, annotate=False)
+            out, faces = processor.process(index, frame, annotate=False, detections=dets)
             if frame_hook is not None:
                 frame_hook(index, frame, out, faces)
             if cfg.annotate:
@@ -1884,11 +1914,13 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         error = exc
     finally:
         stop.set()
-        while True:  # unblock a reader waiting on a full queue
-            try:
-                frames_q.get_nowait()
-            except queue.Empty:
-                break
+        for q in (frames_q, detected_q):  # unblock a reader or the detector waiting on a full queue
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+        dt.join()  # it sees ``stop`` within 0.2 s of finishing the frame it holds
         out_q.put(_STOP)
         wt.join()
         try:
@@ -1992,6 +2024,56 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     if stopped:
         raise StopRequested(guard.signum, result)
     return result
+
+
+class _Failed:
+    """An exception raised in a pipeline thread, handed to the processing thread to re-raise."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _detect_ahead(processor: FaceVideoProcessor, frames_q: queue.Queue, detected_q: queue.Queue,
+                  stop: threading.Event) -> None:
+    """Detect faces on the queued frames, one frame ahead of the processing thread.
+
+    Detection is most of a frame's time and in OpenCV mostly runs on one core; here it overlaps the
+    enhancement and compositing of the previous frame (ONNX Runtime and OpenCV release the GIL).
+    Tracking and everything after it stay in the processing thread, in frame order, so the output
+    is the same as :meth:`FaceVideoProcessor.process` called frame by frame.
+
+    Args:
+        processor: its :meth:`FaceVideoProcessor.detect` is called (it reads no tracking state).
+        frames_q: ``(index, frame)`` items from the reader, ending with ``_STOP``.
+        detected_q: receives ``(index, frame, detections or None)`` in the same order, then
+            ``_STOP``; or a :class:`_Failed` when detection raised.
+        stop: set by the processing thread when it stops consuming.
+    """
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                detected_q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        while not stop.is_set():
+            try:
+                item = frames_q.get(timeout=0.2)  # a timeout: the reader may be gone when stop is set
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                break
+            index, frame = item
+            if not put((index, frame, processor.detect(index, frame))):
+                return
+    except Exception as exc:  # noqa: BLE001 - re-raised by the processing thread
+        put(_Failed(exc))
+        return
+    put(_STOP)
 
 
 def _next_frame(frames_q: queue.Queue, guard: StopSignals | None):

@@ -117,6 +117,66 @@ def test_no_face_clip_gives_no_tracks(tmp_path, faces):
     assert _count_frames(res.outputs["video"])[0] == res.frames
 
 
+class _JitteryDetector:
+    """YuNet with a seeded random delay per call, so detection ahead runs early or late (issue 24)."""
+
+    def __init__(self, seed: int, fail_at: int | None = None):
+        from facekit.faces import FaceDetector
+
+        self.det = FaceDetector()
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def detect(self, rgb):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("detector broke")
+        time.sleep(float(self.rng.uniform(0.0, 0.01)))
+        return self.det.detect(rgb)
+
+
+@pytest.mark.parametrize("detect_every", [1, 2])
+def test_detection_ahead_matches_serial_processing(faces, tmp_path, detect_every):
+    """process_video detects the next frame in its own thread while the current one is enhanced; the
+    frames (in order), tracks, gallery crops and fusion crops are those of FaceVideoProcessor.process
+    called frame by frame (issue 24)."""
+    from facekit.video import FaceVideoProcessor, fuse_records
+
+    src = synthclip.make_clip(faces, tmp_path / "src", n_frames=24, size=SIZE, seed=11, n_faces=2,
+                              face_frac=0.3, speed=3.0)
+    cfg = _cfg(enhancer="classical", detect_every=detect_every, annotate=False, webm=False)
+    seen = []
+    res = process_video(src, tmp_path / "out", cfg, detector=_JitteryDetector(seed=detect_every),
+                        frame_hook=lambda i, inp, out, f: seen.append((i, out.copy(), [x[0] for x in f])))
+    assert [i for i, _, _ in seen] == list(range(24)) and res.frames == 24
+
+    serial = FaceVideoProcessor(_cfg(enhancer="classical", detect_every=detect_every, annotate=False))
+    cap = cv2.VideoCapture(str(src))
+    for i, out, ids in seen:
+        ok, frame = cap.read()
+        assert ok
+        want, want_faces = serial.process(i, frame)
+        assert np.array_equal(out, want), f"frame {i} differs from the serial path"
+        assert ids == [x[0] for x in want_faces]
+    assert len(serial.records) == res.tracks >= 2
+    fuse_records(serial.records, "classical")  # the kept raw crops fuse the same way
+    tracks = json.loads((tmp_path / "out" / "tracks.json").read_text())["tracks"]
+    for t in tracks:
+        rec = serial.records[t["id"]]
+        assert t["best_frame"] == rec.best_frame and t["first"] == rec.first and t["last"] == rec.last
+        assert t["boxes"] == [list(rec.boxes[f]) if f in rec.boxes else None for f in range(rec.first, rec.last + 1)]
+        assert t["fused_frames"] == (rec.fusion["used"] if rec.fusion else 0)
+    assert sum(bool(t["fused_frames"]) for t in tracks) >= 2
+
+
+def test_detector_error_in_its_thread_is_raised_and_outputs_finalised(clip, tmp_path):
+    """A detector failing in the detection thread stops the run with its own error (issue 24)."""
+    with pytest.raises(RuntimeError, match="detector broke"):
+        process_video(clip, tmp_path, _cfg(detect_every=1), detector=_JitteryDetector(seed=0, fail_at=5))
+    assert (tmp_path / "annotated.mp4").is_file()  # the frames before it were written and renamed
+
+
 def test_truncated_file_finalises_output(clip, tmp_path):
     data = clip.read_bytes()
     bad = tmp_path / "truncated.avi"
