@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     srvgg = Stage("upscale", build_stage_model("srvgg_compact", {"num_feat": 32, "num_conv": 8, "scale": 4}), in_size=16)
     chains["realtime-srvgg-upscale"] = (stages[:-1] + [srvgg], source.rsplit(",", 1)[0] + ", upscale=SRVGG random")
-    from facekit.restore import read_chain_spec
+    from facekit.chain import read_chain_spec
 
     # Every released chain folder (models/default, models/realtime, ...), default first.
     for chain_yaml in sorted(settings.MODELS_DIR.glob("*/chain.yaml"), key=lambda p: p.parent.name != "default"):

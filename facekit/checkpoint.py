@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import random
 import re
 import sys
@@ -34,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekit.errors import CheckpointError
+from facekit import errors, settings
+from facekit.errors import CheckpointError, describe_load_failure
 
 FORMAT = "facekit-train-1"
 
@@ -183,13 +183,10 @@ def chain_sha256_table(chain: str | Path) -> tuple[dict[str, str] | None, set[st
             of files to 64-digit hex strings, or (with a table) a stage file that has no entry
             or lies outside the chain folder: a release records every stage it ships.
     """
-    from facekit.errors import ConfigError
-    from facekit.settings import load_yaml
-
     chain = Path(chain)
     try:
-        data = load_yaml(chain)
-    except ConfigError as exc:
+        data = settings.load_yaml(chain)
+    except errors.ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     data = data if isinstance(data, dict) else {}
     stages = data.get("stages")
@@ -271,23 +268,6 @@ def _non_finite(obj, where: str = "") -> str | None:
     return None
 
 
-def _load_failure(exc: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed, never suggesting the unsafe load.
-
-    torch's own message for a file its safe unpickler refuses says that ``weights_only=False``
-    "will likely succeed": that runs any code the file holds, so it is never repeated here.
-    """
-    text = str(exc)
-    detail = (re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
-              or re.search(r"\n\s*(Trying to load unsupported .+?)\s*(?:\n\n|Check the documentation|$)", text, re.S))
-    if isinstance(exc, pickle.UnpicklingError) or detail or "weights_only" in text:
-        why = " ".join(detail.group(1).split())[:200] if detail else type(exc).__name__
-        return ("corrupt, or it holds objects other than tensors and plain data, which facekit never loads "
-                f"({why})")
-    first = " ".join(text.split(". ")[0].split())[:200] if text else ""
-    return f"corrupt or truncated ({type(exc).__name__}: {first})" if first else f"corrupt ({type(exc).__name__})"
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``, checked.
 
@@ -315,7 +295,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or non-checkpoint file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_load_failure(exc)}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {describe_load_failure(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
     bad = _non_finite(data)

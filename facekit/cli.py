@@ -1,8 +1,8 @@
 """Command line: ``python -m facekit <command> ...``.
 
-Each command lives in the module that owns its concern; that module provides
-``add_arguments(parser)`` and ``run_cli(args) -> int``. The top-level parser is built from
-:data:`COMMANDS` alone and a command's module is imported only once argparse reaches that
+Each command is a thin module in :mod:`facekit.commands` (``video`` and ``release`` still keep
+theirs beside their code) providing ``add_arguments(parser)`` and ``run_cli(args) -> int``. The
+top-level parser is built from :data:`COMMANDS` alone and a command's module is imported only once argparse reaches that
 command's word (:class:`_LazySubParsers`), so ``python -m facekit --help``, a bare
 ``python -m facekit`` and an unknown command import no torch (~0.1 s instead of ~7 s and 1 GB),
 and a missing optional dependency only affects its own command.
@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from facekit import settings
 from facekit.errors import FacekitError
 
 DESCRIPTION = "Reconstruct recognisable faces from low-quality CCTV footage, CPU-first."
@@ -21,19 +22,20 @@ EPILOG = "Run 'python -m facekit COMMAND --help' for a command's options."
 
 # command name -> (module, one-line help). A literal dict so the valid commands are visible.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("facekit.data", "ingest a face source into an aligned, split, cached dataset"),
-    "train": ("facekit.train", "train a restoration GAN from a config file"),
-    "run": ("facekit.runner", "run the notebooks headless and write HTML reports"),
-    "evaluate": ("facekit.evaluate", "score restorers across lighting, angles and severities vs baselines; "
-                                     "--suite ood: on faces and degradations no model trained on"),
-    "identify": ("facekit.identify", "match probe faces against a gallery of known people"),
-    "restore": ("facekit.restore", "restore the faces in photos and frames (detect, restore, paste back), or face "
-                                   "crops with --aligned"),
+    "data": ("facekit.commands.data", "ingest a face source into an aligned, split, cached dataset"),
+    "train": ("facekit.commands.train", "train a restoration GAN from a config file"),
+    "run": ("facekit.commands.run", "run the notebooks headless and write HTML reports"),
+    "evaluate": ("facekit.commands.evaluate", "score restorers across lighting, angles and severities vs baselines; "
+                                              "--suite ood: on faces and degradations no model trained on"),
+    "identify": ("facekit.commands.identify", "match probe faces against a gallery of known people"),
+    "restore": ("facekit.commands.restore", "restore the faces in photos and frames (detect, restore, paste back), "
+                                            "or face crops with --aligned"),
     "release": ("facekit.release", "export a finished training run as a released chain folder with its model card"),
-    "fuse": ("facekit.fusion", "fuse the crops of one face track (a folder of crops or a clip) into one face; "
-                               "--train / --export the learned fusion stage"),
+    "fuse": ("facekit.commands.fuse", "fuse the crops of one face track (a folder of crops or a clip) into one face; "
+                                      "--train / --export the learned fusion stage"),
     "video": ("facekit.video", "detect, track, enhance and composite faces in a video file or live stream"),
-    "mesh": ("facekit.mesh", "3D face mesh (OBJ+PNG, PLY, glb), head pose and a frontal view of the face in an image"),
+    "mesh": ("facekit.commands.mesh", "3D face mesh (OBJ+PNG, PLY, glb), head pose and a frontal view of the face "
+                                      "in an image"),
 }
 
 
@@ -100,13 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_import_error", None):
         print(f"facekit {args.command}: {args._import_error}", file=sys.stderr)
         return 2
-    from facekit.settings import set_threads
 
     if getattr(sys.stdout, "errors", None) == "strict":  # a file name that is not UTF-8 prints as \\xNN
         sys.stdout.reconfigure(errors="backslashreplace")
     module = importlib.import_module(args._module)
     try:
-        set_threads(args.threads)  # inside: a bad --threads or FACEKIT_THREADS is a one-line error
+        settings.set_threads(args.threads)  # inside: a bad --threads or FACEKIT_THREADS is a one-line error
         return int(module.run_cli(args) or 0)
     except FacekitError as exc:
         from facekit.imageio import printable_path  # a name that is not UTF-8 as \\xNN, not \\udcNN

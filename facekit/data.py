@@ -15,7 +15,6 @@ file that could not be used (and why) in the manifest rather than dropping it si
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import importlib.util
@@ -32,7 +31,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from facekit import settings
+from facekit import imageio, settings
 from facekit.errors import DataSourceError, FacekitError, ImageReadError, OutputError, VideoReadError
 from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, opencv_path, printable_path, read_image, to_rgb_uint8
@@ -213,8 +212,6 @@ def _unreadable_entries(root: Path) -> list[Item]:
     """Entries under ``root`` that look like inputs but cannot be read: broken symbolic links,
     symbolic-link loops and image formats facekit does not decode (e.g. GIF), as items whose
     ``problem`` says why, so the manifest lists them as skipped."""
-    from facekit.imageio import UNSUPPORTED_IMAGE_EXTENSIONS
-
     out = []
     for p in root.rglob("*"):
         if p.is_symlink() and not p.exists():
@@ -225,7 +222,7 @@ def _unreadable_entries(root: Path) -> list[Item]:
                 why = ("symbolic link loop" if exc.errno == errno.ELOOP
                        else "broken symbolic link (its target does not exist)")
             out.append(Item(str(p), problem=why))
-        elif p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS and p.is_file():
+        elif p.suffix.lower() in imageio.UNSUPPORTED_IMAGE_EXTENSIONS and p.is_file():
             out.append(Item(str(p), problem=f"unsupported image format ({p.suffix.lower()}); "
                                            f"convert it to PNG or JPEG"))
     return sorted(out, key=lambda i: _natural_key(str(Path(i.path).relative_to(root))))
@@ -786,33 +783,3 @@ def plot_counts(faces: FaceSet):
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit data`` (values range-checked here: a bad one exits 2)."""
-    from facekit.settings import SEED_MAX, int_arg
-
-    parser.add_argument("source", nargs="?", default="orl",
-                        help="orl | folder:PATH | celeba:PATH | video:PATH (default: orl)")
-    parser.add_argument("--size", type=int_arg(16, 1024), default=64, help="crop side in pixels (16-1024, default 64)")
-    parser.add_argument("--align", default="auto", choices=ALIGN_MODES)
-    parser.add_argument("--limit", type=int_arg(1), default=None, help="use only the first N inputs")
-    parser.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0, help=f"split seed (0-{SEED_MAX})")
-    parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``python -m facekit data``: ingest, then print counts and skipped files."""
-    faces = load_faces(args.source, size=args.size, align=args.align, limit=args.limit, seed=args.seed,
-                       cache=not args.no_cache)
-    print(f"{len(faces)} faces from {args.source} ({faces.align} alignment, {faces.size}px)"
-          + (" [from cache]" if faces.from_cache else ""))
-    print(faces.counts().to_string(index=False))
-    skipped = faces.skipped
-    if len(skipped):
-        print(f"{len(skipped)} inputs skipped:")
-        for _, row in skipped.head(20).iterrows():
-            print(f"  {row['path']}: {row['reason']}")
-    if faces.cache_dir:
-        print(f"manifest: {faces.cache_dir / 'manifest.csv'}")
-    return 0

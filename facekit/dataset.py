@@ -13,12 +13,12 @@ up the new epoch when they are re-created for each pass.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
 from facekit import augment, degrade, randdeg
 from facekit.errors import ConfigError, DataSourceError
-
 
 RANDOM_PRESET = "random"  # the wide randomised degradation model of facekit.randdeg
 
@@ -147,8 +147,6 @@ class PairedFaceDataset(torch.utils.data.Dataset):
             if not self.random or not 4 <= int(lq_side) or side > face.shape[0]:
                 raise ConfigError(f"lq_side {lq_side!r} needs the random preset and lq_side x scale <= {face.shape[0]}")
             if side != face.shape[0]:
-                import cv2
-
                 face = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
         if self.random:
             lq, gt, params = randdeg.degrade_pair(face, self.scale, rng, gray_prob=self.gray_prob)
@@ -177,8 +175,6 @@ class PairedFaceDataset(torch.utils.data.Dataset):
     @staticmethod
     def worker_init_fn(worker_id: int) -> None:
         """``DataLoader(worker_init_fn=...)``: one OpenCV/torch thread per worker (no oversubscription)."""
-        import cv2
-
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
 

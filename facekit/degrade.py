@@ -42,7 +42,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from facekit import augment
+from facekit import augment, settings
 from facekit.errors import ConfigError, FacekitError
 
 DOWNSAMPLE_METHODS = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
@@ -794,19 +794,17 @@ def load_spec(spec) -> list[dict]:
         spec: a preset name, a list of op dicts, a dict with an ``"ops"`` list, a YAML string
             holding either, or a path to a ``.yaml``/``.yml`` file.
     """
-    from facekit.settings import load_yaml, parse_yaml  # size and alias limits
-
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"{path}: pipeline spec file not found")
-        spec = load_yaml(path)
+        spec = settings.load_yaml(path)
     elif isinstance(spec, str):
         if spec in PRESETS:
             return [dict(e) for e in PRESETS[spec]]
         if "\n" not in spec and ":" not in spec and "[" not in spec:
             raise ConfigError(f"unknown preset {spec!r}; valid presets: {', '.join(PRESETS)}")
-        spec = parse_yaml(spec, "pipeline spec")
+        spec = settings.parse_yaml(spec, "pipeline spec")
     if isinstance(spec, dict):
         if "ops" not in spec:
             raise ConfigError(f"a pipeline spec mapping needs an 'ops' list, got keys {sorted(spec)}")

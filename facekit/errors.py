@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+
 
 class FacekitError(Exception):
     """Base class for every error facekit raises on purpose."""
@@ -39,3 +42,20 @@ class OutputError(FacekitError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def describe_load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed, never suggesting the unsafe load.
+
+    torch's own message for a file its safe unpickler refuses says that ``weights_only=False``
+    "will likely succeed": that runs any code the file holds, so it is never repeated here.
+    """
+    text = str(exc)
+    detail = (re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", text, re.S)
+              or re.search(r"\n\s*(Trying to load unsupported .+?)\s*(?:\n\n|Check the documentation|$)", text, re.S))
+    if isinstance(exc, pickle.UnpicklingError) or detail or "weights_only" in text:
+        why = " ".join(detail.group(1).split())[:200] if detail else type(exc).__name__
+        return ("corrupt, or it holds objects other than tensors and plain data, which facekit never loads "
+                f"({why})")
+    first = " ".join(text.split(". ")[0].split())[:200] if text else ""
+    return f"corrupt or truncated ({type(exc).__name__}: {first})" if first else f"corrupt ({type(exc).__name__})"

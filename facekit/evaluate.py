@@ -22,9 +22,9 @@ no pose -- a controlled heatmap of severity x method beside the random-mix break
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facekit import augment, degrade
+from facekit import augment, baselines, data, dataset, degrade, images, metrics, perceptual, recognition, settings
+from facekit.baselines import build_methods, released_methods
+from facekit.data import person_numbers
 from facekit.errors import ConfigError, DataSourceError
+from facekit.identify import Gallery
 
 CONDITIONS = augment.CONDITIONS
 # "detected": YuNet finds a face in the restored output; "lq_detected": in the degraded input the
@@ -130,9 +133,7 @@ class PairMaker:
     """
 
     def __init__(self, preset="cctv-heavy", scale: int = 4, angles=True, seed: int = 0):
-        from facekit.dataset import build_pipeline
-
-        full = build_pipeline(preset, scale, angles)  # validates the spec and places the pose op
+        full = dataset.build_pipeline(preset, scale, angles)  # validates the spec and places the pose op
         before, _, after = _split_spec(full.to_spec())
         # The resolution loss belongs to whichever part holds the downsample op (presets put the
         # light after it; a spec without a lighting op gets the light first, as Pipeline does).
@@ -280,15 +281,9 @@ class Scorers:
         self.psnr = self.ssim = self.lpips = None
         self.nets: list[str] = []
         self.recognition = None
-        try:
-            from facekit import metrics
 
-            self.psnr, self.ssim = metrics.psnr, metrics.ssim
-        except (ImportError, AttributeError) as exc:
-            self.missing["psnr"] = self.missing["ssim"] = f"facekit.metrics unavailable ({exc})"
+        self.psnr, self.ssim = metrics.psnr, metrics.ssim
         if lpips:
-            from facekit import perceptual
-
             if perceptual.is_available("alex"):
                 self.lpips = lambda out, gt: perceptual.stlpips(out, gt, "alex", device)
             else:
@@ -299,12 +294,7 @@ class Scorers:
             for k in ("id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected"):
                 self.missing[k] = "disabled"
             return
-        try:
-            from facekit import recognition
-        except ImportError as exc:
-            for k in ("id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected"):
-                self.missing[k] = f"facekit.recognition unavailable ({exc})"
-            return
+
         self.recognition = recognition
         nets = (identity_nets,) if isinstance(identity_nets, str) else tuple(identity_nets)
         for net in nets:
@@ -390,14 +380,12 @@ def _pick(n: int, sample_size: int | None, seed: int) -> np.ndarray:
 
 
 def _call(method, lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from facekit.baselines import Method, resize_batch
-
-    out = method(lq, size) if isinstance(method, Method) else method(lq)
+    out = method(lq, size) if isinstance(method, baselines.Method) else method(lq)
     out = torch.as_tensor(out).detach().float().cpu()
     if out.ndim != 4 or out.shape[:2] != lq.shape[:2]:
         raise ConfigError(f"a method returned shape {tuple(out.shape)} for input {tuple(lq.shape)}; "
                           "expected (N,3,H,W)")
-    return resize_batch(out, size).clamp_(0.0, 1.0)
+    return baselines.resize_batch(out, size).clamp_(0.0, 1.0)
 
 
 def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -607,8 +595,6 @@ def identification_scores(probe: np.ndarray, probe_ids, gallery: np.ndarray, gal
         ``{"rank1", "tar_far1", "tar_far01", "n_probes", "n_gallery", "n_impostor"}``; TAR is NaN
         when fewer than ``1/FAR`` impostor pairs exist (that FAR cannot be measured).
     """
-    from facekit import recognition
-
     probe_ids = np.asarray(probe_ids, dtype=object)
     gallery_ids = np.asarray(gallery_ids, dtype=object)
     p, g = _normalise(probe), _normalise(gallery)
@@ -755,37 +741,6 @@ def detectability(summary: pd.DataFrame) -> pd.DataFrame:
 # Files
 
 
-def released_methods() -> list[str]:
-    """Method names for the models released under ``models/``; [] when there are none.
-
-    The released chain ``models/default`` (its ``chain.yaml``) gives ``chain:default`` and, when it
-    has several stages, each stage alone (``chain:default@deblur`` ...); every other chain folder
-    (``models/realtime/chain.yaml``) gives ``chain:models/NAME``; every ``models/*.pt`` generator
-    checkpoint gives ``model:models/NAME.pt``.
-    """
-    from facekit import restore, settings
-
-    names = []
-    spec_file = restore.default_model_dir() / restore.CHAIN_FILE
-    if spec_file.is_file():
-        names.append("chain:default")
-        try:
-            stages = list(restore.read_chain_spec(spec_file).stages)
-        except ConfigError:
-            stages = []
-        if len(stages) > 1:
-            names += [f"chain:default@{s}" for s in stages]
-    if settings.MODELS_DIR.is_dir():
-        for p in sorted(settings.MODELS_DIR.glob("*/chain.yaml")):
-            if p.parent.name != "default":
-                try:  # the short name in tables when the folder is the project's own
-                    names.append(f"chain:{p.parent.resolve().relative_to(settings.PROJECT_ROOT.resolve()).as_posix()}")
-                except ValueError:
-                    names.append(f"chain:{p.parent}")
-        names += [f"model:models/{p.name}" for p in sorted(settings.MODELS_DIR.glob("*.pt")) if p.is_file()]
-    return names
-
-
 def checkpoint_methods(checkpoints="auto") -> dict[str, str]:
     """Expand notebook 05's ``checkpoints`` parameter into ``{label: method name}``.
 
@@ -799,8 +754,6 @@ def checkpoint_methods(checkpoints="auto") -> dict[str, str]:
     Returns:
         Label (the method's name in the results) -> name for :func:`facekit.baselines.build_method`.
     """
-    from facekit import settings
-
     if checkpoints is None:
         return {}
     entries = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
@@ -833,8 +786,6 @@ def build_eval_methods(baselines=(), checkpoints="auto", scale: int = 4, device:
         exist (the run was not trained here) is skipped with that reason; other unavailable methods
         as :func:`facekit.baselines.build_methods` does.
     """
-    from facekit.baselines import build_methods
-
     labels = {b: b for b in ([baselines] if isinstance(baselines, str) else list(baselines or []))}
     labels.update(checkpoint_methods(checkpoints))
     methods, skipped = {}, {}
@@ -855,8 +806,6 @@ def build_eval_methods(baselines=(), checkpoints="auto", scale: int = 4, device:
 
 def run_dir(name: str) -> Path:
     """``DATA_DIR/runs/eval-<name>/`` (created)."""
-    from facekit import settings
-
     settings.check_name(name, "evaluation run name")
     path = settings.child_dir(settings.DATA_DIR / "runs", f"eval-{name}", "evaluation run name")
     path.mkdir(parents=True, exist_ok=True)
@@ -1199,88 +1148,84 @@ def worst_cases(df: pd.DataFrame, faces, methods: dict, metric: str = "psnr", k:
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit evaluate`` (values range-checked here: a bad one exits 2)."""
-    from facekit.data import SPLITS
-    from facekit.settings import SEED_MAX, device_arg, int_arg, name_arg
+def probe_check(methods: dict, people: int = 20, condition: str = "medium", preset: str = "cctv-heavy",
+                scale: int = 4, size: int = 64, seeds=(0, 1, 2), faces=None, progress: bool = False,
+                nets=("sface",)):
+    """Recognition of CCTV-degraded, restored probes against a clean gallery (ORL by default).
 
-    parser.add_argument("--data", default="orl", help="face source (orl, folder:PATH, celeba:PATH)")
-    parser.add_argument("--size", type=int_arg(16, 1024), default=64, help="face crop side (16-1024)")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate")
-    parser.add_argument("--methods", default="bicubic,classical",
-                        help="comma-separated: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, "
-                             "chain:PATH")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated lighting conditions")
-    parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
-    parser.add_argument("--scale", type=int_arg(1, 8), default=4, help="upscaling factor (1-8, divides --size)")
-    parser.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
-    parser.add_argument("--sample-size", type=int_arg(1), default=None,
-                        help="evaluate a random subset of this many faces")
-    parser.add_argument("--no-angles", action="store_true", help="no head-pose augmentation")
-    parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(SWEEPS))
-    parser.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS")
-    parser.add_argument("--no-identity", action="store_true", help="skip identity metrics")
-    parser.add_argument("--dlib", action="store_true", help="also score identity with dlib (slower than SFace)")
-    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch", type=int_arg(1, 4096), default=32)
-    parser.add_argument("--name", type=name_arg, default=None,
-                        help="run name (A-Z a-z 0-9 . _ -): results go to DATA_DIR/runs/eval-NAME/ "
-                             "(ood suite: DATA_DIR/runs/ood-NAME/)")
-    parser.add_argument("--suite", choices=("standard", "ood"), default="standard",
-                        help="standard: facekit's own presets on --data; ood: the out-of-distribution suite "
-                             "(UTKFace eval, Pins, ORL 1-20, CelebA test slice, facekit.ood_recipe degradations; "
-                             "methods default to bicubic,chain:default)")
-    parser.add_argument("--limit", type=int_arg(1), default=None,
-                        help="ood suite: at most this many faces (UTKFace, CelebA) or people (Pins, ORL) per source")
-    parser.add_argument("--quick", action="store_true", help="ood suite: skip the 12/24/32 px and grey low-light cells")
-    parser.add_argument("--no-embedding-cache", action="store_true",
-                        help="ood suite: do not reuse or store identity embeddings in DATA_DIR/cache/ood-embeddings "
-                             "(memoised by the crops' content, so a cached value equals a fresh one)")
+    Images 1-5 of people 1..``people`` are enrolled clean; images 6-10 are degraded with ``preset``
+    at ``x scale`` under ``condition`` (no head pose; :class:`facekit.evaluate.PairMaker` seeds),
+    restored by each method and matched. ORL is a domain the CelebA-trained models never saw:
+    grey 1990s photos, so it shows whether restoration keeps identity or paints a generic face.
 
+    Args:
+        methods: ``{name: fn(lq (N,3,h,w) float32 in [0,1], (H, W)) -> (N,3,H,W) in [0,1]}``
+            (:func:`facekit.baselines.build_method`); include ``"bicubic"`` for the degraded side.
+        people: how many ORL people (1..40) to use.
+        condition: lighting condition of the probes.
+        preset, scale, size: degradation preset, factor and clean crop side (lq side = size/scale).
+        seeds: PairMaker seeds; each probe is degraded once per seed (three draws of 100 probes
+            tell a method's rank-1 apart more surely than one: one draw moves it by ~0.05).
+        faces: a FaceSet with ``images``, ``identity`` and ``paths`` instead of ORL (image numbers
+            are read from the file names).
+        progress: a bar over the methods.
+        nets: recognition back-ends (``recognition.BACKENDS``) scoring the same restored probes;
+            ``"dlib"`` checks a model trained with the SFace identity loss against a network it never saw.
 
-def run_cli(args: argparse.Namespace) -> int:
-    """Run an evaluation from the command line, write the results and print the condition table."""
-    from facekit import settings
+    Returns:
+        DataFrame, one row per net and method plus ``clean`` (the undegraded probes): ``net``, ``method``,
+        ``similarity`` (mean SFace cosine of each probe to its own clean image), ``margin`` (that
+        minus its mean cosine to the other people's clean probes), ``rank1`` (share of probes whose
+        best gallery match is their person), ``probes`` (distinct images), ``draws`` (degraded copies
+        of each: one per seed; 1 for ``clean``), ``people``. Read ``margin`` and ``rank1``
+        before ``similarity``: a featureless face (each probe's mean colour) is closer to its clean
+        face (~0.22) than a bicubic CCTV probe is (~0.15), because it is close to every face.
+    """
+    from tqdm.auto import tqdm
 
-    settings.check_device(args.device, "--device", available=True)  # before any data or model loads
-    if args.name is not None:
-        settings.check_name(args.name, "--name")
-    # results go under DATA_DIR/runs: a read-only folder was a traceback after the whole evaluation
-    settings.check_writable(settings.DATA_DIR / "runs", "results folder", "; set FACEKIT_DATA_DIR to a writable folder")
-    if args.suite == "ood":
-        from facekit import ood
+    if faces is None:
+        faces = data.load_faces("orl", size=size, align="landmarks", progress=False)
+    num = np.array([int(re.sub(r"\D", "", Path(p).stem) or 0) for p in faces.paths])
+    person = person_numbers(faces.identity)
+    chosen = (person >= 1) & (person <= int(people))
+    g, p = chosen & (num <= 5), chosen & (num > 5)
+    if not g.any() or not p.any():
+        raise ConfigError(f"probe_check needs images 1-5 (gallery) and 6-10 (probes) of people 1-{people}; "
+                          f"found {int(g.sum())} and {int(p.sum())}")
+    seeds = [int(s) for s in np.atleast_1d(seeds)]
+    if not seeds:
+        raise ConfigError("probe_check needs at least one seed")
+    probes, who = faces.images[p], faces.identity[p]
+    lq = []
+    for seed in seeds:
+        make = PairMaker(preset, scale=scale, angles=False, seed=seed)
+        lq.extend(make(c, i, condition)[0] for i, c in enumerate(probes))
+    lq = torch.from_numpy(np.stack(lq)).permute(0, 3, 1, 2).contiguous()
+    restored = {}  # each method restores once, whatever the number of nets
+    for name, fn in tqdm(methods.items(), desc="probe check", disable=not progress):
+        with torch.inference_mode():
+            out = fn(lq, (size, size)).clamp(0, 1)
+        restored[name] = images.to_uint8(out)
+    n = len(probes)
+    rows = []
+    for net in nets:
+        gallery = Gallery(net=net).enroll(faces.images[g], identities=faces.identity[g])
+        e_clean = recognition.l2_normalize(recognition.embed(probes, backend=net))
 
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-        return ood.run_cli(args)
-    if args.size % args.scale:
-        raise ConfigError(f"--scale {args.scale}: must divide --size {args.size}")
-    from facekit.baselines import build_methods
-    from facekit.data import load_faces
+        def score(name, e):
+            """Row for embeddings ``e`` of ``draws`` copies of the probes, copy-major."""
+            draws = len(e) // n
+            own_person = np.tile(who, draws)
+            sims = e @ e_clean.T
+            other = own_person[:, None] != who[None, :]
+            own = float(sims[np.arange(len(e)), np.arange(len(e)) % n].mean())
+            margin = own - float((sims * other).sum() / other.sum())
+            top = gallery.match_embeddings(e, top_k=1)
+            rank1 = float(np.mean([m[0].identity == w for m, w in zip(top, own_person)]))
+            return {"net": net, "method": name, "similarity": own, "margin": margin, "rank1": rank1, "probes": n,
+                    "draws": draws, "people": len(gallery.people)}
 
-    faces = load_faces(args.data, size=args.size, progress=True)
-    test = faces.subset(args.split)
-    if len(test) == 0:
-        raise DataSourceError(f"{args.data}: the {args.split!r} split is empty")
-    methods, skipped = build_methods(args.methods, args.scale, args.device,
-                                     train_faces=faces.subset("train") if args.split != "train" else None)
-    for why in skipped.values():
-        print(f"skipped: {why}")
-    if not methods:
-        raise ConfigError(f"none of the methods {args.methods!r} is available")
-    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
-    others = faces.subset("train") if args.split != "train" else None
-    df = evaluate(test, methods, conditions, args.preset, args.scale, args.seed, args.sample_size,
-                  angles=not args.no_angles, severities=args.severities or None, batch=args.batch,
-                  progress=True, device=args.device, lpips=not args.no_lpips, identity=not args.no_identity,
-                  gallery=others, identity_nets=("sface", "dlib") if args.dlib else ("sface",))
-    df.attrs["skipped_methods"] = skipped
-    name = args.name or time.strftime("%Y%m%d-%H%M%S")
-    paths = save_results(df, run_dir(name))
-    table = summarise(df[df["sweep"] == ""], ["method", "condition"])
-    cols = ["method", "condition", "n"] + [m for m in ("psnr", "ssim", "lpips", "id_sface", "detected", "lq_detected")
-                                           if m in table]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    for key, path in paths.items():
-        print(f"wrote {path}")
-    return 0
+        rows.append(score("clean", e_clean))
+        rows.extend(score(name, recognition.l2_normalize(recognition.embed(crops, backend=net)))
+                    for name, crops in restored.items())
+    return pd.DataFrame(rows)

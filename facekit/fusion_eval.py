@@ -19,10 +19,11 @@ Pins), rank-1 of each method's output among other photos of the suite's people.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from facekit import fusion, metrics
+from facekit import fusion, metrics, ood, ood_recipe
 
 METHODS = ("bicubic", "single", "oracle_single", "classical", "fused")
 KS = (1, 2, 4, 8, 16)
@@ -30,9 +31,7 @@ KS = (1, 2, 4, 8, 16)
 
 def _landmarks_in_crop(face, info: dict, framed_side: int, m: np.ndarray) -> np.ndarray:
     """The face's 5 landmarks in a clean burst crop (framing, then the crop's own map ``m``)."""
-    from facekit.ood import _crop_landmarks
-
-    lm = _crop_landmarks(face, info, framed_side)
+    lm = ood._crop_landmarks(face, info, framed_side)
     return lm @ m[:, :2].T + m[:, 2]
 
 
@@ -57,8 +56,6 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
         source has one), k, method, psnr, ssim, id_sface, rank1_hit`` (NaN without a gallery).
     """
     from tqdm.auto import tqdm
-
-    from facekit import ood, ood_recipe
 
     if fuser.restorer is None:
         raise ValueError("evaluate_tracks needs a fuser with a single-frame restorer")
@@ -106,8 +103,6 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
 
 
 def _bicubic(img: np.ndarray, side: int) -> np.ndarray:
-    import cv2
-
     return cv2.resize(img, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
 
 
@@ -115,8 +110,6 @@ def run(sources=("orl", "utkface", "celeba"), limit: int | None = 20, ks=KS, lq_
         condition: str = "medium", seed: int = 0, fuser: fusion.TrackFuser | None = None,
         progress: bool = True) -> pd.DataFrame:
     """Load the OOD suite's faces and run :func:`evaluate_tracks` per source (galleries included)."""
-    from facekit import ood
-
     data = ood.load_ood_data(sources, limit, progress=progress)
     fuser = fuser or fusion.TrackFuser()
     ident = ood._Identity(("sface",), ood.embedding_cache_dir())
@@ -183,8 +176,6 @@ def track_examples(faces, fuser: fusion.TrackFuser, k: int = 8, n: int = 4, lq_s
         ``[{"crops": (k,s,s,3), "best_frame", "single", "classical", "fused", "truth": (S,S,3) uint8,
         "reference": int}]`` (same draws as :func:`evaluate_tracks` with the same seed).
     """
-    from facekit import ood_recipe
-
     big = lq_side * fuser.config.scale
     framed_side = int(round(2 * big * context))
     out = []

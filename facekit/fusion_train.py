@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from facekit import fusion
+from facekit import chain, fusion, settings
 from facekit.archs.fusionnet import FusionNet
 from facekit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facekit.errors import ConfigError
@@ -73,10 +73,8 @@ class FusionTrainConfig:
     workers: int = 1
 
     def __post_init__(self):
-        from facekit.settings import check_int
-
         for name in ("bursts", "steps", "batch", "ckpt_every", "ch", "blocks", "scale", "workers"):
-            check_int(getattr(self, name), f"fusion config {name}", 1)
+            settings.check_int(getattr(self, name), f"fusion config {name}", 1)
         if not (isinstance(self.k_range, (list, tuple)) and len(self.k_range) == 2
                 and 1 <= int(self.k_range[0]) <= int(self.k_range[1]) <= 64):
             raise ConfigError(f"fusion config k_range must be [min, max] within 1..64, got {self.k_range!r}")
@@ -92,10 +90,8 @@ class FusionTrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "FusionTrainConfig":
         """Read a config file; unknown keys are an error naming them and the valid ones."""
-        from facekit.settings import load_yaml
-
         path = Path(path)
-        raw = load_yaml(path) or {}
+        raw = settings.load_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"fusion config {path}: expected a mapping, got {type(raw).__name__}")
         valid = {f.name for f in fields(cls)}
@@ -106,8 +102,6 @@ class FusionTrainConfig:
 
 
 def run_dir(cfg: FusionTrainConfig) -> Path:
-    from facekit import settings
-
     return settings.child_dir(settings.DATA_DIR / "runs", cfg.name, "fusion run name")
 
 
@@ -200,9 +194,7 @@ def restorer_digest(model: str) -> str | None:
     """sha256 of the restorer chain's weights file(s), so a fusion model names what it was trained on."""
     import hashlib
 
-    from facekit import restore
-
-    root = restore.default_model_dir() if model in ("", "default") else Path(model)
+    root = chain.default_model_dir() if model in ("", "default") else Path(model)
     files = sorted(root.glob("*.pt")) if root.is_dir() else []
     if not files:
         return None

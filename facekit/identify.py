@@ -13,11 +13,8 @@ detected and aligned with YuNet; images in which no face is found are taken as r
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -25,8 +22,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from facekit import recognition
-from facekit.data import person_numbers
+from facekit import baselines, images, recognition
 from facekit.errors import ConfigError, DataSourceError, FacekitError, ImageReadError
 from facekit.faces import align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, printable_path, read_image
@@ -390,18 +386,12 @@ def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64
     Returns:
         ``(N,size,size,3) uint8`` restored crops.
     """
-    import torch
-
-    from facekit.baselines import build_methods
-
-    methods, skipped = build_methods([method], scale, device, skip_unavailable=True)
+    methods, skipped = baselines.build_methods([method], scale, device, skip_unavailable=True)
     if method not in methods:
         raise ConfigError(f"restoration method {method!r} unavailable: {skipped.get(method, 'unknown reason')}")
     lq_side = max(1, size // scale)
     lq = np.stack([cv2.resize(c, (lq_side, lq_side), interpolation=cv2.INTER_AREA) for c in crops])
-    x = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255.0
-    out = methods[method](x, (size, size))
-    return (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return images.to_uint8(methods[method](images.to_tensor(lq), (size, size)))
 
 
 def default_restore_method() -> str:
@@ -410,207 +400,14 @@ def default_restore_method() -> str:
     Raises:
         ConfigError: ``models/`` holds no released model.
     """
-    from facekit.evaluate import released_methods
-
-    names = released_methods()
+    names = baselines.released_methods()
     if not names:
         raise ConfigError("--restore without a method needs a released model (models/default/chain.yaml or "
                           "models/*.pt); none found (pass a method, e.g. --restore bicubic or --restore model:PATH)")
     return names[0]
 
 
-def probe_check(methods: dict, people: int = 20, condition: str = "medium", preset: str = "cctv-heavy",
-                scale: int = 4, size: int = 64, seeds=(0, 1, 2), faces=None, progress: bool = False,
-                nets=("sface",)):
-    """Recognition of CCTV-degraded, restored probes against a clean gallery (ORL by default).
-
-    Images 1-5 of people 1..``people`` are enrolled clean; images 6-10 are degraded with ``preset``
-    at ``x scale`` under ``condition`` (no head pose; :class:`facekit.evaluate.PairMaker` seeds),
-    restored by each method and matched. ORL is a domain the CelebA-trained models never saw:
-    grey 1990s photos, so it shows whether restoration keeps identity or paints a generic face.
-
-    Args:
-        methods: ``{name: fn(lq (N,3,h,w) float32 in [0,1], (H, W)) -> (N,3,H,W) in [0,1]}``
-            (:func:`facekit.baselines.build_method`); include ``"bicubic"`` for the degraded side.
-        people: how many ORL people (1..40) to use.
-        condition: lighting condition of the probes.
-        preset, scale, size: degradation preset, factor and clean crop side (lq side = size/scale).
-        seeds: PairMaker seeds; each probe is degraded once per seed (three draws of 100 probes
-            tell a method's rank-1 apart more surely than one: one draw moves it by ~0.05).
-        faces: a FaceSet with ``images``, ``identity`` and ``paths`` instead of ORL (image numbers
-            are read from the file names).
-        progress: a bar over the methods.
-        nets: recognition back-ends (``recognition.BACKENDS``) scoring the same restored probes;
-            ``"dlib"`` checks a model trained with the SFace identity loss against a network it never saw.
-
-    Returns:
-        DataFrame, one row per net and method plus ``clean`` (the undegraded probes): ``net``, ``method``,
-        ``similarity`` (mean SFace cosine of each probe to its own clean image), ``margin`` (that
-        minus its mean cosine to the other people's clean probes), ``rank1`` (share of probes whose
-        best gallery match is their person), ``probes`` (distinct images), ``draws`` (degraded copies
-        of each: one per seed; 1 for ``clean``), ``people``. Read ``margin`` and ``rank1``
-        before ``similarity``: a featureless face (each probe's mean colour) is closer to its clean
-        face (~0.22) than a bicubic CCTV probe is (~0.15), because it is close to every face.
-    """
-    import pandas as pd
-    import torch
-    from tqdm.auto import tqdm
-
-    from facekit.evaluate import PairMaker
-
-    if faces is None:
-        from facekit.data import load_faces
-
-        faces = load_faces("orl", size=size, align="landmarks", progress=False)
-    num = np.array([int(re.sub(r"\D", "", Path(p).stem) or 0) for p in faces.paths])
-    person = person_numbers(faces.identity)
-    chosen = (person >= 1) & (person <= int(people))
-    g, p = chosen & (num <= 5), chosen & (num > 5)
-    if not g.any() or not p.any():
-        raise ConfigError(f"probe_check needs images 1-5 (gallery) and 6-10 (probes) of people 1-{people}; "
-                          f"found {int(g.sum())} and {int(p.sum())}")
-    seeds = [int(s) for s in np.atleast_1d(seeds)]
-    if not seeds:
-        raise ConfigError("probe_check needs at least one seed")
-    probes, who = faces.images[p], faces.identity[p]
-    lq = []
-    for seed in seeds:
-        make = PairMaker(preset, scale=scale, angles=False, seed=seed)
-        lq.extend(make(c, i, condition)[0] for i, c in enumerate(probes))
-    lq = torch.from_numpy(np.stack(lq)).permute(0, 3, 1, 2).contiguous()
-    restored = {}  # each method restores once, whatever the number of nets
-    for name, fn in tqdm(methods.items(), desc="probe check", disable=not progress):
-        with torch.inference_mode():
-            out = fn(lq, (size, size)).clamp(0, 1)
-        restored[name] = (out * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    n = len(probes)
-    rows = []
-    for net in nets:
-        gallery = Gallery(net=net).enroll(faces.images[g], identities=faces.identity[g])
-        e_clean = recognition.l2_normalize(recognition.embed(probes, backend=net))
-
-        def score(name, e):
-            """Row for embeddings ``e`` of ``draws`` copies of the probes, copy-major."""
-            draws = len(e) // n
-            own_person = np.tile(who, draws)
-            sims = e @ e_clean.T
-            other = own_person[:, None] != who[None, :]
-            own = float(sims[np.arange(len(e)), np.arange(len(e)) % n].mean())
-            margin = own - float((sims * other).sum() / other.sum())
-            top = gallery.match_embeddings(e, top_k=1)
-            rank1 = float(np.mean([m[0].identity == w for m, w in zip(top, own_person)]))
-            return {"net": net, "method": name, "similarity": own, "margin": margin, "rank1": rank1, "probes": n,
-                    "draws": draws, "people": len(gallery.people)}
-
-        rows.append(score("clean", e_clean))
-        rows.extend(score(name, recognition.l2_normalize(recognition.embed(crops, backend=net)))
-                    for name, crops in restored.items())
-    return pd.DataFrame(rows)
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit identify`` (values range-checked here: a bad one exits 2)."""
-    from facekit.settings import device_arg, int_arg
-
-    parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
-    parser.add_argument("probes", help="probe image file or folder (photos or face crops), or a `facekit video` "
-                                       "output folder (one face per track: the fused face where there is one)")
-    parser.add_argument("--top-k", type=int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
-    parser.add_argument("--threshold", type=_threshold_arg, default="auto",
-                        help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "
-                             "calibrated on ORL at FAR 1%%)")
-    parser.add_argument("--calibration", default="pair", choices=("pair", "open-set"),
-                        help="with --threshold auto: FAR 1%% over ORL impostor pairs (pair) or over ORL "
-                             "strangers against this gallery (open-set, stricter; gallery people must not be "
-                             "ORL faces under other names)")
-    parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
-                        help="restore probes before matching; METHOD is a facekit.baselines name "
-                             "(default: the released model, chain:default or models/*.pt)")
-    parser.add_argument("--scale", type=int_arg(1, 8), default=4, help="restoration scale (1-8, with --restore)")
-    parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
-    parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
-    parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
-    parser.add_argument("--device", type=device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
-
-
-def _threshold_arg(text: str):
-    """argparse ``type=`` of ``--threshold``: ``auto`` or a cosine similarity in [-1, 1] (else exit 2)."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        return _threshold(text, None)
-    except ConfigError:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 'auto' or a cosine similarity in [-1, 1]") from None
-
-
-_threshold_arg.__name__ = "threshold"
-
-
-def _threshold(arg: str, gallery: Gallery, mode: str = "pair") -> float:
-    if str(arg).lower() == "auto":
-        if np.isnan(gallery.threshold):
-            gallery.calibrate(mode=mode)
-        return gallery.threshold
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ConfigError(f"--threshold must be 'auto' or a number, got {arg!r}") from None
-    if not -1.0 <= value <= 1.0:  # also refuses NaN
-        raise ConfigError(f"--threshold {arg!r}: must be a cosine similarity in [-1, 1]")
-    return value
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
-    from facekit import settings
-
-    # before the gallery is enrolled: a bad value fails in a second, not after minutes of work
-    settings.check_device(args.device, "--device", available=True)
-    if not 1 <= int(args.top_k):
-        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
-    if str(args.threshold).lower() != "auto":
-        _threshold(args.threshold, None)
-    gpath = Path(args.gallery)
-    if gpath.suffix == ".npz":
-        gallery = Gallery.load(gpath, device=args.device)
-    else:
-        gallery = Gallery(net=args.net, device=args.device).enroll(gpath)
-    threshold = _threshold(args.threshold, gallery, args.calibration)
-    if args.save_gallery:
-        print(f"wrote {gallery.save(args.save_gallery)}")
-    faces, skipped = read_faces(list_probe_files(args.probes), CROP_SIZE, gallery.margin)
-    for p, why in gallery.skipped + skipped:
-        print(f"skipped {p}: {why}")
-    if not faces:
-        raise DataSourceError(f"no readable probe image in {args.probes}")
-    crops = np.stack([f.crop for f in faces])
-    restored_with = ""
-    if args.restore:
-        restored_with = default_restore_method() if args.restore == "auto" else args.restore
-        crops = restore_crops(crops, restored_with, args.scale, device=args.device)
-    matches = gallery.match(crops, top_k=args.top_k)
-    rows = []
-    for f, cands in zip(faces, matches):
-        for rank, c in enumerate(cands, 1):
-            rows.append({"probe": f.path, "face_detected": f.detected, "rank": rank, "identity": c.identity,
-                         "similarity": round(c.similarity, 4), "accepted": bool(c.similarity >= threshold),
-                         "restored_with": restored_with})
-    out = Path(args.csv) if args.csv else settings.DATA_DIR / "identify" / f"identify-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"gallery: {len(gallery.people)} people, {len(gallery)} images; net {gallery.net}; "
-          f"threshold {threshold:.3f} ({gallery.calibration or 'given'})")
-    width = max(len(Path(f.path).name) for f in faces)
-    print(f"{'probe':<{width}}  rank  {'identity':<16} similarity  decision")
-    for r in rows:
-        print(f"{Path(r['probe']).name:<{width}}  {r['rank']:>4}  {r['identity']:<16} {r['similarity']:>10.3f}  "
-              f"{'MATCH' if r['accepted'] else '-'}")
-    print(f"wrote {out}")
-    return 0

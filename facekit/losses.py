@@ -7,7 +7,7 @@ adversarial term is averaged over the list. Loss dicts use the keys ``l_g_pix``,
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

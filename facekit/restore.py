@@ -54,7 +54,6 @@ and skipped; the exit status is 1 when any input failed (a file without a face i
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,127 +64,11 @@ import cv2
 import numpy as np
 import torch
 
+from facekit import imageio, images, relight, settings
+from facekit.chain import relight_stage
 from facekit.errors import ConfigError, ImageReadError, OutputError
-
-CHAIN_FILE = "chain.yaml"
-
-
-def default_model_dir() -> Path:
-    """The released default chain folder, ``models/default``."""
-    from facekit.settings import MODELS_DIR
-
-    return MODELS_DIR / "default"
-
-
-def _no_default_message(chain_file: Path) -> str:
-    return (
-        f"no default restoration model: {chain_file} does not exist.\n"
-        "Train the stages (notebooks/04_chain_deblur_esrgan.ipynb writes stage checkpoints; the reconstruct "
-        "model comes from `python -m facekit train --config ...`), put the checkpoints in that folder and list "
-        "them in chain.yaml, e.g.\n"
-        "  size: 16\n  stages:\n    reconstruct: reconstruct.pt\n"
-        "or pass checkpoints explicitly: --checkpoint reconstruct=PATH [--checkpoint upscale=PATH ...]"
-    )
-
-
-@dataclass
-class ChainSpec:
-    """A chain folder's ``chain.yaml``: stage name -> checkpoint path (in order) and the input size."""
-
-    stages: dict[str, Path]
-    size: int | None = None
-    path: Path | None = None
-
-
-def read_chain_spec(path: str | Path) -> ChainSpec:
-    """Read a ``chain.yaml`` (or the folder holding one).
-
-    Raises:
-        ConfigError: missing file, bad YAML, or a malformed ``stages`` entry (named in the message).
-        CheckpointError: the file records sha256 hashes but not for every stage file it lists
-            (each is checked against its hash when it loads: :func:`facekit.checkpoint.load_checkpoint`).
-    """
-    from facekit.checkpoint import chain_sha256_table
-    from facekit.settings import load_yaml
-
-    path = Path(path)
-    if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
-        path = path / CHAIN_FILE
-    if not path.is_file():
-        raise ConfigError(_no_default_message(path))
-    data = load_yaml(path) or {}  # size and alias limits; a bad file is one line naming it
-    stages = data.get("stages") if isinstance(data, dict) else None
-    if isinstance(stages, list):  # also accept [{name: file}, ...]
-        merged: dict = {}
-        for item in stages:
-            if not isinstance(item, dict) or len(item) != 1:
-                raise ConfigError(f"{path}: each stages entry must be 'name: checkpoint', got {item!r}")
-            merged.update(item)
-        stages = merged
-    if not isinstance(stages, dict) or not stages:
-        raise ConfigError(f"{path}: expected a non-empty 'stages:' mapping of stage name -> checkpoint file")
-    for name, file in stages.items():
-        if not isinstance(name, str) or not isinstance(file, str):
-            raise ConfigError(f"{path}: stage entry {name!r}: {file!r} must map a name to a file name")
-    size = data.get("size")
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise ConfigError(f"{path}: size must be a positive integer, got {size!r}")
-    chain_sha256_table(path)  # a stage outside the folder or without a hash would load unchecked
-    return ChainSpec({n: (path.parent / f) for n, f in stages.items()}, size, path)
-
-
-def parse_checkpoint_args(items: list[str] | None) -> dict[str, Path]:
-    """Turn ``["deblur=a.pt", ...]`` into ``{"deblur": Path("a.pt")}``."""
-    out: dict[str, Path] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--checkpoint expects STAGE=PATH, got {item!r}")
-        out[name.strip()] = Path(path.strip())
-    return out
-
-
-def resolve_stages(chain: list[str] | None, checkpoints: dict[str, Path] | None = None,
-                   model_dir: str | Path | None = None) -> tuple[list[str], dict[str, Path], int | None]:
-    """Decide the stage order and each stage's checkpoint.
-
-    Args:
-        chain: stage names in order (``--chain``), or None for the chain file's order (plus any
-            extra ``--checkpoint`` stages, in deblur -> reconstruct -> upscale order).
-        checkpoints: explicit ``{stage: path}`` (override the chain file's entries).
-        model_dir: chain folder (default ``models/default``); only read when needed.
-
-    Returns:
-        ``(order, {stage: checkpoint path}, size from chain.yaml or None)``.
-    """
-    from facekit.chain import STAGE_ORDER
-
-    checkpoints = dict(checkpoints or {})
-    model_dir = Path(model_dir) if model_dir else default_model_dir()
-    spec = None
-    needs_spec = not checkpoints or (chain is not None and any(n not in checkpoints for n in chain))
-    if needs_spec or (model_dir / CHAIN_FILE).is_file():
-        spec = read_chain_spec(model_dir)
-    known = dict(spec.stages) if spec else {}
-    known.update(checkpoints)
-    if chain is None:
-        order = list(spec.stages) if spec else []
-        extra = [n for n in checkpoints if n not in order]
-        order += sorted(extra, key=lambda n: STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER))
-    else:
-        order = list(chain)
-        if not order or any(not n for n in order):
-            raise ConfigError(f"--chain needs comma-separated stage names, got {','.join(chain)!r}")
-        if len(set(order)) != len(order):
-            raise ConfigError(f"--chain names a stage twice: {','.join(order)}")
-    missing = [n for n in order if n not in known]
-    if missing:
-        where = f" in {spec.path}" if spec else ""
-        raise ConfigError(f"no checkpoint for stage(s) {', '.join(missing)}{where}; known stages: "
-                          f"{', '.join(known) or 'none'}; pass --checkpoint {missing[0]}=PATH")
-    return order, {n: known[n] for n in order}, spec.size if spec else None
-
-
+from facekit.faces import FACE_MARGIN, FaceDetector, face_square
+from facekit.images import crop_square, paste_face, resize_to
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and outputs
@@ -200,15 +83,13 @@ def list_inputs(input_path: str | Path) -> tuple[Path, list[Path]]:
     Raises:
         ConfigError: the input does not exist.
     """
-    from facekit.imageio import IMAGE_EXTENSIONS
-
     input_path = Path(input_path)
     if input_path.is_file():
         return input_path.parent, [Path(input_path.name)]
     if not input_path.is_dir():
         raise ConfigError(f"{input_path}: input does not exist (give an image, a face crop or a folder of them)")
     files = sorted(p.relative_to(input_path) for p in input_path.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+                   if p.is_file() and p.suffix.lower() in imageio.IMAGE_EXTENSIONS and not p.name.startswith("."))
     return input_path, files
 
 
@@ -241,13 +122,11 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
             folder above it) is an existing file where a folder is needed.
         OutputError: the output folder (or the parent it would be made in) is not writable.
     """
-    from facekit.imageio import IMAGE_EXTENSIONS
-
     root, rels = list_inputs(input_path)
     if not rels:
-        raise ConfigError(f"{input_path}: no image files found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        raise ConfigError(f"{input_path}: no image files found (extensions: {', '.join(imageio.IMAGE_EXTENSIONS)})")
     output = Path(output)
-    if Path(input_path).is_file() and output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
+    if Path(input_path).is_file() and output.suffix.lower() in imageio.IMAGE_EXTENSIONS and not output.is_dir():
         targets, folder = [output], output.parent
     else:
         if output.exists() and not output.is_dir():
@@ -260,10 +139,9 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
             if not parent.is_dir():
                 raise ConfigError(f"{output}: cannot create the output there: {parent} is a file")
             break
-    from facekit.settings import check_writable
 
     # before any model loads: a read-only folder was a traceback at the first write
-    check_writable(folder, "output folder", "; give another output path")
+    settings.check_writable(folder, "output folder", "; give another output path")
     return root, rels, targets
 
 
@@ -293,119 +171,6 @@ def prepare_face(img: np.ndarray, size: int) -> np.ndarray:
 # Per-face geometry: what to run, at which size, and where to paste it
 
 PAD_MULTIPLE = 8      # sides of off-size chain inputs are reflection-padded to a multiple of this
-FACE_MARGIN = 0.15    # context around the face, as facekit.faces.align_face frames training crops
-FEATHER = 0.12        # width of the paste mask's soft edge, as a fraction of the face square
-
-
-def face_square(det, margin: float = FACE_MARGIN) -> tuple[int, int, int]:
-    """Square crop around a detected face, framed like the aligned training crops.
-
-    The similarity that maps the five landmarks onto :func:`facekit.faces.template` gives the
-    crop's centre and side (rotation is ignored: the crop stays axis-aligned so it can be pasted
-    back exactly); degenerate landmarks fall back to the box enlarged by ``1 + 2 * margin``.
-
-    Args:
-        det: a :class:`facekit.faces.Detection` (``box`` ``(x,y,w,h)``, ``landmarks`` ``(5,2)``).
-        margin: context around the face (0.15 = facekit's alignment margin).
-
-    Returns:
-        ``(x0, y0, side)`` in image pixels, ``side >= 1``; the square may reach past the image
-        border (:func:`crop_square` fills that part by reflection, :func:`paste_face` drops it).
-    """
-    from facekit.faces import template
-
-    x, y, w, h = (float(v) for v in det.box)
-    big = max(w, h, 1.0)
-    cx, cy, side = x + w / 2, y + h / 2, big * (1 + 2 * margin)
-    lm = np.asarray(det.landmarks, np.float32)
-    if lm.shape == (5, 2) and np.isfinite(lm).all():
-        matrix, _ = cv2.estimateAffinePartial2D(lm, template(1.0, margin), method=cv2.LMEDS)
-        if matrix is not None:
-            k = float(np.hypot(matrix[0, 0], matrix[1, 0]))
-            if k > 0:
-                lx, ly = np.linalg.solve(matrix[:, :2], np.array([0.5, 0.5]) - matrix[:, 2])
-                # trust the landmarks while they agree with the box (a profile can collapse them)
-                if big <= 1.0 / k <= 2.5 * big and x <= lx <= x + w and y <= ly <= y + h:
-                    cx, cy, side = float(lx), float(ly), 1.0 / k
-    side_i = max(1, int(round(side)))
-    return int(round(cx - side_i / 2)), int(round(cy - side_i / 2)), side_i
-
-
-def crop_square(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """Cut ``img[y0:y0+side, x0:x0+side]``, filling any part past the border by reflection.
-
-    Args:
-        img: ``(H,W,3) uint8``.
-        x0, y0, side: the square in image pixels (may extend past the image).
-
-    Returns:
-        ``(side,side,3) uint8``.
-    """
-    h, w = img.shape[:2]
-    top, left = max(0, -y0), max(0, -x0)
-    bottom, right = max(0, y0 + side - h), max(0, x0 + side - w)
-    inner = img[max(0, y0):min(h, y0 + side), max(0, x0):min(w, x0 + side)]
-    if inner.size == 0:  # the square misses the image (never for a detection): use the nearest pixel
-        y, x = min(max(y0, 0), h - 1), min(max(x0, 0), w - 1)
-        return np.broadcast_to(img[y, x], (side, side, img.shape[2])).copy()
-    if top or bottom or left or right:
-        inner = np.pad(inner, ((top, bottom), (left, right), (0, 0)), mode="reflect")
-    return np.ascontiguousarray(inner)
-
-
-def feather_mask(h: int, w: int, feather: float = FEATHER) -> np.ndarray:
-    """Soft paste mask: 1 inside, easing (smoothstep) to ~0 at the border of an ``h`` x ``w`` square.
-
-    Args:
-        h, w: mask size in pixels.
-        feather: width of the soft edge as a fraction of the shorter side (at least 1 px).
-
-    Returns:
-        ``(h,w) float32`` in (0, 1].
-    """
-    width = max(1.0, feather * min(h, w))
-
-    def ramp(n: int) -> np.ndarray:
-        i = np.arange(n, dtype=np.float32) + 0.5
-        r = np.clip(np.minimum(i, n - i) / width, 0.0, 1.0)
-        return r * r * (3.0 - 2.0 * r)
-
-    return np.outer(ramp(h), ramp(w)).astype(np.float32)
-
-
-def paste_face(canvas: np.ndarray, face: np.ndarray, x0: int, y0: int, mask: np.ndarray | None = None) -> None:
-    """Blend ``face`` into ``canvas`` at ``(x0, y0)`` with a soft mask, in place.
-
-    Only pixels where the mask is above zero (inside the canvas) are written; every other pixel
-    keeps its exact value.
-
-    Args:
-        canvas: ``(H,W,3) uint8``, modified in place.
-        face: ``(h,w,3)`` uint8 or float32 in [0,255], placed with its top-left at ``(x0, y0)``
-            (parts past the canvas border are dropped).
-        x0, y0: position in canvas pixels.
-        mask: ``(h,w)`` float32 in [0,1] (default :func:`feather_mask`).
-    """
-    h, w = face.shape[:2]
-    mask = feather_mask(h, w) if mask is None else mask
-    H, W = canvas.shape[:2]
-    ya, yb, xa, xb = max(0, y0), min(H, y0 + h), max(0, x0), min(W, x0 + w)
-    if ya >= yb or xa >= xb:
-        return
-    m = mask[ya - y0:yb - y0, xa - x0:xb - x0, None]
-    src = face[ya - y0:yb - y0, xa - x0:xb - x0].astype(np.float32)
-    dst = canvas[ya:yb, xa:xb]
-    blended = np.clip(np.rint(dst.astype(np.float32) * (1.0 - m) + src * m), 0, 255).astype(np.uint8)
-    np.copyto(dst, blended, where=m > 0)
-
-
-def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Resize to ``h`` x ``w``: area filter when shrinking, bicubic when enlarging."""
-    ih, iw = img.shape[:2]
-    if (ih, iw) == (h, w):
-        return img
-    interp = cv2.INTER_AREA if h <= ih and w <= iw else cv2.INTER_CUBIC
-    return cv2.resize(img, (w, h), interpolation=interp)
 
 
 @dataclass
@@ -439,13 +204,6 @@ def resolve_large(large: str, chain) -> str:
     if stages is None:  # a stand-in chain without stages: restore at the face's own size
         return "own"
     return "own" if all(getattr(st.model, "any_size", False) for st in stages) else "native"
-
-
-def relight_stage(chain):
-    """The chain's first stage model when its explicit relight step is on (else None)."""
-    stages = getattr(chain, "stages", None) or []
-    model = getattr(stages[0], "model", None) if stages else None
-    return model if getattr(model, "relight", False) else None
 
 
 def plan_face(h: int, w: int, target: tuple[int, int], in_size: int, scale: int, out_size: int,
@@ -693,12 +451,10 @@ class _Loaded:
 def _load(root: Path, rels: list[Path], indices: list[int], detector, margin: float
           ) -> tuple[list[_Loaded], list[tuple[int, str]]]:
     """Read (and in whole-image mode, detect faces in) a chunk of files; runs on the prefetch thread."""
-    from facekit.imageio import read_image
-
     ok, failed = [], []
     for i in indices:
         try:
-            img = read_image(root / rels[i])
+            img = imageio.read_image(root / rels[i])
         except ImageReadError as exc:
             failed.append((i, exc.problem))
             continue
@@ -732,23 +488,21 @@ def _run_jobs(chain, jobs: list[tuple], batch: int, size: int, scale: int,
     for shape, group in by_shape.items():
         for g in range(0, len(group), batch):
             part = group[g:g + batch]
-            x = torch.from_numpy(np.stack([jb[3] for jb in part])).permute(0, 3, 1, 2).float().div_(255.0)
+            x = images.to_tensor(np.stack([jb[3] for jb in part]))
             model = relight_stage(chain)
             if model is not None and gains is not None:
-                from facekit.relight import relight_gains
-
                 with torch.inference_mode():
-                    g = relight_gains(x, model).cpu().numpy()
+                    g = relight.relight_gains(x, model).cpu().numpy()
                 gains.update({(jb[0], jb[1]): gi for jb, gi in zip(part, g)})
             t0 = time.perf_counter()
             result = _call_chain(chain, x, native=shape == (size, size))
             summary.model_seconds += time.perf_counter() - t0
             for name, sec in getattr(result, "seconds", {}).items():
                 summary.stage_seconds[name] = summary.stage_seconds.get(name, 0.0) + sec
-            out = result.out.detach().float().clamp(0, 1).mul(255.0).permute(0, 2, 3, 1).cpu().numpy()
+            out = images.to_hwc_float(result.out, 255.0)
             for (k, j, plan, _, (top, bottom, left, right)), o in zip(part, out):
                 o = o[top * scale:o.shape[0] - bottom * scale, left * scale:o.shape[1] - right * scale]
-                results[(k, j)] = np.clip(_resize(np.ascontiguousarray(o), *plan.target), 0, 255)
+                results[(k, j)] = np.clip(resize_to(np.ascontiguousarray(o), *plan.target), 0, 255)
     return results
 
 
@@ -785,8 +539,6 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
     """
     from tqdm.auto import tqdm
 
-    from facekit.imageio import write_image
-
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     if size < 1:
@@ -807,8 +559,6 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
     t_start = time.perf_counter()
     root, rels, targets = plan_paths(input_path, output)
     if not aligned and detector is None:
-        from facekit.faces import FaceDetector
-
         detector = FaceDetector()
     summary = RestoreSummary(backend=getattr(chain, "backend", "torch"), in_size=size)
     any_size: list[bool | None] = [None]  # probed once, the first time a face needs another size
@@ -848,7 +598,7 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
                     t = max(side, out_size)
                     target = (max(1, round(h * t / side)), max(1, round(w * t / side)))
                     p = plan(h, w, target)
-                    canvases.append(_resize(item.img, *target) if p.run is None else None)
+                    canvases.append(resize_to(item.img, *target) if p.run is None else None)
                     faces = [FaceReport(p.side, p.action, p.run is not None)]
                     if p.run is not None:
                         jobs.append((k, 0, p, *_chain_input(item.img, p.run, size)))
@@ -884,7 +634,7 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
                             paste_face(canvas, results[(k, j)], x0, y0)
                 target_path = targets[item.index]
                 try:
-                    summary.written.append(write_image(target_path, canvas))
+                    summary.written.append(imageio.write_image(target_path, canvas))
                 except OSError as exc:  # the folder turned read-only or the disk filled mid-run
                     raise OutputError(target_path, f"cannot write the output: {exc.strerror or exc}") from None
                 report = FileReport(rels[item.index], target_path, item.img.shape[:2], canvas.shape[:2],
@@ -901,114 +651,3 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def set_relight(chain, on: bool) -> None:
-    """Switch the explicit relight step of every stage that has one (``--no-relight``)."""
-    for st in getattr(chain, "stages", []):
-        if hasattr(st.model, "relight"):
-            st.model.relight = bool(on)
-
-
-def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | None = None,
-                model_dir: str | Path | None = None, size: int | None = None, backend: str = "auto",
-                device: str = "cpu", batch: int = 32):
-    """Load the chain the CLI would run; returns ``(RestorationChain, input size)``."""
-    from facekit.chain import RestorationChain, Stage
-
-    order, ckpts, spec_size = resolve_stages(chain, checkpoints, model_dir)
-    stages = [Stage.from_checkpoint(n, ckpts[n], device=device) for n in order]
-    size = int(size or spec_size or stages[0].in_size or 16)
-    from facekit.settings import DATA_DIR
-
-    chain_obj = RestorationChain(stages, device=device, backend=backend, in_size=size,
-                                 onnx_dir=DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 8)))
-    return chain_obj, size
-
-
-# the chain's input side (--size): faces are enlarged to it, so an absurd value would allocate
-# (side * scale)^2 pixels per face; 1024 is far above any released chain (16-64)
-MAX_INPUT_SIDE = 1024
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m facekit restore`` (values range-checked here: a bad one exits 2)."""
-    from facekit.settings import float_arg, int_arg
-
-    parser.add_argument("input", help="an image (photo, frame) or a folder of them; with --aligned, face crops")
-    parser.add_argument("output", help="folder for the results (same relative names, .png), or an output "
-                                       "file name for a single input")
-    parser.add_argument("--aligned", action="store_true",
-                        help="inputs are face crops: restore each whole, keeping its aspect (default: find "
-                             "the faces in each image, restore them and paste them back)")
-    parser.add_argument("--upscale", type=int, default=1, metavar="U",
-                        help="whole images: enlarge the output U times (background bicubic, faces restored; "
-                             "default 1)")
-    parser.add_argument("--out-size", type=int_arg(1, 8192), default=None, metavar="PX",
-                        help="face crops: the output's longer side is at least PX; whole images: faces of "
-                             "PX or more are kept unless --upscale enlarges them (default: the chain's "
-                             "output side, e.g. 64)")
-    parser.add_argument("--large-faces", choices=LARGE_FACES, default="auto",
-                        help="faces larger than the chain's input (and below the output size): own = restore "
-                             "at their own size (the chain must cope with that face size), native = "
-                             "shrink to the chain's input first, keep = leave them unrestored (bicubic); "
-                             "auto (default) = own for chains trained for any face size, else native")
-    parser.add_argument("--no-relight", action="store_true",
-                        help="switch off the explicit relight step (colour-cast and under-exposure "
-                             "correction, reported per face): the output keeps the input's mean colour")
-    parser.add_argument("--det-score", type=float_arg(0.0, 1.0, lo_open=True), default=0.6,
-                        help="whole images: minimum YuNet face confidence (default 0.6)")
-    parser.add_argument("--chain", default=None,
-                        help="comma-separated stages in run order, e.g. deblur,reconstruct,upscale "
-                             "(default: the order in chain.yaml)")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="STAGE=PATH",
-                        help="checkpoint for a stage (repeatable); overrides the model folder's")
-    parser.add_argument("--models", default=None, metavar="DIR",
-                        help="chain folder with chain.yaml (default: models/default)")
-    parser.add_argument("--size", type=int_arg(4, MAX_INPUT_SIDE), default=None,
-                        help=f"the chain's input side (4-{MAX_INPUT_SIDE}): smaller faces are enlarged to it, larger ones run at "
-                             "their own size (default: chain.yaml's size, e.g. 16)")
-    parser.add_argument("--batch", type=int_arg(1, 4096), default=32,
-                        help="files read, and faces restored, per batch (1-4096, default 32)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                        help="inference backend for faces at the chain's input size (other sizes run in "
-                             "torch); auto measures both once per model, input size and thread count, keeps the faster "
-                             "and stores the choice beside the ONNX exports in DATA_DIR/onnx-cache (default)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    # Everything that can be checked without a model is checked first.
-    chain_names = [n.strip() for n in args.chain.split(",")] if args.chain else None
-    checkpoints = parse_checkpoint_args(args.checkpoint)
-    for flag, value, low in (("--batch", args.batch, 1), ("--upscale", args.upscale, 1),
-                             ("--size", args.size, 1), ("--out-size", args.out_size, 1)):
-        if value is not None and value < low:
-            raise ConfigError(f"{flag} must be >= {low}, got {value}")
-    if args.aligned and args.upscale != 1:
-        raise ConfigError("--upscale enlarges whole images; for face crops (--aligned) set the output side "
-                          "with --out-size")
-    if not 0.0 < args.det_score <= 1.0:
-        raise ConfigError(f"--det-score must be in (0, 1], got {args.det_score}")
-    plan_paths(args.input, args.output)
-    chain, size = build_chain(chain_names, checkpoints, args.models, args.size, args.backend, args.device,
-                              args.batch)
-    if args.no_relight:
-        set_relight(chain, False)
-    detector = None
-    if not args.aligned:
-        from facekit.faces import FaceDetector
-
-        detector = FaceDetector(score_threshold=args.det_score)
-    out_size = args.out_size or size * chain.scale
-    mode = ("face crops (--aligned), output side >= " f"{out_size} px" if args.aligned else
-            f"whole images: detect faces, restore, paste back, upscale x{args.upscale}")
-    print(f"restore: chain {' -> '.join(chain.names)} (x{chain.scale}), {size}px -> {size * chain.scale}px, "
-          f"backend {chain.backend}" + (f" (measured {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in chain.timings.items())})"
-                                        if chain.timings else "") + f"; {mode}", file=sys.stderr)
-    summary = restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress,
-                           aligned=args.aligned, upscale=args.upscale, out_size=args.out_size, detector=detector,
-                           large=args.large_faces)
-    print(summary.text())
-    return 1 if summary.failed else 0

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facekit import report, settings
+from facekit import progress, report, settings
 from facekit.errors import ConfigError
 
 NOTEBOOKS_DIR = settings.PROJECT_ROOT / "notebooks"
@@ -335,13 +335,11 @@ def _kernel_environment(reports_dir: Path, threads: int):
     ``PYTHONPATH`` makes this checkout's ``facekit`` importable whatever the kernel's install.
     Restored afterwards.
     """
-    from facekit.progress import PLAIN_ENV
-
     saved = dict(os.environ)
     try:
         os.environ["FACEKIT_REPORTS_DIR"] = str(reports_dir)
         os.environ["FACEKIT_THREADS"] = str(threads)
-        os.environ[PLAIN_ENV] = "1"
+        os.environ[progress.PLAIN_ENV] = "1"
         root = str(settings.PROJECT_ROOT)
         path = os.environ.get("PYTHONPATH", "")
         if root not in path.split(os.pathsep):
@@ -503,7 +501,7 @@ def run_pipeline(
             stacklevel=2,
         )
     if threads is None:
-        threads = settings.default_threads()
+        threads = settings.current_threads()
 
     summary = RunSummary(
         profile=Path(profile).stem if str(profile).endswith((".yaml", ".yml")) else str(profile),
@@ -603,47 +601,6 @@ def run_pipeline(
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    """Add the ``run`` command's options to an argparse sub-parser."""
-    parser.add_argument("--profile", default="smoke",
-                        help="parameter profile: a name in params/ (smoke, full) or a .yaml path "
-                             "(default: smoke)")
-    parser.add_argument("--only", default=None, metavar="LIST",
-                        help="comma-separated notebook numbers or names to run, e.g. 01,03")
-    parser.add_argument("--data", default=None, metavar="SOURCE",
-                        help="face source for every notebook with a 'source' parameter "
-                             "(orl | folder:PATH | celeba:PATH | video:PATH)")
-    parser.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), metavar="DIR",
-                        help="folder of NN_name.ipynb notebooks (default: notebooks/)")
-    parser.add_argument("--reports-dir", default=None, metavar="DIR",
-                        help="output folder (default: reports/)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no per-notebook messages or cell progress bars")
-
-
-def run_cli(args) -> int:
-    """Run the pipeline from parsed arguments; returns 0 when every notebook succeeded."""
-    with warnings.catch_warnings():
-        # One line per warning, without the source line of this module.
-        warnings.simplefilter("always", RunnerWarning)
-        previous = warnings.showwarning
-        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        try:
-            summary = run_pipeline(
-                profile=args.profile, only=args.only, data=args.data,
-                notebooks_dir=args.notebooks_dir, reports_dir=args.reports_dir,
-                progress=not args.no_progress, threads=getattr(args, "threads", None),
-            )
-        finally:
-            warnings.showwarning = previous
-    failed = summary.failed
-    if failed is not None:
-        print(f"facekit run: {failed.error['message']}", file=sys.stderr)
-        if failed.html:
-            print(f"facekit run: the error is in {failed.html}", file=sys.stderr)
-    return summary.exit_code
 
 
 # --- notebook hygiene ---------------------------------------------------------------------------

@@ -70,8 +70,20 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+_applied_threads: int | None = None  # the count set_threads last applied (the CLI's --threads wins over all)
+
+
+def current_threads() -> int:
+    """The thread count in force: what :func:`set_threads` last applied, else :func:`default_threads`.
+
+    ONNX Runtime sessions, the notebook runner's kernels and anything else that sizes its own
+    thread pool read this, so ``--threads`` reaches them as it reaches torch and OpenCV.
+    """
+    return _applied_threads if _applied_threads is not None else default_threads()
+
+
 def set_threads(n: int | None = None) -> int:
-    """Set the intra-op thread count of torch and OpenCV.
+    """Set the intra-op thread count of torch and OpenCV (and, via :func:`current_threads`, ONNX Runtime).
 
     Args:
         n: thread count (``--threads``, a train config's ``threads``); ``None`` uses :func:`default_threads`.
@@ -82,7 +94,9 @@ def set_threads(n: int | None = None) -> int:
     Raises:
         ConfigError: ``n`` (or ``FACEKIT_THREADS``) is not a whole number from 1 to :data:`MAX_THREADS`.
     """
+    global _applied_threads
     n = default_threads() if n is None else _thread_count(n, "threads (--threads)")
+    _applied_threads = n
     try:
         import torch
 

@@ -21,7 +21,6 @@ double backward through the discriminator, which DDP's reducer does not support.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
@@ -41,12 +40,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torchvision.utils import save_image
 
-from facekit import losses, metrics, settings
+from facekit import augment, chain, dataset, images, losses, metrics, recognition, settings
 from facekit.archs import ARCHS, build_model
 from facekit.checkpoint import (arch_entry, check_architecture, load_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
+from facekit.dataset import PairedFaceDataset
 from facekit.errors import CheckpointError, ConfigError
+from facekit.runs import RunDir, checkpoint_file
 
 SCHEDULES = ("cosine", "step", "constant")
 LOSS_KEYS = ("l_g_pix", "l_g_gan", "l_d_real", "l_d_fake", "l_d_gp")
@@ -72,7 +74,7 @@ class TrainConfig:
     gray_prob: float = 0.0  # share of samples made monochrome first (IR/mono CCTV; dataset.to_gray)
     # Domain mixing: a second source's faces join the training faces (never the val set), e.g. grey
     # ORL photos beside CelebA. mix_people keeps only those person numbers, so the others stay
-    # unseen for facekit.identify.probe_check (ORL people 1-20).
+    # unseen for facekit.evaluate.probe_check (ORL people 1-20).
     mix_data: str | None = None
     mix_people: list[int] | None = None  # [first, last] person numbers (an identity's digits) kept
     mix_share: float = 0.25  # about this share of the training samples comes from mix_data
@@ -219,10 +221,9 @@ class TrainConfig:
             bad("gp_mode", f"valid: {', '.join(losses.GP_MODES)}")
         if self.pixel_loss not in losses.PIXEL_LOSSES:
             bad("pixel_loss", f"valid: {', '.join(losses.PIXEL_LOSSES)}")
-        from facekit.recognition import IDENTITY_MODES
 
-        if self.identity_mode not in IDENTITY_MODES:
-            bad("identity_mode", f"valid: {', '.join(IDENTITY_MODES)}")
+        if self.identity_mode not in recognition.IDENTITY_MODES:
+            bad("identity_mode", f"valid: {', '.join(recognition.IDENTITY_MODES)}")
         if self.identity_mode == "contrastive" and self.identity_batch is not None and int(self.identity_batch) < 2:
             bad("identity_batch", "the contrastive identity loss needs >= 2 faces (other faces are its negatives)")
         people = self.mix_people
@@ -467,15 +468,10 @@ def mix_faces(train_images: np.ndarray, cfg: TrainConfig, progress: bool = False
 
 def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Fixed val pairs: the val faces spread round-robin over the lighting conditions."""
-    from facekit import augment
-    from facekit.dataset import make_eval_pairs
-
     if cfg.val_size and cfg.val_size != val_images.shape[1]:
-        from facekit.chain import resize_faces
-
-        val_images = resize_faces(val_images, cfg.val_size)
+        val_images = images.resize_faces(val_images, cfg.val_size)
     if cfg.preset == "random":  # facekit.randdeg draws the light per face; one mixed val set
-        lq, gt = make_eval_pairs(val_images, "random", cfg.scale, seed=cfg.seed + 1)
+        lq, gt = dataset.make_eval_pairs(val_images, "random", cfg.scale, seed=cfg.seed + 1)
         return lq, gt, ["random"] * len(lq)
     conds = list(cfg.conditions or augment.CONDITIONS)
     lqs, gts, names = [], [], []
@@ -483,7 +479,7 @@ def make_val_pairs(val_images: np.ndarray, cfg: TrainConfig) -> tuple[torch.Tens
         part = val_images[k::len(conds)]
         if len(part) == 0:
             continue
-        lq, gt = make_eval_pairs(part, cfg.preset, cfg.scale, condition=c, seed=cfg.seed + 1)
+        lq, gt = dataset.make_eval_pairs(part, cfg.preset, cfg.scale, condition=c, seed=cfg.seed + 1)
         lqs.append(lq), gts.append(gt), names.extend([c] * len(part))
     return torch.cat(lqs), torch.cat(gts), names
 
@@ -516,8 +512,6 @@ def bicubic_scores(lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
 def save_samples(path: Path, net_g: torch.nn.Module, lq: torch.Tensor, gt: torch.Tensor, device: torch.device,
                  n: int = 8) -> Path:
     """PNG grid: one row per face, columns lq (nearest-upsampled) | out | gt."""
-    from torchvision.utils import save_image
-
     was_training = net_g.training
     net_g.eval()
     lq, gt = lq[:n], gt[:n]
@@ -537,9 +531,7 @@ def identity_loss_fn(cfg: TrainConfig, device: torch.device) -> Callable[[torch.
     estimate of the batch mean (the sampler shuffles), at k/batch of SFace's cost, which on a CPU
     is otherwise larger than the whole G+D step.
     """
-    from facekit.recognition import IdentityLoss
-
-    loss = IdentityLoss(device, mode=cfg.identity_mode, temperature=cfg.identity_temperature)
+    loss = recognition.IdentityLoss(device, mode=cfg.identity_mode, temperature=cfg.identity_temperature)
     k = cfg.identity_batch
 
     def fn(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -565,12 +557,8 @@ def load_teacher(path: str | Path, cfg: TrainConfig, device: torch.device) -> to
     Raises:
         CheckpointError: missing or unreadable file, or a teacher of another scale.
     """
-    from facekit.chain import Stage
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    stage = Stage.from_checkpoint("reconstruct", path, device=device)
+    path = checkpoint_file(path)
+    stage = chain.Stage.from_checkpoint("reconstruct", path, device=device)
     if int(stage.scale) != int(cfg.scale):
         raise CheckpointError(f"{path}: distill_from teacher restores at x{stage.scale}, but this run trains "
                               f"x{cfg.scale}; give a x{cfg.scale} teacher")
@@ -711,9 +699,7 @@ class Trainer:
         Raises:
             CheckpointError: missing file, or weights of another architecture or configuration.
         """
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
+        path = checkpoint_file(path)
         ckpt = load_checkpoint(path)
         check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
         check_architecture(ckpt, path, "arch_d", self.cfg.arch_d, self.net_d)
@@ -852,18 +838,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     is_main = rank == 0
     run_dir = run_dir_for(cfg, runs_dir)
     if is_main:  # a read-only runs folder is a one-line error before any data loads, not at the first checkpoint
-        from facekit.settings import check_writable
-
-        check_writable(run_dir, "run folder", "; choose another with --runs-dir or set FACEKIT_DATA_DIR")
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.pt"
+        settings.check_writable(run_dir, "run folder", "; choose another with --runs-dir or set FACEKIT_DATA_DIR")
+    run = RunDir(run_dir)
+    last = run.last
     if is_main and not resume and last.exists() and not overwrite:
         raise ConfigError(f"{run_dir}: a run with this name already has checkpoints; pass resume "
                           f"(--resume) to continue it or overwrite (--overwrite) to start again")
     if resume and not last.exists():
         raise CheckpointError(f"{last}: no checkpoint to resume from")
 
-    from facekit.dataset import PairedFaceDataset
 
     data_source = cfg.data if faces is None else "given faces"
     if faces is None:
@@ -884,19 +867,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         trainer.extra_losses["id"] = (float(cfg.identity_weight), identity_loss_fn(cfg, dev))
     if extra_losses:
         trainer.extra_losses.update(extra_losses)
-    metrics_path = run_dir / "metrics.csv"
+    metrics_path = run.metrics
     if resume:
         ckpt = load_checkpoint(last)
         trainer.load_state(ckpt, last)
         diff = resume_mismatch(ckpt.get("config") or {}, cfg)
         if diff:  # a resume is exact only under the config the checkpoint was trained with
             raise ConfigError(f"{last}: trained with another config, so resuming would not continue the same run "
-                              f"({'; '.join(diff)}). Resume with its own {run_dir / 'config.yaml'}, or start a new "
+                              f"({'; '.join(diff)}). Resume with its own {run.config}, or start a new "
                               f"run with init_from: {run_dir} to train on with new settings")
     elif cfg.init_from:
         trainer.init_weights(cfg.init_from)  # every rank reads the same file: no broadcast needed
     if not resume and is_main:
-        for old in list(ckpt_dir.glob("*.pt")) + list((run_dir / "samples").glob("*.png")):
+        for old in list(run.checkpoints.glob("*.pt")) + list(run.samples.glob("*.png")):
             old.unlink()
         if metrics_path.exists():
             metrics_path.unlink()
@@ -907,7 +890,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                "val_psnr", "val_ssim", "images_per_s"]
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / "config.yaml")
+        cfg.to_yaml(run.config)
         if resume:
             _truncate_metrics(metrics_path, start)
         if not metrics_path.exists():
@@ -936,7 +919,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
             if val_due:
                 val = evaluate(trainer.net_g_ema, val_lq, val_gt, dev, channels_last=cfg.channels_last)
             if step % cfg.sample_every == 0 or done:
-                save_samples(run_dir / "samples" / f"step_{step:06d}.png", trainer.net_g_ema, val_lq, val_gt, dev)
+                save_samples(run.sample(step), trainer.net_g_ema, val_lq, val_gt, dev)
             if row_due:
                 ips = seen / max(1e-9, time.perf_counter() - t0)
                 t0, seen = time.perf_counter(), 0
@@ -951,7 +934,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                 state = trainer.state(epoch)
                 save_checkpoint(last, state)
                 if step % cfg.ckpt_every == 0:
-                    save_checkpoint(ckpt_dir / f"step_{step:06d}.pt", state)
+                    save_checkpoint(run.checkpoint(step), state)
                 if on_checkpoint is not None:
                     on_checkpoint(step, last)
             if bar is not None:
@@ -971,7 +954,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
                    "steps_per_s": round((cfg.steps - start) / max(elapsed, 1e-9), 3), "world_size": world,
                    "val_faces": int(len(val_lq)), "train_faces": int(len(dataset)), "data_source": data_source,
                    "mix_faces": mixed, "init_from": cfg.init_from, "distill_from": cfg.distill_from}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        run.summary.write_text(json.dumps(summary, indent=2))
     if world > 1:
         dist.barrier()
     return run_dir
@@ -981,32 +964,8 @@ def load_metrics(run_dir: str | Path):
     """``metrics.csv`` of a run as a pandas DataFrame."""
     import pandas as pd
 
-    return pd.read_csv(Path(run_dir) / "metrics.csv")
+    return pd.read_csv(RunDir(run_dir).metrics)
 
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.pt")
-    parser.add_argument("--overwrite", action="store_true", help="start again even if the run has checkpoints")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (YAML syntax), repeatable; e.g. --set steps=100")
-    parser.add_argument("--runs-dir", default=None, help="parent folder of run folders (default data/runs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    cfg = TrainConfig.from_yaml(args.config).with_overrides(args.overrides)
-    if getattr(args, "threads", None) is not None and cfg.threads is None:
-        cfg.threads = args.threads
-    run_dir = train(cfg, resume=args.resume, progress=not args.no_progress, runs_dir=args.runs_dir,
-                    overwrite=args.overwrite)
-    if _dist_info()[0] == 0:
-        print(run_dir)
-        summary = run_dir / "summary.json"
-        if summary.exists():
-            print(summary.read_text())
-    return 0

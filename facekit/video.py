@@ -147,17 +147,16 @@ class ModelEnhancer:
         if path.suffix.lower() == ".onnx":
             import onnxruntime as ort
 
-            from facekit.settings import default_threads
+            from facekit.settings import current_threads
 
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = default_threads()
+            opts.intra_op_num_threads = current_threads()
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             shape = self._session.get_inputs()[0].shape
             self.size = shape[-1] if isinstance(shape[-1], int) else 32
         else:
             try:
                 from facekit import chain as chain_mod
-                from facekit import restore
             except ImportError as exc:
                 raise ConfigError(f"enhancer model:{path}: the restoration chain is not available ({exc})") from None
             if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
@@ -165,7 +164,7 @@ class ModelEnhancer:
                 self.size = int(stage.in_size or 16)
                 self._chain = chain_mod.RestorationChain([stage], device=device, backend=backend, in_size=self.size)
             else:
-                self._chain, self.size = restore.build_chain(model_dir=path, backend=backend, device=device)
+                self._chain, self.size = chain_mod.build_chain(model_dir=path, backend=backend, device=device)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:
@@ -198,10 +197,10 @@ def resolve_enhancer(spec: str) -> str:
     installed, else ``"classical"``; any other spec is returned unchanged."""
     if spec != "auto":
         return spec
-    from facekit import restore
+    from facekit import chain
 
-    folder = restore.default_model_dir()
-    return f"model:{folder}" if (folder / restore.CHAIN_FILE).is_file() else "classical"
+    folder = chain.default_model_dir()
+    return f"model:{folder}" if (folder / chain.CHAIN_FILE).is_file() else "classical"
 
 
 def make_enhancer(spec: str | Enhancer, backend: str = "onnx") -> Enhancer:

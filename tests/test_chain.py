@@ -192,7 +192,7 @@ class _Pairs(torch.utils.data.Dataset):
 def test_d_loss_terms_sum_to_the_archs_losses():
     from facekit.archs.deblurganv2 import ragan_ls_d_loss
     from facekit.archs.rrdbnet import ragan_d_loss
-    from facekit.chain import _d_loss_terms
+    from facekit.stage_train import _d_loss_terms
 
     g = torch.Generator().manual_seed(0)
     r, f = torch.randn(2, 1, 5, 5, generator=g), torch.randn(2, 1, 5, 5, generator=g)
@@ -203,7 +203,7 @@ def test_d_loss_terms_sum_to_the_archs_losses():
 
 def test_train_stage_steps_change_weights_and_name_losses():
     from facekit.archs.rrdbnet import UNetDiscriminatorSN
-    from facekit.chain import StageTrainConfig, train_stage
+    from facekit.stage_train import StageTrainConfig, train_stage
 
     net_g, net_d = tiny_upscale(), UNetDiscriminatorSN(num_feat=4)
     before = {k: v.clone() for k, v in net_g.state_dict().items()}
@@ -266,7 +266,7 @@ def _l1(model, pairs) -> float:
 @needs_realesrgan
 def test_realesrgan_fine_tune_lowers_l1_and_saves_an_upscale_stage(orl_pairs, ckpts, tmp_path):
     from facekit.archs.rrdbnet import load_realesrgan_x4plus
-    from facekit.chain import fit_realesrgan_faces
+    from facekit.stage_train import fit_realesrgan_faces
 
     before = _l1(load_realesrgan_x4plus(), orl_pairs)
     stage, hist = fit_realesrgan_faces(orl_pairs, tmp_path / "esrgan_ft.pt", steps=4, batch=2, lr=2e-5, progress=False)
@@ -291,7 +291,7 @@ def test_realesrgan_fine_tune_lowers_l1_and_saves_an_upscale_stage(orl_pairs, ck
 @needs_realesrgan
 def test_realesrgan_fine_tune_gan_phase_and_frozen_body(orl_pairs, tmp_path):
     from facekit.archs.rrdbnet import load_realesrgan_x4plus
-    from facekit.chain import fit_realesrgan_faces
+    from facekit.stage_train import fit_realesrgan_faces
 
     ref = load_realesrgan_x4plus().state_dict()
     stage, hist = fit_realesrgan_faces(orl_pairs, tmp_path / "ft.pt", steps=2, batch=2, gan_steps=1,

@@ -88,7 +88,8 @@ def test_build_parser_imports_only_the_chosen_command(monkeypatch):
     parser.format_help()
     assert loaded == []
     args = parser.parse_args(["--threads", "3", "train"])
-    assert (loaded, args.command, args._module, args.threads) == (["facekit.train"], "train", "facekit.train", 3)
+    assert (loaded, args.command, args.threads) == (["facekit.commands.train"], "train", 3)
+    assert args._module == "facekit.commands.train"
 
 
 # ----------------------------------------------------------------------------- main's error handling
@@ -146,3 +147,45 @@ def test_a_command_whose_module_fails_to_import_says_why(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "facekit broken: facekit_no_such_module_xyz is not available" in err
     assert "No module named 'facekit_no_such_module_xyz'" in err
+
+
+def test_threads_reach_onnx_runtime_sessions(tmp_path):
+    """After set_threads(n) (what --threads does), a new ONNX Runtime session uses n intra-op threads,
+    not the environment's count."""
+    import os
+
+    import torch
+
+    from facekit import chain, settings
+
+    pytest.importorskip("onnxruntime")
+    path = chain.export_onnx(torch.nn.Conv2d(3, 3, 3, padding=1).eval(), tmp_path / "conv.onnx", in_size=8)
+    env = os.environ.get("FACEKIT_THREADS")
+    try:
+        for n in (2, 1):
+            settings.set_threads(n)
+            assert settings.current_threads() == n
+            module = chain.OnnxModule(path)
+            assert module.session.get_session_options().intra_op_num_threads == n
+    finally:
+        settings.set_threads(int(env) if env else None)
+
+
+def test_train_threads_on_the_command_line_win_over_the_config(tmp_path, monkeypatch):
+    from facekit import train
+    from facekit.commands import train as train_command
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: t\nthreads: 1\nsteps: 1\n")
+    seen = {}
+    def fake_train(cfg, **kwargs):
+        seen["threads"] = cfg.threads
+        return tmp_path
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(train, "_dist_info", lambda: (1, 1, 0))  # not the main rank: nothing printed
+    parser = cli.build_parser()
+    train_command.run_cli(parser.parse_args(["--threads", "2", "train", "--config", str(cfg_file)]))
+    assert seen["threads"] == 2
+    train_command.run_cli(parser.parse_args(["train", "--config", str(cfg_file)]))
+    assert seen["threads"] == 1  # without --threads the config's value stands

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from facekit import randdeg, relight
 from facekit.archs import build_model
-from facekit.archs.faithful import is_gray
+from facekit.relight import is_gray
 from facekit.errors import ConfigError
 
 

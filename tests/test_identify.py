@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from facekit import identify as I
-from facekit import recognition
+from facekit.commands import identify as identify_command
+from facekit import evaluate, recognition
 from facekit.errors import ConfigError, DataSourceError
 
 
@@ -169,7 +170,7 @@ def test_cli_rejects_bad_threshold(tmp_path):
     gal, probes = _tiny_folders(tmp_path)
     g = I.Gallery().enroll(gal)
     with pytest.raises(ConfigError, match="threshold"):
-        I._threshold("high", g)
+        identify_command._threshold("high", g)
 
 
 def test_restored_probes_score_above_degraded(orl):
@@ -181,13 +182,13 @@ def test_restored_probes_score_above_degraded(orl):
     contrastive identity loss, passes it on people 1-20, whom it never saw (rank-1 0.387), and the
     released default distilled from it more clearly (0.460)."""
     from facekit.baselines import build_method
-    from facekit.evaluate import released_methods
+    from facekit.baselines import released_methods
 
     if not released_methods():
         pytest.skip("no released model in models/ yet (chain:default or models/*.pt); "
                     "restored-vs-degraded needs a trained generator")
     method = I.default_restore_method()
-    df = I.probe_check({m: build_method(m, scale=4) for m in ("bicubic", method)}, faces=orl).set_index("method")
+    df = evaluate.probe_check({m: build_method(m, scale=4) for m in ("bicubic", method)}, faces=orl).set_index("method")
     assert df.loc["clean", "rank1"] >= 0.95 and df.loc["clean", "probes"] == 100
     assert df.loc[method, "similarity"] > df.loc["bicubic", "similarity"]
     assert df.loc[method, "margin"] > df.loc["bicubic", "margin"]  # closer to the person, not to faces in general
@@ -199,7 +200,7 @@ def test_probe_check_scores_with_the_independent_network(orl):
 
     if not recognition.dlib_available():
         pytest.skip("dlib not installed (PyPI dlib-bin + face-recognition-models)")
-    df = I.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic")}, people=4,
+    df = evaluate.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic")}, people=4,
                        faces=orl, seeds=(0,), nets=("dlib",)).set_index("method")
     assert df.loc["clean", "rank1"] == 1.0 and df.loc["clean", "similarity"] == pytest.approx(1.0, abs=1e-5)
     # dlib's raw descriptors are normalised first, so similarities are cosines below the clean 1.0
@@ -212,7 +213,7 @@ def test_probe_check_orders_clean_bicubic_and_a_destroyed_probe(orl):
     def flat(lq, size):  # every probe becomes its mean colour: no identity left
         return lq.mean(dim=(2, 3), keepdim=True).expand(-1, -1, *size).contiguous()
 
-    df = I.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic"), "flat": flat},
+    df = evaluate.probe_check({"bicubic": lambda lq, size: F.interpolate(lq, size=size, mode="bicubic"), "flat": flat},
                        people=10, faces=orl).set_index("method")
     assert list(df.index) == ["clean", "bicubic", "flat"] and (df["people"] == 10).all()
     assert list(df["draws"]) == [1, 3, 3] and (df["probes"] == 50).all()  # three seeded degradations of each
@@ -222,7 +223,7 @@ def test_probe_check_orders_clean_bicubic_and_a_destroyed_probe(orl):
     # close to every face, which is why the margin over the other people is reported beside it
     assert df.loc["clean", "similarity"] > df.loc["flat", "similarity"] > df.loc["bicubic", "similarity"]
     with pytest.raises(ConfigError, match="people 1-0"):
-        I.probe_check({}, people=0, faces=orl)
+        evaluate.probe_check({}, people=0, faces=orl)
 
 
 def test_restore_crops_with_a_baseline(orl):

@@ -1,6 +1,7 @@
 """Releasing a training run: chain folder, model card and numbers measured on held-out faces."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 from facekit import checkpoint, release
 from facekit.baselines import build_method
 from facekit.errors import ConfigError
-from facekit.train import train
+from facekit.train import TrainConfig, train
 
 from test_train import orl_faces, tiny_cfg
 
@@ -72,7 +73,8 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
         release.released_quality(tmp_path / "nowhere")
     card = (out / "TRAINING.md").read_text()
     # the card names the data the run trained on (ORL here), not always CelebA
-    assert "Trained on `orl`" in card and "CelebA (Liu" not in card and f"{row['psnr_model']:.3f}" in card
+    assert "Trained on `orl`: ORL / AT&T" in card and "CelebA" not in card and f"{row['psnr_model']:.3f}" in card
+    assert not re.search(r"\$(\w|\{)", card)  # every template placeholder filled
     head = {r["variant"]: r for r in report["headroom_medium"]}
     assert head["full preset"]["psnr_bicubic"] < head["downsample only"]["psnr_bicubic"]
     assert "Where bicubic's error comes from" in card and f"{head['full preset']['psnr_model']:.2f}" in card
@@ -164,6 +166,11 @@ def test_release_refuses_an_orl_gallery_check_on_people_the_model_trained_on(tin
         release.release_run(run, tmp_path / "out", faces=orl_faces(4), progress=False, ood_suite=False)
     assert not (tmp_path / "out" / "report.json").exists()  # refused before measuring anything
     release.check_probes_unseen([run], 10)  # people 1-10 are unseen by this run
+    # ORL joined through the sources list is checked the same way
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "sources": [{"data": "orl", "share": 0.2, "people": [5, 40]}]}))
+    with pytest.raises(ConfigError, match="ORL people 5-40 .sources.*people 1-20"):
+        release.check_probes_unseen([run], 20)
+    release.check_probes_unseen([run], 4)
     # a run that read ORL itself as its data source trained on every ORL person
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     summary = json.loads((run / "summary.json").read_text())
@@ -178,9 +185,9 @@ def test_card_names_faces_a_run_of_the_lineage_mixed_in_from_a_second_source(tmp
 
     (tmp_path / "init-a.yaml").write_text(yaml.safe_dump({"mix_data": "orl", "mix_people": [21, 40], "mix_share": 0.25}))
     report = {"lineage": [{"run": "a", "config": "init-a.yaml", "summary": {"mix_faces": 160}}], "released_run": "b"}
-    line = release._mix_lines(tmp_path, report, {"mix_data": None}, {})
+    line = release._mix_lines(tmp_path, report, TrainConfig(mix_data=None), {})
     assert line == " `a` also trained on 160 train-split faces of `orl` (people 21-40; about 25% of its samples)."
-    assert release._mix_lines(tmp_path, {"released_run": "b"}, {}, {}) == ""
+    assert release._mix_lines(tmp_path, {"released_run": "b"}, TrainConfig(), {}) == ""
 
 
 def test_gallery_check_follows_a_distilled_runs_teacher(tiny_run, tmp_path):
@@ -212,9 +219,9 @@ def test_gallery_check_follows_a_distilled_runs_teacher(tiny_run, tmp_path):
 def test_card_says_a_distilled_model_needs_its_teacher(tmp_path):
     teacher = tmp_path / "t.pt"
     teacher.write_bytes(b"weights")
-    cfg = {"steps": 10, "batch": 4, "threads": 1, "pixel_loss": "l1", "gan_type": "hinge", "gan_weight": 0.0,
-           "gan_start": 0, "gp_mode": "r1", "gp_weight": 0.0, "lazy_k": 1, "schedule": "cosine", "lr_g": 1e-3,
-           "distill_from": str(teacher), "distill_weight": 0.5}
+    cfg = TrainConfig(steps=10, batch=4, threads=1, pixel_loss="l1", gan_type="hinge", gan_weight=0.0, gan_start=0,
+                      gp_mode="r1", gp_weight=0.0, lazy_k=1, schedule="cosine", lr_g=1e-3,
+                      distill_from=str(teacher), distill_weight=0.5)
     report = {"released_run": "s", "teacher_sha256": release._sha256(str(teacher))}
     text = " ".join(release._training_lines(report, cfg, {"seconds": 60, "steps_per_s": 1.0}, "models/realtime"))
     assert f"Distilled from the frozen teacher `{teacher}`" in text and "weight 0.5" in text
@@ -249,14 +256,14 @@ def _fake_ood(passed: bool, rank1_passed: bool = True):
 
 
 def test_release_makes_a_model_the_default_only_when_every_ood_target_passes(tiny_run, tmp_path, monkeypatch):
-    from facekit import restore
+    from facekit import chain
 
     models = tmp_path / "models"
     default = models / "default"
     default.mkdir(parents=True)
     (default / "chain.yaml").write_text("size: 8\nstages:\n  reconstruct: reconstruct.pt\n")
     (default / "report.json").write_text(json.dumps({"released_run": "older"}))
-    monkeypatch.setattr(restore, "default_model_dir", lambda: default)
+    monkeypatch.setattr(chain, "default_model_dir", lambda: default)
     faces = orl_faces(40)
     kw = dict(faces=faces[30:], identity_nets=("sface",), n_boot=20, progress=False, val_faces=faces[32:36],
               probe_people=0)

@@ -13,8 +13,9 @@ from facekit.chain import ChainResult, save_stage
 from facekit.cli import main
 from facekit.errors import ConfigError
 from facekit.imageio import read_image, write_image
-from facekit.restore import (default_model_dir, feather_mask, output_names, plan_face, prepare_face, read_chain_spec,
-                             resolve_stages, restore_path)
+from facekit.chain import default_model_dir, read_chain_spec, resolve_stages
+from facekit.images import feather_mask
+from facekit.restore import output_names, plan_face, prepare_face, restore_path
 from tests.test_chain import DEBLUR_KW, RECON_KW, UPSCALE_KW, tiny_deblur, tiny_reconstruct, tiny_upscale
 
 
@@ -73,7 +74,7 @@ def test_restore_folder_writes_one_output_per_input_and_reports_unreadable(model
 
 
 def test_restore_matches_the_chain_and_onnx_backend(models, faces_dir, tmp_path, capsys):
-    from facekit.restore import build_chain
+    from facekit.chain import build_chain
 
     out_t, out_o = tmp_path / "t", tmp_path / "o"
     crop = faces_dir / "sub" / "c.png"  # 12 px: enlarged to the chain's 16 px, where ONNX runs too
@@ -157,7 +158,7 @@ def no_model(monkeypatch):
     def build_chain(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("facekit.restore.build_chain", build_chain)
+    monkeypatch.setattr("facekit.commands.restore.build_chain", build_chain)
 
 
 def test_bad_inputs_are_reported_before_any_model_is_loaded(no_model, faces_dir, tmp_path, capsys):
@@ -221,7 +222,7 @@ def test_aligned_sharp_crop_keeps_its_size_and_a_clean_64px_face_comes_back_iden
 
 
 def test_aligned_small_crops_are_restored_to_the_output_size_not_just_resized(orl_photo, models, tmp_path):
-    from facekit.restore import build_chain
+    from facekit.chain import build_chain
 
     chain, size = build_chain(["reconstruct", "upscale"], None, models, backend="torch")
     assert (size, chain.scale) == (16, 4)

@@ -308,7 +308,7 @@ def test_cli_parses_train_arguments():
 
     args = build_parser().parse_args(["train", "--config", "configs/smoke.yaml", "--resume", "--set", "steps=3",
                                       "--set", "batch=2"])
-    assert (args._module, args.resume, args.overrides) == ("facekit.train", True, ["steps=3", "batch=2"])
+    assert (args._module, args.resume, args.overrides) == ("facekit.commands.train", True, ["steps=3", "batch=2"])
 
 
 def test_grad_clip_bounds_the_update_norm():

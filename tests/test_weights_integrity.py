@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from facekit import restore
+from facekit import chain as fk_chain
 from facekit.chain import Stage, save_stage
 from facekit.checkpoint import file_sha256, recorded_sha256
 from facekit.errors import CheckpointError
@@ -51,14 +51,14 @@ def test_stage_in_a_sub_folder_is_checked_and_a_changed_byte_names_the_file(rele
     folder, up, _ = release
     stage = folder / "weights" / "upscale.pt"
     assert recorded_sha256(stage) == file_sha256(stage)
-    chain, _ = restore.build_chain(model_dir=folder, backend="torch")
+    chain, _ = fk_chain.build_chain(model_dir=folder, backend="torch")
     assert chain.names == ["reconstruct", "upscale"]
     _flip_one_weight_byte(stage, up.conv_first.weight)
     # the byte is inside a weight: torch itself reads the file happily, with one changed weight
     state = torch.load(stage, weights_only=True)["state_dict"]
     assert not torch.equal(state["conv_first.weight"], up.conv_first.weight)
     with pytest.raises(CheckpointError) as err:
-        restore.build_chain(model_dir=folder, backend="torch")
+        fk_chain.build_chain(model_dir=folder, backend="torch")
     msg = str(err.value)
     assert msg.startswith(f"{stage}: weights file changed or corrupted (sha256 ")
     assert f"{folder / 'chain.yaml'} records {file_sha256(stage)[:16]}" not in msg
@@ -71,7 +71,7 @@ def test_every_listed_stage_needs_a_hash_once_the_chain_records_any(release):
     folder, _, text = release
     (folder / "chain.yaml").write_text(text.replace(f"  weights/upscale.pt: {file_sha256(folder / 'weights/upscale.pt')}\n", ""))
     with pytest.raises(CheckpointError, match=r"stage file weights/upscale.pt has no sha256 entry"):
-        restore.read_chain_spec(folder)
+        fk_chain.read_chain_spec(folder)
     with pytest.raises(CheckpointError, match=r"stage file weights/upscale.pt has no sha256 entry"):
         Stage.from_checkpoint("reconstruct", folder / "reconstruct.pt")  # the release as a whole is refused
 
@@ -82,7 +82,7 @@ def test_stage_outside_the_chain_folder_cannot_dodge_the_hash(release, tmp_path)
     outside.write_bytes((folder / "weights" / "upscale.pt").read_bytes())
     (folder / "chain.yaml").write_text(text.replace("upscale: weights/upscale.pt", "upscale: ../elsewhere.pt"))
     with pytest.raises(CheckpointError, match=r"stage file ../elsewhere.pt lies outside the chain folder"):
-        restore.read_chain_spec(folder)
+        fk_chain.read_chain_spec(folder)
 
 
 def test_hash_keys_are_paths_relative_to_the_chain_folder(release):

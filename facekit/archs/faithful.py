@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekit.archs.resample import BicubicPhases
-from facekit.archs.unet import _UNetBody, _act
+from facekit.archs.unet import _act, _UNetBody
 from facekit.errors import ConfigError
+from facekit.relight import is_gray, relight
 
 # BT.601 YCbCr -> RGB for differences: dR = dY + 1.402 dCr, dG = dY - 0.344 dCb - 0.714 dCr, dB = dY + 1.772 dCb
 _YCC_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
-GRAY_TOLERANCE = 1.0 / 255.0  # an input whose channels never differ by more than this is grey
 
 
 class _ResBlock(nn.Module):
@@ -50,12 +50,6 @@ def _gauss_taps(sigma: float) -> torch.Tensor:
     t = torch.arange(-half, half + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return (k / k.sum()).float()
-
-
-def is_gray(lq: torch.Tensor, tol: float = GRAY_TOLERANCE) -> torch.Tensor:
-    """Per-image grey test: ``(N,3,h,w)`` -> ``(N,)`` bool, True when no pixel's channels differ by more than ``tol``."""
-    spread = lq.amax(dim=1) - lq.amin(dim=1)
-    return spread.flatten(1).amax(dim=1) <= tol
 
 
 class FaithfulGenerator(_UNetBody):
@@ -147,8 +141,6 @@ class FaithfulGenerator(_UNetBody):
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"lq must be (N,3,h,w), got shape {tuple(lq.shape)}")
         if self.relight:
-            from facekit.relight import relight
-
             lq = relight(lq, self)[0]
         base = F.pixel_shuffle(self.bicubic(lq), self.scale)
         out = base + self.highpass(self.residual(lq))

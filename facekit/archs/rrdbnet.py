@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facekit import ncnn, pretrained
 from facekit.errors import CheckpointError, ConfigError
 
 RESIDUAL_SCALE = 0.2  # ESRGAN's residual scaling inside dense blocks and RRDBs
@@ -460,8 +461,6 @@ def load_realesrgan_x4plus(device: str | torch.device = "cpu") -> RRDBNet:
         facekit.pretrained.PretrainedNotFoundError: the package is not installed.
         CheckpointError: the shipped model does not match facekit's RRDBNet layer by layer.
     """
-    from facekit import ncnn, pretrained
-
     param_path, bin_path = pretrained.realesrgan_x4plus_files()
     model = ncnn.read_ncnn(param_path, bin_path)
     interps = model.layers_of_type("Interp")
@@ -489,8 +488,6 @@ def load_srvgg_ncnn(param_path, bin_path, scale: int, device: str | torch.device
     Returns:
         The network in eval mode.
     """
-    from facekit import ncnn
-
     model = ncnn.read_ncnn(param_path, bin_path)
     convs = model.layers_of_type("Convolution")
     prelus = model.layers_of_type("PReLU")

@@ -1,0 +1,113 @@
+"""``python -m facekit identify``: match probe faces (or a video run's tracks) against a gallery of known people."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facekit import identify, recognition, settings
+from facekit.errors import ConfigError, DataSourceError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m facekit identify`` (values range-checked here: a bad one exits 2)."""
+    parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
+    parser.add_argument("probes", help="probe image file or folder (photos or face crops), or a `facekit video` "
+                                       "output folder (one face per track: the fused face where there is one)")
+    parser.add_argument("--top-k", type=settings.int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
+    parser.add_argument("--threshold", type=_threshold_arg, default="auto",
+                        help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "
+                             "calibrated on ORL at FAR 1%%)")
+    parser.add_argument("--calibration", default="pair", choices=("pair", "open-set"),
+                        help="with --threshold auto: FAR 1%% over ORL impostor pairs (pair) or over ORL "
+                             "strangers against this gallery (open-set, stricter; gallery people must not be "
+                             "ORL faces under other names)")
+    parser.add_argument("--restore", nargs="?", const="auto", default=None, metavar="METHOD",
+                        help="restore probes before matching; METHOD is a facekit.baselines name "
+                             "(default: the released model, chain:default or models/*.pt)")
+    parser.add_argument("--scale", type=settings.int_arg(1, 8), default=4, help="restoration scale (1-8, with --restore)")
+    parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
+    parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
+    parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
+    parser.add_argument("--device", type=settings.device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+
+
+def _threshold_arg(text: str):
+    """argparse ``type=`` of ``--threshold``: ``auto`` or a cosine similarity in [-1, 1] (else exit 2)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return _threshold(text, None)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 'auto' or a cosine similarity in [-1, 1]") from None
+
+
+_threshold_arg.__name__ = "threshold"  # argparse names the type in its error message
+
+
+def _threshold(arg: str, gallery: identify.Gallery, mode: str = "pair") -> float:
+    if str(arg).lower() == "auto":
+        if np.isnan(gallery.threshold):
+            gallery.calibrate(mode=mode)
+        return gallery.threshold
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ConfigError(f"--threshold must be 'auto' or a number, got {arg!r}") from None
+    if not -1.0 <= value <= 1.0:  # also refuses NaN
+        raise ConfigError(f"--threshold {arg!r}: must be a cosine similarity in [-1, 1]")
+    return value
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
+    # before the gallery is enrolled: a bad value fails in a second, not after minutes of work
+    settings.check_device(args.device, "--device", available=True)
+    if not 1 <= int(args.top_k):
+        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
+    if str(args.threshold).lower() != "auto":
+        _threshold(args.threshold, None)
+    gpath = Path(args.gallery)
+    if gpath.suffix == ".npz":
+        gallery = identify.Gallery.load(gpath, device=args.device)
+    else:
+        gallery = identify.Gallery(net=args.net, device=args.device).enroll(gpath)
+    threshold = _threshold(args.threshold, gallery, args.calibration)
+    if args.save_gallery:
+        print(f"wrote {gallery.save(args.save_gallery)}")
+    faces, skipped = identify.read_faces(identify.list_probe_files(args.probes), identify.CROP_SIZE, gallery.margin)
+    for p, why in gallery.skipped + skipped:
+        print(f"skipped {p}: {why}")
+    if not faces:
+        raise DataSourceError(f"no readable probe image in {args.probes}")
+    crops = np.stack([f.crop for f in faces])
+    restored_with = ""
+    if args.restore:
+        restored_with = identify.default_restore_method() if args.restore == "auto" else args.restore
+        crops = identify.restore_crops(crops, restored_with, args.scale, device=args.device)
+    matches = gallery.match(crops, top_k=args.top_k)
+    rows = []
+    for f, cands in zip(faces, matches):
+        for rank, c in enumerate(cands, 1):
+            rows.append({"probe": f.path, "face_detected": f.detected, "rank": rank, "identity": c.identity,
+                         "similarity": round(c.similarity, 4), "accepted": bool(c.similarity >= threshold),
+                         "restored_with": restored_with})
+    out = Path(args.csv) if args.csv else settings.DATA_DIR / "identify" / f"identify-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"gallery: {len(gallery.people)} people, {len(gallery)} images; net {gallery.net}; "
+          f"threshold {threshold:.3f} ({gallery.calibration or 'given'})")
+    width = max(len(Path(f.path).name) for f in faces)
+    print(f"{'probe':<{width}}  rank  {'identity':<16} similarity  decision")
+    for r in rows:
+        print(f"{Path(r['probe']).name:<{width}}  {r['rank']:>4}  {r['identity']:<16} {r['similarity']:>10.3f}  "
+              f"{'MATCH' if r['accepted'] else '-'}")
+    print(f"wrote {out}")
+    return 0
