@@ -24,6 +24,12 @@ side (``*_frac``), so one preset works at 64, 128 or 256 px. ``Pipeline(spec)(gt
 ``replay(params, gt)`` rebuilds ``lq`` bit for bit. Geometric ops (``pose``) come first and apply
 to both images; everything else applies to ``lq`` only.
 
+:data:`OPS` is the one registry of ops: each :class:`OpDef` also carries its explorer controls
+(:class:`Control`), the evaluation factor columns its recorded params feed (:class:`Factor`,
+:func:`degradation_factors`) and its family in the model card's headroom table, so adding an op
+is a change here only (``facekit.explorer``, ``facekit.evaluate`` and ``facekit.release`` derive
+their tables from it).
+
 Speed: ops are small OpenCV calls on cached kernels; the costly video-codec pass (about 2 ms a
 frame: it writes and reads a temporary file) is left out of ``cctv-heavy`` and lives in the
 ``cctv-video`` preset. See ``benchmarks/bench_degrade.py``.
@@ -492,8 +498,87 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Control:
+    """One widget of the degradation explorer (:mod:`facekit.explorer`) for one op parameter.
+
+    ``kind`` is ``"float"``, ``"int"``, ``"choice"`` or ``"bool"``. ``value`` is the initial
+    value; for a gate (``gate=True``) it is also the "off" value that skips the op. ``lo``/``hi``/
+    ``step`` bound sliders; ``choices`` list dropdown options.
+    """
+
+    kind: str
+    value: Any
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    gate: bool = False
+    label: str = ""
+
+
+EXPLORER_OFF = "off"  # the "op skipped" option of a gate dropdown
+
+
+def _float_control(lo, hi, step, value=None, gate=False, label=""):
+    return Control("float", lo if value is None else value, lo, hi, step, gate=gate, label=label)
+
+
+def _int_control(lo, hi, value=None, gate=False, label="", step=1):
+    return Control("int", lo if value is None else value, lo, hi, step, gate=gate, label=label)
+
+
+def _choice_control(choices, value, gate=False, label=""):
+    return Control("choice", value, choices=tuple(choices), gate=gate, label=label)
+
+
+def _bool_control(value=False, gate=False, label=""):
+    return Control("bool", value, gate=gate, label=label)
+
+
+FACTOR_COMBINES = ("last", "max", "join", "root_sum")
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One evaluation factor column that an op's recorded params feed (see :func:`degradation_factors`).
+
+    Several ops may feed one column (every blur op feeds ``blur``); they must then agree on
+    ``default`` and ``combine``.
+
+    Attributes:
+        column: the factor column's name.
+        value: one recorded op (``{"op": name, **drawn}``) -> its contribution to the column.
+        default: the column's value when no applied op feeds it.
+        combine: how the contributions of a pipeline's records (in record order) merge:
+            ``"last"`` (the last one), ``"max"`` (the largest, and at least ``default``),
+            ``"join"`` (labels joined by ``"+"``) or ``"root_sum"`` (the square root of their
+            sum: the contributions are variances, the column a standard deviation).
+    """
+
+    column: str
+    value: Callable[[dict], Any]
+    default: Any
+    combine: str = "last"
+
+
+@dataclass(frozen=True)
 class OpDef:
-    """A pipeline op: its explicit function, its parameters and its sampler."""
+    """A pipeline op: its explicit function, its parameters and sampler, and what the tools built
+    on the registry need to know about it, so adding an op is a change here only.
+
+    Attributes:
+        name, apply, params, sample, geometric, doc: the op itself (``apply(image, **drawn)``,
+            ``sample(rng, resolved params, image shape) -> drawn``).
+        controls: parameter -> :class:`Control`, the op's row in the degradation explorer, one
+            control per parameter (empty: not in the explorer).
+        factors: the evaluation factor columns its recorded params feed (:class:`Factor`).
+        headroom: the degradation family the model card's headroom table removes it with
+            (``""``: removed only by that table's "downsample only" row).
+        headroom_keep: the "downsample only" row of the headroom table keeps it.
+        chain_position: its place in the imaging chain (geometry, scene, optics, sampling,
+            exposure, sensor noise, codec); the explorer lists ops in this order, and so does a
+            headroom family.
+    """
 
     name: str
     apply: Callable[..., np.ndarray]
@@ -501,6 +586,11 @@ class OpDef:
     sample: Callable[[np.random.Generator, dict, tuple], dict]
     geometric: bool = False
     doc: str = ""
+    controls: dict = field(default_factory=dict)
+    factors: tuple = ()
+    headroom: str = ""
+    headroom_keep: bool = False
+    chain_position: int = 0
 
 
 def _draw(rng: np.random.Generator, cfg: dict, key: str):
@@ -608,67 +698,154 @@ def _s_pose(rng, cfg, shape):
             "flip": bool(_draw(rng, cfg, "flip"))}
 
 
+# Factor columns fed by several ops.
+_SCALE = Factor("scale", lambda r: int(r["scale"]), 1)  # the pipeline's recorded scale overrides it
+_BLUR_LENGTH = Factor("blur_length_px", lambda r: float(r["length_px"]), 0.0, "max")
+_JPEG_QUALITY = Factor("jpeg_quality", lambda r: float(r["quality"]), float("nan"))
+
+
+def _blur_kind(label: str) -> Factor:
+    """The ``blur`` column: every kind of blur applied, in order, joined by "+" ("none" without blur)."""
+    return Factor("blur", lambda r: label, "none", "join")
+
+
+def _noise_variance(variance: Callable[[dict], float]) -> Factor:
+    """The ``noise_sigma`` column: the combined noise std at 50% grey, the ops' variances added
+    (Poisson shot noise of ``photons`` at full white has variance ``0.5 / photons`` there)."""
+    return Factor("noise_sigma", variance, 0.0, "root_sum")
+
+
+def _pose_angle(key: str) -> Factor:
+    return Factor(key, lambda r: r[key], 0.0)
+
+
+# Degradation families of the model card's headroom table (facekit.release.headroom_table).
+HEADROOM_NOISE = "noise + JPEG"
+HEADROOM_SCENE = "occlusion + directional light"
+HEADROOM_BLUR = "blur"
+
 _BOOL = (False, True)
+# The registry. Each op carries its explorer controls, its factor columns and its headroom family;
+# facekit.explorer, facekit.evaluate and facekit.release derive theirs from here.
 OPS: dict[str, OpDef] = {
     "motion_blur": OpDef("motion_blur", motion_blur, {
         "length_frac": Param((0.04, 0.16), bounds=(0.0, 1.0), doc="shake path length / image side"),
         "exposure": Param((0.5, 1.0), bounds=(0.05, 1.0), doc="fraction of the path during the exposure"),
-    }, _s_motion, doc="camera shake along a random DeblurGAN-style trajectory"),
+    }, _s_motion, doc="camera shake along a random DeblurGAN-style trajectory",
+        controls={"length_frac": _float_control(0.0, 0.3, 0.01, gate=True, label="length"),
+                  "exposure": _float_control(0.1, 1.0, 0.1, 1.0, label="exposure")},
+        factors=(_blur_kind("motion"), _BLUR_LENGTH), headroom=HEADROOM_BLUR, chain_position=30),
     "linear_motion_blur": OpDef("linear_motion_blur", linear_motion_blur, {
         "length_frac": Param((0.04, 0.16), bounds=(0.0, 1.0), doc="blur length / image side"),
         "angle": Param((0, 179), bounds=(-360, 360), integer=True, doc="direction, degrees"),
-    }, _s_linear, doc="straight motion blur at any angle"),
+    }, _s_linear, doc="straight motion blur at any angle",
+        controls={"length_frac": _float_control(0.0, 0.3, 0.01, gate=True, label="length"),
+                  "angle": _int_control(0, 179, 0, label="angle °")},
+        factors=(_blur_kind("linear"), _BLUR_LENGTH), headroom=HEADROOM_BLUR, chain_position=40),
     "defocus_blur": OpDef("defocus_blur", defocus_blur, {
         "radius_frac": Param((0.01, 0.04), bounds=(0.0, 0.5), doc="disk radius / image side"),
-    }, _s_defocus, doc="out-of-focus disk blur"),
+    }, _s_defocus, doc="out-of-focus disk blur",
+        controls={"radius_frac": _float_control(0.0, 0.1, 0.005, gate=True, label="radius")},
+        factors=(_blur_kind("defocus"), Factor("defocus_radius_px", lambda r: float(r["radius_px"]), 0.0)),
+        headroom=HEADROOM_BLUR, chain_position=50),
     "gaussian_blur": OpDef("gaussian_blur", gaussian_blur, {
         "sigma_frac": Param((0.005, 0.025), bounds=(0.0, 0.5), doc="sigma / image side"),
-    }, _s_gauss_blur, doc="Gaussian blur (lens, atmosphere)"),
+    }, _s_gauss_blur, doc="Gaussian blur (lens, atmosphere)",
+        controls={"sigma_frac": _float_control(0.0, 0.05, 0.0025, gate=True, label="sigma")},
+        factors=(_blur_kind("gaussian"), Factor("gauss_sigma_px", lambda r: float(r["sigma_px"]), 0.0)),
+        headroom=HEADROOM_BLUR, chain_position=60),
     "downsample": OpDef("downsample", downsample, {
         "scale": Param((2, 8), bounds=(1, 16), integer=True, doc="factor; defaults to the pipeline scale"),
         "method": Param(tuple(DOWNSAMPLE_METHODS), kind="choice", choices=tuple(DOWNSAMPLE_METHODS)),
-    }, _s_downsample, doc="resolution loss"),
-    "resize": OpDef("resize", resize, {}, _s_resize, doc="internal: final resize to the pipeline's lq size"),
+    }, _s_downsample, doc="resolution loss",
+        controls={"scale": _int_control(1, 8, 1, gate=True, label="factor"),
+                  "method": _choice_control(tuple(DOWNSAMPLE_METHODS), "area", label="method")},
+        factors=(_SCALE,), headroom_keep=True, chain_position=70),
+    "resize": OpDef("resize", resize, {}, _s_resize, doc="internal: final resize to the pipeline's lq size",
+                    chain_position=140),
     "gaussian_noise": OpDef("gaussian_noise", gaussian_noise, {
         "sigma": Param((0.005, 0.05), bounds=(0.0, 1.0), doc="std in [0,1] units"),
         "color": Param(_BOOL, kind="choice", choices=_BOOL, doc="per-channel noise"),
-    }, _s_gauss_noise, doc="read noise"),
+    }, _s_gauss_noise, doc="read noise",
+        controls={"sigma": _float_control(0.0, 0.2, 0.005, gate=True, label="sigma"),
+                  "color": _bool_control(True, label="colour")},
+        factors=(_noise_variance(lambda r: float(r["sigma"]) ** 2),
+                 Factor("gauss_noise_sigma", lambda r: float(r["sigma"]), 0.0)),
+        headroom=HEADROOM_NOISE, chain_position=110),
     "poisson_noise": OpDef("poisson_noise", poisson_noise, {
         "photons": Param((30.0, 500.0), bounds=(1.0, 1e6), log=True, doc="photons at full white"),
         "color": Param(_BOOL, kind="choice", choices=_BOOL),
-    }, _s_poisson, doc="shot noise, stronger in the dark"),
+    }, _s_poisson, doc="shot noise, stronger in the dark",
+        controls={"photons": _int_control(0, 2000, 0, gate=True, label="photons", step=10),
+                  "color": _bool_control(True, label="colour")},
+        factors=(_noise_variance(lambda r: 0.5 / float(r["photons"])),
+                 Factor("poisson_photons", lambda r: float(r["photons"]), float("nan"))),
+        headroom=HEADROOM_NOISE, chain_position=100),
     "low_light": OpDef("low_light", low_light, {
         "level": Param((0.04, 0.15), bounds=(0.001, 1.0), doc="target mean luminance"),
         "gamma": Param((1.0, 1.4), bounds=(0.2, 5.0)),
         "black": Param((0.0, 0.04), bounds=(0.0, 0.5), doc="crushed black level"),
         "photons": Param((100.0, 1000.0), bounds=(1.0, 1e6), log=True, doc="at full white before the drop"),
         "read_noise": Param((0.0, 0.02), bounds=(0.0, 0.5)),
-    }, _s_low_light, doc="under-exposure with matching sensor noise"),
+    }, _s_low_light, doc="under-exposure with matching sensor noise",
+        controls={"level": _float_control(0.0, 0.5, 0.01, gate=True, label="level"),
+                  "gamma": _float_control(0.5, 2.0, 0.05, 1.0, label="gamma"),
+                  "black": _float_control(0.0, 0.1, 0.005, 0.0, label="black"),
+                  "photons": _float_control(10.0, 2000.0, 10.0, 300.0, label="photons"),
+                  "read_noise": _float_control(0.0, 0.05, 0.0025, 0.0, label="read noise")},
+        factors=(_noise_variance(lambda r: 0.5 / float(r["photons"]) + float(r["read_noise"]) ** 2),),
+        chain_position=90),
     "jpeg": OpDef("jpeg", jpeg, {
         "quality": Param((10, 95), bounds=(1, 100), integer=True),
-    }, _s_jpeg, doc="JPEG compression"),
+    }, _s_jpeg, doc="JPEG compression",
+        controls={"quality": _int_control(0, 100, 0, gate=True, label="quality")},
+        factors=(_JPEG_QUALITY,), headroom=HEADROOM_NOISE, chain_position=120),
     "video_codec": OpDef("video_codec", video_codec, {
         "codec": Param(tuple(VIDEO_CODECS), kind="choice", choices=tuple(VIDEO_CODECS)),
         "quality": Param((10, 90), bounds=(1, 100), integer=True, doc="MJPG quality"),
         "motion_px": Param((0, 2), bounds=(0, 8), integer=True),
-    }, _s_video, doc="video codec round trip (slow: ~2 ms)"),
+    }, _s_video, doc="video codec round trip (slow: ~2 ms)",
+        controls={"codec": _choice_control((EXPLORER_OFF, *VIDEO_CODECS), EXPLORER_OFF, gate=True, label="codec"),
+                  "quality": _int_control(1, 100, 50, label="quality"),
+                  "motion_px": _int_control(0, 8, 1, label="motion px")},
+        factors=(_JPEG_QUALITY,), chain_position=130),
     "occlusion": OpDef("occlusion", _occlude_image, {
         "kind": Param(OCCLUSION_KINDS, kind="choice", choices=OCCLUSION_KINDS),
-    }, _s_occlusion, doc="sunglasses, scarf/mask, hand or a random box"),
-    "lighting": OpDef("lighting", augment.apply_lighting, {
-        "condition": Param(augment.CONDITIONS, kind="choice", choices=augment.CONDITIONS),
-    }, _s_lighting, doc="one of the five named lighting conditions (facekit.augment)"),
+    }, _s_occlusion, doc="sunglasses, scarf/mask, hand or a random box",
+        controls={"kind": _choice_control((EXPLORER_OFF, *OCCLUSION_KINDS), EXPLORER_OFF, gate=True, label="kind")},
+        factors=(Factor("occlusion", lambda r: str(r["kind"]), "none"),),
+        headroom=HEADROOM_SCENE, chain_position=10),
     "directional_light": OpDef("directional_light", augment.directional_light, {
         "azimuth": Param((0.0, 360.0), bounds=(-720.0, 720.0)),
         "strength": Param((0.2, 0.6), bounds=(0.0, 1.0)),
         "softness": Param((0.15, 0.6), bounds=(0.01, 10.0)),
-    }, _s_directional, doc="side light / half-face shadow"),
+    }, _s_directional, doc="side light / half-face shadow",
+        controls={"strength": _float_control(0.0, 1.0, 0.05, gate=True, label="strength"),
+                  "azimuth": _float_control(0.0, 360.0, 5.0, 90.0, label="azimuth °"),
+                  "softness": _float_control(0.05, 2.0, 0.05, 0.3, label="softness")},
+        factors=(Factor("directional_light", lambda r: True, False),),
+        headroom=HEADROOM_SCENE, chain_position=20),
+    "lighting": OpDef("lighting", augment.apply_lighting, {
+        "condition": Param(augment.CONDITIONS, kind="choice", choices=augment.CONDITIONS),
+    }, _s_lighting, doc="one of the five named lighting conditions (facekit.augment)",
+        controls={"condition": _choice_control((EXPLORER_OFF, *augment.CONDITIONS), EXPLORER_OFF, gate=True,
+                                               label="condition")},
+        factors=(Factor("kelvin", lambda r: float(r["kelvin"]), augment.NEUTRAL_KELVIN),
+                 Factor("exposure_stops", lambda r: float(r["exposure_stops"]), 0.0)),
+        headroom_keep=True, chain_position=80),
     "pose": OpDef("pose", augment.pose_warp, {
         "roll": Param(augment.POSE_RANGES["roll"], bounds=(-180.0, 180.0)),
         "yaw": Param(augment.POSE_RANGES["yaw"], bounds=(-80.0, 80.0)),
         "pitch": Param(augment.POSE_RANGES["pitch"], bounds=(-80.0, 80.0)),
         "flip": Param(_BOOL, kind="choice", choices=_BOOL),
-    }, _s_pose, geometric=True, doc="head pose (applies to gt too)"),
+    }, _s_pose, geometric=True, doc="head pose (applies to gt too)",
+        controls={"roll": _float_control(-45.0, 45.0, 1.0, 0.0, gate=True, label="roll °"),
+                  "yaw": _float_control(-60.0, 60.0, 1.0, 0.0, gate=True, label="yaw °"),
+                  "pitch": _float_control(-40.0, 40.0, 1.0, 0.0, gate=True, label="pitch °"),
+                  "flip": _bool_control(False, gate=True, label="flip")},
+        factors=(_pose_angle("roll"), _pose_angle("yaw"), _pose_angle("pitch"),
+                 Factor("flip", lambda r: bool(r["flip"]), False)),
+        chain_position=0),
 }
 
 # Degradation presets. Order: scene (occluders, light) -> optics (blur) -> sensor (resolution,
@@ -953,12 +1130,13 @@ def replay_gt(params: dict, image) -> np.ndarray:
     return img
 
 
-def _records(params: dict) -> list[dict]:
+def _records(params: dict, ops: dict[str, OpDef] | None = None) -> list[dict]:
+    ops = OPS if ops is None else ops
     if not isinstance(params, dict) or not isinstance(params.get("ops"), list):
         raise ConfigError("params must be the dict a Pipeline returned (with an 'ops' list)")
     for rec in params["ops"]:
-        if rec.get("op") not in OPS:
-            raise ConfigError(f"params name an unknown op {rec.get('op')!r}; valid: {', '.join(OPS)}")
+        if rec.get("op") not in ops:
+            raise ConfigError(f"params name an unknown op {rec.get('op')!r}; valid: {', '.join(ops)}")
     return params["ops"]
 
 
@@ -976,6 +1154,81 @@ def pose_angles(params: dict) -> dict:
     for r in _records(params):
         if r["op"] == "pose":
             out.update({k: r[k] for k in out})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Factor columns: what the evaluation records about the degradations of each face
+
+
+def factor_columns(ops: dict[str, OpDef] | None = None) -> dict[str, Factor]:
+    """Every factor column the ops feed, each with the first :class:`Factor` declaring it.
+
+    Args:
+        ops: the op registry (default :data:`OPS`).
+
+    Returns:
+        column -> Factor, ``"scale"`` first (the pipeline's own), then in op registry order.
+
+    Raises:
+        ConfigError: two ops feed one column with a different default or combine rule.
+    """
+    columns: dict[str, Factor] = {"scale": _SCALE}
+    for opdef in (OPS if ops is None else ops).values():
+        for f in opdef.factors:
+            if f.combine not in FACTOR_COMBINES:
+                raise ConfigError(f"op {opdef.name!r}: factor {f.column!r} has combine rule {f.combine!r}; "
+                                  f"valid: {', '.join(FACTOR_COMBINES)}")
+            first = columns.setdefault(f.column, f)
+            same_default = first.default == f.default or (first.default != first.default and f.default != f.default)
+            if first.combine != f.combine or not same_default:
+                raise ConfigError(f"op {opdef.name!r} feeds factor {f.column!r} with default {f.default!r} and "
+                                  f"combine {f.combine!r}, another op with {first.default!r} and {first.combine!r}")
+    return columns
+
+
+def _combine(factor: Factor, values: list):
+    if not values:
+        return factor.default
+    if factor.combine == "last":
+        return values[-1]
+    if factor.combine == "max":
+        return functools.reduce(max, values, factor.default)
+    if factor.combine == "join":
+        return "+".join(values)
+    total = 0.0
+    for v in values:  # in record order (not sum(): Python 3.12's sum compensates, changing the bits)
+        total += v
+    return math.sqrt(total)
+
+
+def degradation_factors(params: dict, ops: dict[str, OpDef] | None = None) -> dict:
+    """Flatten a pipeline's recorded params into factor columns (the evaluation's per-row factors).
+
+    Each applied op feeds the columns of its :attr:`OpDef.factors`; a column no applied op feeds
+    keeps its default (0 for blur and noise, NaN for JPEG quality and photons, ``"none"`` for
+    occlusion and the blur kind). ``noise_sigma`` is the combined noise std at 50% grey.
+
+    Args:
+        params: what :class:`Pipeline` returned (``{"ops": [...], "scale": ...}``).
+        ops: the op registry (default :data:`OPS`).
+
+    Returns:
+        Dict with the keys of :func:`factor_columns`, in its order. ``scale`` is the pipeline's
+        recorded scale (its ``lq`` side is the ``gt`` side / scale, downsample op or not).
+
+    Raises:
+        ConfigError: params that are not a pipeline's, or that name an unknown op.
+    """
+    ops = OPS if ops is None else ops
+    columns = factor_columns(ops)
+    fed: dict[str, list] = {name: [] for name in columns}
+    for rec in _records(params, ops):
+        for f in ops[rec["op"]].factors:
+            fed[f.column].append(f.value(rec))
+    out = {name: _combine(f, fed[name]) for name, f in columns.items()}
+    if "scale" in params:
+        out["scale"] = int(params["scale"])
     return out
 
 

@@ -23,7 +23,6 @@ no pose -- a controlled heatmap of severity x method beside the random-mix break
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,10 +46,10 @@ METRICS = ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detecte
            "seconds_per_face")
 # Lower is better for these; every other metric (detectability included) is higher-is-better.
 LOWER_IS_BETTER = ("lpips", "seconds_per_face")
-# Degradation factors recorded per row (see degradation_factors).
-FACTOR_COLUMNS = ("scale", "blur", "blur_length_px", "defocus_radius_px", "gauss_sigma_px", "noise_sigma",
-                  "gauss_noise_sigma", "poisson_photons", "jpeg_quality", "occlusion", "directional_light",
-                  "kelvin", "exposure_stops", "yaw", "roll", "pitch", "flip")
+# Degradation factors recorded per row: each degrade op declares the columns its recorded params
+# feed (degrade.OpDef.factors), so a new op needs no change here.
+degradation_factors = degrade.degradation_factors
+FACTOR_COLUMNS = tuple(degrade.factor_columns())
 ANGLE_BINS = (0.0, 5.0, 10.0, 20.0, 30.0, 90.0)  # |degrees|: bins "0-5", "5-10", ...
 
 # factor -> (levels, spec builder(level) -> (ops list, pipeline scale)). Each sweep changes one
@@ -177,61 +176,6 @@ def _angle_bin(values: np.ndarray) -> np.ndarray:
     labels = [f"{int(lo)}-{int(hi)}" if hi < 90 else f">{int(lo)}" for lo, hi in zip(ANGLE_BINS[:-1], ANGLE_BINS[1:])]
     idx = np.clip(np.searchsorted(ANGLE_BINS, a, side="right") - 1, 0, len(labels) - 1)
     return np.array(labels, dtype=object)[idx]
-
-
-def degradation_factors(params: dict) -> dict:
-    """Flatten a pipeline's recorded params into the evaluation's factor columns.
-
-    ``noise_sigma`` is the combined noise std at 50% grey: Gaussian sigma and Poisson shot noise
-    (``sqrt(0.5 / photons)``) added in quadrature. Absent factors are 0 (blur, noise), NaN (JPEG
-    quality, photons) or ``"none"`` (occlusion, blur kind).
-
-    Returns:
-        Dict with the keys of :data:`FACTOR_COLUMNS`.
-    """
-    out = {"scale": int(params.get("scale", 1)), "blur": "none", "blur_length_px": 0.0, "defocus_radius_px": 0.0,
-           "gauss_sigma_px": 0.0, "noise_sigma": 0.0, "gauss_noise_sigma": 0.0, "poisson_photons": float("nan"),
-           "jpeg_quality": float("nan"), "occlusion": "none", "directional_light": False,
-           "kelvin": augment.NEUTRAL_KELVIN, "exposure_stops": 0.0}
-    blurs = []
-    var = 0.0
-    for r in params["ops"]:
-        op = r["op"]
-        if op in ("motion_blur", "linear_motion_blur"):
-            out["blur_length_px"] = max(out["blur_length_px"], float(r["length_px"]))
-            blurs.append("motion" if op == "motion_blur" else "linear")
-        elif op == "defocus_blur":
-            out["defocus_radius_px"] = float(r["radius_px"])
-            blurs.append("defocus")
-        elif op == "gaussian_blur":
-            out["gauss_sigma_px"] = float(r["sigma_px"])
-            blurs.append("gaussian")
-        elif op == "downsample":
-            out["scale"] = int(params.get("scale", r["scale"]))
-        elif op == "gaussian_noise":
-            out["gauss_noise_sigma"] = float(r["sigma"])
-            var += float(r["sigma"]) ** 2
-        elif op == "poisson_noise":
-            out["poisson_photons"] = float(r["photons"])
-            var += 0.5 / float(r["photons"])
-        elif op == "low_light":
-            var += 0.5 / float(r["photons"]) + float(r["read_noise"]) ** 2
-        elif op == "jpeg":
-            out["jpeg_quality"] = float(r["quality"])
-        elif op == "video_codec":
-            out["jpeg_quality"] = float(r["quality"])
-        elif op == "occlusion":
-            out["occlusion"] = str(r["kind"])
-        elif op == "directional_light":
-            out["directional_light"] = True
-        elif op == "lighting":
-            out["kelvin"] = float(r["kelvin"])
-            out["exposure_stops"] = float(r["exposure_stops"])
-    out["blur"] = "+".join(blurs) if blurs else "none"
-    out["noise_sigma"] = math.sqrt(var)
-    out.update({k: v for k, v in degrade.pose_angles(params).items()})
-    out["flip"] = bool(out["flip"])
-    return out
 
 
 def severity_levels(df: pd.DataFrame) -> pd.DataFrame:

@@ -25,105 +25,36 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
 
-from facekit import augment, degrade
+from facekit import degrade
 from facekit.errors import ConfigError
 
-INTERNAL_OPS = ("resize",)  # added by the pipeline itself; not a user op
-OFF = "off"
+INTERNAL_OPS = ("resize",)  # added by the pipeline itself; not a user op (it has no controls)
+OFF = degrade.EXPLORER_OFF
+Control = degrade.Control  # each op's controls live on its degrade.OpDef
 
 
-@dataclass(frozen=True)
-class Control:
-    """One widget: ``kind`` is ``"float"``, ``"int"``, ``"choice"`` or ``"bool"``.
+def explorer_controls(ops: dict[str, degrade.OpDef] | None = None) -> dict[str, dict[str, Control]]:
+    """The explorer's control groups, derived from the op registry.
 
-    ``value`` is the initial value; for a gate (``gate=True``) it is also the "off" value that
-    skips the op. ``lo``/``hi``/``step`` bound sliders; ``choices`` list dropdown options.
+    Args:
+        ops: the op registry (default :data:`facekit.degrade.OPS`).
+
+    Returns:
+        op -> {parameter: :class:`~facekit.degrade.Control`} for every op with controls, in
+        imaging-chain order (:attr:`~facekit.degrade.OpDef.chain_position`: geometric ops first,
+        then scene -> optics -> sensor -> codec, as in the presets).
     """
-
-    kind: str
-    value: Any
-    lo: float | None = None
-    hi: float | None = None
-    step: float | None = None
-    choices: tuple = ()
-    gate: bool = False
-    label: str = ""
+    ops = degrade.OPS if ops is None else ops
+    ordered = sorted(ops.values(), key=lambda opdef: opdef.chain_position)
+    return {opdef.name: dict(opdef.controls) for opdef in ordered if opdef.controls}
 
 
-def _f(lo, hi, step, value=None, gate=False, label=""):
-    return Control("float", lo if value is None else value, lo, hi, step, gate=gate, label=label)
-
-
-def _i(lo, hi, value=None, gate=False, label="", step=1):
-    return Control("int", lo if value is None else value, lo, hi, step, gate=gate, label=label)
-
-
-def _c(choices, value, gate=False, label=""):
-    return Control("choice", value, choices=tuple(choices), gate=gate, label=label)
-
-
-def _b(value=False, gate=False, label=""):
-    return Control("bool", value, gate=gate, label=label)
-
-
-# op -> {parameter of degrade.OPS[op]: Control}, in pipeline order (geometric ops first, then
-# scene -> optics -> sensor -> codec, as in the presets). Keep one control per parameter.
-CONTROLS: dict[str, dict[str, Control]] = {
-    "pose": {
-        "roll": _f(-45.0, 45.0, 1.0, 0.0, gate=True, label="roll °"),
-        "yaw": _f(-60.0, 60.0, 1.0, 0.0, gate=True, label="yaw °"),
-        "pitch": _f(-40.0, 40.0, 1.0, 0.0, gate=True, label="pitch °"),
-        "flip": _b(False, gate=True, label="flip"),
-    },
-    "occlusion": {"kind": _c((OFF, *degrade.OCCLUSION_KINDS), OFF, gate=True, label="kind")},
-    "directional_light": {
-        "strength": _f(0.0, 1.0, 0.05, gate=True, label="strength"),
-        "azimuth": _f(0.0, 360.0, 5.0, 90.0, label="azimuth °"),
-        "softness": _f(0.05, 2.0, 0.05, 0.3, label="softness"),
-    },
-    "motion_blur": {
-        "length_frac": _f(0.0, 0.3, 0.01, gate=True, label="length"),
-        "exposure": _f(0.1, 1.0, 0.1, 1.0, label="exposure"),
-    },
-    "linear_motion_blur": {
-        "length_frac": _f(0.0, 0.3, 0.01, gate=True, label="length"),
-        "angle": _i(0, 179, 0, label="angle °"),
-    },
-    "defocus_blur": {"radius_frac": _f(0.0, 0.1, 0.005, gate=True, label="radius")},
-    "gaussian_blur": {"sigma_frac": _f(0.0, 0.05, 0.0025, gate=True, label="sigma")},
-    "downsample": {
-        "scale": _i(1, 8, 1, gate=True, label="factor"),
-        "method": _c(tuple(degrade.DOWNSAMPLE_METHODS), "area", label="method"),
-    },
-    "lighting": {"condition": _c((OFF, *augment.CONDITIONS), OFF, gate=True, label="condition")},
-    "low_light": {
-        "level": _f(0.0, 0.5, 0.01, gate=True, label="level"),
-        "gamma": _f(0.5, 2.0, 0.05, 1.0, label="gamma"),
-        "black": _f(0.0, 0.1, 0.005, 0.0, label="black"),
-        "photons": _f(10.0, 2000.0, 10.0, 300.0, label="photons"),
-        "read_noise": _f(0.0, 0.05, 0.0025, 0.0, label="read noise"),
-    },
-    "poisson_noise": {
-        "photons": _i(0, 2000, 0, gate=True, label="photons", step=10),
-        "color": _b(True, label="colour"),
-    },
-    "gaussian_noise": {
-        "sigma": _f(0.0, 0.2, 0.005, gate=True, label="sigma"),
-        "color": _b(True, label="colour"),
-    },
-    "jpeg": {"quality": _i(0, 100, 0, gate=True, label="quality")},
-    "video_codec": {
-        "codec": _c((OFF, *degrade.VIDEO_CODECS), OFF, gate=True, label="codec"),
-        "quality": _i(1, 100, 50, label="quality"),
-        "motion_px": _i(0, 8, 1, label="motion px"),
-    },
-}
+# op -> {parameter of degrade.OPS[op]: Control}: one control per parameter.
+CONTROLS: dict[str, dict[str, Control]] = explorer_controls()
 
 
 def off_values() -> dict:

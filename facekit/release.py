@@ -51,14 +51,38 @@ MAX_MODEL_MB = 25.0
 # Quality bar of the released model over bicubic, per lighting condition.
 TARGET_PSNR_GAIN = 3.0
 TARGET_SSIM_GAIN = 0.05
+# The row order of the headroom table's families; a family no entry names comes after these.
+HEADROOM_FAMILY_ORDER = (degrade.HEADROOM_NOISE, degrade.HEADROOM_SCENE, degrade.HEADROOM_BLUR)
+
+
+def headroom_groups(ops: dict[str, degrade.OpDef] | None = None) -> dict[str, tuple[str, ...]]:
+    """The degradation families :func:`headroom_table` removes one at a time, from the op registry.
+
+    Args:
+        ops: the op registry (default :data:`facekit.degrade.OPS`); an op joins a family with its
+            ``headroom`` label.
+
+    Returns:
+        family label -> its op names in imaging-chain order; families in
+        :data:`HEADROOM_FAMILY_ORDER`, then any other in registry order.
+    """
+    registry = degrade.OPS if ops is None else ops
+    named = dict.fromkeys(opdef.headroom for opdef in registry.values() if opdef.headroom)
+    ordered = sorted(registry.values(), key=lambda opdef: opdef.chain_position)
+    families = [f for f in HEADROOM_FAMILY_ORDER if f in named] + [f for f in named if f not in HEADROOM_FAMILY_ORDER]
+    return {f: tuple(opdef.name for opdef in ordered if opdef.headroom == f) for f in families}
+
+
+def headroom_keep(ops: dict[str, degrade.OpDef] | None = None) -> tuple[str, ...]:
+    """The ops the headroom table's "downsample only" row keeps (``headroom_keep``), in chain order."""
+    ordered = sorted((degrade.OPS if ops is None else ops).values(), key=lambda opdef: opdef.chain_position)
+    return tuple(opdef.name for opdef in ordered if opdef.headroom_keep)
+
+
 # Degradation families removed one at a time by :func:`headroom_table` (ops absent from a preset
 # are skipped): how much of bicubic's error each family causes, and how the model fares without it.
-HEADROOM_GROUPS: dict[str, tuple[str, ...]] = {
-    "noise + JPEG": ("poisson_noise", "gaussian_noise", "jpeg"),
-    "occlusion + directional light": ("occlusion", "directional_light"),
-    "blur": ("motion_blur", "linear_motion_blur", "defocus_blur", "gaussian_blur"),
-}
-HEADROOM_KEEP = ("downsample", "lighting")  # the "downsample only" row keeps just these
+HEADROOM_GROUPS: dict[str, tuple[str, ...]] = headroom_groups()
+HEADROOM_KEEP = headroom_keep()  # the "downsample only" row keeps just these
 # What the card says about each facekit.data source kind a run trained on, in the card's order: the
 # citation and the splits. A kind without an entry (folder:, video:) is named on the card with no note.
 SOURCE_NOTES: dict[str, str] = {
