@@ -40,12 +40,23 @@ from facekit.errors import ConfigError, DataSourceError
 from facekit.identify import Gallery
 
 CONDITIONS = augment.CONDITIONS
-# "detected": YuNet finds a face in the restored output; "lq_detected": in the degraded input the
-# method was given (the same inputs for every method, so its summary is the input's detectability).
-METRICS = ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detected", "lq_detected",
-           "seconds_per_face")
-# Lower is better for these; every other metric (detectability included) is higher-is-better.
-LOWER_IS_BETTER = ("lpips", "seconds_per_face")
+# The score columns of an evaluation row, in column order: the image metrics of facekit.metrics,
+# then those Scorers computes with other modules' networks (facekit.metrics, a layer below them,
+# cannot hold these) and the loop's timing. "lq_detected" scores the inputs, which are the same for
+# every method, so its summary is the input's detectability.
+SCORES: dict[str, metrics.Metric] = {
+    "psnr": metrics.METRICS["psnr"],
+    "ssim": metrics.METRICS["ssim"],
+    "lpips": metrics.Metric(None, False, "ST-LPIPS perceptual distance to the clean face (AlexNet; 0: identical)"),
+    "id_sface": metrics.Metric(None, True, "cosine similarity of the SFace embeddings of output and clean face"),
+    "id_dlib": metrics.Metric(None, True, "cosine similarity of the dlib embeddings of output and clean face"),
+    "rank1_hit": metrics.Metric(None, True, "the output's nearest clean gallery face (SFace) is its own person"),
+    "detected": metrics.Metric(None, True, "YuNet finds a face in the restored output"),
+    "lq_detected": metrics.Metric(None, True, "YuNet finds a face in the degraded input the method was given"),
+    "seconds_per_face": metrics.Metric(None, False, "wall-clock seconds the method took per face"),
+}
+METRICS = tuple(SCORES)
+LOWER_IS_BETTER = tuple(name for name, score in SCORES.items() if not score.higher_is_better)
 # Degradation factors recorded per row: each degrade op declares the columns its recorded params
 # feed (degrade.OpDef.factors), so a new op needs no change here.
 degradation_factors = degrade.degradation_factors

@@ -1,4 +1,4 @@
-"""Image quality metrics: PSNR and SSIM, per image.
+"""Image quality metrics: PSNR and SSIM, per image, and the registry of metrics by name (:data:`METRICS`).
 
 Torch functions take ``(N,3,H,W)`` float tensors in [0,1] (values are clamped to [0,1]) and
 return ``(N,)`` float32 tensors; the ``*_uint8`` helpers take numpy ``(N,H,W,3)`` or ``(H,W,3)``
@@ -7,9 +7,14 @@ uint8 RGB arrays.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from facekit.errors import ConfigError
 
 # PSNR of identical images is infinite; we cap it so means stay finite.
 MAX_PSNR = 100.0
@@ -161,3 +166,50 @@ def gray_spread(images) -> np.ndarray:
     a = _uint8_batch(images)
     spread = a.max(-1).astype(np.int16) - a.min(-1).astype(np.int16)
     return spread.reshape(a.shape[0], -1).max(1).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-image metric: how to compute it, which way is better, what it measures.
+
+    Attributes:
+        fn: ``(out, gt) -> (N,)`` scores, or None for a column computed elsewhere (a table that
+            extends :data:`METRICS`, such as ``facekit.evaluate.SCORES``, may hold such entries).
+        higher_is_better: False for distances, errors and times.
+        description: one line, for tables and plot labels.
+    """
+
+    fn: Callable | None
+    higher_is_better: bool
+    description: str
+
+
+# The image metrics of this module, by name. Identity, perceptual and detection scores need
+# networks (facekit.recognition, facekit.perceptual, a layer above this one): facekit.evaluate
+# extends this table with them.
+METRICS: dict[str, Metric] = {
+    "psnr": Metric(psnr, True, f"peak signal-to-noise ratio in dB (data range 1, capped at {MAX_PSNR:g})"),
+    "ssim": Metric(ssim, True, "structural similarity (Wang et al. 2004; 11x11 Gaussian window), at most 1"),
+}
+
+
+def get_metric(name: str, registry: dict[str, Metric] | None = None) -> Metric:
+    """Look a metric up by name.
+
+    Args:
+        name: a key of ``registry``.
+        registry: the table to look in (default :data:`METRICS`).
+
+    Returns:
+        Its :class:`Metric`.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones).
+    """
+    registry = METRICS if registry is None else registry
+    if name not in registry:
+        raise ConfigError(f"unknown metric {name!r}; valid: {', '.join(registry)}")
+    return registry[name]

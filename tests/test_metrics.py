@@ -58,3 +58,26 @@ def test_uint8_helpers_and_bad_input():
         metrics.psnr_uint8(a.astype(np.float32), a)
     with pytest.raises(ValueError, match="same shape"):
         metrics.psnr(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
+
+
+def test_the_registry_names_each_metric_its_function_and_direction():
+    from facekit.errors import ConfigError
+
+    assert metrics.get_metric("psnr").fn is metrics.psnr and metrics.get_metric("ssim").fn is metrics.ssim
+    assert all(m.higher_is_better and m.description for m in metrics.METRICS.values())
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for name, m in metrics.METRICS.items():
+        assert m.fn(x, x).shape == (2,), name
+    with pytest.raises(ConfigError, match="unknown metric 'psnrr'; valid: psnr, ssim"):
+        metrics.get_metric("psnrr")
+
+
+def test_the_evaluation_derives_its_metric_columns_and_directions_from_a_registry():
+    from facekit import evaluate
+
+    # the hand-written tables they replace
+    assert evaluate.METRICS == ("psnr", "ssim", "lpips", "id_sface", "id_dlib", "rank1_hit", "detected",
+                                "lq_detected", "seconds_per_face")
+    assert evaluate.LOWER_IS_BETTER == ("lpips", "seconds_per_face")
+    assert all(evaluate.SCORES[name] is m for name, m in metrics.METRICS.items())
+    assert all(s.description for s in evaluate.SCORES.values())
