@@ -14,34 +14,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscriminator, ragan_ls_d_loss, ragan_ls_g_loss
-from facekit.archs.rrdbnet import UNetDiscriminatorSN, load_realesrgan_x4plus, ragan_d_loss, ragan_g_loss
+from facekit import losses
+from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscriminator
+from facekit.archs.rrdbnet import UNetDiscriminatorSN, load_realesrgan_x4plus
 from facekit.chain import REALTIME_STAGES, Stage, build_stage_model, save_stage, stage_archs
 from facekit.errors import ConfigError
 from facekit.train import TrainConfig, train
 
-GAN_LOSSES = ("none", "ragan_ls", "ragan")  # DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
-
-
-def _gan_losses(kind: str):
-    if kind == "ragan_ls":
-        return ragan_ls_d_loss, ragan_ls_g_loss
-    if kind == "ragan":
-        return ragan_d_loss, ragan_g_loss
-    raise ConfigError(f"unknown GAN loss {kind!r}; valid: {', '.join(GAN_LOSSES)}")
-
-
-def _d_loss_terms(kind: str, real_pred, fake_pred) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(l_d_real, l_d_fake)``: the two halves of the relativistic D loss (their sum is the loss
-    of :mod:`facekit.archs`), averaged over scales for a multi-scale D's dict of logit maps."""
-    if isinstance(real_pred, dict):
-        terms = [_d_loss_terms(kind, real_pred[k], fake_pred[k]) for k in sorted(real_pred)]
-        return (torch.stack([t[0] for t in terms]).mean(), torch.stack([t[1] for t in terms]).mean())
-    rel_real, rel_fake = real_pred - fake_pred.mean(), fake_pred - real_pred.mean()
-    if kind == "ragan_ls":
-        return 0.5 * torch.mean((rel_real - 1) ** 2), 0.5 * torch.mean((rel_fake + 1) ** 2)
-    return (0.5 * F.binary_cross_entropy_with_logits(rel_real, torch.ones_like(rel_real)),
-            0.5 * F.binary_cross_entropy_with_logits(rel_fake, torch.zeros_like(rel_fake)))
+GAN_LOSSES = ("none", *losses.RELATIVISTIC_TYPES)  # DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
 
 
 @dataclass
@@ -102,7 +82,6 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
     if net_d is not None and cfg.gan != "none":
         net_d.to(device).train()
         opt_d = torch.optim.Adam(net_d.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99))
-        _, g_loss_fn = _gan_losses(cfg.gan)
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.steps, desc="train stage", disable=not progress)
     epoch = 0
@@ -115,26 +94,26 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
             lq, gt = item["lq"].to(device), item["gt"].to(device)
             use_gan = cfg.gan != "none" and len(history) >= cfg.warmup_steps
             out = net_g(lq)
-            losses = {"l_g_pix": F.l1_loss(out, gt)}
-            l_g = losses["l_g_pix"]
+            terms = {"l_g_pix": F.l1_loss(out, gt)}
+            l_g = terms["l_g_pix"]
             if use_gan:
                 for p in net_d.parameters():
                     p.requires_grad_(False)
                 with torch.no_grad():
                     real_pred = net_d(gt)
-                losses["l_g_gan"] = g_loss_fn(real_pred, net_d(out))
-                l_g = l_g + cfg.gan_weight * losses["l_g_gan"]
+                terms["l_g_gan"] = losses.g_adversarial(net_d(out), cfg.gan, real_pred)
+                l_g = l_g + cfg.gan_weight * terms["l_g_gan"]
             opt_g.zero_grad(set_to_none=True)
             l_g.backward()
             opt_g.step()
             if use_gan:
                 for p in net_d.parameters():
                     p.requires_grad_(True)
-                losses["l_d_real"], losses["l_d_fake"] = _d_loss_terms(cfg.gan, net_d(gt), net_d(out.detach()))
+                terms["l_d_real"], terms["l_d_fake"] = losses.relativistic_d_terms(cfg.gan, net_d(gt), net_d(out.detach()))
                 opt_d.zero_grad(set_to_none=True)
-                (losses["l_d_real"] + losses["l_d_fake"]).backward()
+                (terms["l_d_real"] + terms["l_d_fake"]).backward()
                 opt_d.step()
-            row = {k: float(v.detach()) for k, v in losses.items()}
+            row = {k: float(v.detach()) for k, v in terms.items()}
             history.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()})

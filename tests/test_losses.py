@@ -90,3 +90,84 @@ def test_loss_dicts_have_the_named_keys_and_extras():
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     _, terms = losses.discriminator_losses(d, gt, out, gp_weight=10.0, gp_scale=0.0)
     assert terms["l_d_gp"].item() == 0.0
+
+
+def test_ragan_losses_equal_hand_computed_values():
+    real = torch.tensor([1.0, 3.0])  # mean 2
+    fake = torch.tensor([0.0])  # mean 0
+    softplus = lambda z: math.log1p(math.exp(z))  # noqa: E731  BCE(z, 1) = softplus(-z); BCE(z, 0) = softplus(z)
+    # D: real logits relative to mean fake (1, 3) should be real; fake relative to mean real (-2) fake.
+    expected_d = 0.5 * ((softplus(-1) + softplus(-3)) / 2 + softplus(-2))
+    # G: the same differences with the labels swapped.
+    expected_g = 0.5 * ((softplus(1) + softplus(3)) / 2 + softplus(2))
+    assert losses.ragan_d_loss(real, fake).item() == pytest.approx(expected_d, abs=1e-6)
+    assert losses.ragan_g_loss(real, fake).item() == pytest.approx(expected_g, abs=1e-6)
+    assert expected_d == pytest.approx(0.153926, abs=1e-6) and expected_g == pytest.approx(2.153926, abs=1e-6)
+
+
+def test_ragan_ls_losses_equal_hand_computed_values():
+    real = torch.tensor([1.0, 2.0, 6.0])  # mean 3
+    fake = torch.tensor([0.5, -1.5])  # mean -0.5
+    # D: mean((r + 0.5 - 1)^2) = (0.25 + 2.25 + 30.25)/3 = 10.91667; mean((f - 3 + 1)^2) = (2.25 + 12.25)/2 = 7.25
+    assert losses.ragan_ls_d_loss(real, fake).item() == pytest.approx((32.75 / 3 + 7.25) / 2, abs=1e-5)
+    # G: mean((r + 0.5 + 1)^2) = (6.25 + 12.25 + 56.25)/3 = 24.91667; mean((f - 3 - 1)^2) = (12.25 + 30.25)/2 = 21.25
+    assert losses.ragan_ls_g_loss(real, fake).item() == pytest.approx((74.75 / 3 + 21.25) / 2, abs=1e-5)
+    # Perfectly separated predictions (real 1 above the fake mean and vice versa) give zero D loss.
+    zero = losses.ragan_ls_d_loss(torch.tensor([0.5, 0.5]), torch.tensor([-0.5, -0.5]))
+    assert zero.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ragan_ls_averages_over_scales_and_checks_structure():
+    real = {"patch": torch.tensor([1.0, 2.0, 6.0]), "full": torch.tensor([0.5, 0.5])}
+    fake = {"patch": torch.tensor([0.5, -1.5]), "full": torch.tensor([-0.5, -0.5])}
+    expected = ((32.75 / 3 + 7.25) / 2 + 0.0) / 2
+    assert losses.ragan_ls_d_loss(real, fake).item() == pytest.approx(expected, abs=1e-5)
+    as_list = losses.ragan_ls_g_loss([real["patch"], real["full"]], [fake["patch"], fake["full"]])
+    assert as_list.item() == pytest.approx(losses.ragan_ls_g_loss(real, fake).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="different scales"):
+        losses.ragan_ls_d_loss(real, {"patch": fake["patch"]})
+    with pytest.raises(ValueError, match="two tensors"):
+        losses.ragan_ls_g_loss(real["patch"], fake)
+
+
+def test_relativistic_d_terms_are_the_halves_of_the_d_losses():
+    g = torch.Generator().manual_seed(0)
+    r, f = torch.randn(2, 1, 5, 5, generator=g), torch.randn(2, 1, 5, 5, generator=g)
+    l_real, l_fake = losses.relativistic_d_terms("ragan", r, f)
+    assert (l_real + l_fake).item() == pytest.approx(losses.ragan_d_loss(r, f).item(), rel=1e-6)
+    # each half alone: BCE of the relative logits against its own label, halved
+    assert l_real.item() == pytest.approx(
+        0.5 * torch.nn.functional.softplus(-(r - f.mean())).mean().item(), rel=1e-6)
+    rd, fd = {"patch": r, "full": f[:, :, :2]}, {"patch": f, "full": r[:, :, :2]}
+    l_real, l_fake = losses.relativistic_d_terms("ragan_ls", rd, fd)
+    assert (l_real + l_fake).item() == pytest.approx(losses.ragan_ls_d_loss(rd, fd).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="not a relativistic GAN loss"):
+        losses.relativistic_d_terms("hinge", r, f)
+
+
+def test_relativistic_types_go_through_the_common_loss_functions():
+    g = torch.Generator().manual_seed(1)
+    r, f = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    for kind, d_loss, g_loss in (("ragan", losses.ragan_d_loss, losses.ragan_g_loss),
+                                 ("ragan_ls", losses.ragan_ls_d_loss, losses.ragan_ls_g_loss)):
+        assert kind in losses.GAN_TYPES and kind in losses.RELATIVISTIC_TYPES
+        assert torch.equal(sum(losses.d_adversarial(r, f, kind)), sum(losses.relativistic_d_terms(kind, r, f)))
+        assert sum(losses.d_adversarial(r, f, kind)).item() == pytest.approx(d_loss(r, f).item(), rel=1e-6)
+        assert torch.equal(losses.g_adversarial(f, kind, real_pred=r), g_loss(r, f))
+        out, gt = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+        total, terms = losses.generator_losses(out, gt, f, gan_type=kind, gan_weight=0.5, real_pred=r)
+        assert torch.equal(terms["l_g_gan"], g_loss(r, f))
+        assert total.item() == pytest.approx((terms["l_g_pix"] + 0.5 * terms["l_g_gan"]).item())
+        with pytest.raises(ConfigError, match="needs the discriminator's logits on real images"):
+            losses.g_adversarial(f, kind)
+    # ESRGAN's RaGAN on a multi-scale D: the mean of the per-scale losses
+    rd, fd = {"a": r, "b": f}, {"a": f, "b": r}
+    assert losses.g_adversarial(fd, "ragan", real_pred=rd).item() == pytest.approx(
+        (losses.ragan_g_loss(r, f) + losses.ragan_g_loss(f, r)).item() / 2, rel=1e-6)
+
+
+def test_absolute_losses_average_a_dict_of_scales():
+    r, f = torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])
+    l_real, l_fake = losses.d_adversarial({"full": r, "patch": r * 0}, {"full": f, "patch": f * 0}, "hinge")
+    assert (l_real.item(), l_fake.item()) == pytest.approx(((0.5 + 1.0) / 2, (0.75 + 1.0) / 2))
+    assert losses.g_adversarial({"full": f, "patch": f * 2}, "hinge").item() == pytest.approx((0.75 + 1.5) / 2)

@@ -1,4 +1,4 @@
-"""DeblurGAN-v2 (Kupyn et al., ICCV 2019): FPN generator on MobileNetV2, double-scale discriminator, RaGAN-LS loss.
+"""DeblurGAN-v2 (Kupyn et al., ICCV 2019): FPN generator on MobileNetV2, double-scale discriminator.
 
 * :class:`FPNMobileNetGenerator` - the paper's "DeblurGAN-v2 (MobileNet)" generator. The
   bottom-up path is torchvision's MobileNetV2 ``features[0:16]`` split into five encoders (strides
@@ -17,7 +17,9 @@
 * :class:`DoubleScaleDiscriminator` - the paper's double-scale D: a 3-layer PatchGAN judging local
   patches (70x70 receptive field) and a 5-layer one whose receptive field covers a whole face crop
   (the "global" D). Returns both logit maps.
-* :func:`ragan_ls_d_loss` / :func:`ragan_ls_g_loss` - relativistic average least-squares loss.
+
+The paper's RaGAN-LS loss is :func:`facekit.losses.ragan_ls_d_loss` /
+:func:`facekit.losses.ragan_ls_g_loss` (gan_type ``"ragan_ls"``), with every other GAN loss.
 
 Differences from the reference code, on purpose: InstanceNorm does not track running statistics
 (train and eval behave the same, and ONNX export is exact; the reference sets
@@ -32,7 +34,6 @@ without it the backbone is randomly initialised and a warning says so. Nothing i
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -285,7 +286,8 @@ class DoubleScaleDiscriminator(nn.Module):
 
     Forward:
         ``(N,num_in_ch,H,W)`` float32 in ``[0,1]`` -> ``{"patch": (N,1,h1,w1), "full": (N,1,h2,w2)}``
-        logit maps; feed the dict straight to :func:`ragan_ls_d_loss` / :func:`ragan_ls_g_loss`.
+        logit maps; feed the dict straight to :func:`facekit.losses.ragan_ls_d_loss` /
+        :func:`facekit.losses.ragan_ls_g_loss` (they average over the scales).
     """
 
     def __init__(self, num_in_ch: int = 3, num_feat: int = 64, patch_layers: int = 3, full_layers: int = 5, norm: str = "instance"):
@@ -295,59 +297,3 @@ class DoubleScaleDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"patch": self.patch(x), "full": self.full(x)}
-
-
-# ---------------------------------------------------------------------------------------------
-# RaGAN-LS
-
-
-def _as_pairs(real_pred, fake_pred) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(real_pred, torch.Tensor) and isinstance(fake_pred, torch.Tensor):
-        return [(real_pred, fake_pred)]
-    if isinstance(real_pred, Mapping) and isinstance(fake_pred, Mapping):
-        if set(real_pred) != set(fake_pred) or not real_pred:
-            raise ValueError(f"real/fake predictions have different scales: {sorted(real_pred)} vs {sorted(fake_pred)}")
-        return [(real_pred[k], fake_pred[k]) for k in sorted(real_pred)]
-    if isinstance(real_pred, Sequence) and isinstance(fake_pred, Sequence) and len(real_pred) == len(fake_pred) > 0:
-        return list(zip(real_pred, fake_pred))
-    raise ValueError(
-        "RaGAN-LS losses take two tensors, two dicts with the same keys, or two equal-length lists; "
-        f"got {type(real_pred).__name__} and {type(fake_pred).__name__}"
-    )
-
-
-def ragan_ls_d_loss(real_pred, fake_pred) -> torch.Tensor:
-    """Relativistic average least-squares discriminator loss (DeblurGAN-v2, eq. 2).
-
-    ``L_D = ( mean (D(x) - mean D(G(z)) - 1)^2 + mean (D(G(z)) - mean D(x) + 1)^2 ) / 2``,
-    averaged over scales when given a dict/list of logit maps (as :class:`DoubleScaleDiscriminator`
-    returns).
-
-    Args:
-        real_pred: D logits on sharp images: a tensor, or a dict/list of tensors per scale.
-        fake_pred: D logits on generated images (detached from G), same structure.
-
-    Returns:
-        Scalar loss.
-    """
-    losses = [
-        0.5 * (torch.mean((r - f.mean() - 1) ** 2) + torch.mean((f - r.mean() + 1) ** 2))
-        for r, f in _as_pairs(real_pred, fake_pred)
-    ]
-    return torch.stack(losses).mean()
-
-
-def ragan_ls_g_loss(real_pred, fake_pred) -> torch.Tensor:
-    """Relativistic average least-squares generator loss (targets of :func:`ragan_ls_d_loss` swapped).
-
-    ``L_G = ( mean (D(x) - mean D(G(z)) + 1)^2 + mean (D(G(z)) - mean D(x) - 1)^2 ) / 2``,
-    averaged over scales. Pass ``real_pred`` detached; the gradient flows through ``fake_pred``.
-
-    Returns:
-        Scalar loss.
-    """
-    losses = [
-        0.5 * (torch.mean((r - f.mean() + 1) ** 2) + torch.mean((f - r.mean() - 1) ** 2))
-        for r, f in _as_pairs(real_pred, fake_pred)
-    ]
-    return torch.stack(losses).mean()

