@@ -1,6 +1,10 @@
 """Training the restoration chain's stages: pixel + relativistic GAN losses (DeblurGAN-v2's
 RaGAN-LS, ESRGAN's RaGAN), the real-time stages of notebook 04, and the Real-ESRGAN x4plus face
 fine-tune. Each fit writes a stage checkpoint that :class:`facekit.chain.Stage` loads.
+
+A stage fit is a short loop around the main trainer's GAN update (:func:`facekit.train.gan_step`)
+with the losses of :mod:`facekit.losses`: it adds no EMA, schedule, checkpoints or processes,
+which a few hundred steps on one stage do not need.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facekit import losses
@@ -19,9 +22,11 @@ from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscrimina
 from facekit.archs.rrdbnet import UNetDiscriminatorSN, load_realesrgan_x4plus
 from facekit.chain import REALTIME_STAGES, Stage, build_stage_model, save_stage, stage_archs
 from facekit.errors import ConfigError
-from facekit.train import TrainConfig, train
+from facekit.train import TrainConfig, gan_step, train
 
-GAN_LOSSES = ("none", *losses.RELATIVISTIC_TYPES)  # DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
+# "none" or a relativistic loss of facekit.losses: DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
+GAN_LOSSES = ("none", *losses.RELATIVISTIC_TYPES)
+STAGE_LOSS_KEYS = ("l_g_pix", "l_g_gan", "l_d_real", "l_d_fake")  # the loss rows of train_stage
 
 
 @dataclass
@@ -53,6 +58,10 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
                 device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, float]]:
     """Train one stage generator on ``(lq, gt)`` pairs with L1 + optional relativistic GAN loss.
 
+    Each step is :func:`facekit.train.gan_step`, the main loop's update: once the GAN loss is on,
+    D steps on the detached output first, then G on L1 + ``gan_weight`` x the relativistic G loss
+    against the updated D.
+
     Args:
         net_g: the stage generator (trained in place), ``(N,3,h,w)`` -> ``(N,3,s*h,s*w)`` in [0,1].
         pairs: a dataset whose items are dicts with ``"lq"`` ``(3,h,w)`` and ``"gt"``
@@ -79,7 +88,8 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
         raise ConfigError(f"{len(pairs)} training pairs are fewer than one batch of {cfg.batch}")
     net_g.to(device).train()
     opt_g = torch.optim.Adam([p for p in net_g.parameters() if p.requires_grad], lr=cfg.lr_g, betas=(0.9, 0.99))
-    if net_d is not None and cfg.gan != "none":
+    opt_d = None
+    if cfg.gan != "none":
         net_d.to(device).train()
         opt_d = torch.optim.Adam(net_d.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99))
     history: list[dict[str, float]] = []
@@ -94,31 +104,17 @@ def train_stage(net_g: torch.nn.Module, pairs, cfg: StageTrainConfig, net_d: tor
             lq, gt = item["lq"].to(device), item["gt"].to(device)
             use_gan = cfg.gan != "none" and len(history) >= cfg.warmup_steps
             out = net_g(lq)
-            terms = {"l_g_pix": F.l1_loss(out, gt)}
-            l_g = terms["l_g_pix"]
-            if use_gan:
-                for p in net_d.parameters():
-                    p.requires_grad_(False)
-                with torch.no_grad():
-                    real_pred = net_d(gt)
-                terms["l_g_gan"] = losses.g_adversarial(net_d(out), cfg.gan, real_pred)
-                l_g = l_g + cfg.gan_weight * terms["l_g_gan"]
-            opt_g.zero_grad(set_to_none=True)
-            l_g.backward()
-            opt_g.step()
-            if use_gan:
-                for p in net_d.parameters():
-                    p.requires_grad_(True)
-                terms["l_d_real"], terms["l_d_fake"] = losses.relativistic_d_terms(cfg.gan, net_d(gt), net_d(out.detach()))
-                opt_d.zero_grad(set_to_none=True)
-                (terms["l_d_real"] + terms["l_d_fake"]).backward()
-                opt_d.step()
-            row = {k: float(v.detach()) for k, v in terms.items()}
+            # the main loop's GAN step (facekit.train.gan_step): L1 + the relativistic loss, no penalty
+            terms = gan_step(net_g, net_d, opt_g, opt_d, out, gt, use_gan=use_gan, gan_type=cfg.gan,
+                             gan_weight=cfg.gan_weight, pixel_kind="l1")
+            row = {k: float(terms[k].detach()) for k in STAGE_LOSS_KEYS if k in terms}
             history.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()})
         epoch += 1
     bar.close()
+    if net_d is not None:
+        net_d.requires_grad_(True)  # gan_step leaves D frozen after its G step; hand it back trainable
     net_g.eval()
     return history
 

@@ -102,7 +102,7 @@ class TrainConfig:
     pixel_loss: str = "l1"  # l1 | charbonnier
     pixel_weight: float = 1.0
     gan_weight: float = 0.01
-    gan_type: str = "hinge"  # wgan | hinge | lsgan | vanilla
+    gan_type: str = "hinge"  # wgan | hinge | lsgan | vanilla | ragan (ESRGAN) | ragan_ls (DeblurGAN-v2)
     gan_start: int = 0  # pixel-only steps before the adversarial terms start
     gp_weight: float = 0.0
     identity_weight: float = 0.0  # SFace identity loss l_g_id = 1 - cos(emb(out), emb(gt)); 0 = off
@@ -578,6 +578,69 @@ def _load_training_faces(cfg: TrainConfig, progress: bool):
 # the loop
 
 
+def gan_step(net_g: torch.nn.Module, net_d: torch.nn.Module | None, optim_g: torch.optim.Optimizer,
+             optim_d: torch.optim.Optimizer | None, out: torch.Tensor, gt: torch.Tensor, *, use_gan: bool,
+             gan_type: str = "hinge", gan_weight: float = 0.01, pixel_weight: float = 1.0, pixel_kind: str = "l1",
+             extra: losses.ExtraLosses | None = None, gp_weight: float = 0.0, gp_mode: str = "interpolate",
+             gp_scale: float = 1.0, gp_gen: torch.Generator | None = None,
+             sync: Callable[[torch.nn.Module], None] | None = None) -> dict[str, torch.Tensor]:
+    """One GAN update of facekit: the discriminator step, then the generator step, on one G output.
+
+    Both trainers run it: :meth:`Trainer.step` (the main loop, with EMA, DDP and exact resume
+    around it) and :func:`facekit.stage_train.train_stage` (the chain's stage fits). D goes first,
+    on ``out.detach()``, so the single G forward serves both steps; G then meets the updated D,
+    with D's weights frozen so G's backward leaves no gradients in them.
+
+    Args:
+        net_g: the generator that produced ``out`` (only passed to ``sync``).
+        net_d: the discriminator; unused (may be None) when ``use_gan`` is False.
+        optim_g, optim_d: their optimizers (``optim_d`` may be None when ``use_gan`` is False).
+        out: ``(N,3,H,W)`` generator output, with its graph.
+        gt: ``(N,3,H,W)`` targets in [0,1].
+        use_gan: run the D step and add ``l_g_gan``; False is a pixel-loss-only step (warmup).
+        gan_type: one of :data:`facekit.losses.GAN_TYPES` (relativistic types also evaluate D on
+            ``gt`` for the G term).
+        gan_weight, pixel_weight: weights of ``l_g_gan`` and ``l_g_pix``.
+        pixel_kind: ``"l1"`` or ``"charbonnier"``.
+        extra: further generator terms ``{name: (weight, fn(out, gt))}``.
+        gp_weight, gp_mode, gp_scale, gp_gen: the gradient penalty (:func:`facekit.losses.discriminator_losses`).
+        sync: called on each network after its backward and before its optimizer step (the
+            main loop averages gradients over processes and clips them there).
+
+    Returns:
+        The unweighted loss terms as scalar tensors: ``l_g_pix`` and extras, and with ``use_gan``
+        also ``l_g_gan``, ``l_d_real``, ``l_d_fake``, ``l_d_gp``.
+    """
+    logs: dict[str, torch.Tensor] = {}
+    fake_pred = real_pred = None
+    if use_gan:
+        net_d.requires_grad_(True)
+        l_d, d_terms = losses.discriminator_losses(
+            net_d, gt, out.detach(), gan_type=gan_type, gp_weight=gp_weight, gp_mode=gp_mode,
+            gp_scale=gp_scale, generator=gp_gen)
+        optim_d.zero_grad(set_to_none=True)
+        l_d.backward()
+        if sync is not None:
+            sync(net_d)
+        optim_d.step()
+        logs.update(d_terms)
+        net_d.requires_grad_(False)  # G step: no grads into D's weights
+        fake_pred = net_d(out)
+        if gan_type in losses.RELATIVISTIC_TYPES:  # G is judged relative to the real logits
+            with torch.no_grad():
+                real_pred = net_d(gt)
+    l_g, g_terms = losses.generator_losses(out, gt, fake_pred, pixel_weight=pixel_weight, gan_weight=gan_weight,
+                                           gan_type=gan_type, pixel_kind=pixel_kind, extra=extra,
+                                           real_pred=real_pred)
+    optim_g.zero_grad(set_to_none=True)
+    l_g.backward()
+    if sync is not None:
+        sync(net_g)
+    optim_g.step()
+    logs.update(g_terms)
+    return logs
+
+
 class Trainer:
     """Holds the networks, optimizers and data of one run; :meth:`step` does one G+D iteration."""
 
@@ -632,29 +695,11 @@ class Trainer:
                 t_out = self.teacher(lq, out_size=tuple(gt.shape[-2:])) if self._teacher_takes_size else self.teacher(lq)
             self._teacher_out = t_out.clamp(0, 1)
         use_gan = cfg.gan_weight > 0 and step >= cfg.gan_start
-        logs: dict[str, torch.Tensor] = {}
-        fake_pred = None
-        if use_gan:
-            self.net_d.requires_grad_(True)
-            l_d, d_terms = losses.discriminator_losses(
-                self.net_d, gt, out.detach(), gan_type=cfg.gan_type, gp_weight=cfg.gp_weight, gp_mode=cfg.gp_mode,
-                gp_scale=losses.lazy_scale(step, cfg.lazy_k), generator=self.gp_gen)
-            self.optim_d.zero_grad(set_to_none=True)
-            l_d.backward()
-            _average_gradients(self.net_d, self.world)
-            self._clip(self.net_d)
-            self.optim_d.step()
-            logs.update(d_terms)
-            self.net_d.requires_grad_(False)  # G step: no grads into D's weights
-            fake_pred = self.net_d(out)
-        l_g, g_terms = losses.generator_losses(out, gt, fake_pred, pixel_weight=cfg.pixel_weight,
-                                               gan_weight=cfg.gan_weight, gan_type=cfg.gan_type,
-                                               pixel_kind=cfg.pixel_loss, extra=self.extra_losses)
-        self.optim_g.zero_grad(set_to_none=True)
-        l_g.backward()
-        _average_gradients(self.net_g, self.world)
-        self._clip(self.net_g)
-        self.optim_g.step()
+        logs = gan_step(self.net_g, self.net_d, self.optim_g, self.optim_d, out, gt, use_gan=use_gan,
+                        gan_type=cfg.gan_type, gan_weight=cfg.gan_weight, pixel_weight=cfg.pixel_weight,
+                        pixel_kind=cfg.pixel_loss, extra=self.extra_losses, gp_weight=cfg.gp_weight,
+                        gp_mode=cfg.gp_mode, gp_scale=losses.lazy_scale(step, cfg.lazy_k), gp_gen=self.gp_gen,
+                        sync=self._sync)
         self.sched_g.step()
         if use_gan:
             self.sched_d.step()
@@ -664,12 +709,14 @@ class Trainer:
                 self.sched_d.step()
         ema_update(self.net_g_ema, self.net_g, cfg.ema_decay)
         self.step_count += 1
-        logs.update(g_terms)
         result = {k: 0.0 for k in LOSS_KEYS}
         result.update({k: float(v.detach()) for k, v in logs.items()})
         return result
 
-    def _clip(self, net: torch.nn.Module) -> None:
+    def _sync(self, net: torch.nn.Module) -> None:
+        """Between a network's backward and its optimizer step: average its gradients over the
+        processes, then clip them."""
+        _average_gradients(net, self.world)
         # After the all-reduce, so every rank clips the same averaged gradient identically.
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.cfg.grad_clip), foreach=True)

@@ -1,5 +1,6 @@
 """Training loop: one step, overfitting, exact resume after SIGKILL, wrong checkpoints, DDP, config."""
 
+import copy
 import glob
 import json
 import os
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from facekit import checkpoint
+from facekit import checkpoint, losses
 from facekit.archs import build_model
+from facekit.archs.rrdbnet import CompactRRDBNet, UNetDiscriminatorSN
 from facekit.errors import CheckpointError, ConfigError
-from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, mix_faces, split_faces, train
+from facekit.stage_train import StageTrainConfig, train_stage
+from facekit.train import LOSS_KEYS, Trainer, TrainConfig, epoch_batches, gan_step, mix_faces, split_faces, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +62,43 @@ def test_one_step_changes_weights_and_returns_the_named_losses():
     assert any(not torch.equal(a, b) for a, b in zip(e0, tr.net_g_ema.parameters()))
     logs = tr.step(lq, gt)
     assert logs["l_d_gp"] == 0.0  # step 1 is not (lazy_k=2)
+
+
+def test_both_trainers_run_the_one_gan_step():
+    # Same nets, data and seed: Trainer.step and train_stage end with the weights (and losses) of
+    # facekit.train.gan_step called by hand, bit for bit.
+    cfg = tiny_cfg(gan_type="ragan", gp_weight=0.0, channels_last=False)
+    tr, ref = Trainer(cfg, torch.device("cpu")), Trainer(cfg, torch.device("cpu"))
+    lq, gt = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 32, 32)
+    logs = tr.step(lq, gt)
+    terms = gan_step(ref.net_g, ref.net_d, ref.optim_g, ref.optim_d, ref.net_g(lq), gt, use_gan=True,
+                     gan_type="ragan", gan_weight=cfg.gan_weight, gp_scale=losses.lazy_scale(0, cfg.lazy_k))
+    assert {k: float(v.detach()) for k, v in terms.items()} == {k: logs[k] for k in terms}
+    for net, want in ((tr.net_g, ref.net_g), (tr.net_d, ref.net_d)):
+        assert all(torch.equal(a, b) for a, b in zip(net.parameters(), want.parameters()))
+    assert logs["l_g_gan"] > 0 and logs["l_d_real"] > 0 and logs["l_d_fake"] > 0
+
+    torch.manual_seed(0)
+    net_g, net_d = CompactRRDBNet(num_feat=8, num_block=1, num_grow_ch=8, scale=4), UNetDiscriminatorSN(num_feat=4)
+    g_ref, d_ref = copy.deepcopy(net_g), copy.deepcopy(net_d)
+    pairs = [{"lq": a, "gt": b} for a, b in zip(torch.rand(4, 3, 8, 8), torch.rand(4, 3, 32, 32))]
+    scfg = StageTrainConfig(steps=3, batch=2, gan="ragan", warmup_steps=1, gan_weight=5e-3, seed=3)
+    hist = train_stage(net_g, pairs, scfg, net_d, progress=False)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=2, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(3))
+    opt_g = torch.optim.Adam(g_ref.parameters(), lr=scfg.lr_g, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(d_ref.parameters(), lr=scfg.lr_d, betas=(0.9, 0.99))
+    g_ref.train(), d_ref.train()
+    rows = []
+    for epoch in range(2):
+        for item in loader:
+            if len(rows) < scfg.steps:
+                terms = gan_step(g_ref, d_ref, opt_g, opt_d, g_ref(item["lq"]), item["gt"], use_gan=len(rows) >= 1,
+                                 gan_type="ragan", gan_weight=5e-3)
+                rows.append({k: float(v.detach()) for k, v in terms.items() if k != "l_d_gp"})
+    assert hist == rows
+    for net, want in ((net_g, g_ref), (net_d, d_ref)):
+        assert all(torch.equal(a, b) for a, b in zip(net.parameters(), want.parameters()))
 
 
 def test_pixel_only_warmup_skips_the_discriminator():
