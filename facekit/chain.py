@@ -670,12 +670,16 @@ def set_relight(chain, on: bool) -> None:
 
 def build_chain(chain: list[str] | None = None, checkpoints: dict[str, Path] | None = None,
                 model_dir: str | Path | None = None, size: int | None = None, backend: str = "auto",
-                device: str = "cpu", batch: int = 32):
-    """Load the chain the CLI would run; returns ``(RestorationChain, input size)``."""
+                device: str = "cpu", batch: int = 32, threads: int | None = None):
+    """Load the chain the CLI would run; returns ``(RestorationChain, input size)``.
+
+    ``threads`` is :class:`RestorationChain`'s (None: the process-wide setting).
+    """
     order, ckpts, spec_size = resolve_stages(chain, checkpoints, model_dir)
     stages = [Stage.from_checkpoint(n, ckpts[n], device=device) for n in order]
     size = int(size or spec_size or stages[0].in_size or 16)
 
     chain_obj = RestorationChain(stages, device=device, backend=backend, in_size=size,
-                                 onnx_dir=settings.DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 8)))
+                                 onnx_dir=settings.DATA_DIR / "onnx-cache", auto_batch=max(1, min(batch, 8)),
+                                 threads=threads)
     return chain_obj, size

@@ -384,6 +384,13 @@ def test_model_enhancer_runs_chain_folder(tmp_path):
     (tmp_path / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
     out = make_enhancer(f"model:{tmp_path}")(np.full((2, 64, 64, 3), 90, np.uint8))
     assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    # the video's own ONNX Runtime thread count (issue 24) leaves torch's process-wide count alone
+    import torch
+
+    before = torch.get_num_threads()
+    enh = make_enhancer(f"model:{tmp_path}", threads=before + 1)
+    assert enh._chain.threads == before + 1 and torch.get_num_threads() == before
+    assert np.array_equal(enh(np.full((2, 64, 64, 3), 90, np.uint8)), out)
     (tmp_path / "chain.yaml").unlink()
     with pytest.raises(ConfigError, match="chain.yaml"):
         make_enhancer(f"model:{tmp_path}")
