@@ -31,6 +31,17 @@ detect 31 ms per frame), vtest 24.7 fps; back to back with ``--enhancer model:``
 11 MMAC default: Pexels 25.9 fps (enhance 3.2 ms, detect 31 ms), vtest 27.6 fps. Detection took 31
 ms per frame that day against 22 ms on 2026-12-02, so both numbers are lower than before; the new
 default misses the 25 fps floor on this clip by 4%.
+
+Measured 2026-12-03 late, issue 24 (same default, --threads 2 --max-frames 300, Pexels detecting every
+frame), with process_video detecting one frame ahead in its own thread, the model enhancer on one ONNX
+Runtime thread and cheaper compositing. Five interleaved before/after pairs on a machine others kept
+busy (load 3.4-5.1): median 12.5 -> 25.3 fps (each pair 1.7-2.2x), process CPU 89 -> 50 ms per frame
+(ONNX Runtime's second thread spun ~20 ms per frame for a 5 ms model run; OpenCV copied channel-flipped
+360 px face views whole before resizing them). When the others stopped (load 0.7 at the start): whole
+script Pexels 40.5 fps detecting every frame (detect 24 ms, enhance 10.6, composite 4.6 ms per frame),
+50.1 every 3rd; vtest 30.4 / 56.9 fps; then three interleaved pairs: median 23.8 -> 37.9 fps (CPU
+83 -> 48 ms per frame): the 25 fps floor is met with a 50% margin. Since detection overlaps the rest,
+``detect`` in ``stage_ms`` is the detection thread's time and the stages no longer add up to a frame.
 """
 
 from __future__ import annotations
