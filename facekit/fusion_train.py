@@ -30,6 +30,7 @@ from facekit import chain, fusion, settings
 from facekit.archs.fusionnet import FusionNet
 from facekit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facekit.errors import ConfigError
+from facekit.runs import RunDir
 
 
 @dataclass
@@ -219,11 +220,11 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
     from tqdm.auto import tqdm
 
     out = run_dir(cfg)
-    ckpt_path = out / "checkpoints" / "last.pt"
+    ckpt_path = RunDir(out).last
     if not resume and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another name")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    RunDir(out).config.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     bursts_file = out / "bursts.npz"
     if bursts_file.is_file():
         with np.load(bursts_file, allow_pickle=False) as z:
@@ -289,7 +290,7 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
 def export(run: str | Path, dest: str | Path) -> Path:
     """Write a finished run's weights as a released fusion model (``fusion.pt``, float32, no optimizer)."""
     run = Path(run)
-    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    ck = load_checkpoint(RunDir(run).require_last())
     dest = Path(dest)
     return save_checkpoint(dest, {"format": fusion.FUSION_FORMAT, "arch_kwargs": ck["arch_kwargs"],
                                   "state_dict": ck["state_dict"], "config": ck["config"], "step": ck["step"],
