@@ -71,15 +71,17 @@ import signal
 import stat
 import sys
 import threading
-import warnings
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from facekit import errors, faces, fusion, imageio, mesh, settings
 from facekit.errors import ConfigError, FacekitError, VideoReadError
 from facekit.imageio import opencv_path, printable_path
 from facekit.tracking import CropStabilizer, FlickerMeter, IoUTracker, TrackerConfig
@@ -150,10 +152,9 @@ class ModelEnhancer:
         if path.suffix.lower() == ".onnx":
             import onnxruntime as ort
 
-            from facekit.settings import current_threads
 
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or current_threads()
+            opts.intra_op_num_threads = threads or settings.current_threads()
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             shape = self._session.get_inputs()[0].shape
             self.size = shape[-1] if isinstance(shape[-1], int) else 32
@@ -257,8 +258,6 @@ def _not_regular(path: Path) -> str:
 
 def _header_size(path: Path) -> tuple[int, int] | None:
     """``(width, height)`` from the image header without decoding pixels; None when unrecognised."""
-    from PIL import Image, UnidentifiedImageError
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -284,11 +283,9 @@ class ImageSequence:
     """
 
     def __init__(self, files: list[Path], max_pixels: int | None = None, skipped: list[str] | None = None):
-        from facekit.imageio import MAX_PIXELS
-
         self.files = files
         self.pos = 0
-        self.max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+        self.max_pixels = imageio.MAX_PIXELS if max_pixels is None else max_pixels
         self.size: tuple[int, int] | None = None
         self.skipped: list[str] = list(skipped or [])  # "path: reason" lines
 
@@ -485,10 +482,8 @@ LIMITS: dict[str, tuple] = {
 
 def _limit_arg(key: str):
     """argparse ``type=`` for the option of VideoConfig setting ``key`` (see :data:`LIMITS`)."""
-    from facekit.settings import float_arg, int_arg
-
     kind, lo, hi, lo_open, hi_open, _ = LIMITS[key]
-    return int_arg(lo, hi) if kind is int else float_arg(lo, hi, lo_open, hi_open)
+    return settings.int_arg(lo, hi) if kind is int else settings.float_arg(lo, hi, lo_open, hi_open)
 
 
 def _threshold_arg(text: str):
@@ -589,8 +584,6 @@ class VideoConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting (types and :data:`LIMITS`)."""
-        from facekit import settings
-
         for key, (kind, lo, hi, lo_open, hi_open, optional) in LIMITS.items():
             if kind is int:
                 settings.check_int(getattr(self, key), key, lo, hi, optional=optional)
@@ -719,7 +712,6 @@ def load_gallery(path, device: str = "cpu"):
     Raises:
         ConfigError: ``path`` is neither; the message names it.
     """
-    from facekit.errors import DataSourceError
     from facekit.identify import Gallery
 
     p = Path(path)
@@ -727,7 +719,7 @@ def load_gallery(path, device: str = "cpu"):
         raise ConfigError(f"gallery {p}: no such gallery folder or saved gallery (.npz) file")
     try:
         return Gallery(device=device).enroll(p) if p.is_dir() else Gallery.load(p, device=device)
-    except DataSourceError as exc:
+    except errors.DataSourceError as exc:
         msg = str(exc)
         raise ConfigError(msg if str(p) in msg else f"gallery {p}: {msg}") from exc
 
@@ -1379,11 +1371,9 @@ class FaceVideoProcessor:
 
     def __init__(self, cfg: VideoConfig, enhancer: Enhancer | None = None, detector=None,
                  identifier: TrackIdentifier | None = None):
-        from facekit.faces import FaceDetector
-
         self.cfg = cfg
         self.enhancer = enhancer or make_enhancer(cfg.enhancer, cfg.model_backend, threads=cfg.enhancer_threads)
-        self.detector = detector or FaceDetector(score_threshold=cfg.score_threshold, max_side=cfg.detect_side)
+        self.detector = detector or faces.FaceDetector(score_threshold=cfg.score_threshold, max_side=cfg.detect_side)
         self.tracker = IoUTracker(cfg.tracker)
         self.stabilizer = CropStabilizer(cfg.temporal)
         self.flicker = FlickerMeter()
@@ -1548,8 +1538,6 @@ class FaceVideoProcessor:
             t: the track (matched to a detection on this frame). index: frame index.
             crop_bgr: the face's square region of the input frame (BGR view). side: its side in px.
         """
-        from facekit.fusion import frame_quality
-
         rec = self.records.get(t.id)
         if rec is None:
             rec = self.records[t.id] = TrackRecord(id=t.id, first=index, last=index)
@@ -1560,7 +1548,7 @@ class FaceVideoProcessor:
         small = cv2.resize(crop_bgr, (FUSION_MAX_SIDE,) * 2, interpolation=cv2.INTER_AREA) \
             if side > FUSION_MAX_SIDE else crop_bgr
         crop = np.ascontiguousarray(small[:, :, ::-1])
-        q = float(frame_quality(crop[None], [t.score])[0])
+        q = float(fusion.frame_quality(crop[None], [t.score])[0])
         store = rec.fusion_crops
         if len(store) >= self.cfg.fusion_frames:
             worst = min(range(len(store)), key=lambda i: store[i][0])
@@ -1571,15 +1559,13 @@ class FaceVideoProcessor:
 
     def _offer_identity(self, index: int, frame_bgr: np.ndarray, offers) -> None:
         """Hand the identifier landmark-aligned crops of tracks whose crop improved on this frame."""
-        from facekit.faces import align_face
-
         ident = self.identifier
         for t, quality in offers:
             # landmarks belong to this frame only when the track was matched to a detection now
             if t.landmarks is None or t.last_seen != index or not ident.wants(t.id, quality):
                 continue
             try:
-                crop = align_face(frame_bgr, t.landmarks, ident.crop_side, ident.margin)
+                crop = faces.align_face(frame_bgr, t.landmarks, ident.crop_side, ident.margin)
             except FacekitError:  # degenerate landmarks: skip this crop, the track has others
                 continue
             ident.offer(t.id, index, quality, np.ascontiguousarray(crop[:, :, ::-1]))
@@ -1635,8 +1621,6 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
     Returns:
         ``{"mode": "learned"|"classical"|"off", "tracks": n fused, "ms_per_track": mean time}``.
     """
-    from facekit import fusion
-
     todo = [r for r in records.values() if len(r.fusion_crops) >= 2]
     if not todo:
         return {"mode": "off", "tracks": 0, "ms_per_track": 0.0}
@@ -1668,14 +1652,12 @@ def mesh_records(records: dict[int, TrackRecord], out_dir: Path) -> dict:
     Raises:
         MeshDependencyError: MediaPipe is not installed (the message says how to install it).
     """
-    from facekit.mesh import mesh_track_face
-
     done = failed = 0
     for tid, rec in sorted(records.items()):
         face = rec.fused if rec.fused is not None else rec.best_crop
         if face is None:
             continue
-        rec.mesh = mesh_track_face(face, out_dir / "meshes", f"track_{tid:04d}")
+        rec.mesh = mesh.mesh_track_face(face, out_dir / "meshes", f"track_{tid:04d}")
         failed += "error" in rec.mesh
         done += "error" not in rec.mesh
     return {"meshed": done, "no_face": failed}
@@ -1797,13 +1779,10 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         cfg.enhancer = resolve_enhancer(cfg.enhancer)
     source = resolve_source(input_spec)
     out_dir = Path(out_dir)
-    from facekit.settings import check_writable
 
-    check_writable(out_dir, "output folder", "; give another OUTPUT_DIR")  # before the source opens
+    settings.check_writable(out_dir, "output folder", "; give another OUTPUT_DIR")  # before the source opens
     if cfg.mesh_tracks:  # a missing MediaPipe is said now, not after the whole video
-        from facekit.mesh import require_mediapipe
-
-        require_mediapipe()
+        mesh.require_mediapipe()
     live = source.live if cfg.live is None else bool(cfg.live)
     # Before opening the source: a bad gallery fails fast, and enrolment/calibration stay off the clock.
     identifier = build_identifier(cfg, gallery)
