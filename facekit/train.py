@@ -578,6 +578,15 @@ def _load_training_faces(cfg: TrainConfig, progress: bool):
 # the loop
 
 
+def _update(optim, loss: torch.Tensor, net, sync) -> None:
+    """One optimiser update of ``net`` from ``loss``; ``sync(net)`` (all-reduce, clipping) runs between backward and step."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    if sync is not None:
+        sync(net)
+    optim.step()
+
+
 def gan_step(net_g: torch.nn.Module, net_d: torch.nn.Module | None, optim_g: torch.optim.Optimizer,
              optim_d: torch.optim.Optimizer | None, out: torch.Tensor, gt: torch.Tensor, *, use_gan: bool,
              gan_type: str = "hinge", gan_weight: float = 0.01, pixel_weight: float = 1.0, pixel_kind: str = "l1",
@@ -618,11 +627,7 @@ def gan_step(net_g: torch.nn.Module, net_d: torch.nn.Module | None, optim_g: tor
         l_d, d_terms = losses.discriminator_losses(
             net_d, gt, out.detach(), gan_type=gan_type, gp_weight=gp_weight, gp_mode=gp_mode,
             gp_scale=gp_scale, generator=gp_gen)
-        optim_d.zero_grad(set_to_none=True)
-        l_d.backward()
-        if sync is not None:
-            sync(net_d)
-        optim_d.step()
+        _update(optim_d, l_d, net_d, sync)
         logs.update(d_terms)
         net_d.requires_grad_(False)  # G step: no grads into D's weights
         fake_pred = net_d(out)
@@ -632,11 +637,7 @@ def gan_step(net_g: torch.nn.Module, net_d: torch.nn.Module | None, optim_g: tor
     l_g, g_terms = losses.generator_losses(out, gt, fake_pred, pixel_weight=pixel_weight, gan_weight=gan_weight,
                                            gan_type=gan_type, pixel_kind=pixel_kind, extra=extra,
                                            real_pred=real_pred)
-    optim_g.zero_grad(set_to_none=True)
-    l_g.backward()
-    if sync is not None:
-        sync(net_g)
-    optim_g.step()
+    _update(optim_g, l_g, net_g, sync)
     logs.update(g_terms)
     return logs
 
