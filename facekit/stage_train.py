@@ -22,6 +22,7 @@ from facekit.archs.deblurganv2 import DoubleScaleDiscriminator, NLayerDiscrimina
 from facekit.archs.rrdbnet import UNetDiscriminatorSN, load_realesrgan_x4plus
 from facekit.chain import REALTIME_STAGES, Stage, build_stage_model, save_stage, stage_archs
 from facekit.errors import ConfigError
+from facekit.runs import RunDir
 from facekit.train import TrainConfig, gan_step, train
 
 # "none" or a relativistic loss of facekit.losses: DeblurGAN-v2's RaGAN-LS, ESRGAN's RaGAN
@@ -203,7 +204,7 @@ def fit_reconstruct(faces: np.ndarray, path: str | Path, steps: int = 100, batch
                       ckpt_every=steps, sample_every=steps, log_every=max(1, steps // 10), seed=seed,
                       device=str(device), ema_decay=0.9)
     run_dir = train(cfg, progress=progress, faces=faces, overwrite=True)
-    stage = Stage.from_checkpoint("reconstruct", run_dir / "checkpoints" / "last.pt", device=device)
+    stage = Stage.from_checkpoint("reconstruct", RunDir(run_dir).last, device=device)
     save_stage(path, "reconstruct", stage.model, dict(kwargs), arch=arch, in_size=size,
                extra={"trainer_run": str(run_dir)})
     return Stage.from_checkpoint("reconstruct", path, device=device), run_dir
