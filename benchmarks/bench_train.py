@@ -4,9 +4,11 @@ Both steps train the same U-Net generator and PatchGAN discriminator with the sa
 (L1 + hinge adversarial + R1 gradient penalty) on the same batch. The plain step is what a
 straightforward script does: float32 NCHW, ``Adam`` with default (for-loop) updates,
 ``zero_grad(set_to_none=False)``, a second generator forward for the G step, the penalty on
-every step and a Python-loop EMA. facekit's step: one G forward shared by both steps, lazy R1
-(every ``lazy_k`` steps, scaled by k), ``foreach`` Adam, ``set_to_none``, fused EMA lerp and
-channels-last memory format. Ablations toggle one optimisation at a time.
+every step and a Python-loop EMA. facekit's step is the trainer's own :meth:`facekit.train.Trainer.step`
+(its D and G updates are :func:`facekit.train.gan_step`, as in training and the stage fits): one G
+forward shared by both steps, lazy R1 (every ``lazy_k`` steps, scaled by k), ``foreach`` Adam,
+``set_to_none``, fused EMA lerp and channels-last memory format. Ablations toggle one optimisation
+at a time.
 
 Usage: ``python benchmarks/bench_train.py [--arch unet_lr|student|unet] [--sizes 64 128] [--batch 16] [--rounds 5]``.
 Prints JSON.
@@ -45,7 +47,7 @@ D_KW = {"base": 32, "n_layers": 3}
 
 
 class PlainStep:
-    """A straightforward eager G+D step (the baseline)."""
+    """A straightforward eager G+D step: the baseline, written out here on purpose (not facekit's code)."""
 
     def __init__(self, cfg: TrainConfig):
         torch.manual_seed(0)
