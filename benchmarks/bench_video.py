@@ -68,7 +68,7 @@ def run_one(path, cfg: VideoConfig) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--enhancer", default="auto", help="auto = the released chain when installed, else classical")
+    ap.add_argument("--enhancer", default="auto", help="auto = the released chain when installed, else sharpen")
     ap.add_argument("--detect-every", type=int, default=3)
     ap.add_argument("--max-frames", type=int, default=300)
     args = ap.parse_args()

@@ -20,16 +20,18 @@ LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
                 "archs.discriminator", "archs.deblurganv2", "archs.rrdbnet", "archs.fusionnet", "losses",
                 "relight", "faces", "recognition", "perceptual", "mesh")),
     "data": ("face sources, caches and paired datasets", ("data", "dataset")),
-    "runtime": ("what users run: restorers, the chain, track fusion, identification, video",
-                ("chain", "baselines", "fusion", "identify", "restore", "video")),
+    "runtime": ("what users run: the restorer contract and its registry, the chain, track fusion, identification, video",
+                ("restorer", "chain", "baselines", "restorers", "fusion", "identify", "restore", "video_io",
+                 "video_identity", "video_tracks", "video")),
     "training": ("training loops and their configs", ("train", "stage_train", "fusion_train")),
     "evaluation": ("scoring restorers and explaining them",
                    ("evaluate", "ood", "fusion_eval", "chain_eval", "explorer")),
     "release": ("a finished run -> a released model folder and its card", ("release",)),
     "reports": ("notebooks headless and their HTML reports", ("report", "runner")),
-    "commands": ("the command line: one thin module per command (video and release keep theirs in their module)",
+    "commands": ("the command line: one thin module per command",
                  ("commands", "commands.data", "commands.train", "commands.run", "commands.evaluate",
-                  "commands.identify", "commands.restore", "commands.fuse", "commands.mesh", "cli", "__main__")),
+                  "commands.identify", "commands.restore", "commands.release", "commands.fuse", "commands.video",
+                  "commands.mesh", "cli", "__main__")),
 }
 
 import os as _os

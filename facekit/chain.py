@@ -31,7 +31,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ from facekit import settings
 from facekit.archs import ARCHS, arch_name, construct
 from facekit.checkpoint import CHAIN_FILE, chain_sha256_table, load_checkpoint, save_checkpoint
 from facekit.errors import CheckpointError, ConfigError, OutputError
+from facekit.restorer import RestoreOutput
 
 BACKENDS = ("torch", "onnx", "auto")
 STAGE_ORDER = ("deblur", "reconstruct", "upscale")  # the default chain order
@@ -245,25 +246,6 @@ class Stage:
             raise CheckpointError(f"{path}: weights do not fit architecture {arch!r} {kwargs}: {first}") from None
         model.to(device).eval()
         return cls(name=name, model=model, in_size=in_size, checkpoint=path, arch=arch)
-
-
-@dataclass
-class ChainResult:
-    """Output of :meth:`RestorationChain.__call__`.
-
-    Attributes:
-        out: ``(N,3,H,W)`` float32 in [0,1], the last stage's output.
-        intermediates: stage name -> its output (same layout), in chain order.
-        seconds: stage name -> wall time of that stage for the whole batch.
-    """
-
-    out: torch.Tensor
-    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def total_seconds(self) -> float:
-        return float(sum(self.seconds.values()))
 
 
 class OnnxModule:
@@ -505,7 +487,7 @@ class RestorationChain:
         return stage.model(x)
 
     @torch.inference_mode()
-    def __call__(self, lq: torch.Tensor, backend: str | None = None) -> ChainResult:
+    def __call__(self, lq: torch.Tensor, backend: str | None = None) -> RestoreOutput:
         """Restore a batch.
 
         Args:
@@ -513,7 +495,7 @@ class RestorationChain:
             backend: override the chain's backend for this call ("torch" or "onnx").
 
         Returns:
-            A :class:`ChainResult` with the final ``out`` ``(N,3,h*scale,w*scale)``, every
+            A :class:`RestoreOutput` with the final ``out`` ``(N,3,h*scale,w*scale)``, every
             intermediate and per-stage seconds.
         """
         if not isinstance(lq, torch.Tensor) or lq.ndim != 4 or lq.shape[1] != 3:
@@ -523,7 +505,7 @@ class RestorationChain:
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"unknown backend {backend!r}; valid: torch, onnx")
         x = lq.float() if backend == "onnx" else lq.to(self.device, torch.float32)
-        result = ChainResult(out=x)
+        result = RestoreOutput(out=x)
         for stage in self.stages:
             t0 = time.perf_counter()
             x = self._run_stage(stage, x, backend).float().clamp_(0, 1).contiguous()

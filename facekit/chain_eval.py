@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 
 from facekit import metrics
-from facekit.chain import ChainResult, RestorationChain, Stage
+from facekit.chain import RestorationChain, Stage
+from facekit.restorer import RestoreOutput
 
 
 def _at_size(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -67,7 +68,7 @@ def ablation(stages: list[Stage], lq: torch.Tensor, gt: torch.Tensor, combos: li
     return table, outputs
 
 
-def plot_intermediates(result: ChainResult, lq: torch.Tensor, gt: torch.Tensor | None = None, n: int = 6):
+def plot_intermediates(result: RestoreOutput, lq: torch.Tensor, gt: torch.Tensor | None = None, n: int = 6):
     """Grid: one row per face, columns lq | each stage's output | gt (all shown at the final size)."""
     import matplotlib.pyplot as plt
 

@@ -1,9 +1,9 @@
 """Command line: ``python -m facekit <command> ...``.
 
-Each command is a thin module in :mod:`facekit.commands` (``video`` and ``release`` still keep
-theirs beside their code) providing ``add_arguments(parser)`` and ``run_cli(args) -> int``. The
-top-level parser is built from :data:`COMMANDS` alone and a command's module is imported only once argparse reaches that
-command's word (:class:`_LazySubParsers`), so ``python -m facekit --help``, a bare
+Each command is a thin module in :mod:`facekit.commands` providing ``add_arguments(parser)``
+and ``run_cli(args) -> int``. The top-level parser is built from :data:`COMMANDS` alone and a
+command's module is imported only once argparse reaches that command's word
+(:class:`_LazySubParsers`), so ``python -m facekit --help``, a bare
 ``python -m facekit`` and an unknown command import no torch (~0.1 s instead of ~7 s and 1 GB),
 and a missing optional dependency only affects its own command.
 """
@@ -30,10 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "identify": ("facekit.commands.identify", "match probe faces against a gallery of known people"),
     "restore": ("facekit.commands.restore", "restore the faces in photos and frames (detect, restore, paste back), "
                                             "or face crops with --aligned"),
-    "release": ("facekit.release", "export a finished training run as a released chain folder with its model card"),
+    "release": ("facekit.commands.release", "export a finished training run as a released chain folder with its "
+                                            "model card"),
     "fuse": ("facekit.commands.fuse", "fuse the crops of one face track (a folder of crops or a clip) into one face; "
                                       "--train / --export the learned fusion stage"),
-    "video": ("facekit.video", "detect, track, enhance and composite faces in a video file or live stream"),
+    "video": ("facekit.commands.video", "detect, track, enhance and composite faces in a video file or live stream"),
     "mesh": ("facekit.commands.mesh", "3D face mesh (OBJ+PNG, PLY, glb), head pose and a frontal view of the face "
                                       "in an image"),
 }

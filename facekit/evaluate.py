@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facekit import augment, baselines, data, dataset, degrade, images, metrics, perceptual, recognition, settings
-from facekit.baselines import build_methods, released_methods
+from facekit import augment, data, dataset, degrade, images, metrics, perceptual, recognition, settings
+from facekit.restorer import Restorer, resize_batch
+from facekit.restorers import build_restorers, released_restorers
 from facekit.data import person_numbers
 from facekit.errors import ConfigError, DataSourceError
 from facekit.identify import Gallery
@@ -335,12 +336,12 @@ def _pick(n: int, sample_size: int | None, seed: int) -> np.ndarray:
 
 
 def _call(method, lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    out = method(lq, size) if isinstance(method, baselines.Method) else method(lq)
+    out = method(lq, size) if isinstance(method, Restorer) else method(lq)
     out = torch.as_tensor(out).detach().float().cpu()
     if out.ndim != 4 or out.shape[:2] != lq.shape[:2]:
         raise ConfigError(f"a method returned shape {tuple(out.shape)} for input {tuple(lq.shape)}; "
                           "expected (N,3,H,W)")
-    return baselines.resize_batch(out, size).clamp_(0.0, 1.0)
+    return resize_batch(out, size).clamp_(0.0, 1.0)
 
 
 def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -375,7 +376,7 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
     Args:
         faces: clean test faces: a :class:`facekit.data.FaceSet` (identities enable rank-1) or an
             ``(N,S,S,3) uint8`` array.
-        methods: name -> callable. A :class:`facekit.baselines.Method` is called as
+        methods: name -> callable. A :class:`facekit.restorer.Restorer` is called as
             ``m(lq, (S,S))``; any other callable as ``f(lq)`` with its output resized to ``S x S``
             when it is not already. ``lq`` is ``(n,3,S/scale,S/scale)`` float32 in [0,1].
         conditions: lighting conditions, each with the same paired degradations.
@@ -701,13 +702,13 @@ def checkpoint_methods(checkpoints="auto") -> dict[str, str]:
 
     Args:
         checkpoints: one entry or a list of entries: ``"auto"`` (the released models,
-            :func:`released_methods`), ``"run:NAME"`` (the last checkpoint of the training run
+            :func:`released_restorers`), ``"run:NAME"`` (the last checkpoint of the training run
             ``DATA_DIR/runs/NAME/checkpoints/last.pt``, e.g. what notebook 03 just trained; labelled
             ``run:NAME``), a method name (``"model:PATH"``, ``"chain:DIR"``, ``"chain:DIR@stage"``) or a
             bare checkpoint path (taken as ``model:PATH``). None or [] = no models (baselines only).
 
     Returns:
-        Label (the method's name in the results) -> name for :func:`facekit.baselines.build_method`.
+        Label (the method's name in the results) -> name for :func:`facekit.restorers.build_restorer`.
     """
     if checkpoints is None:
         return {}
@@ -716,7 +717,7 @@ def checkpoint_methods(checkpoints="auto") -> dict[str, str]:
     for entry in entries:
         entry = str(entry).strip()
         if entry == "auto":
-            out.update({m: m for m in released_methods()})
+            out.update({m: m for m in released_restorers()})
         elif entry.startswith("run:"):
             name = entry[len("run:"):].strip()
             if not name:
@@ -734,12 +735,12 @@ def build_eval_methods(baselines=(), checkpoints="auto", scale: int = 4, device:
     Args:
         baselines: method names (``"bicubic"``, ``"classical"`` ...).
         checkpoints: see :func:`checkpoint_methods`.
-        scale, device, train_faces: see :func:`facekit.baselines.build_methods`.
+        scale, device, train_faces: see :func:`facekit.restorers.build_restorers`.
 
     Returns:
         ``(label -> Method, label -> why it was skipped)``. A ``run:NAME`` whose ``last.pt`` does not
         exist (the run was not trained here) is skipped with that reason; other unavailable methods
-        as :func:`facekit.baselines.build_methods` does.
+        as :func:`facekit.restorers.build_restorers` does.
     """
     labels = {b: b for b in ([baselines] if isinstance(baselines, str) else list(baselines or []))}
     labels.update(checkpoint_methods(checkpoints))
@@ -749,7 +750,7 @@ def build_eval_methods(baselines=(), checkpoints="auto", scale: int = 4, device:
             skipped[label] = (f"{name[len('model:'):]} not found: train run {label[4:]!r} first "
                               "(notebook 03 or python -m facekit train)")
             continue
-        built, why = build_methods([name], scale, device, train_faces=train_faces)
+        built, why = build_restorers([name], scale, device, train_faces=train_faces)
         for m in built.values():
             if label != name and name.startswith("model:"):
                 m.note = f"{m.note}, {name[len('model:'):]}"
@@ -1115,7 +1116,7 @@ def probe_check(methods: dict, people: int = 20, condition: str = "medium", pres
 
     Args:
         methods: ``{name: fn(lq (N,3,h,w) float32 in [0,1], (H, W)) -> (N,3,H,W) in [0,1]}``
-            (:func:`facekit.baselines.build_method`); include ``"bicubic"`` for the degraded side.
+            (:func:`facekit.restorers.build_restorer`); include ``"bicubic"`` for the degraded side.
         people: how many ORL people (1..40) to use.
         condition: lighting condition of the probes.
         preset, scale, size: degradation preset, factor and clean crop side (lq side = size/scale).

@@ -536,25 +536,28 @@ def ood_degrade(lq_side: int, condition: str = "medium", gray: bool = False):
 FUSION_FORMAT = "facekit-fusion-v1"
 
 
-class Restorer:
-    """The single-frame restorer fusion builds on: a released chain folder (default ``models/default``).
+def single_frame_restorer(model: str = "default", device: str = "cpu", scale: int = 4):
+    """The single-frame restorer fusion builds on: a chain folder (``"default"`` = ``models/default``).
 
-    ``restorer(crops (N,s,s,3) uint8) -> (N,S,S,3) float32 in [0,1]``, ``S = s * scale``.
+    Returns:
+        A :class:`facekit.restorer.Restorer` (``chain:MODEL``).
     """
+    from facekit.restorers import build_restorer  # defers torch: a classical fusion runs without it
 
-    def __init__(self, model: str = "default", device: str = "cpu", scale: int = 4):
-        from facekit.baselines import build_method
+    return build_restorer(f"chain:{model}", int(scale), device)
 
-        self.model, self.scale = str(model), int(scale)
-        self.method = build_method(f"chain:{model}", self.scale, device)
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        import torch
+def restore_crops(restorer, crops: np.ndarray) -> np.ndarray:
+    """Restore uint8 crops with ``restorer`` at its scale, kept in float for the fusion arithmetic.
 
-        x = images.to_tensor(crops)
-        with torch.inference_mode():
-            out = self.method(x, (crops.shape[1] * self.scale, crops.shape[2] * self.scale))
-        return images.to_hwc_float(out)
+    Args:
+        restorer: a :class:`facekit.restorer.Restorer`.
+        crops: ``(N,s,s,3)`` uint8 RGB.
+
+    Returns:
+        ``(N,S,S,3)`` float32 in [0,1], ``S = s * restorer.scale``.
+    """
+    return images.to_hwc_float(restorer.restore(images.to_tensor(crops)).out)
 
 
 def default_fusion_model() -> "Path":
@@ -600,7 +603,7 @@ class TrackFuser:
     Args:
         config: :class:`FusionConfig`.
         restorer: the single-frame restorer: a chain folder (``"default"`` = models/default), a ready
-            :class:`Restorer`, or None (no restoration: ``out`` is the classical fusion).
+            :class:`facekit.restorer.Restorer`, or None (no restoration: ``out`` is the classical fusion).
         model: the learned stage: a ``fusion.pt`` path, ``"default"`` (:func:`default_fusion_model`)
             or None (``out`` is the single-frame restoration plus nothing: use ``classical``).
         device: where the networks run.
@@ -611,7 +614,7 @@ class TrackFuser:
         self.config = config
         self.device = device
         if isinstance(restorer, str):
-            restorer = Restorer(restorer, device, config.scale)
+            restorer = single_frame_restorer(restorer, device, config.scale)
         self.restorer = restorer
         if model is not None and restorer is None:
             raise ConfigError("the learned fusion stage needs a single-frame restorer")
@@ -639,7 +642,7 @@ class TrackFuser:
         t.append(time.perf_counter())
         reg = register(sel, 0, min_correlation=self.config.min_correlation, max_shift=self.config.max_shift)
         t.append(time.perf_counter())
-        single = self.restorer(sel[:1])[0] if self.restorer is not None else None
+        single = restore_crops(self.restorer, sel[:1])[0] if self.restorer is not None else None
         t.append(time.perf_counter())
         if self.net is not None:
             import torch  # only the learned stage needs it (a classical fusion runs without torch)

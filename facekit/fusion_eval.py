@@ -71,7 +71,7 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
         framed, info = ood_recipe.frame_face_info(face.image, face.box, "loose", framed_side, rng)
         lq, gt, _, maps = fusion.synthetic_burst(framed, kmax, lq_side, rng, degrade, scale=fuser.config.scale,
                                                  context=context, return_maps=True)
-        restored_all = fusion.to_uint8(fuser.restorer(lq))
+        restored_all = fusion.to_uint8(fusion.restore_crops(fuser.restorer, lq))
         own_psnr = metrics.psnr_uint8(restored_all, gt)
         for k in ks:
             res = fuser(lq[:k])

@@ -152,7 +152,7 @@ def build_bursts(cfg: FusionTrainConfig, progress: bool = True) -> dict[int, dic
     shares = np.array([s for _, s in pools], np.float64)
     shares /= shares.sum()
     rng = np.random.default_rng([cfg.seed, 0])
-    restorer = fusion.Restorer(cfg.restorer, scale=cfg.scale)
+    restorer = fusion.single_frame_restorer(cfg.restorer, scale=cfg.scale)
     groups: dict[int, dict[str, list]] = {}
     fcfg = fusion.FusionConfig(scale=cfg.scale)
     for i in tqdm(range(cfg.bursts), desc="fusion bursts", disable=not progress):
@@ -163,7 +163,7 @@ def build_bursts(cfg: FusionTrainConfig, progress: bool = True) -> dict[int, dic
         side = int(cfg.lq_sides[int(rng.integers(len(cfg.lq_sides)))])
         gray = bool(rng.random() < cfg.gray_prob)
         lq, gt, reg = _burst_job((face, k, side, gray, [cfg.seed, 1, i], cfg.scale, cfg.restorer))
-        single = restorer(lq[:1])[0]
+        single = fusion.restore_crops(restorer, lq[:1])[0]
         innov, context, _ = fusion.fusion_inputs(lq, reg, single, fcfg)
         g = groups.setdefault(side, {"innov": [], "context": [], "gt": []})
         g["innov"].append(innov.astype(np.float16))

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from facekit import baselines, images, recognition
+from facekit import images, recognition, restorers
 from facekit.errors import ConfigError, DataSourceError, FacekitError, ImageReadError
 from facekit.faces import align_face, center_crop
 from facekit.imageio import IMAGE_EXTENSIONS, printable_path, read_image
@@ -371,14 +371,14 @@ class Gallery:
 
 
 def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64, device: str = "cpu") -> np.ndarray:
-    """Restore probe crops with a ``facekit.baselines`` method (model, chain or baseline).
+    """Restore probe crops with a restorer of :mod:`facekit.restorers` (model, chain or baseline).
 
     The crops are downsampled (area) to ``size // scale`` px, the model's input framing, and the
     method restores them to ``size`` px.
 
     Args:
         crops: ``(N,S,S,3) uint8`` margin crops.
-        method: a ``facekit.baselines`` method name (e.g. ``"model:models/x.pt"``, ``"bicubic"``).
+        method: a :data:`facekit.restorers.RESTORERS` name (e.g. ``"model:models/x.pt"``, ``"bicubic"``).
         scale: the method's upscaling factor.
         size: restored crop side (the model's training size).
         device: torch device.
@@ -386,7 +386,7 @@ def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64
     Returns:
         ``(N,size,size,3) uint8`` restored crops.
     """
-    methods, skipped = baselines.build_methods([method], scale, device, skip_unavailable=True)
+    methods, skipped = restorers.build_restorers([method], scale, device, skip_unavailable=True)
     if method not in methods:
         raise ConfigError(f"restoration method {method!r} unavailable: {skipped.get(method, 'unknown reason')}")
     lq_side = max(1, size // scale)
@@ -400,7 +400,7 @@ def default_restore_method() -> str:
     Raises:
         ConfigError: ``models/`` holds no released model.
     """
-    names = baselines.released_methods()
+    names = restorers.released_restorers()
     if not names:
         raise ConfigError("--restore without a method needs a released model (models/default/chain.yaml or "
                           "models/*.pt); none found (pass a method, e.g. --restore bicubic or --restore model:PATH)")

@@ -353,7 +353,7 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
 
     Args:
         methods: name -> callable ``(lq (N,3,s,s) float in [0,1], out_size (S,S)) -> (N,3,S,S)``
-            (a :class:`facekit.baselines.Method`); must include ``"bicubic"`` for the flags.
+            (a :class:`facekit.restorer.Restorer`); must include ``"bicubic"`` for the flags.
         data: :func:`load_ood_data`'s faces.
         cells: default :func:`default_cells`.
         seed: degradation seed.
@@ -367,7 +367,6 @@ def evaluate_ood(methods: dict, data: OODData, cells: list[Cell] | None = None, 
         DataFrame with ``source, face, identity, group, cell, lighting, framing, size, gray,
         method`` and :data:`METRICS` columns (NaN where a metric does not apply).
     """
-    import torch
     from tqdm.auto import tqdm
 
     from facekit import metrics
@@ -634,12 +633,12 @@ def run(methods: str | list[str], name: str | None = None, limit: int | None = N
     Returns:
         ``(rows, written paths)``.
     """
-    from facekit.baselines import build_methods
+    from facekit.restorers import build_restorers
 
     names = [n.strip() for n in methods.split(",")] if isinstance(methods, str) else list(methods)
     if BASELINE not in names:
         names = [BASELINE] + names
-    built, skipped = build_methods(names, 4, device)
+    built, skipped = build_restorers(names, 4, device)
     for n, why in skipped.items():
         print(f"ood: skipped method {n}: {why}")
     data = load_ood_data(sources, limit, progress=progress)

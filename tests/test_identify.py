@@ -181,14 +181,14 @@ def test_restored_probes_score_above_degraded(orl):
     300 probes); celeba-orl-identity, with ORL people 21-40 (train split) mixed in and the
     contrastive identity loss, passes it on people 1-20, whom it never saw (rank-1 0.387), and the
     released default distilled from it more clearly (0.460)."""
-    from facekit.baselines import build_method
-    from facekit.baselines import released_methods
+    from facekit.restorers import build_restorer
+    from facekit.restorers import released_restorers
 
-    if not released_methods():
+    if not released_restorers():
         pytest.skip("no released model in models/ yet (chain:default or models/*.pt); "
                     "restored-vs-degraded needs a trained generator")
     method = I.default_restore_method()
-    df = evaluate.probe_check({m: build_method(m, scale=4) for m in ("bicubic", method)}, faces=orl).set_index("method")
+    df = evaluate.probe_check({m: build_restorer(m, scale=4) for m in ("bicubic", method)}, faces=orl).set_index("method")
     assert df.loc["clean", "rank1"] >= 0.95 and df.loc["clean", "probes"] == 100
     assert df.loc[method, "similarity"] > df.loc["bicubic", "similarity"]
     assert df.loc[method, "margin"] > df.loc["bicubic", "margin"]  # closer to the person, not to faces in general

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from facekit import ood
-from facekit.baselines import build_method
+from facekit.restorers import build_restorer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_pairs_are_deterministic_and_landmarks_follow_the_framing(orl_data):
 
 
 def test_suite_flags_a_constant_face_restorer_in_every_cell(orl_data):
-    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    methods = {"bicubic": build_restorer("bicubic"), "constant": _constant}
     cells = ood.default_cells(quick=True)
     df = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False)
     assert set(df["cell"]) == {c.name for c in cells}
@@ -68,7 +68,7 @@ def test_targets_catch_colour_added_to_grey_faces_and_a_skin_tone_shift(orl_data
         out = torch.nn.functional.interpolate(lq, size=size, mode="bicubic", align_corners=False)
         return (out * torch.tensor([1.1, 1.0, 0.9]).view(1, 3, 1, 1)).clamp(0, 1)
 
-    methods = {"bicubic": build_method("bicubic"), "tinted": tinted}
+    methods = {"bicubic": build_restorer("bicubic"), "tinted": tinted}
     df = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium"), ood.Cell("medium", gray=True)],
                           identity_nets=("sface",), progress=False)
     grey = [r for r in ood.check_targets(df, "tinted") if r.target.startswith("grey")][0]
@@ -78,7 +78,7 @@ def test_targets_catch_colour_added_to_grey_faces_and_a_skin_tone_shift(orl_data
 
 
 def test_results_round_trip(tmp_path, orl_data):
-    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    methods = {"bicubic": build_restorer("bicubic"), "constant": _constant}
     df = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium")], identity_nets=("sface",), progress=False)
     paths = ood.save_results(df, tmp_path / "run", ["constant"])
     back = ood.load_results(tmp_path / "run")
@@ -103,7 +103,7 @@ def test_bad_names_and_sources_are_refused():
 
 
 def test_embedding_cache_returns_what_a_fresh_run_computes(tmp_path, orl_data):
-    methods = {"bicubic": build_method("bicubic"), "constant": _constant}
+    methods = {"bicubic": build_restorer("bicubic"), "constant": _constant}
     cells = [ood.Cell("medium"), ood.Cell("low", gray=True)]
     fresh = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False)
     first = ood.evaluate_ood(methods, orl_data, cells, identity_nets=("sface",), progress=False, cache_dir=tmp_path)
@@ -129,7 +129,7 @@ def test_embedding_cache_returns_what_a_fresh_run_computes(tmp_path, orl_data):
 
 
 def test_a_loss_outside_the_16px_target_cells_still_fails_the_no_harm_target(orl_data):
-    bicubic = build_method("bicubic")
+    bicubic = build_restorer("bicubic")
 
     def worse_on_big_faces(lq, size):  # bicubic, except that 24 px inputs come back featureless
         return _constant(lq, size) if lq.shape[-1] == 24 else bicubic(lq, size)

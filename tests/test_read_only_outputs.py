@@ -20,6 +20,7 @@ import torch
 from facekit import cli, settings
 from facekit.errors import OutputError
 from facekit.imageio import write_image
+from facekit.restorer import Restorer
 
 
 @pytest.fixture
@@ -118,11 +119,7 @@ def test_restore_failed_write_mid_run_names_the_file(tmp_path, monkeypatch):
     """The folder passed the check but a write fails later (disk full): the file is named."""
     from facekit import imageio, restore
 
-    class Identity:  # the smallest chain: x1, returns its input
-        scale, backend = 1, "torch"
-
-        def __call__(self, x):
-            return type("R", (), {"out": x})()
+    identity = Restorer("identity", lambda x, size: x, scale=1)  # the smallest restorer: x1, its input
 
     def full(path, img, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -130,7 +127,7 @@ def test_restore_failed_write_mid_run_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(imageio, "write_image", full)
     src = _face_png(tmp_path / "in.png")
     with pytest.raises(OutputError, match=r"out\.png: cannot write the output: No space left on device"):
-        restore.restore_path(src, tmp_path / "out.png", Identity(), 32, aligned=True, progress=False)
+        restore.restore_path(src, tmp_path / "out.png", identity, 32, aligned=True, progress=False)
 
 
 def test_evaluate_read_only_results_folder_is_one_line_before_any_data_loads(read_only, tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facekit import checkpoint, release
-from facekit.baselines import build_method
+from facekit.restorers import build_restorer
 from facekit.errors import ConfigError
 from facekit.train import TrainConfig, train
 
@@ -43,7 +43,7 @@ def test_release_writes_a_loadable_chain_and_a_card_with_measured_numbers(tiny_r
     assert val["raw"]["psnr"] != val["ema"]["psnr"]
     # the chain folder is what restore/evaluate load as chain:DIR; it runs the chosen generator
     net, _ = checkpoint.load_generator(tiny_run / "checkpoints" / "last.pt", ema=report["weights"] == "ema")
-    chain = build_method(f"chain:{out}", scale=4)
+    chain = build_restorer(f"chain:{out}", scale=4)
     lq = torch.rand(2, 3, 8, 8)
     with torch.inference_mode():
         assert torch.allclose(chain(lq, (32, 32)), net(lq).clamp(0, 1), atol=1e-5)
@@ -115,7 +115,7 @@ def test_release_refuses_an_unfinished_run(tiny_run, tmp_path):
 
 def test_headroom_table_removes_one_degradation_family_per_row():
     faces = orl_faces(12)
-    bic = build_method("bicubic", scale=4)
+    bic = build_restorer("bicubic", scale=4)
     table = release.headroom_table(faces, bic, preset="cctv-heavy", scale=4)
     assert list(table["variant"]) == ["full preset", "no noise + JPEG", "no occlusion + directional light",
                                       "no blur", "downsample only"]

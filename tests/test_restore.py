@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facekit.chain import ChainResult, save_stage
+from facekit.chain import default_model_dir, read_chain_spec, resolve_stages, save_stage
 from facekit.cli import main
 from facekit.errors import ConfigError
 from facekit.imageio import read_image, write_image
-from facekit.chain import default_model_dir, read_chain_spec, resolve_stages
 from facekit.images import feather_mask
 from facekit.restore import output_names, plan_face, prepare_face, restore_path
+from facekit.restorer import RestoreOutput, Restorer
 from tests.test_chain import DEBLUR_KW, RECON_KW, UPSCALE_KW, tiny_deblur, tiny_reconstruct, tiny_upscale
 
 
@@ -263,7 +263,7 @@ def test_aligned_non_square_crop_keeps_its_aspect(orl_photo, models, tmp_path):
     for w, h, note in ((23, 28, "own size, padded to 24x32"), (10, 14, "enlarged to 11x16, padded to 16x16")):
         crop = cv2.resize(orl_photo, (w, h), interpolation=cv2.INTER_AREA)
         write_image(tmp_path / "ns" / f"{w}x{h}.png", crop)
-        restore_path(tmp_path / "ns" / f"{w}x{h}.png", tmp_path / "ns_out", InvertChain(), 16, progress=False,
+        restore_path(tmp_path / "ns" / f"{w}x{h}.png", tmp_path / "ns_out", InvertRestorer(), 16, progress=False,
                      aligned=True)
         out = read_image(tmp_path / "ns_out" / f"{w}x{h}.png").astype(int)
         ref = cv2.resize(crop, (round(w * 64 / h), 64), interpolation=cv2.INTER_CUBIC).astype(int)
@@ -289,18 +289,17 @@ def test_plan_face_rules():
 # Whole images: detect, restore each face at its scale, paste back; the background is untouched
 
 
-class InvertChain:
+class InvertRestorer(Restorer):
     """A stand-in restorer whose effect cannot be missed: bicubic x4, then the negative."""
-
-    scale, names, backend, timings = 4, ["invert"], "torch", {}
 
     def __init__(self):
         self.sizes = []
+        super().__init__("invert", self._run, scale=4)
 
-    def __call__(self, x, backend=None):
+    def _run(self, x, size):
         self.sizes.append(tuple(x.shape[-2:]))
         out = 1.0 - F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        return ChainResult(out=out, seconds={"invert": 0.0})
+        return RestoreOutput(out=out, seconds={"invert": 0.0})
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +327,7 @@ def _outside(regions, shape):
 
 def test_two_faces_are_restored_in_place_and_the_background_is_bit_identical(two_faces, tmp_path):
     path, img, pasted = two_faces
-    chain = InvertChain()
+    chain = InvertRestorer()
     summary = restore_path(path, tmp_path / "x2", chain, 16, progress=False, upscale=2)
     out = read_image(tmp_path / "x2" / "two.png")
     up = cv2.resize(img, (800, 500), interpolation=cv2.INTER_CUBIC)
@@ -355,7 +354,7 @@ def test_two_faces_are_restored_in_place_and_the_background_is_bit_identical(two
         assert np.abs(core - up[y0:y0 + t, x0:x0 + t][m == 1]).mean() > 60
         assert np.abs(core - (255 - up[y0:y0 + t, x0:x0 + t][m == 1].astype(int))).mean() < 12
     # at U=1 the same faces (about 95 px >= the 64 px output side) are kept: the photo comes back as is
-    summary = restore_path(path, tmp_path / "x1", InvertChain(), 16, progress=False)
+    summary = restore_path(path, tmp_path / "x1", InvertRestorer(), 16, progress=False)
     assert np.array_equal(read_image(tmp_path / "x1" / "two.png"), img)
     assert summary.faces_found == 2 and summary.faces_kept == 2
     assert "2 face(s) found, 0 restored, 2 kept" in summary.text()
@@ -389,7 +388,7 @@ def test_photo_without_a_face_is_written_unchanged_and_reported(tmp_path):
     rng = np.random.default_rng(1)
     img = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 3)
     write_image(tmp_path / "in" / "wall.png", img)
-    chain = InvertChain()
+    chain = InvertRestorer()
     summary = restore_path(tmp_path / "in", tmp_path / "out", chain, 16, progress=False, upscale=3)
     out = read_image(tmp_path / "out" / "wall.png")
     assert np.array_equal(out, cv2.resize(img, (480, 360), interpolation=cv2.INTER_CUBIC))

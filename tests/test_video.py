@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from facekit import synthclip
-from facekit.errors import ConfigError, VideoReadError
+from facekit.errors import CheckpointError, ConfigError, VideoReadError
 from facekit.settings import shared_path
 from facekit.tracking import iou
 from facekit.video import VideoConfig, make_enhancer, process_video
@@ -141,17 +141,18 @@ def test_detection_ahead_matches_serial_processing(faces, tmp_path, detect_every
     """process_video detects the next frame in its own thread while the current one is enhanced; the
     frames (in order), tracks, gallery crops and fusion crops are those of FaceVideoProcessor.process
     called frame by frame (issue 24)."""
-    from facekit.video import FaceVideoProcessor, fuse_records
+    from facekit.video import FaceVideoProcessor
+    from facekit.video_tracks import fuse_records
 
     src = synthclip.make_clip(faces, tmp_path / "src", n_frames=24, size=SIZE, seed=11, n_faces=2,
                               face_frac=0.3, speed=3.0)
-    cfg = _cfg(enhancer="classical", detect_every=detect_every, annotate=False, webm=False)
+    cfg = _cfg(enhancer="sharpen", detect_every=detect_every, annotate=False, webm=False)
     seen = []
     res = process_video(src, tmp_path / "out", cfg, detector=_JitteryDetector(seed=detect_every),
                         frame_hook=lambda i, inp, out, f: seen.append((i, out.copy(), [x[0] for x in f])))
     assert [i for i, _, _ in seen] == list(range(24)) and res.frames == 24
 
-    serial = FaceVideoProcessor(_cfg(enhancer="classical", detect_every=detect_every, annotate=False))
+    serial = FaceVideoProcessor(_cfg(enhancer="sharpen", detect_every=detect_every, annotate=False))
     cap = cv2.VideoCapture(str(src))
     for i, out, ids in seen:
         ok, frame = cap.read()
@@ -160,7 +161,7 @@ def test_detection_ahead_matches_serial_processing(faces, tmp_path, detect_every
         assert np.array_equal(out, want), f"frame {i} differs from the serial path"
         assert ids == [x[0] for x in want_faces]
     assert len(serial.records) == res.tracks >= 2
-    fuse_records(serial.records, "classical")  # the kept raw crops fuse the same way
+    fuse_records(serial.records, "sharpen")  # the kept raw crops fuse the same way
     tracks = json.loads((tmp_path / "out" / "tracks.json").read_text())["tracks"]
     for t in tracks:
         rec = serial.records[t["id"]]
@@ -297,7 +298,7 @@ def test_temporal_smoothing_lowers_flicker(faces, tmp_path):
         def hook(index, inp, outp, faces_):
             psnrs.append(synthclip.crop_psnr(outp[:, :, ::-1], truth["boxes"][index, 0], truth["faces"][index, 0]))
 
-        res = process_video(clip, tmp_path / f"t{temporal}", _cfg(enhancer="classical", temporal=temporal,
+        res = process_video(clip, tmp_path / f"t{temporal}", _cfg(enhancer="sharpen", temporal=temporal,
                                                                   detect_every=1, webm=False), frame_hook=hook)
         assert res.tracks == 1
         out[temporal] = (res.flicker, float(np.mean(psnrs)))
@@ -309,31 +310,33 @@ def test_auto_enhancer_is_the_released_chain_when_installed(tmp_path, monkeypatc
     from facekit import settings
     from facekit.chain import save_stage
     from facekit.archs import build_model
-    from facekit.video import ModelEnhancer, resolve_enhancer
+    from facekit.restorers import resolve_auto
+    from facekit.video import RestorerEnhancer
 
     monkeypatch.setattr(settings, "MODELS_DIR", tmp_path / "models")
-    assert resolve_enhancer("auto") == "classical"
-    assert resolve_enhancer("bicubic") == "bicubic"
+    assert resolve_auto("auto") == "sharpen"
+    assert resolve_auto("bicubic") == "bicubic"
     folder = tmp_path / "models" / "default"
     net = build_model("unet", scale=4, base=4, depth=1)
     save_stage(folder / "reconstruct.pt", "reconstruct", net, {"scale": 4, "base": 4, "depth": 1}, arch="unet", in_size=8)
     (folder / "chain.yaml").write_text("size: 8\nstages:\n  reconstruct: reconstruct.pt\n")
-    assert resolve_enhancer("auto") == f"model:{folder}"
+    assert resolve_auto("auto") == f"model:{folder}"
     enh = make_enhancer("auto", backend="torch")
-    assert isinstance(enh, ModelEnhancer) and enh.size == 8
+    assert isinstance(enh, RestorerEnhancer) and enh.restorer.in_size == 8
     crops = np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3), dtype=np.uint8)
-    assert enh(crops).shape == (2, 32, 32, 3)
+    assert enh(crops).shape == (2, 48, 48, 3)  # restored at 8 -> 32, back at the crops' side
 
 
 def test_enhancers_and_errors(tmp_path):
     crops = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-    assert make_enhancer("none")(crops) is crops
-    assert make_enhancer("bicubic")(crops).shape == (3, 64, 64, 3)
-    out = make_enhancer("classical")(crops)
-    assert out.shape == crops.shape and out.dtype == np.uint8
-    with pytest.raises(ConfigError, match="valid: auto, none, bicubic, classical"):
+    assert np.array_equal(make_enhancer("none")(crops), crops)
+    assert np.array_equal(make_enhancer("bicubic")(crops), crops)  # at the crops' own side: nothing to do
+    for name in ("classical", "sharpen"):  # the one registry: evaluation's classical chain and the fast pass
+        out = make_enhancer(name)(crops)
+        assert out.shape == crops.shape and out.dtype == np.uint8 and not np.array_equal(out, crops)
+    with pytest.raises(ConfigError, match="valid: auto, none, bicubic, classical, classical-ref, sharpen"):
         make_enhancer("magic")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not found"):
         make_enhancer(f"model:{tmp_path / 'nope.onnx'}")
     with pytest.raises(ConfigError, match="detect_every"):
         process_video("x.mp4", tmp_path, _cfg(detect_every=0))
@@ -352,7 +355,7 @@ def test_model_enhancer_runs_onnx(tmp_path):
     enh = make_enhancer(f"model:{path}")
     crops = np.full((2, 64, 64, 3), 100, np.uint8)
     out = enh(crops)
-    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8  # 16 -> 32, back at the crops' side
     assert np.abs(out.astype(int) - 100).max() <= 1
 
 
@@ -383,16 +386,16 @@ def test_model_enhancer_runs_chain_folder(tmp_path):
                      in_size=16)
     (tmp_path / "chain.yaml").write_text("size: 16\nstages:\n  reconstruct: reconstruct.pt\n")
     out = make_enhancer(f"model:{tmp_path}")(np.full((2, 64, 64, 3), 90, np.uint8))
-    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8
     # the video's own ONNX Runtime thread count (issue 24) leaves torch's process-wide count alone
     import torch
 
     before = torch.get_num_threads()
     enh = make_enhancer(f"model:{tmp_path}", threads=before + 1)
-    assert enh._chain.threads == before + 1 and torch.get_num_threads() == before
+    assert enh.restorer.meta["chain"].threads == before + 1 and torch.get_num_threads() == before
     assert np.array_equal(enh(np.full((2, 64, 64, 3), 90, np.uint8)), out)
     (tmp_path / "chain.yaml").unlink()
-    with pytest.raises(ConfigError, match="chain.yaml"):
+    with pytest.raises(CheckpointError, match="chain.yaml"):
         make_enhancer(f"model:{tmp_path}")
 
 
@@ -448,7 +451,7 @@ def test_gallery_labels_track_with_identity(id_clips, id_gallery_dir, tmp_path, 
         return put_text(img, text, *a, **kw)
 
     monkeypatch.setattr(cv2, "putText", spy)
-    cfg = _cfg(enhancer="classical", webm=False, identity_gallery=str(id_gallery_dir),
+    cfg = _cfg(enhancer="sharpen", webm=False, identity_gallery=str(id_gallery_dir),
                identity_threshold=ID_THRESHOLD)
     res = process_video(id_clips[KNOWN], tmp_path, cfg)
     assert res.tracks == 1
@@ -562,7 +565,7 @@ class _FakeGallery:
 
 
 def test_track_identifier_aggregates_best_crops_off_the_clock():
-    from facekit.video import TrackIdentifier
+    from facekit.video_identity import TrackIdentifier
 
     def crop(kind):
         return np.full((8, 8, 3), kind, np.uint8)

@@ -14,17 +14,17 @@ import cv2
 import numpy as np
 import pytest
 
+from facekit import video_io
 from facekit.errors import VideoReadError
 from facekit.settings import shared_path
-from facekit import video
-from facekit.video import ImageSequence, resolve_source, sweep_stale_temps
+from facekit.video_io import ImageSequence, resolve_source, sweep_stale_temps
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "FACEKIT_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _cli(*args, **kw) -> list[str]:
-    return [sys.executable, "-m", "facekit", "video", *map(str, args), "--enhancer", "classical", "--no-progress",
+    return [sys.executable, "-m", "facekit", "video", *map(str, args), "--enhancer", "sharpen", "--no-progress",
             *kw.get("extra", [])]
 
 
@@ -160,7 +160,7 @@ def test_sigkill_leaves_playable_temp_swept_next_run(long_clip, tmp_path):
 def test_sweep_leaves_live_runs_alone(tmp_path):
     live = tmp_path / ".annotated.facekit-tmp-1.mp4"  # pid 1 is alive (init)
     live.write_bytes(b"x")
-    own = video.tmp_path(tmp_path / "summary.json")  # this process's own temporary file
+    own = video_io.tmp_path(tmp_path / "summary.json")  # this process's own temporary file
     own.write_text("{")
     dead = tmp_path / ".summary.facekit-tmp-999999999.json"
     dead.write_text("{")
@@ -233,7 +233,7 @@ def test_sequence_bomb_frame_refused_before_decoding(tmp_path):
 
 def test_temporary_name_is_hidden_sibling(tmp_path):
     p = tmp_path / "annotated.mp4"
-    tp = video.tmp_path(p)
+    tp = video_io.tmp_path(p)
     assert tp.parent == p.parent and tp.suffix == ".mp4"
     assert tp.name == f".annotated.facekit-tmp-{os.getpid()}.mp4"
 

@@ -1,4 +1,4 @@
-"""Command modules whose command spans layers (a runtime step and its training), kept above both.
+"""Command modules of ``python -m facekit``, one per command, kept above every layer they use.
 
 Each provides ``add_arguments(parser)`` and ``run_cli(args) -> int`` for :mod:`facekit.cli`.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from facekit import baselines, data, evaluate, ood, settings
+from facekit import data, evaluate, ood, restorers, settings
 from facekit.errors import ConfigError, DataSourceError
 
 
@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=settings.int_arg(16, 1024), default=64, help="face crop side (16-1024)")
     parser.add_argument("--split", default="test", choices=data.SPLITS, help="split to evaluate")
     parser.add_argument("--methods", default="bicubic,classical",
-                        help="comma-separated: bicubic, classical, classical-ref, realesrgan-x4plus, model:PATH, "
-                             "chain:PATH")
+                        help="comma-separated restorers: bicubic, classical, classical-ref, sharpen, none, realesrgan-x4plus, "
+                             "model:PATH, chain:DIR")
     parser.add_argument("--conditions", default=",".join(evaluate.CONDITIONS), help="comma-separated lighting conditions")
     parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
     parser.add_argument("--scale", type=settings.int_arg(1, 8), default=4, help="upscaling factor (1-8, divides --size)")
@@ -62,7 +62,7 @@ def run_cli(args: argparse.Namespace) -> int:
     test = faces.subset(args.split)
     if len(test) == 0:
         raise DataSourceError(f"{args.data}: the {args.split!r} split is empty")
-    methods, skipped = baselines.build_methods(args.methods, args.scale, args.device,
+    methods, skipped = restorers.build_restorers(args.methods, args.scale, args.device,
                                      train_faces=faces.subset("train") if args.split != "train" else None)
     for why in skipped.values():
         print(f"skipped: {why}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facekit import faces, restore, settings
+from facekit import faces, restore, restorers, settings
 from facekit.chain import build_chain, set_relight
 from facekit.errors import ConfigError
 
@@ -99,7 +99,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"restore: chain {' -> '.join(chain.names)} (x{chain.scale}), {size}px -> {size * chain.scale}px, "
           f"backend {chain.backend}" + (f" (measured {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in chain.timings.items())})"
                                         if chain.timings else "") + f"; {mode}", file=sys.stderr)
-    summary = restore.restore_path(args.input, args.output, chain, size, args.batch, progress=not args.no_progress,
+    restorer = restorers.chain_restorer(chain, size, f"chain:{args.models or 'default'}", batch=args.batch,
+                                        where=str(args.models or "default"))
+    summary = restore.restore_path(args.input, args.output, restorer, size, args.batch, progress=not args.no_progress,
                            aligned=args.aligned, upscale=args.upscale, out_size=args.out_size, detector=detector,
                            large=args.large_faces)
     print(summary.text())
