@@ -131,6 +131,17 @@ def chain_rates(chain: RestorationChain, size: int, batch: int, backend: str, se
             "calls": calls}
 
 
+def restorer_rates(restorer, size: int, batch: int, seconds: float) -> float:
+    """Faces/s of ``restorer.restore`` (the contract restore, video and evaluate call) on ``batch`` faces."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    restorer.restore(x)  # warm-up (and the ONNX export of this size)
+    faces, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        restorer.restore(x)
+        faces += batch
+    return round(faces / (time.perf_counter() - t0), 1)
+
+
 def realesrgan_rates(sizes, batches, seconds: float) -> dict:
     try:
         from facekit.archs.rrdbnet import load_realesrgan_x4plus
@@ -214,6 +225,21 @@ def main(argv=None) -> dict:
                     entry["rates"][key] = chain_rates(chain, size, batch, backend, args.seconds)
                     print(f"bench_restore: {cname} {key}: {entry['rates'][key]['chain']} faces/s", file=sys.stderr)
         result["chains"][cname] = entry
+
+    # The default chain behind the one restorer contract (facekit.restorers): what restore, video and
+    # the evaluation call; its cost over the bare chain is the typed output and the relight gains.
+    if "default" in result["chains"]:
+        from facekit.restorers import build_restorer
+
+        result["restorer"] = {}
+        for backend in ("torch", "onnx"):
+            restorer = build_restorer("chain:default", backend=backend, threads=threads)
+            for size in args.sizes:
+                for batch in args.batches:
+                    key = f"{size}->{size * restorer.native_scale}/batch{batch}/{backend}"
+                    result["restorer"][key] = restorer_rates(restorer, size, batch, args.seconds)
+                    print(f"bench_restore: restorer chain:default {key}: {result['restorer'][key]} faces/s",
+                          file=sys.stderr)
 
     if not args.no_realesrgan:
         result["realesrgan_x4plus_torch"] = realesrgan_rates(args.sizes, args.batches, args.seconds)

@@ -87,6 +87,10 @@ def resize_batch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrink).clamp_(0.0, 1.0)
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)  # one batch (the video's case): no copy
+
+
 StepFn = Callable[[torch.Tensor, tuple[int, int]], "torch.Tensor | RestoreOutput"]
 
 
@@ -143,7 +147,7 @@ class Restorer:
             step = self.fn(lq[i:i + self.batch], size)
             if not isinstance(step, RestoreOutput):
                 step = RestoreOutput(out=step, seconds={self.name: time.perf_counter() - t0})
-            outs.append(resize_batch(step.out.detach().float().cpu(), size).clamp_(0.0, 1.0))
+            outs.append(resize_batch(step.out.detach().float().cpu(), size).clamp_(0.0, 1.0))  # a step may overshoot
             for key, sec in step.seconds.items():
                 result.seconds[key] = result.seconds.get(key, 0.0) + sec
             for key, x in step.intermediates.items():
@@ -151,9 +155,9 @@ class Restorer:
             if step.gains is not None:
                 gains.append(step.gains.detach().cpu())
         if outs:
-            result.out = torch.cat(outs)
-        result.intermediates = {k: torch.cat(v) for k, v in inter.items()}
-        result.gains = torch.cat(gains) if gains and len(gains) == len(outs) else None
+            result.out = _cat(outs)
+        result.intermediates = {k: _cat(v) for k, v in inter.items()}
+        result.gains = _cat(gains) if gains and len(gains) == len(outs) else None
         return result
 
     def __call__(self, lq, out_size=None) -> torch.Tensor:
