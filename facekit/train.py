@@ -319,7 +319,7 @@ class TrainConfig:
 # helpers
 
 
-def _dist_info() -> tuple[int, int, int]:
+def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
@@ -868,7 +868,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
     Returns:
         ``Path`` of the run folder.
     """
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = dist_info()
     dev = torch.device(settings.check_device(cfg.device, "train config: device", available=True))
     if world > 1:
         if not dist.is_initialized():

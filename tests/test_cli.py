@@ -183,7 +183,7 @@ def test_train_threads_on_the_command_line_win_over_the_config(tmp_path, monkeyp
         return tmp_path
 
     monkeypatch.setattr(train, "train", fake_train)
-    monkeypatch.setattr(train, "_dist_info", lambda: (1, 1, 0))  # not the main rank: nothing printed
+    monkeypatch.setattr(train, "dist_info", lambda: (1, 1, 0))  # not the main rank: nothing printed
     parser = cli.build_parser()
     train_command.run_cli(parser.parse_args(["--threads", "2", "train", "--config", str(cfg_file)]))
     assert seen["threads"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from facekit import train
+from facekit.runs import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +24,9 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     run_dir = train.train(cfg, resume=args.resume, progress=not args.no_progress, runs_dir=args.runs_dir,
                     overwrite=args.overwrite)
-    if train._dist_info()[0] == 0:
+    if train.dist_info()[0] == 0:  # one process of a torchrun job prints
         print(run_dir)
-        summary = run_dir / "summary.json"
+        summary = RunDir(run_dir).summary
         if summary.exists():
             print(summary.read_text())
     return 0
