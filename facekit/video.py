@@ -3,12 +3,21 @@ faces, enhance each face crop, paste it back with a feathered blend, keep enhanc
 over time, and write an annotated video, a browser-playable VP8 ``.webm``, a per-track gallery and
 compact track files.
 
+This module holds the pipeline: the enhancers (:func:`make_enhancer`), the settings
+(:class:`VideoConfig`, :data:`LIMITS`), the per-frame processing (:class:`FaceVideoProcessor`) and
+the threaded run (:func:`process_video`). The rest is in sibling modules: sources, output videos,
+temporary files and stop signals in :mod:`facekit.video_io`; track identities in
+:mod:`facekit.video_identity`; the per-track outputs (fusion, meshes, gallery,
+``tracks.csv``/``tracks.json``) in :mod:`facekit.video_tracks`; the command line in
+:mod:`facekit.commands.video`. The paragraphs below describe a run as a whole.
+
 Reader, detection (one frame ahead of the rest), processing and writer run in separate threads
 joined by bounded queues. Files process every frame (the reader waits); live sources drop the
 oldest queued frame when processing falls behind, and the count is reported.
 
-Identities: with a gallery of known people (``VideoConfig.identity_gallery`` or ``--gallery PATH``:
-a gallery folder, one sub-folder or ``name_`` file prefix per person, or a ``.npz`` saved by
+Identities (:mod:`facekit.video_identity`): with a gallery of known people
+(``VideoConfig.identity_gallery`` or ``--gallery PATH``: a gallery folder, one sub-folder or
+``name_`` file prefix per person, or a ``.npz`` saved by
 ``python -m facekit identify --save-gallery``), each track is labelled with the best-matching
 enrolled person, or ``unknown`` when the similarity is below the threshold (``--gallery-threshold``:
 a cosine similarity, or ``auto`` = the gallery's calibrated threshold, else one calibrated on ORL at
@@ -25,42 +34,36 @@ and ``summary.json`` (``identities``, with the embedding cost). Measured on a bu
 CPU per frame in all (+22%), of which ~1 ms in the processing thread. Without a gallery none of
 these columns or names change.
 
-Command line: ``python -m facekit video INPUT OUTPUT_DIR [--enhancer ...] [--detect-every k]
-[--gallery PATH [--gallery-threshold auto|0.4]] ...``.
+Command line (:mod:`facekit.commands.video`): ``python -m facekit video INPUT OUTPUT_DIR
+[--enhancer ...] [--detect-every k] [--gallery PATH [--gallery-threshold auto|0.4]] ...``.
 
-Stopping and crash safety: every output (videos, gallery images, ``tracks.csv``/``tracks.json``,
-``summary.json``) is written under a temporary name in its own folder (``.NAME.facekit-tmp-PID.EXT``)
-and renamed to its final name only once finalised, so nothing half-written ever carries a final name.
-On the command line SIGTERM (systemd, docker, ``timeout``) is handled like SIGINT (Ctrl-C): the run
-stops reading, flushes and closes the writers, writes the tracks and ``summary.json`` (with
-``"stopped": "SIGTERM"`` or ``"SIGINT"``), renames everything, then exits with 128 + the signal
-number: **143 for SIGTERM, 130 for SIGINT** (a second signal while finalising is ignored). A run
-that is killed (SIGKILL, power loss) leaves only temporary files; the next run into the same folder
-sweeps those of dead processes at start-up: a temporary video that OpenCV can still read at least
-one frame from is kept as ``NAME.killed-PID.EXT`` and reported, every other one is deleted; both
-are listed in ``summary.json`` (``swept``). The default ``mp4v`` ``annotated.mp4`` is a fragmented
-MP4 written by the ffmpeg binary of ``imageio-ffmpeg`` (:class:`FfmpegMp4Writer`; OpenCV's
-``VideoWriter`` writes the index only on release and takes no muxer options), so a file cut by
-SIGKILL plays up to its last keyframe (at most about one second lost); when only facekit is killed,
-the encoder (in its own session, like the webm encoder) sees its input close and finishes the file.
-Without ``imageio-ffmpeg``, or with ``--codec MJPG/XVID/VP80``, OpenCV writes the main video and a
-killed ``.mp4`` is not playable (deleted at the sweep); ``summary.json`` names the writer
-(``video_backend``).
+Stopping and crash safety (:mod:`facekit.video_io`): every output (videos, gallery images,
+``tracks.csv``/``tracks.json``, ``summary.json``) is written under a temporary name in its own
+folder (``.NAME.facekit-tmp-PID.EXT``) and renamed to its final name only once finalised, so nothing
+half-written ever carries a final name. On the command line SIGTERM (systemd, docker, ``timeout``)
+is handled like SIGINT (Ctrl-C): the run stops reading, flushes and closes the writers, writes the
+tracks and ``summary.json`` (with ``"stopped": "SIGTERM"`` or ``"SIGINT"``), renames everything,
+then exits with 128 + the signal number: **143 for SIGTERM, 130 for SIGINT** (a second signal while
+finalising is ignored). A run that is killed (SIGKILL, power loss) leaves only temporary files; the
+next run into the same folder sweeps those of dead processes at start-up: a temporary video that
+OpenCV can still read at least one frame from is kept as ``NAME.killed-PID.EXT`` and reported, every
+other one is deleted; both are listed in ``summary.json`` (``swept``). The default ``mp4v``
+``annotated.mp4`` is a fragmented MP4 written by the ffmpeg binary of ``imageio-ffmpeg``
+(:class:`facekit.video_io.FfmpegMp4Writer`; OpenCV's ``VideoWriter`` writes the index only on
+release and takes no muxer options), so a file cut by SIGKILL plays up to its last keyframe (at most
+about one second lost); when only facekit is killed, the encoder (in its own session, like the webm
+encoder) sees its input close and finishes the file. Without ``imageio-ffmpeg``, or with
+``--codec MJPG/XVID/VP80``, OpenCV writes the main video and a killed ``.mp4`` is not playable
+(deleted at the sweep); ``summary.json`` names the writer (``video_backend``).
 
-Image sequences (a folder or glob of frames): non-regular files (FIFOs, sockets, devices, broken
-links) are never opened; they are skipped and reported (stderr and ``summary.json`` ``skipped``).
-Each frame's size is read from its header before decoding and refused above
-:data:`facekit.imageio.MAX_PIXELS` (64 Mpx, the single-image limit); a frame whose size differs
-from the first frame's is an error naming the file (exit 1), never silently dropped. Unreadable
-frames are skipped and reported, and are not counted in ``frames``.
-Other sources whose frame size changes mid-run (a stream after a reconnect) have those frames
-resized to the first frame's size, counted in ``message``; no frame is ever dropped by the writer.
-
-This module holds the enhancers, the settings and the pipeline (:class:`FaceVideoProcessor`,
-:func:`process_video`). Sources, output videos, temporary files and stop signals are in
-:mod:`facekit.video_io`, track identities in :mod:`facekit.video_identity`, the per-track outputs
-(fusion, meshes, gallery, ``tracks.csv``/``tracks.json``) in :mod:`facekit.video_tracks`, and the
-command line in :mod:`facekit.commands.video`.
+Image sequences (a folder or glob of frames, read by :class:`facekit.video_io.ImageSequence`):
+non-regular files (FIFOs, sockets, devices, broken links) are never opened; they are skipped and
+reported (stderr and ``summary.json`` ``skipped``). Each frame's size is read from its header before
+decoding and refused above :data:`facekit.imageio.MAX_PIXELS` (64 Mpx, the single-image limit); a
+frame whose size differs from the first frame's is an error naming the file (exit 1), never silently
+dropped. Unreadable frames are skipped and reported, and are not counted in ``frames``. Other
+sources whose frame size changes mid-run (a stream after a reconnect) have those frames resized to
+the first frame's size, counted in ``message``; no frame is ever dropped by the writer.
 """
 
 from __future__ import annotations
@@ -83,9 +86,9 @@ from facekit.errors import ConfigError, FacekitError, VideoReadError
 from facekit.tracking import CropStabilizer, FlickerMeter, IoUTracker, TrackerConfig
 from facekit.video_identity import (IDENTITY_SOURCES, UNKNOWN_LABEL, TrackIdentifier, build_identifier,
                                     parse_identity_threshold)
-from facekit.video_io import (CODECS, Source, StopRequested, StopSignals, _DeadCapture, _write_atomic, _Writer,
-                              active_stop_signals, open_capture, resolve_source, sweep_stale_temps)
-from facekit.video_tracks import FUSION_MAX_SIDE, TrackRecord, _track_color, fuse_records, mesh_records, write_tracks
+from facekit.video_io import (CODECS, DeadCapture, Source, StopRequested, StopSignals, VideoWriter, active_stop_signals,
+                              open_capture, resolve_source, sweep_stale_temps, write_atomic)
+from facekit.video_tracks import FUSION_MAX_SIDE, TrackRecord, fuse_records, mesh_records, track_color, write_tracks
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
 """``(N,S,S,3) uint8 RGB crops -> (N,S',S',3) uint8 RGB`` enhanced crops (resized when pasted)."""
@@ -380,7 +383,7 @@ def _reader(cap_holder: dict, source: Source, cfg: VideoConfig, q: "queue.Queue"
                     cap_holder["cap"] = open_capture(source, cfg.open_timeout_s, factory)
                 except VideoReadError as exc:
                     state["message"] = str(exc)
-                    cap_holder["cap"] = _DeadCapture()
+                    cap_holder["cap"] = DeadCapture()
                 continue
             failures = 0
             if frame.ndim == 2:
@@ -638,7 +641,7 @@ class FaceVideoProcessor:
         fs = max(0.4, h / 900)
         for t in tracks:
             x, y, bw, bh = (int(round(v)) for v in t.box)
-            color = _track_color(t.id)
+            color = track_color(t.id)
             cv2.rectangle(out, (x, y), (x + bw, y + bh), color, thick)
             text = f"ID {t.id}"
             if self.identifier is not None:
@@ -724,7 +727,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
     if guard is not None:
         guard.defer = True  # from here on a signal only asks the loop to stop; the outputs get finalised
     try:
-        writer = _Writer(out_dir, (w, h), fps_in, cfg.codec, cfg.quality, cfg.webm, cfg.webm_scale)
+        writer = VideoWriter(out_dir, (w, h), fps_in, cfg.codec, cfg.quality, cfg.webm, cfg.webm_scale)
     except BaseException:
         cap.release()
         raise
@@ -766,7 +769,7 @@ def process_video(input_spec, out_dir, config: VideoConfig | None = None, *, enh
         webm_backend=writer.webm_backend, config=_jsonable(asdict(cfg)), identities=identities,
         stopped=stopped, skipped=skipped, swept=swept, video_backend=writer.video_backend, fusion=fusion_info)
     outputs["summary"] = str(out_dir / "summary.json")
-    _write_atomic(out_dir / "summary.json", json.dumps(result.to_json(), indent=2))
+    write_atomic(out_dir / "summary.json", json.dumps(result.to_json(), indent=2))
     if interrupted is not None:
         if isinstance(interrupted, StopRequested):
             interrupted.result = result
@@ -829,7 +832,7 @@ class _Run:
 
 
 def _run_frames(cap, first: np.ndarray, source: Source, cfg: VideoConfig, live: bool, expected: int,
-                processor: FaceVideoProcessor, writer: _Writer, guard: StopSignals | None, capture_factory,
+                processor: FaceVideoProcessor, writer: VideoWriter, guard: StopSignals | None, capture_factory,
                 frame_hook) -> _Run:
     """Process every frame: reader, detector and writer threads around the processing loop in this thread.
 
@@ -956,7 +959,7 @@ def _progress_bar(cfg: VideoConfig, expected: int, live: bool):
 
 
 def _run_message(source: Source, cfg: VideoConfig, run: _Run, expected: int, stopped: str | None,
-                 writer: _Writer) -> tuple[bool, str, list[str]]:
+                 writer: VideoWriter) -> tuple[bool, str, list[str]]:
     """``(truncated, message, skipped)`` of a finished run; the message and skipped images go to stderr.
 
     ``truncated``: a video file ended well before its frame count. ``message`` joins the reader's

@@ -2,11 +2,14 @@
 
 :func:`resolve_source` classifies an input (video file, image sequence, webcam, stream URL) and
 :func:`open_capture` opens it within a timeout (:class:`ImageSequence` reads a folder of frames,
-checking each file before decoding it). :class:`_Writer` owns the output videos (a fragmented
-``.mp4`` and a VP8 ``.webm`` through ffmpeg, else OpenCV's writer). Every output is written under
-a temporary name (:func:`tmp_path`, :func:`_write_atomic`) and renamed once final;
-:func:`sweep_stale_temps` deals with those of killed runs. :class:`StopSignals` turns SIGTERM and
-SIGINT into a graceful stop (:class:`StopRequested`). Used by :mod:`facekit.video`.
+checking each file before decoding it); an open that overruns is abandoned and kept in
+:data:`ABANDONED_OPENS`, and :class:`DeadCapture` stands in for a live source that could not be
+reopened. :class:`VideoWriter` owns the output videos (a fragmented ``.mp4`` and a VP8 ``.webm``
+through ffmpeg, else OpenCV's writer). Every output is written under a temporary name
+(:func:`tmp_path`, :func:`write_atomic`) and renamed once final; :func:`sweep_stale_temps` deals
+with those of killed runs. :class:`StopSignals` turns SIGTERM and SIGINT into a graceful stop
+(:class:`StopRequested`). Used by :mod:`facekit.video`, :mod:`facekit.video_tracks` and
+:mod:`facekit.commands.video`.
 """
 
 from __future__ import annotations
@@ -188,12 +191,22 @@ def _default_capture(target, timeout_s: float):
 
 
 OPEN_GRACE_S = 3.0  # extra wait for an open that overran its timeout to return (see open_capture)
-_ABANDONED_OPENS: list[threading.Thread] = []  # open threads still inside OpenCV after the grace
+ABANDONED_OPENS: list[threading.Thread] = []
+"""Open threads that overran their timeout in :func:`open_capture` (they may still be inside OpenCV).
+
+:func:`facekit.commands.video.run_cli` waits :data:`OPEN_GRACE_S` for the ones of its run and,
+when any is still alive, leaves through :func:`exit_now`."""
 
 
-def _exit_now(code: int) -> None:
-    """Leave at once with ``code`` (an ``atexit`` hook): a thread still inside OpenCV's open would
-    abort the interpreter's shutdown in C++ (exit 134, after the clear error message)."""
+def exit_now(code: int) -> None:
+    """Flush stdout and stderr, then leave the process at once with ``code`` (``os._exit``).
+
+    Registered as an ``atexit`` hook when an abandoned open is still inside OpenCV: that thread
+    would abort the interpreter's normal shutdown in C++ (exit 134, after the clear error message).
+
+    Args:
+        code: the process exit status.
+    """
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -231,7 +244,7 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
     if th.is_alive():
         # the thread may still be inside OpenCV's C++ open; the CLI waits for it before exiting
         # (an interpreter exit with a thread in there aborts: exit 134), see facekit.commands.video.run_cli
-        _ABANDONED_OPENS.append(th)
+        ABANDONED_OPENS.append(th)
         raise VideoReadError(f"{source.spec}: could not open the {source.kind} within {timeout_s:g} s "
                              "(unreachable stream or camera?)")
     if "error" in box:
@@ -247,16 +260,21 @@ def open_capture(source: Source, timeout_s: float = 5.0, factory=None):
     return cap
 
 
-class _DeadCapture:
-    """A capture that never delivers a frame: stands in for a live source that could not be reopened."""
+class DeadCapture:
+    """A capture that never delivers a frame: stands in for a live source that could not be reopened.
+
+    It has the ``cv2.VideoCapture`` methods the pipeline calls, so the run ends as if the stream did.
+    """
 
     def read(self):
+        """No frame: ``(False, None)``, as ``cv2.VideoCapture.read`` at the end of a stream."""
         return False, None
 
     def release(self):
-        pass
+        """Nothing to release."""
 
     def isOpened(self):  # noqa: N802
+        """Always False."""
         return False
 
 
@@ -275,8 +293,16 @@ def tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.stem}{TMP_MARK}{os.getpid()}{final.suffix}")
 
 
-def _write_atomic(final: Path, data: bytes | str) -> Path:
-    """Write ``data`` under a temporary name, then rename it to ``final`` (never half-written)."""
+def write_atomic(final: Path, data: bytes | str) -> Path:
+    """Write ``data`` under a temporary name, then rename it to ``final`` (never half-written).
+
+    Args:
+        final: the file's final path; the temporary one is :func:`tmp_path` of it (removed on failure).
+        data: text (written with the default encoding) or bytes.
+
+    Returns:
+        ``final``.
+    """
     tmp = tmp_path(final)
     try:
         if isinstance(data, str):
@@ -512,11 +538,15 @@ class FfmpegMp4Writer(FfmpegWebmWriter):
                 "-flush_packets", "1", "-f", "mp4"]
 
 
-class _Writer:
-    """Owns the output video writers; runs in its own thread fed by a bounded queue.
+class VideoWriter:
+    """Owns the output video files; :func:`facekit.video.process_video` feeds it from its writer thread.
+
+    Each file is written under its :func:`tmp_path` name; :meth:`close` finishes them and
+    :meth:`commit` renames them to their final names (:attr:`paths`), or :meth:`discard` deletes them.
 
     Args:
         out_dir: folder of ``annotated.EXT`` and ``annotated.webm``. size: ``(width, height)`` of the frames.
+        fps: frame rate of the outputs.
         codec: FourCC of the main video (:data:`CODECS`). quality: encoder quality 0-100.
         webm: also write the browser-playable VP8 ``annotated.webm``; webm_scale: its size factor.
     """
@@ -573,6 +603,7 @@ class _Writer:
                 self.paths["webm"] = self.webm_path
 
     def write(self, bgr: np.ndarray) -> None:
+        """Append one BGR frame to every output (resized to :attr:`size` when it differs)."""
         t0 = time.perf_counter()
         if (bgr.shape[1], bgr.shape[0]) != self.size:  # never dropped (OpenCV's writer would drop it silently)
             bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)

@@ -4,6 +4,7 @@
 crop, raw crops for fusion, its identity label). When the run ends :func:`fuse_records` fuses each
 track's raw crops into one face, :func:`mesh_records` meshes it, and :func:`write_tracks` writes
 ``gallery/track_NNNN*.png``, ``tracks.csv`` and ``tracks.json``, each under a temporary name first.
+:func:`track_color` is the colour of a track's box and caption in the annotated video.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from facekit import fusion, mesh
 from facekit.errors import ConfigError
 from facekit.video_identity import UNKNOWN_LABEL, TrackLabel
-from facekit.video_io import _write_atomic
+from facekit.video_io import write_atomic
 
 
 @dataclass
@@ -47,7 +48,7 @@ class TrackRecord:
     fusion: dict | None = None  # facekit.fusion.FusionResult.summary() of that fusion
 
 
-def _track_color(i: int) -> tuple[int, int, int]:
+def track_color(i: int) -> tuple[int, int, int]:
     """The BGR colour of track ``i``'s box and caption."""
     hue = (i * 47) % 180
     c = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
@@ -151,7 +152,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             gpath = gallery / f"{stem}.png"
             ok, buf = cv2.imencode(".png", img[:, :, ::-1])
             if ok:
-                _write_atomic(gpath, buf.tobytes())
+                write_atomic(gpath, buf.tobytes())
             gfile = str(gpath.relative_to(out_dir))
         ffile = ""
         if rec.fused is not None:
@@ -159,7 +160,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             fpath = gallery / f"track_{tid:04d}_fused.png"
             ok, buf = cv2.imencode(".png", img[:, :, ::-1])
             if ok:
-                _write_atomic(fpath, buf.tobytes())
+                write_atomic(fpath, buf.tobytes())
                 ffile = str(fpath.relative_to(out_dir))
         fused = {"fused": ffile, "fused_frames": rec.fusion["used"] if rec.fusion else 0}
         if meshed:
@@ -181,8 +182,8 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
     wr = csv.DictWriter(text, fieldnames=fields)
     wr.writeheader()
     wr.writerows(rows)
-    _write_atomic(out_dir / "tracks.csv", text.getvalue().encode())
-    _write_atomic(out_dir / "tracks.json", json.dumps({"box_format": "xywh", "tracks": tracks_json},
+    write_atomic(out_dir / "tracks.csv", text.getvalue().encode())
+    write_atomic(out_dir / "tracks.json", json.dumps({"box_format": "xywh", "tracks": tracks_json},
                                                       separators=(",", ":")))
     return {"tracks_csv": str(out_dir / "tracks.csv"), "tracks_json": str(out_dir / "tracks.json"),
             "gallery": str(gallery)}

@@ -18,7 +18,7 @@ from facekit import settings
 from facekit.errors import ConfigError, FacekitError
 from facekit.video import ENHANCER_HELP, LIMITS, VideoConfig, process_video
 from facekit.video_identity import IDENTITY_SOURCES, parse_identity_threshold
-from facekit.video_io import _ABANDONED_OPENS, CODECS, OPEN_GRACE_S, StopRequested, StopSignals, _exit_now
+from facekit.video_io import ABANDONED_OPENS, CODECS, OPEN_GRACE_S, StopRequested, StopSignals, exit_now
 
 
 def _limit_arg(key: str):
@@ -108,7 +108,7 @@ def run_cli(args: argparse.Namespace) -> int:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
         pass
-    first_new = len(_ABANDONED_OPENS)  # only this run's overrun opens decide how the CLI exits
+    first_new = len(ABANDONED_OPENS)  # only this run's overrun opens decide how the CLI exits
     with StopSignals():
         try:
             res = process_video(args.input, args.output_dir, cfg)
@@ -122,13 +122,13 @@ def run_cli(args: argparse.Namespace) -> int:
         except FacekitError:
             # OpenCV's FFmpeg open has a timeout of its own: give an overrun open a grace to return
             deadline = time.monotonic() + OPEN_GRACE_S
-            mine = _ABANDONED_OPENS[first_new:]
+            mine = ABANDONED_OPENS[first_new:]
             for t in mine:
                 t.join(max(0.0, deadline - time.monotonic()))
             if any(t.is_alive() for t in mine):
                 import atexit
 
-                atexit.register(_exit_now, 1)  # after facekit.cli has printed the error line
+                atexit.register(exit_now, 1)  # after facekit.cli has printed the error line
             raise
     summary = {k: getattr(res, k) for k in ("frames", "fps", "tracks", "dropped", "reconnects", "truncated",
                                             "flicker", "stage_ms")}
