@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekit.archs.resample import BicubicPhases
-from facekit.archs.unet import _act, _UNetBody
+from facekit.archs.unet import UNetBody, leaky_act
 from facekit.errors import ConfigError
 from facekit.relight import is_gray, relight
 
@@ -38,7 +38,7 @@ class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.conv1 = nn.Conv2d(ch, ch, 3, 1, 1)
-        self.act = _act()
+        self.act = leaky_act()
         self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _gauss_taps(sigma: float) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
-class FaithfulGenerator(_UNetBody):
+class FaithfulGenerator(UNetBody):
     """x``scale`` restorer: bicubic base + a high-passed luma/chroma residual from an LR U-Net.
 
     Args:

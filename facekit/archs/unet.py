@@ -21,12 +21,13 @@ UP_MODES = ("resize", "transpose")
 LR_UPSAMPLERS = ("resize", "shuffle")  # LRUNetGenerator's detail path to the output size
 
 
-def _act() -> nn.Module:
+def leaky_act() -> nn.Module:
+    """The activation of every facekit U-Net: LeakyReLU(0.2), in place."""
     return nn.LeakyReLU(0.2, inplace=True)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), _act(), nn.Conv2d(cout, cout, 3, 1, 1), _act())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), leaky_act(), nn.Conv2d(cout, cout, 3, 1, 1), leaky_act())
 
 
 class _Up(nn.Module):
@@ -39,7 +40,7 @@ class _Up(nn.Module):
             self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
         else:
             self.conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
-        self.act = _act()
+        self.act = leaky_act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "resize":
@@ -58,16 +59,17 @@ def _out_size(lq: torch.Tensor, scale: int, out_size) -> tuple[int, int]:
     return (int(out_size[0]), int(out_size[1]))
 
 
-class _UNetBody(nn.Module):
-    """Encoder-decoder with skip connections shared by both generators (same parameter names).
+class UNetBody(nn.Module):
+    """Encoder-decoder with skip connections shared by the U-Net generators (same parameter names).
 
     ``chs[i]`` channels at level ``i`` (full size at 0, ``2**i`` smaller below).
     """
 
     def _build_body(self, in_channels: int, chs: list[int], up: str) -> None:
         self.depth = len(chs) - 1
-        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), _act(), nn.Conv2d(chs[0], chs[0], 3, 1, 1), _act())
-        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), _act())
+        self.head = nn.Sequential(nn.Conv2d(in_channels, chs[0], 3, 1, 1), leaky_act(),
+                                  nn.Conv2d(chs[0], chs[0], 3, 1, 1), leaky_act())
+        self.downs = nn.ModuleList(nn.Sequential(nn.Conv2d(chs[i], chs[i + 1], 3, 2, 1), leaky_act())
                                    for i in range(self.depth))
         self.encs = nn.ModuleList(_block(chs[i + 1], chs[i + 1]) for i in range(self.depth))
         self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], up) for i in range(self.depth))
@@ -103,7 +105,7 @@ class _UNetBody(nn.Module):
         return x, deepest
 
 
-class UNetGenerator(_UNetBody):
+class UNetGenerator(UNetBody):
     """U-Net with skip connections learning a residual over bicubic upsampling.
 
     Args:
@@ -168,7 +170,7 @@ class _GlobalColour(nn.Module):
 
     def __init__(self, channels: int, hidden: int = 64):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), _act(), nn.Linear(hidden, 12))
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), leaky_act(), nn.Linear(hidden, 12))
         with torch.no_grad():
             self.mlp[-1].weight.zero_()
             self.mlp[-1].bias.zero_()
@@ -182,7 +184,7 @@ class _GlobalColour(nn.Module):
         return out + p[:, 9:].reshape(-1, 3, 1, 1)
 
 
-class LRUNetGenerator(_UNetBody):
+class LRUNetGenerator(UNetBody):
     """U-Net with skip connections that runs at the *input* resolution, then upsamples.
 
     Same contract as :class:`UNetGenerator` (any scale x1-x8, a residual over bicubic
