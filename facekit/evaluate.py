@@ -34,11 +34,11 @@ import pandas as pd
 import torch
 
 from facekit import augment, data, dataset, degrade, images, metrics, perceptual, recognition, settings
-from facekit.restorer import Restorer, resize_batch
-from facekit.restorers import build_restorers, released_restorers
 from facekit.data import person_numbers
 from facekit.errors import ConfigError, DataSourceError
 from facekit.identify import Gallery
+from facekit.restorer import Restorer, resize_batch
+from facekit.restorers import build_restorers, released_restorers
 
 CONDITIONS = augment.CONDITIONS
 # The score columns of an evaluation row, in column order: the image metrics of facekit.metrics,
@@ -79,10 +79,16 @@ SWEEPS: dict[str, tuple[tuple, Callable]] = {
 
 @dataclass
 class EvalConfig:
-    """Settings of one evaluation (saved beside its results).
+    """What one evaluation measures: its degradations, sweeps and metric groups (saved beside its results).
+
+    Construction normalises the fields (a condition name becomes a 1-tuple, a spec or
+    :class:`facekit.degrade.Pipeline` a list of op dicts, severities a factor -> levels dict or
+    None, one identity net a list) and rejects unknown conditions and sweeps with a
+    :class:`facekit.errors.ConfigError`.
 
     Attributes:
-        conditions: lighting conditions (see :data:`facekit.augment.CONDITIONS`).
+        conditions: lighting conditions (see :data:`facekit.augment.CONDITIONS`), each with the
+            same paired degradations.
         preset: degradation preset name (see :data:`facekit.degrade.PRESETS`) or spec (list of op dicts).
         scale: gt side / lq side.
         seed: base seed; face ``i`` uses generators seeded ``[seed, i, part]``.
@@ -91,10 +97,9 @@ class EvalConfig:
         severities: sweep factors -> levels (``{"noise": [0.01, 0.05]}``), a list of factor
             names (default levels), True for all of :data:`SWEEPS`, or None for no sweep.
         batch: faces per method call.
-        device: where networks run.
         lpips: compute ST-LPIPS when the package is installed.
         identity: compute identity metrics (SFace, dlib when installed, rank-1, detectability).
-        identity_nets: recognition networks for the ``id_*`` columns ("sface", "dlib").
+        identity_nets: recognition networks for the ``id_*`` columns ("sface", "dlib"; see :class:`Scorers`).
     """
 
     conditions: tuple = CONDITIONS
@@ -105,10 +110,33 @@ class EvalConfig:
     angles: bool | dict = True
     severities: dict | None = None
     batch: int = 32
-    device: str = "cpu"
     lpips: bool = True
     identity: bool = True
     identity_nets: list = field(default_factory=lambda: ["sface"])
+
+    def __post_init__(self):
+        self.conditions = (self.conditions,) if isinstance(self.conditions, str) else tuple(self.conditions)
+        for c in self.conditions:
+            if c not in CONDITIONS:
+                raise ConfigError(f"unknown lighting condition {c!r}; valid: {', '.join(CONDITIONS)}")
+        if isinstance(self.preset, degrade.Pipeline):
+            self.preset = self.preset.to_spec()
+        if not isinstance(self.preset, str):
+            self.preset = degrade.load_spec(self.preset)
+        self.scale, self.seed, self.batch = int(self.scale), int(self.seed), int(self.batch)
+        self.severities = _sweep_levels(self.severities) or None
+        nets = self.identity_nets
+        self.identity_nets = [nets] if isinstance(nets, str) else list(nets)
+
+    def record(self, device: str) -> dict:
+        """The config as JSON-able values, with the ``device`` the scores ran on (``df.attrs["config"]``)."""
+        d = asdict(self)
+        d["conditions"] = list(d["conditions"])
+        if d["severities"]:
+            d["severities"] = {k: list(v) for k, v in d["severities"].items()}
+        keys = list(d)
+        at = keys.index("batch") + 1  # where the record has always held it
+        return {**{k: d[k] for k in keys[:at]}, "device": device, **{k: d[k] for k in keys[at:]}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,10 +395,8 @@ def _jobs(cfg: EvalConfig) -> list[_Job]:
     return jobs
 
 
-def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", scale: int = 4, seed: int = 0,
-             sample_size: int | None = None, angles=True, severities=None, batch: int = 32,
-             progress: bool = True, device: str | torch.device = "cpu", lpips: bool = True,
-             identity: bool = True, gallery=None, identity_nets=("sface",)) -> pd.DataFrame:
+def evaluate(faces, methods: dict, config: EvalConfig | None = None, *, gallery=None, progress: bool = True,
+             device: str | torch.device = "cpu") -> pd.DataFrame:
     """Degrade clean faces, restore them with every method and score each output.
 
     Args:
@@ -379,18 +405,13 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
         methods: name -> callable. A :class:`facekit.restorer.Restorer` is called as
             ``m(lq, (S,S))``; any other callable as ``f(lq)`` with its output resized to ``S x S``
             when it is not already. ``lq`` is ``(n,3,S/scale,S/scale)`` float32 in [0,1].
-        conditions: lighting conditions, each with the same paired degradations.
-        preset, scale, seed, angles: degradation settings (see :class:`PairMaker`).
-        sample_size: a seeded random subset of this many faces (None = all).
-        severities: severity sweeps (see :class:`EvalConfig`), None for none.
-        batch: faces per method call.
-        progress: show a progress bar.
-        device: where ST-LPIPS and the identity networks run (methods carry their own device).
-        lpips, identity: compute those metric groups when their back-ends are installed.
+        config: conditions, degradations, sweeps, sample and metric groups (see
+            :class:`EvalConfig`); None = its defaults.
         gallery: extra clean faces of other people (FaceSet) added to the rank-1 gallery as
             distractors; the gallery always holds the first face of each identity in ``faces``,
             and that face is then not used as a probe.
-        identity_nets: "sface" and/or "dlib" (see :class:`Scorers`).
+        progress: show a progress bar.
+        device: where ST-LPIPS and the identity networks run (methods carry their own device).
 
     Returns:
         One row per (face, method, condition) and per (face, method, sweep level). Columns: image
@@ -398,27 +419,21 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
         severity, psnr, ssim, lpips, id_sface, id_dlib, rank1_hit, detected, lq_detected,
         seconds_per_face (only the metrics whose back-end is here), the factor columns of
         :func:`degradation_factors` and the binned levels of :func:`severity_levels`.
-        ``df.attrs`` holds ``config`` (the :class:`EvalConfig` as a dict), ``missing`` (metric ->
+        ``df.attrs`` holds ``config`` (:meth:`EvalConfig.record`), ``missing`` (metric ->
         why it is absent), ``identification`` (see :func:`identification`) and ``methods`` (notes).
     """
     if not methods:
         raise ConfigError("evaluate needs at least one method")
-    conditions = (conditions,) if isinstance(conditions, str) else tuple(conditions)
-    for c in conditions:
-        if c not in CONDITIONS:
-            raise ConfigError(f"unknown lighting condition {c!r}; valid: {', '.join(CONDITIONS)}")
-    if isinstance(preset, degrade.Pipeline):
-        preset = preset.to_spec()
-    spec = preset if isinstance(preset, str) else degrade.load_spec(preset)
-    cfg = EvalConfig(conditions, spec, int(scale), int(seed), sample_size, angles, _sweep_levels(severities) or None,
-                     int(batch), str(torch.device(device)), lpips, identity,
-                     [identity_nets] if isinstance(identity_nets, str) else list(identity_nets))
+    cfg = EvalConfig() if config is None else config
+    if not isinstance(cfg, EvalConfig):
+        raise TypeError(f"evaluate's config must be an EvalConfig, got {type(cfg).__name__}")
+    device = str(torch.device(device))
     images, ident, _paths = _face_arrays(faces)
     size = images.shape[1]
     if size % cfg.scale:
         raise ConfigError(f"scale {cfg.scale} does not divide the face size {size}")
-    picked = _pick(len(images), sample_size, seed)
-    scorers = Scorers(lpips, identity, cfg.device, cfg.identity_nets)
+    picked = _pick(len(images), cfg.sample_size, cfg.seed)
+    scorers = Scorers(cfg.lpips, cfg.identity, device, cfg.identity_nets)
     jobs = _jobs(cfg)
 
     gal = _Gallery(scorers, images, ident, picked, gallery) if "sface" in scorers.nets else None
@@ -463,21 +478,13 @@ def evaluate(faces, methods: dict, conditions=CONDITIONS, preset="cctv-heavy", s
                 bar.update(len(idx))
     bar.close()
     df = severity_levels(pd.DataFrame(rows))
-    df.attrs["config"] = _jsonable_config(cfg)
+    df.attrs["config"] = cfg.record(device)
     df.attrs["missing"] = dict(scorers.missing)
     df.attrs["methods"] = {n: getattr(m, "note", "") for n, m in methods.items()}
     if gal is not None:
         df.attrs["identification"] = gal.identification({k: np.concatenate(v) for k, v in embeddings.items()},
                                                         picked)
     return df
-
-
-def _jsonable_config(cfg: EvalConfig) -> dict:
-    d = asdict(cfg)
-    d["conditions"] = list(d["conditions"])
-    if d["severities"]:
-        d["severities"] = {k: list(v) for k, v in d["severities"].items()}
-    return d
 
 
 class _Gallery:

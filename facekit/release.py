@@ -623,9 +623,9 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         compared[c.name] = {"weights": cinfo["weights"], "val": cinfo["val"]}
         methods[_method_label(c, ccfg)] = build_restorer(f"model:{cpath}", scale=scale)
     nets = [n for n in identity_nets if n != "dlib" or recognition.dlib_available()]
-    df = ev.evaluate(faces, methods, conditions=ev.CONDITIONS, preset=test_preset, scale=scale,
-                     seed=0, sample_size=sample_size, angles=False, progress=progress, lpips=False,
-                     identity=True, identity_nets=nets)
+    df = ev.evaluate(faces, methods, ev.EvalConfig(conditions=ev.CONDITIONS, preset=test_preset, scale=scale, seed=0,
+                                                   sample_size=sample_size, angles=False, lpips=False, identity=True,
+                                                   identity_nets=nets), progress=progress)
     df.to_csv(out_dir / "test_metrics.csv", index=False)
     headroom = headroom_table(faces.images if hasattr(faces, "images") else faces, methods[released],
                               preset=test_preset, scale=scale)

@@ -145,11 +145,26 @@ def test_degradation_factors_from_recorded_params():
 def test_bad_arguments_are_clear(orl):
     m = {"bicubic": restorers.build_restorer("bicubic")}
     with pytest.raises(ConfigError, match="unknown lighting condition 'dusk'"):
-        ev.evaluate(orl.images[:2], m, conditions=("dusk",), progress=False)
+        ev.evaluate(orl.images[:2], m, ev.EvalConfig(conditions=("dusk",)), progress=False)
     with pytest.raises(ConfigError, match="unknown severity sweep 'fog'; valid: scale, blur, noise, jpeg"):
-        ev.evaluate(orl.images[:2], m, conditions=("warm",), severities=["fog"], progress=False)
+        ev.evaluate(orl.images[:2], m, ev.EvalConfig(conditions=("warm",), severities=["fog"]), progress=False)
     with pytest.raises(ConfigError, match="at least one method"):
         ev.evaluate(orl.images[:2], {}, progress=False)
+    with pytest.raises(TypeError, match="EvalConfig"):  # the settings are one EvalConfig, not loose arguments
+        ev.evaluate(orl.images[:2], m, ("warm",), progress=False)
+
+
+def test_eval_config_normalises_its_fields_and_records_the_device():
+    cfg = ev.EvalConfig(conditions="low", preset=[], scale="2", severities=["noise"], identity_nets="dlib")
+    assert cfg.conditions == ("low",) and cfg.preset == [] and cfg.scale == 2 and cfg.identity_nets == ["dlib"]
+    assert cfg.severities == {"noise": ev.SWEEPS["noise"][0]}
+    assert ev.EvalConfig(severities=[]).severities is None
+    assert ev.EvalConfig() == ev.EvalConfig(identity_nets=("sface",))
+    rec = cfg.record("cpu")
+    assert list(rec) == ["conditions", "preset", "scale", "seed", "sample_size", "angles", "severities", "batch",
+                         "device", "lpips", "identity", "identity_nets"]
+    assert rec["conditions"] == ["low"] and rec["device"] == "cpu"
+    assert rec["severities"] == {"noise": [0.01, 0.03, 0.06]}
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -159,8 +174,8 @@ def test_small_orl_evaluation_writes_columns_and_files(orl, tmp_path):
     _needs("metrics")
     test = orl.subset("test")
     methods, _ = restorers.build_restorers("bicubic,classical")
-    df = ev.evaluate(test, methods, conditions=("warm", "low"), sample_size=8, seed=0, progress=False,
-                     severities={"noise": [0.02, 0.06]}, identity=False)
+    df = ev.evaluate(test, methods, ev.EvalConfig(conditions=("warm", "low"), sample_size=8, seed=0,
+                                                  severities={"noise": [0.02, 0.06]}, identity=False), progress=False)
     main = df[df["sweep"] == ""]
     assert len(main) == 8 * 2 * 2 and len(df) == len(main) + 8 * 2 * 2
     expected = {"image", "identity", "method", "condition", "sweep", "severity", "psnr", "ssim",
@@ -195,13 +210,14 @@ def test_identification_high_for_clean_probes_and_drops_when_degraded(orl):
     _needs("recognition")
     test = orl.subset("test")
     keep = lambda lq: lq  # noqa: E731  (scale 1, no degradation: the probe is the clean face)
-    clean = ev.evaluate(test, {"as-is": keep}, conditions=("medium",), preset=[], scale=1, angles=False,
-                        progress=False, lpips=False, gallery=orl, sample_size=20)
+    clean = ev.evaluate(test, {"as-is": keep}, ev.EvalConfig(conditions=("medium",), preset=[], scale=1, angles=False,
+                                                             lpips=False, sample_size=20), gallery=orl, progress=False)
     idc = ev.identification(clean)
     if idc.empty:
         pytest.skip(f"identification not available: {clean.attrs['missing'].get('rank1_hit')}")
-    heavy = ev.evaluate(test, {"bicubic": restorers.build_restorer("bicubic", 8)}, conditions=("low",),
-                        preset="cctv-heavy", scale=8, progress=False, lpips=False, gallery=orl, sample_size=20)
+    heavy = ev.evaluate(test, {"bicubic": restorers.build_restorer("bicubic", 8)},
+                        ev.EvalConfig(conditions=("low",), preset="cctv-heavy", scale=8, lpips=False, sample_size=20),
+                        gallery=orl, progress=False)
     idh = ev.identification(heavy)
     assert idc.loc[0, "n_gallery"] == len(set(orl.identity))
     assert idc.loc[0, "rank1"] >= 0.9
@@ -220,8 +236,9 @@ def test_metrics_json_holds_input_and_output_detectability(orl, tmp_path):
     _needs("recognition")
     assert "lq_detected" in ev.METRICS and "lq_detected" not in ev.LOWER_IS_BETTER
     methods, _ = restorers.build_restorers("bicubic,classical")
-    df = ev.evaluate(orl.subset("test"), methods, conditions=("low", "bright"), sample_size=6, seed=0,
-                     progress=False, lpips=False, identity=True, severities={"noise": [0.06]})
+    config = ev.EvalConfig(conditions=("low", "bright"), sample_size=6, seed=0, lpips=False, identity=True,
+                           severities={"noise": [0.06]})
+    df = ev.evaluate(orl.subset("test"), methods, config, progress=False)
     if "lq_detected" not in df.columns:
         pytest.skip(f"YuNet detection not available: {df.attrs['missing'].get('detected')}")
     paths = ev.save_results(df, tmp_path / "run", n_boot=200)
@@ -288,8 +305,8 @@ def test_checkpoints_parameter_expands_released_models_and_training_runs(orl, tm
     assert list(methods) == ["bicubic", "chain:default", "run:full-03"]
     assert "never-trained" in skipped["run:never-trained"] and "not found" in skipped["run:never-trained"]
     assert str(last) in methods["run:full-03"].note
-    df = ev.evaluate(orl.subset("test"), methods, conditions=("medium",), sample_size=3, progress=False,
-                     lpips=False, identity=False)
+    df = ev.evaluate(orl.subset("test"), methods, ev.EvalConfig(conditions=("medium",), sample_size=3, lpips=False,
+                                                                identity=False), progress=False)
     assert set(df["method"]) == set(methods) and df["psnr"].notna().all()
 
 

@@ -70,10 +70,12 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ConfigError(f"none of the methods {args.methods!r} is available")
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     others = faces.subset("train") if args.split != "train" else None
-    df = evaluate.evaluate(test, methods, conditions, args.preset, args.scale, args.seed, args.sample_size,
-                  angles=not args.no_angles, severities=args.severities or None, batch=args.batch,
-                  progress=True, device=args.device, lpips=not args.no_lpips, identity=not args.no_identity,
-                  gallery=others, identity_nets=("sface", "dlib") if args.dlib else ("sface",))
+    config = evaluate.EvalConfig(conditions=conditions, preset=args.preset, scale=args.scale, seed=args.seed,
+                                 sample_size=args.sample_size, angles=not args.no_angles,
+                                 severities=args.severities or None, batch=args.batch, lpips=not args.no_lpips,
+                                 identity=not args.no_identity,
+                                 identity_nets=("sface", "dlib") if args.dlib else ("sface",))
+    df = evaluate.evaluate(test, methods, config, gallery=others, progress=True, device=args.device)
     df.attrs["skipped_methods"] = skipped
     name = args.name or time.strftime("%Y%m%d-%H%M%S")
     paths = evaluate.save_results(df, evaluate.run_dir(name))
