@@ -464,6 +464,7 @@ def run_pipeline(
     progress: bool = True,
     params_dir: str | Path = PARAMS_DIR,
     threads: int | None = None,
+    cell_timeout: float | None = None,
 ) -> RunSummary:
     """Execute the numbered notebooks headless and write their HTML reports and the index.
 
@@ -479,6 +480,8 @@ def run_pipeline(
         params_dir: folder of profile YAML files.
         threads: ``FACEKIT_THREADS`` for the kernels; None keeps the environment's value or
             uses all cores.
+        cell_timeout: seconds one cell may run before its notebook fails (a hung kernel or a
+            stuck read ends the run with a report instead of never); None = no limit.
 
     Returns:
         The run summary; ``summary.exit_code`` is non-zero when a notebook failed.
@@ -487,6 +490,8 @@ def run_pipeline(
         ConfigError: unknown profile, bad profile file, no notebooks, bad ``only`` selector.
         KeyboardInterrupt: re-raised after the index is written with the notebook marked failed.
     """
+    if cell_timeout is not None:
+        cell_timeout = settings.check_float(cell_timeout, "cell_timeout", 0.0, None, lo_open=True)
     notebooks_dir = Path(notebooks_dir).resolve()
     reports_dir = Path(reports_dir if reports_dir is not None else settings.REPORTS_DIR).resolve()
     sections = load_profile(profile, params_dir)
@@ -562,7 +567,7 @@ def run_pipeline(
                         str(result.path), str(result.executed),
                         parameters=result.parameters, kernel_name=KERNEL_NAME,
                         cwd=str(settings.PROJECT_ROOT), progress_bar=progress, log_output=False,
-                        request_save_on_cell_execute=True,
+                        request_save_on_cell_execute=True, execution_timeout=cell_timeout,
                         stderr_file=KernelProgress(stem) if progress else None, **engine_kwargs,
                     )
                 result.status = STATUS_OK
@@ -574,6 +579,9 @@ def run_pipeline(
             except Exception as exc:  # a failing notebook must not lose the reports
                 result.status = STATUS_FAILED
                 result.error = _describe_failure(stem, exc, result.executed)
+                if type(exc).__name__ == "CellTimeoutError":  # nbclient's; its own text is a page long
+                    result.error["message"] = (f"notebook {stem} failed: a cell ran past the {cell_timeout:g} s "
+                                               "cell timeout (--cell-timeout)")
             result.duration_s = round(time.perf_counter() - t0, 2)
             if result.executed.exists():
                 try:

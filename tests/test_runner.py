@@ -272,6 +272,31 @@ def test_kernel_failures_and_interrupts_still_write_the_index(exc, tmp_path, mon
     assert parse_index(reports / "index.html")["01_alpha"]["link"] is None  # nothing to show
 
 
+def test_a_cell_past_the_timeout_fails_its_notebook_with_a_report(tmp_path):
+    """A hung cell (a stuck read, a dead stream) ends the run with a failure, not never."""
+    import time
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("seconds = 120", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(seconds)")]
+    nbformat.write(nb, nbs / "01_hang.ipynb")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("common: {}\n")
+    with pytest.raises(ConfigError, match="cell_timeout"):
+        runner.run_pipeline(profile=profile, notebooks_dir=nbs, reports_dir=tmp_path / "r0", cell_timeout=0)
+    t0 = time.perf_counter()
+    summary = runner.run_pipeline(profile=profile, notebooks_dir=nbs, reports_dir=tmp_path / "reports",
+                                  progress=False, cell_timeout=3)
+    assert time.perf_counter() - t0 < 100  # the 120 s cell was cut short
+    assert summary.exit_code == 1 and summary.failed.stem == "01_hang"
+    assert summary.failed.error["message"] == "notebook 01_hang failed: a cell ran past the 3 s cell timeout " \
+                                              "(--cell-timeout)"
+    assert summary.failed.error["ename"] == "CellTimeoutError" and "time.sleep" in summary.failed.error["evalue"]
+    assert json.loads((tmp_path / "reports" / "run.json").read_text())["status"] == "failed"
+
+
 def test_kernels_start_without_the_plain_tcp_warning(tmp_path, capfd):
     """ipykernel 7 prints "Kernel is running over TCP without encryption" on the terminal (into
     the progress bar) unless the kernel manager provisions CurveZMQ keys (issue 20)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from facekit import runner
+from facekit import runner, settings
 
 
 def add_arguments(parser) -> None:
@@ -24,6 +24,8 @@ def add_arguments(parser) -> None:
                         help="output folder (default: reports/)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no per-notebook messages or cell progress bars")
+    parser.add_argument("--cell-timeout", type=settings.float_arg(0.0, None, lo_open=True), default=None,
+                        metavar="SECONDS", help="fail a notebook whose cell runs longer than this (default: no limit)")
 
 
 def run_cli(args) -> int:
@@ -38,6 +40,7 @@ def run_cli(args) -> int:
                 profile=args.profile, only=args.only, data=args.data,
                 notebooks_dir=args.notebooks_dir, reports_dir=args.reports_dir,
                 progress=not args.no_progress, threads=getattr(args, "threads", None),
+                cell_timeout=args.cell_timeout,
             )
         finally:
             warnings.showwarning = previous
