@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -125,7 +126,8 @@ class TrainConfig:
     fused_optim: bool = True  # Adam(foreach=True) on CPU, fused=True on CUDA
     threads: int | None = None  # torch threads per process (None: FACEKIT_THREADS / all cores)
     # Fine-tuning: a training checkpoint (or run folder) whose net_g, net_g_ema and net_d start this
-    # run; optimizers, schedule and step count start fresh. None = random initialisation.
+    # run, or a released stage file (net_g and net_g_ema only); optimizers, schedule and step count
+    # start fresh. None = random initialisation.
     init_from: str | None = None
     # Distillation: a frozen teacher generator (a run folder, training checkpoint or released stage
     # file such as models/celeba-orl-identity/reconstruct.pt) whose output on each lq is a second target,
@@ -738,8 +740,12 @@ class Trainer:
     def init_weights(self, path: str | Path) -> Path:
         """Start from another run's weights (``init_from``): net_g, net_g_ema and net_d only.
 
+        A released stage file (``models/NAME/reconstruct.pt``, written by :func:`facekit.chain.save_stage`)
+        holds the generator alone: net_g and net_g_ema start from it and net_d keeps its random
+        initialisation, so a released model can be fine-tuned without its training run folder.
+
         Args:
-            path: a training checkpoint, or a run folder (its ``checkpoints/last.pt``).
+            path: a training checkpoint, a run folder (its ``checkpoints/last.pt``) or a released stage file.
 
         Returns:
             The checkpoint file read.
@@ -749,6 +755,9 @@ class Trainer:
         """
         path = checkpoint_file(path)
         ckpt = load_checkpoint(path)
+        if ckpt.get("format") == chain.STAGE_FORMAT:
+            self._init_from_stage(ckpt, path)
+            return path
         check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
         check_architecture(ckpt, path, "arch_d", self.cfg.arch_d, self.net_d)
         try:
@@ -758,6 +767,21 @@ class Trainer:
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: cannot initialise from these weights ({type(exc).__name__}: {exc})") from None
         return path
+
+    def _init_from_stage(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("arch") != self.cfg.arch_g:
+            raise CheckpointError(f"{path}: holds a {ckpt.get('arch')!r} generator, but this run trains "
+                                  f"arch_g={self.cfg.arch_g!r}")
+        # Release-time switches (relight, chroma_detail) change the forward pass, not the weights.
+        stage = chain.Stage.from_checkpoint(str(ckpt.get("stage") or "reconstruct"), path)
+        state = stage.model.state_dict()
+        try:
+            self.net_g.load_state_dict(state)
+            self.net_g_ema.load_state_dict(state)
+        except RuntimeError as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"{path}: released weights do not fit arch_g {self.cfg.arch_g!r} "
+                                  f"{self.cfg.arch_g_kwargs}: {first}") from None
 
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
         check_architecture(ckpt, path, "arch_g", self.cfg.arch_g, self.net_g)
@@ -812,6 +836,12 @@ def _batch_iter(dataset, cfg: TrainConfig, rank: int, world: int, start_step: in
     if n_batches == 0:
         raise ConfigError(f"batch {cfg.batch} x {world} processes is larger than the {len(dataset)} training faces")
     epoch, first = divmod(start_step, n_batches)
+    if cfg.num_workers:
+        # OpenCV's thread pool does not survive fork: a worker forked while this process's pool has
+        # threads (e.g. right after the face cache was built here) hangs in its first OpenCV call,
+        # and training waits forever. With one OpenCV thread here there is no pool to inherit;
+        # OpenCV is not on this process's critical path (the workers degrade the faces).
+        cv2.setNumThreads(1)
     while True:
         dataset.set_epoch(epoch)
         batches = epoch_batches(len(dataset), cfg.batch, cfg.seed, epoch, rank, world)

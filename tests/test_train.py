@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from facekit import checkpoint, losses
+from facekit import chain, checkpoint, losses
 from facekit.archs import build_model
 from facekit.archs.rrdbnet import CompactRRDBNet, UNetDiscriminatorSN
 from facekit.errors import CheckpointError, ConfigError
@@ -202,6 +202,55 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
               progress=False)
 
 
+def test_init_from_a_released_stage_file(tmp_path):
+    faces = orl_faces(12)
+    parent = train(tiny_cfg(), faces=faces, runs_dir=tmp_path, progress=False)
+    net, info = checkpoint.load_generator(parent / "checkpoints" / "last.pt")
+    stage_file = chain.save_stage(tmp_path / "released" / "reconstruct.pt", "reconstruct", net, info["kwargs"],
+                                  in_size=8, half=True)
+    released = chain.Stage.from_checkpoint("reconstruct", stage_file).model.state_dict()
+    tr = Trainer(tiny_cfg(seed=3), torch.device("cpu"))
+    assert tr.init_weights(stage_file) == stage_file
+    for net_g in (tr.net_g, tr.net_g_ema):  # float16-stored parameters come back as the same float32 values
+        assert all(torch.equal(v, released[k]) for k, v in net_g.state_dict().items())
+    fresh_d = Trainer(tiny_cfg(seed=3), torch.device("cpu")).net_d.state_dict()
+    assert all(torch.equal(v, fresh_d[k]) for k, v in tr.net_d.state_dict().items())  # D keeps its init
+    with pytest.raises(CheckpointError, match="do not fit arch_g"):
+        Trainer(tiny_cfg(arch_g_kwargs={"base": 16, "depth": 2}), torch.device("cpu")).init_weights(stage_file)
+    with pytest.raises(CheckpointError, match="holds a 'unet' generator, but this run trains arch_g='faithful'"):
+        Trainer(tiny_cfg(arch_g="faithful", arch_g_kwargs={"base": 8, "depth": 2}),
+                torch.device("cpu")).init_weights(stage_file)
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import sys
+    import cv2
+    import numpy as np
+    from facekit.train import TrainConfig, train
+
+    cv2.setNumThreads(2)
+    for _ in range(3):  # OpenCV's thread pool now has live threads, as after building a face cache
+        cv2.GaussianBlur(np.random.default_rng(0).random((1500, 1500, 3), dtype=np.float32), (0, 0), 5)
+    faces = np.load(sys.argv[1])
+    train(TrainConfig.from_yaml(sys.argv[2]), faces=faces, runs_dir=sys.argv[3], progress=False)
+    print("trained")
+""")
+
+
+def test_loader_workers_start_after_opencv_used_threads(tmp_path):
+    # A forked worker inherited OpenCV's pool in a broken state and hung in cv2.setNumThreads:
+    # a first training run on a fresh machine (cache built in-process) never took a step.
+    np.save(tmp_path / "faces.npy", orl_faces(12))
+    tiny_cfg(name="forked", steps=2, num_workers=1, threads=2, log_every=1, val_every=2, ckpt_every=2,
+             sample_every=2).to_yaml(tmp_path / "cfg.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FACEKIT_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(tmp_path / "faces.npy"), str(tmp_path / "cfg.yaml"),
+                           str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trained" in proc.stdout
+    assert (tmp_path / "runs" / "forked" / "checkpoints" / "last.pt").exists()
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
@@ -234,10 +283,10 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), FACEKIT_THREADS="1")
     args = [sys.executable, str(tmp_path / "kill.py"), str(tmp_path / "killed.yaml"), str(tmp_path / "faces.npy"),
             str(tmp_path)]
-    proc = subprocess.run(args + ["4", "0"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(args + ["4", "0"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr
     assert checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["step"] == 4
-    proc = subprocess.run(args + ["-1", "1"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(args + ["-1", "1"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
     a = checkpoint.load_checkpoint(straight / "checkpoints" / "last.pt")
