@@ -190,10 +190,7 @@ class FacePlan:
     action: str
 
 
-# how faces above the chain's input side are restored; "auto" = "own" for chains whose every stage
-# was trained for any face size (``any_size``, the faithful generator), else "native": a network
-# trained on 16 px faces alone does much worse at 32-48 px than shrinking to 16 first
-LARGE_FACES = ("auto", "own", "native", "keep")
+LARGE_FACES = settings.LARGE_FACES
 
 
 def resolve_large(large: str, restorer: Restorer) -> str:

@@ -441,3 +441,10 @@ def load_yaml(path: str | Path, max_bytes: int = YAML_MAX_BYTES, max_nodes: int 
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_yaml(text, str(path), max_bytes, max_nodes)
+
+
+# how ``restore`` treats faces above the chain's input side; "auto" = "own" for chains whose every
+# stage was trained for any face size (``any_size``, the faithful generator), else "native": a
+# network trained on 16 px faces alone does much worse at 32-48 px than shrinking to 16 first.
+# (Here, not in facekit.restore, so ``facekit restore --help`` needs no torch.)
+LARGE_FACES = ("auto", "own", "native", "keep")

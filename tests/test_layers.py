@@ -182,8 +182,9 @@ def test_runtime_imports_nothing_from_training_evaluation_or_release():
         assert not above, f"{name} reaches {above}"
 
 
-def test_help_imports_no_torch():
-    code = ("import sys\nfrom facekit import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+@pytest.mark.parametrize("argv", [["--help"], ["restore", "--help"], ["run", "--help"]])
+def test_help_imports_no_torch(argv):
+    code = (f"import sys\nfrom facekit import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'cv2', 'numpy', 'onnxruntime'})\n"
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

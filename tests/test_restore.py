@@ -158,7 +158,7 @@ def no_model(monkeypatch):
     def build_chain(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("facekit.commands.restore.build_chain", build_chain)
+    monkeypatch.setattr("facekit.chain.build_chain", build_chain)
 
 
 def test_bad_inputs_are_reported_before_any_model_is_loaded(no_model, faces_dir, tmp_path, capsys):

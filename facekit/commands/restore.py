@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facekit import faces, restore, restorers, settings
-from facekit.chain import build_chain, set_relight
+from facekit import settings
 from facekit.errors import ConfigError
 
 
@@ -42,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="face crops: the output's longer side is at least PX; whole images: faces of "
                              "PX or more are kept unless --upscale enlarges them (default: the chain's "
                              "output side, e.g. 64)")
-    parser.add_argument("--large-faces", choices=restore.LARGE_FACES, default="auto",
+    parser.add_argument("--large-faces", choices=settings.LARGE_FACES, default="auto",
                         help="faces larger than the chain's input (and below the output size): own = restore "
                              "at their own size (the chain must cope with that face size), native = "
                              "shrink to the chain's input first, keep = leave them unrestored (bicubic); "
@@ -73,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    # imported here so that ``facekit restore --help`` loads no torch (a few seconds)
+    from facekit import faces, restore, restorers
+    from facekit.chain import build_chain, set_relight
+
     # Everything that can be checked without a model is checked first.
     chain_names = [n.strip() for n in args.chain.split(",")] if args.chain else None
     checkpoints = parse_checkpoint_args(args.checkpoint)
