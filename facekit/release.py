@@ -127,7 +127,7 @@ def lineage(run_dir: str | Path) -> list[Path]:
     chain = [Path(run_dir)]
     while True:
         init_from = load_config(RunDir(chain[0]).config).init_from
-        if not init_from:
+        if not init_from or released_folder(init_from):  # a released model: see released_parent
             return chain
         parent = RunDir.of(init_from)  # a run folder, or a checkpoint inside one
         if not parent.is_run():
@@ -136,6 +136,51 @@ def lineage(run_dir: str | Path) -> list[Path]:
         if parent.path.resolve() in [c.resolve() for c in chain]:
             raise ConfigError(f"{chain[0]}: init_from chain loops back to {parent.path}")
         chain.insert(0, parent.path)
+
+
+def released_folder(path: str | Path | None) -> Path | None:
+    """The released chain folder whose stage file ``path`` is (a ``.pt`` with a ``config.yaml`` beside it), else None."""
+    if not path:
+        return None
+    path = Path(path)
+    return path.parent if path.suffix == ".pt" and (path.parent / RELEASE_CONFIG).is_file() else None
+
+
+def released_parent(run_dir: str | Path) -> Path | None:
+    """The released chain folder the oldest run of ``run_dir``'s lineage was fine-tuned from
+    (``init_from`` naming its stage file, e.g. ``models/default/reconstruct.pt``), or None."""
+    return released_folder(load_config(RunDir(lineage(run_dir)[0]).config).init_from)
+
+
+def _released_configs(folder: Path) -> list[tuple[str, "TrainConfig", dict]]:
+    """``(file, config, {})`` for a released folder's ``config.yaml`` and its ``init-*.yaml`` parents."""
+    return [(str(f), load_config(f), {}) for f in [folder / RELEASE_CONFIG, *sorted(folder.glob("init-*.yaml"))]]
+
+
+def _released_lineage(folder: Path, stage_file: str) -> tuple[list[dict], dict[str, str]]:
+    """A released parent as lineage entries (its own parents, then itself) and the configs to copy.
+
+    Returns:
+        ``(entries, files)``: report ``lineage`` entries, oldest first, the released run's carrying
+        ``released`` (the stage file named by ``init_from`` and its sha256); and
+        ``{name in the new folder: text}`` for its ``init-*.yaml`` and its ``config.yaml``
+        (read now, before a release into the same tree can replace them).
+
+    Raises:
+        ConfigError: the folder has no ``report.json`` saying which run it released.
+    """
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"{folder}: a released parent needs its report.json (which run it released, and that "
+                          "run's lineage) to describe the model fine-tuned from it")
+    parent = json.loads(report_path.read_text())
+    name = parent["released_run"]
+    entries = [dict(e) for e in parent.get("lineage", [])]
+    entries.append({"run": name, "config": f"init-{name}.yaml", "summary": parent.get("training", {}).get(name, {}),
+                    "released": {"stage_file": str(stage_file), "sha256": _sha256(stage_file)}})
+    files = {e["config"]: (folder / e["config"]).read_text() for e in entries[:-1]}
+    files[f"init-{name}.yaml"] = (folder / RELEASE_CONFIG).read_text()
+    return entries, files
 
 
 def check_probes_unseen(run_dirs: list[Path], people: int) -> None:
@@ -170,12 +215,10 @@ def _teacher_configs(teacher: str, student: Path, seen: list[Path]) -> list[tupl
     """What a ``distill_from`` teacher trained on: a run folder (or its checkpoint) and its
     lineage, or a released chain folder's stage file with the ``config.yaml``/``init-*.yaml`` beside it.
     """
-    path = Path(teacher)
-    if path.suffix == ".pt" and (path.parent / RELEASE_CONFIG).is_file():  # a released folder
-        folder = path.parent
-        return [(str(f), load_config(f), {})
-                for f in [folder / RELEASE_CONFIG, *sorted(folder.glob("init-*.yaml"))]]
-    run = RunDir.of(path)  # a run folder, or a checkpoint inside one
+    folder = released_folder(teacher)
+    if folder:
+        return _released_configs(folder)
+    run = RunDir.of(Path(teacher))  # a run folder, or a checkpoint inside one
     if not run.is_run():
         raise ConfigError(f"{student}: distill_from {teacher!r} is neither a run folder nor a released model folder "
                           "with its config.yaml, so what the teacher trained on cannot be checked")
@@ -199,6 +242,10 @@ def training_configs(run_dir: str | Path, seen: list[Path] | None = None) -> lis
         found.append((str(a), cfg, _run_summary(a)))
         if cfg.distill_from:
             found += _teacher_configs(cfg.distill_from, a, seen)
+    parent = released_parent(run_dir)
+    if parent and parent.resolve() not in seen:  # what the released model it started from trained on
+        seen.append(parent.resolve())
+        found += _released_configs(parent)
     return found
 
 
@@ -584,6 +631,14 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         raise ConfigError(f"{run_dir}: its distillation teacher {teacher} is the file this release would overwrite; "
                           f"move the teacher to its own folder (and point distill_from there) first")
     teacher_sha = _sha256(teacher)  # before the export: the checkpoint's copy of the path may be stale
+    parent = released_parent(run_dir)
+    parent_entries, parent_files = [], {}
+    if parent:
+        init_from = load_config(RunDir(lineage(run_dir)[0]).config).init_from
+        if Path(init_from).resolve() == (out_dir / STAGE_FILE).resolve():
+            raise ConfigError(f"{run_dir}: it was fine-tuned from {init_from}, the file this release would overwrite; "
+                              "release it to another folder (or as the default, which keeps the previous one)")
+        parent_entries, parent_files = _released_lineage(parent, init_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_path, info = export_stage(run_dir, out_dir / STAGE_FILE, weights=weights, val_faces=val_faces, half=half,
                                     luma_detail_only=luma_detail_only)
@@ -601,6 +656,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     ancestors = lineage(run_dir)[:-1]
     for old in out_dir.glob("init-*.yaml"):
         old.unlink()
+    for name, text in parent_files.items():  # the released model it started from, and that one's parents
+        (out_dir / name).write_text(text)
     for a in ancestors:  # a fine-tune is reproducible only with the configs of the runs it started from
         shutil.copyfile(RunDir(a).config, out_dir / f"init-{a.name}.yaml")
 
@@ -646,7 +703,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         "weights": info["weights"], "val": info["val"], "compared": compared,
         "stored_dtype": info["stored_dtype"], "model_mb": round(size_mb, 3), "in_size": in_size, "out_size": release_size(cfg),
         "training": {r.name: _run_summary(r) for r in runs},
-        "lineage": [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_summary(a)} for a in ancestors],
+        "lineage": parent_entries + [{"run": a.name, "config": f"init-{a.name}.yaml", "summary": _run_summary(a)}
+                                     for a in ancestors],
         "teacher_sha256": teacher_sha,
         "test": {"source": cfg.data, "split": "test", "faces": int(df["image"].nunique()),
                  "preset": test_preset, "scale": scale, "angles": False,
@@ -817,7 +875,8 @@ def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str
     gan = (f"{cfg.gan_type} GAN (weight {cfg.gan_weight}, from step {cfg.gan_start}), {cfg.gp_mode} "
            f"gradient penalty (weight {cfg.gp_weight}, every {cfg.lazy_k} steps)"
            if float(cfg.gan_weight) > 0 else "no adversarial term")
-    recipe = (f"{cfg.steps} steps, batch {cfg.batch}, {cfg.threads} CPU thread(s): {timed} "
+    where = f"{cfg.threads} CPU thread(s)" if str(cfg.device) == "cpu" else f"on {cfg.device}"
+    recipe = (f"{cfg.steps} steps, batch {cfg.batch}, {where}: {timed} "
               f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg.pixel_loss} pixel loss, "
               f"{gan}, {cfg.schedule} LR (peak {cfg.lr_g}), identity loss weight {cfg.identity_weight}.")
     if cfg.distill_from:
@@ -839,13 +898,19 @@ def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str
                      f"{float(ps.get('seconds', float('nan'))) / 60:.0f} minutes, val PSNR {ps.get('val_psnr', float('nan')):.2f} dB.")
     retrain = " && ".join(f"python -m facekit train --config {folder}/{p['config']}" for p in parents)
     names = " -> ".join(f"`{p['run']}`" for p in parents)
+    released = [p for p in parents if p.get("released")]
+    # init_from named a released stage file, not a run folder: say which bytes, and how to chain a retrain
+    note = "".join(f" `{p['run']}`'s child started from its released weights (`{p['released']['stage_file']}` at "
+                   f"training time, sha256 {str(p['released']['sha256'])[:16]}...); after retraining `{p['run']}`, "
+                   f"start it from that run with `--set init_from=data/runs/{p['run']}`." for p in released)
     return [f"Fine-tuned from {names}, "
             f"{total_steps} steps and {total_min:.0f} minutes in all.", "",
             *[f"- {line}" for line in lines],
             f"- `{report['released_run']}` (`config.yaml`, starting from those weights with a fresh optimizer and "
             f"schedule): {recipe}", "",
             f"Retrain with `{retrain} && python -m facekit train --config {folder}/config.yaml` "
-            "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."]
+            "(same seeds, same data; each config's `init_from` names the run folder the previous command writes)."
+            + note]
 
 
 def _lineage_configs(out_dir: Path, report: dict) -> list[tuple[str, "TrainConfig", dict]]:

@@ -155,6 +155,52 @@ def test_a_fine_tuned_run_is_released_with_its_parents_config_and_lineage(tiny_r
         release.lineage(child)
 
 
+def test_a_run_fine_tuned_from_a_released_model_carries_that_models_lineage(tiny_run, tmp_path):
+    import yaml
+
+    faces = orl_faces(40)
+    parent_dir = tmp_path / "parent"  # a fine-tune released: its folder holds its parent's config too
+    child = train(tiny_cfg(name="tiny-ft", steps=2, init_from=str(tiny_run)), faces=faces[:32],
+                  val_faces=faces[32:36], runs_dir=tmp_path / "runs", progress=False)
+    release.release_run(child, parent_dir, faces=faces[34:38], identity_nets=("sface",), n_boot=20,
+                        progress=False, val_faces=faces[32:36], ood_suite=False)
+    stage = parent_dir / "reconstruct.pt"
+    grandchild = train(tiny_cfg(name="tiny-ft2", steps=2, init_from=str(stage), mix_data="orl", mix_people=[3, 40],
+                                mix_share=0.1), faces=faces[:32], val_faces=faces[32:36], runs_dir=tmp_path / "runs",
+                       progress=False)
+    assert release.lineage(grandchild) == [grandchild]  # no run folder above it: the released model is
+    assert release.released_parent(grandchild) == parent_dir
+    # the data checks see what the released model and its own parents trained on, and this run's mix
+    assert len(release.training_configs(grandchild)) == 3
+    with pytest.raises(ConfigError, match="ORL people 3-40"):
+        release.check_probes_unseen([grandchild], 20)
+    with pytest.raises(ConfigError, match=r"parent/config\.yaml: trained on ORL people 1-all"):
+        release.check_probes_unseen([grandchild], 2)  # the released parent's own run read ORL itself
+    out = tmp_path / "released2"
+    report = release.release_run(grandchild, out, faces=faces[34:38], identity_nets=("sface",), n_boot=20,
+                                 progress=False, val_faces=faces[32:36], ood_suite=False, probe_people=0)
+    assert [p["run"] for p in report["lineage"]] == [tiny_run.name, "tiny-ft"]
+    assert report["lineage"][-1]["released"] == {"stage_file": str(stage), "sha256": release._sha256(stage)}
+    # both parents' configs travel: the released one's config.yaml under its run's name
+    assert (out / f"init-{tiny_run.name}.yaml").read_text() == (tiny_run / "config.yaml").read_text()
+    assert (out / "init-tiny-ft.yaml").read_text() == (child / "config.yaml").read_text()
+    card = (out / "TRAINING.md").read_text()
+    assert f"Fine-tuned from `{tiny_run.name}` -> `tiny-ft`, 10 steps" in card
+    assert f"sha256 {release._sha256(stage)[:16]}" in card and "--set init_from=data/runs/tiny-ft" in card
+    # releasing over the very file it started from would destroy its parent: refused before any write
+    before = stage.read_bytes()
+    with pytest.raises(ConfigError, match="the file this release would overwrite"):
+        release.release_run(grandchild, parent_dir, faces=faces[34:38], progress=False, ood_suite=False,
+                            probe_people=0)
+    assert stage.read_bytes() == before
+    # a released folder without its report cannot say what it was
+    (parent_dir / "report.json").unlink()
+    with pytest.raises(ConfigError, match="needs its report.json"):
+        release.release_run(grandchild, tmp_path / "released3", faces=faces[34:38], progress=False,
+                            ood_suite=False, probe_people=0)
+    assert yaml.safe_load((out / "config.yaml").read_text())["init_from"] == str(stage)
+
+
 def test_release_refuses_an_orl_gallery_check_on_people_the_model_trained_on(tiny_run, tmp_path):
     import yaml
 
