@@ -865,6 +865,18 @@ def _loaded_by(out_dir: Path) -> str:
     return f"`python -m facekit restore --models {folder}` and the evaluation as `chain:{folder}`"
 
 
+def _faces_note(summary: dict) -> str:
+    """", 6612 training faces (1632 of them mixed in)" from a run's summary, or "" (older summaries lack it).
+
+    The count says what a run really read: the same config pointed at a smaller copy of a source
+    (a GPU machine gets a subset) trains on fewer faces than the source's card note describes.
+    """
+    if summary.get("train_faces") is None:
+        return ""
+    mixed = int(summary.get("mix_faces") or 0)
+    return f", {int(summary['train_faces'])} training faces" + (f" ({mixed} of them mixed in)" if mixed else "")
+
+
 def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str) -> list[str]:
     """The card's training paragraph: the recipe, the time, and how to retrain (parents first)."""
     minutes = float(summary.get("seconds", float("nan"))) / 60
@@ -876,7 +888,7 @@ def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str
            f"gradient penalty (weight {cfg.gp_weight}, every {cfg.lazy_k} steps)"
            if float(cfg.gan_weight) > 0 else "no adversarial term")
     where = f"{cfg.threads} CPU thread(s)" if str(cfg.device) == "cpu" else f"on {cfg.device}"
-    recipe = (f"{cfg.steps} steps, batch {cfg.batch}, {where}: {timed} "
+    recipe = (f"{cfg.steps} steps, batch {cfg.batch}, {where}{_faces_note(summary)}: {timed} "
               f"({summary.get('steps_per_s', float('nan')):.2f} steps/s). {cfg.pixel_loss} pixel loss, "
               f"{gan}, {cfg.schedule} LR (peak {cfg.lr_g}), identity loss weight {cfg.identity_weight}.")
     if cfg.distill_from:
@@ -894,7 +906,7 @@ def _training_lines(report: dict, cfg: "TrainConfig", summary: dict, folder: str
         ps = p["summary"]
         total_steps += int(ps.get("steps", 0))
         total_min += float(ps.get("seconds", float("nan"))) / 60
-        lines.append(f"`{p['run']}` (`{p['config']}`): {ps.get('steps')} steps, "
+        lines.append(f"`{p['run']}` (`{p['config']}`): {ps.get('steps')} steps{_faces_note(ps)}, "
                      f"{float(ps.get('seconds', float('nan'))) / 60:.0f} minutes, val PSNR {ps.get('val_psnr', float('nan')):.2f} dB.")
     retrain = " && ".join(f"python -m facekit train --config {folder}/{p['config']}" for p in parents)
     names = " -> ".join(f"`{p['run']}`" for p in parents)

@@ -186,6 +186,11 @@ def test_a_run_fine_tuned_from_a_released_model_carries_that_models_lineage(tiny
     assert (out / "init-tiny-ft.yaml").read_text() == (child / "config.yaml").read_text()
     card = (out / "TRAINING.md").read_text()
     assert f"Fine-tuned from `{tiny_run.name}` -> `tiny-ft`, 10 steps" in card
+    assert card.count("steps, 32 training faces") == 2  # the parents' lines say what each read
+    read = json.loads((grandchild / "summary.json").read_text())
+    assert read["mix_faces"] > 0
+    assert (f"batch 4, 1 CPU thread(s), {read['train_faces']} training faces "
+            f"({read['mix_faces']} of them mixed in)") in card
     assert f"sha256 {release._sha256(stage)[:16]}" in card and "--set init_from=data/runs/tiny-ft" in card
     # releasing over the very file it started from would destroy its parent: refused before any write
     before = stage.read_bytes()
