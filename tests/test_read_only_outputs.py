@@ -99,9 +99,7 @@ def _face_png(path: Path) -> Path:
 
 @pytest.mark.parametrize("missing", [False, True], ids=["existing-folder", "folder-to-create"])
 def test_restore_read_only_output_is_one_line_before_any_model_loads(read_only, tmp_path, capsys, monkeypatch, missing):
-    from facekit.commands import restore as restore_command
-
-    monkeypatch.setattr(restore_command, "build_chain", lambda *a, **k: pytest.fail("a model was loaded first"))
+    monkeypatch.setattr("facekit.chain.build_chain", lambda *a, **k: pytest.fail("a model was loaded first"))
     src = _face_png(tmp_path / "in.png")
     parent = tmp_path / "out"
     parent.mkdir()

@@ -470,7 +470,12 @@ def test_shipped_configs_load(name):
     cfg = TrainConfig.from_yaml(ROOT / "configs" / name)
     assert cfg.size % cfg.scale == 0
     build_model(cfg.arch_g, scale=cfg.scale, **cfg.arch_g_kwargs)  # the generator options are valid too
-    if cfg.init_from:  # a fine-tune starts from a shipped config's run, with the same architecture
+    if cfg.init_from and Path(cfg.init_from).suffix == ".pt":
+        # a fine-tune of a released model: the weights ship with the project, beside their config
+        assert (ROOT / cfg.init_from).is_file(), cfg.init_from
+        parent = TrainConfig.from_yaml(ROOT / Path(cfg.init_from).parent / "config.yaml")
+        assert (parent.arch_g, parent.arch_g_kwargs, parent.scale) == (cfg.arch_g, cfg.arch_g_kwargs, cfg.scale)
+    elif cfg.init_from:  # a fine-tune starts from a shipped config's run, with the same architecture
         parent = next(TrainConfig.from_yaml(p) for p in (ROOT / "configs").glob("*.yaml")
                       if TrainConfig.from_yaml(p).name == Path(cfg.init_from).name)
         assert (parent.arch_g, parent.arch_g_kwargs, parent.scale) == (cfg.arch_g, cfg.arch_g_kwargs, cfg.scale)
