@@ -793,8 +793,25 @@ def _promote(candidate: Path, default: Path, report: dict, accept_failing: str |
         default.rename(keep)  # the previous default stays loadable as chain:models/<its run>
         if (keep / "TRAINING.md").is_file() and (keep / "report.json").is_file():
             rewrite_card(keep)  # its card now names its new folder
+        _repoint_init_from(candidate / RELEASE_CONFIG, default, keep)
     candidate.rename(default)
     rewrite_card(default)
+
+
+def _repoint_init_from(config: Path, old: Path, kept: Path) -> None:
+    """Point a released config's ``init_from`` at the previous default's stage file where it was kept.
+
+    A model fine-tuned from the default's own weights names them as ``models/default/reconstruct.pt``;
+    once it is the default, that path holds its own weights, and retraining its config would
+    fine-tune it again instead of reproducing it. The same bytes now live in ``kept``.
+    """
+    if not config.is_file():
+        return
+    cfg = load_config(config)
+    if not cfg.init_from or Path(cfg.init_from).resolve() != (old / STAGE_FILE).resolve():
+        return
+    cfg.init_from = str(Path(cfg.init_from).parent.with_name(kept.name) / STAGE_FILE)
+    cfg.to_yaml(config)
 
 
 def _score_tables(df: pd.DataFrame, released: str, nets, n_boot: int):

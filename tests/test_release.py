@@ -337,3 +337,13 @@ def test_release_makes_a_model_the_default_only_when_every_ood_target_passes(tin
     card = (default / "TRAINING.md").read_text()
     assert "--models" not in card.split("Loaded by")[1].split("\n")[0]
     assert "waived**: rank-1 orl medium" in card and "It does less harm than the old default." in card
+    # a model fine-tuned from the default's own weights: once it is the default, its config must name
+    # those weights where they were kept, not the path that now holds its own
+    child = train(tiny_cfg(name="tiny-child", steps=2, init_from=str(default / "reconstruct.pt")), faces=faces[:32],
+                  val_faces=faces[32:36], runs_dir=tmp_path / "runs", progress=False)
+    parent_sha = release._sha256(default / "reconstruct.pt")
+    release.release_run(child, default, accept_failing="It identifies more people.", **kw)
+    kept = models / tiny_run.name
+    assert release._sha256(kept / "reconstruct.pt") == parent_sha
+    assert TrainConfig.from_yaml(default / "config.yaml").init_from == str(kept / "reconstruct.pt")
+    assert TrainConfig.from_yaml(child / "config.yaml").init_from == str(default / "reconstruct.pt")  # the run's own record
