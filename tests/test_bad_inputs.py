@@ -375,14 +375,30 @@ _SERVER: list = []
 
 
 def _silent_server():
-    """A listening TCP socket that never accepts: the kernel completes the handshake, nothing answers."""
+    """A local TCP server that accepts every connection and never answers.
+
+    Connections are accepted (and held open) by a daemon thread: a socket that only listens fills
+    its accept queue after a few opens (the in-process and the subprocess case, each with FFmpeg's
+    retries), and an open that is then refused fails fast with "cannot open" instead of timing out.
+    """
     import socket
+    import threading
 
     if not _SERVER:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
-        _SERVER.append(sock)
+        held = []
+
+        def accept_forever():
+            while True:
+                try:
+                    held.append(sock.accept()[0])
+                except OSError:
+                    return
+
+        threading.Thread(target=accept_forever, daemon=True, name="silent-server").start()
+        _SERVER.extend([sock, held])
     return _SERVER[0]
 
 
