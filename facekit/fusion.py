@@ -265,7 +265,8 @@ def register(crops, reference: int = 0, motion: str = "euclidean", iterations: i
         if i == reference:
             continue
         img = _reg_image(crops[i])
-        # ECC converges from within a few pixels; phase correlation gives that start for free.
+        # ECC converges from within a few pixels; phase correlation gives that start for free. It
+        # windows its first input in place (OpenCV 4.14), so the reference goes in as a fresh copy.
         (dx, dy), _ = cv2.phaseCorrelate(ref.astype(np.float64), img.astype(np.float64), window)
         w = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         try:
@@ -289,17 +290,32 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0 else x
 
 
-def _warp_to_frame(z: np.ndarray, w_hr: np.ndarray) -> np.ndarray:
+_IDENTITY = np.eye(2, 3, dtype=np.float32)
+
+
+def _warp_to_frame(z: np.ndarray, w_hr: np.ndarray, interp: int = cv2.INTER_CUBIC) -> np.ndarray:
     """The high-resolution face ``z`` (reference coordinates) as crop ``k`` sees it."""
+    # Both interpolations return their input bit for bit under the identity (the reference
+    # crop's warp), so it skips the warp: ~80 us a call for a cubic one at 64 px.
+    if np.array_equal(w_hr, _IDENTITY):
+        return z
     h, w_ = z.shape[:2]
-    return cv2.warpAffine(z, w_hr, (w_, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(z, w_hr, (w_, h), flags=interp, borderMode=cv2.BORDER_REFLECT)
 
 
-def _warp_to_ref(x: np.ndarray, w_hr: np.ndarray) -> np.ndarray:
+def _warp_to_ref(x: np.ndarray, w_hr: np.ndarray, interp: int = cv2.INTER_CUBIC) -> np.ndarray:
     """A high-resolution image in crop ``k``'s coordinates brought to the reference's."""
+    if np.array_equal(w_hr, _IDENTITY):
+        return x
     h, w_ = x.shape[:2]
-    return cv2.warpAffine(x, w_hr, (w_, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(x, w_hr, (w_, h), flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+
+
+# Back-projection's warps are bilinear: a quarter of a cubic warp's cost, and its extra smoothing
+# at 4x the crop's resolution is gone after the blur and area downscale (measured on 77 tracks,
+# k=8: fused PSNR and SFace within 0.01 dB and 0.001 of cubic warps). The aligned stack the
+# innovations come from stays cubic.
+_BP_INTERP = cv2.INTER_LINEAR
 
 
 def _aligned_stack(crops: np.ndarray, registration: Registration, scale: int):
@@ -345,6 +361,8 @@ def crop_weights(crops: np.ndarray, floor: float = 0.05, power: float = 2.0) -> 
 
 def _robust_mean(aligned: np.ndarray, reject: float, weights: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel mean that drops values far from the median (occlusions, smears); ``(S,S,3)``."""
+    if len(aligned) == 1:  # the reference alone (the innovations' baseline): no median to take
+        return aligned[0].astype(np.float32)
     # float64 sums and a mean-based spread: k copies of one crop give bit-for-bit what it gives alone
     med = np.median(aligned, axis=0)
     dev = np.abs(aligned - med)
@@ -375,25 +393,35 @@ def fuse_classical(crops, registration: Registration, config: FusionConfig = Fus
     big = s * u
     lq, aligned, w_hr, weights = _stack if _stack is not None else _aligned_stack(crops, registration, u)
     psf = config.psf_sigma * u
+    m = len(lq)
 
-    def up(x):
-        return cv2.resize(x, (big, big), interpolation=cv2.INTER_CUBIC)
+    # The crops' resizes and blurs run as one image of 3*M channels (a third to a seventh of the
+    # cost of M calls); only the warps, one per crop, stay per crop.
+    def as_channels(x):  # (M,h,w,c) -> (h,w,M*c)
+        return np.ascontiguousarray(x.transpose(1, 2, 0, 3).reshape(x.shape[1], x.shape[2], -1))
 
-    def down(x):
-        return cv2.resize(_blur(x, psf), (s, s), interpolation=cv2.INTER_AREA)
+    def as_crops_(x, c):  # (h,w,M*c) -> (M,h,w,c); OpenCV drops a last axis of 1
+        return x.reshape(x.shape[0], x.shape[1], m, c).transpose(2, 0, 1, 3)
+
+    def up(x, c):
+        return as_crops_(cv2.resize(as_channels(x), (big, big), interpolation=cv2.INTER_CUBIC), c)
 
     z = _robust_mean(aligned, config.reject, weights)
     # Back-projection: each crop's residual against the simulated crop, Huber-weighted so one
     # crop that disagrees (occluded, blurred) cannot pull the estimate far.
     for _ in range(int(config.iterations)):
-        res = [x - down(_warp_to_frame(z, w)) for x, w in zip(lq, w_hr)]
-        tau = config.reject * (1.2533 * float(np.mean([np.abs(r).mean(dtype=np.float64) for r in res])) + 2e-3)
+        seen = np.stack([_warp_to_frame(z, w, _BP_INTERP) for w in w_hr])
+        sim = cv2.resize(_blur(as_channels(seen), psf), (s, s), interpolation=cv2.INTER_AREA)
+        res = lq - as_crops_(sim, 3)
+        tau = config.reject * (1.2533 * float(np.abs(res).mean(dtype=np.float64)) + 2e-3)
+        hub = np.minimum(1.0, tau / (np.abs(res).max(axis=3, keepdims=True) + 1e-6)).astype(np.float32)
+        corr = as_crops_(_blur(as_channels(up(res * hub, 3)), psf), 3)
+        hub_up = up(hub, 1)
         num = np.zeros(z.shape, np.float64)
         den = np.zeros(z.shape[:2] + (1,), np.float64)
-        for r, w, cw in zip(res, w_hr, weights):
-            hub = np.minimum(1.0, tau / (np.abs(r).max(axis=2, keepdims=True) + 1e-6)).astype(np.float32)
-            num += cw * _warp_to_ref(_blur(up(r * hub), psf), w)
-            den += cw * _warp_to_ref(up(hub[..., 0]), w)[..., None]
+        for c, h, w, cw in zip(corr, hub_up, w_hr, weights):
+            num += cw * _warp_to_ref(c, w, _BP_INTERP)
+            den += cw * _warp_to_ref(h, w, _BP_INTERP).reshape(den.shape)
         z = np.clip(z + config.step * (num / np.maximum(den, 1e-3)).astype(np.float32), 0.0, 1.0)
     return z.astype(np.float32)
 
