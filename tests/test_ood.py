@@ -1,6 +1,7 @@
 """The out-of-distribution evaluation suite (issue 24): it must catch a restorer that does harm."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -140,3 +141,23 @@ def test_a_loss_outside_the_16px_target_cells_still_fails_the_no_harm_target(orl
     results = {r.target.split(":")[0]: r for r in ood.check_targets(df, "big")}
     assert results["PSNR, SSIM and SFace margin above bicubic in every source x lighting/framing cell"].passed
     assert not results["no cell below bicubic"].passed and "medium/24px" in results["no cell below bicubic"].value
+
+
+def test_rank1_ratio_interval_covers_the_ratio_and_narrows_with_more_probes():
+    def rows(n, hits_method, hits_base):
+        faces = [f"p{i}" for i in range(n)]
+        return pd.DataFrame({"face": faces * 2, "method": ["m"] * n + ["bicubic"] * n,
+                             "rank1_hit": np.r_[hits_method, hits_base].astype(float)})
+
+    rng = np.random.default_rng(0)
+    small = rows(200, rng.random(200) < 0.15, rng.random(200) < 0.10)
+    big = rows(2000, rng.random(2000) < 0.15, rng.random(2000) < 0.10)
+    for table in (small, big):
+        lo, hi, n = ood.rank1_ratio_ci(table, "m")
+        h = table.groupby("method")["rank1_hit"].mean()
+        assert lo < h["m"] / h["bicubic"] < hi and n == len(table) // 2
+    width = lambda t: np.subtract(*ood.rank1_ratio_ci(t, "m")[1::-1])  # noqa: E731
+    assert width(big) < 0.5 * width(small)
+    # a baseline that never hits has no ratio to bound
+    lo, hi, _ = ood.rank1_ratio_ci(rows(50, np.ones(50), np.zeros(50)), "m")
+    assert np.isnan(lo) and np.isnan(hi)
