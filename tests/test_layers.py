@@ -182,7 +182,7 @@ def test_runtime_imports_nothing_from_training_evaluation_or_release():
         assert not above, f"{name} reaches {above}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["restore", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["restore", "--help"], ["run", "--help"], ["train", "--help"]])
 def test_help_imports_no_torch(argv):
     code = (f"import sys\nfrom facekit import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'cv2', 'numpy', 'onnxruntime'})\n"
