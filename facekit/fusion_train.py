@@ -9,7 +9,7 @@ from the other crops' innovations (L1 to the clean reference crop).
 Faces: CelebA's train split, UTKFace's train split and ORL people 21-40 (train split), as the
 faithful restorer; ORL 1-20, UTKFace eval, CelebA's test slice and Pins stay unseen.
 
-    python -m facekit fuse --train configs/fusion/fusion.yaml [--resume]
+    python -m facekit fuse --train configs/fusion/fusion-long.yaml [--resume]
 
 Bursts are built once and cached in the run folder (``bursts.npz``); checkpoints are atomic and
 hold the optimizer and generator states, so ``--resume`` continues exactly.
