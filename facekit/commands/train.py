@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from facekit.runs import RunDir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
@@ -17,7 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     from facekit import train  # torch: ``train --help`` does not pay its import
-    from facekit.runs import RunDir
 
     cfg = train.TrainConfig.from_yaml(args.config).with_overrides(args.overrides)
     if getattr(args, "threads", None) is not None:  # the command line wins over the config file
