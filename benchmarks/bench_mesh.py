@@ -144,21 +144,6 @@ def _probe_variants(probes, model) -> tuple[dict[str, np.ndarray], int]:
     return {k: np.stack(v) for k, v in variants.items()}, missed
 
 
-def _hits(probe_emb, probe_ids, gallery_emb, gallery_ids) -> np.ndarray:
-    """Per probe: is its most similar gallery face its own person? ``(P,) bool``."""
-    best = np.argmax(R.l2_normalize(probe_emb) @ R.l2_normalize(gallery_emb).T, axis=1)
-    return np.asarray(gallery_ids, dtype=object)[best] == np.asarray(probe_ids, dtype=object)
-
-
-def _ratio_ci(hits_a: np.ndarray, hits_b: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
-    """95% paired-bootstrap interval of ``mean(hits_a) / mean(hits_b)`` over probes."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(hits_a), (n, len(hits_a)))
-    a, b = hits_a[idx].mean(1), hits_b[idx].mean(1)
-    r = a[b > 0] / b[b > 0]
-    return [round(float(np.percentile(r, 2.5)), 3), round(float(np.percentile(r, 97.5)), 3)]
-
-
 def real_pose(model, yaw_range=(30.0, 45.0), frontal_max: float = 10.0, gallery_per_person: int = 3,
               limit: int | None = None, conditions=("clean", "restored")) -> dict:
     """Frontalisation on real turned heads: Pins photos whose head yaw is in ``yaw_range``.
@@ -221,11 +206,11 @@ def real_pose(model, yaw_range=(30.0, 45.0), frontal_max: float = 10.0, gallery_
             small = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in p])
             p = restore_crops(small, "chain:default", scale=4, size=64)
         variants, missed = _probe_variants(p, model)
-        hits = {k: _hits(R.embed(v, "sface", 0.15), p_ids, g_emb, ids[gallery]) for k, v in variants.items()}
+        hits = {k: R.rank1_hits(R.embed(v, "sface", 0.15), p_ids, g_emb, ids[gallery]) for k, v in variants.items()}
         res = {k: round(float(h.mean()), 4) for k, h in hits.items()}
         res["no_landmarks"] = missed
         res["frontal_over_raw"] = round(res["frontal"] / max(res["raw"], 1e-9), 3)
-        res["frontal_over_raw_ci95"] = _ratio_ci(hits["frontal"], hits["raw"])
+        res["frontal_over_raw_ci95"] = [round(v, 3) for v in ood.paired_ratio_ci(hits["frontal"], hits["raw"])]
         out[condition] = res
     return out
 

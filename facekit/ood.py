@@ -478,13 +478,23 @@ def rank1_ratio_ci(rows: pd.DataFrame, method: str, baseline: str = BASELINE, n_
                                                                       values="rank1_hit").dropna()
     if method not in hits or baseline not in hits or hits.empty:
         return float("nan"), float("nan"), 0
-    a, b = hits[method].to_numpy(float), hits[baseline].to_numpy(float)
+    lo, hi = paired_ratio_ci(hits[method].to_numpy(float), hits[baseline].to_numpy(float), n_boot, seed)
+    return lo, hi, len(hits)
+
+
+def paired_ratio_ci(a, b, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``mean(a) / mean(b)``, resampling the pairs ``(a[i], b[i])``.
+
+    Returns:
+        ``(low, high)``; NaN when ``b``'s resampled mean is zero in half the draws or more.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
     sa, sb = a[idx].mean(1), b[idx].mean(1)
     ratio = sa[sb > 0] / sb[sb > 0]
     if len(ratio) < n_boot // 2:
-        return float("nan"), float("nan"), len(a)
-    return float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5)), len(a)
+        return float("nan"), float("nan")
+    return float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5))
 
 
 def check_targets(df: pd.DataFrame, method: str, baseline: str = BASELINE) -> list[TargetResult]:

@@ -650,21 +650,26 @@ def identity_similarity(a_crops, b_crops, net: str = "sface", margin: float = DE
     return np.sum(l2_normalize(ea) * l2_normalize(eb), axis=1).astype(np.float32)
 
 
-def rank1(probe_emb, probe_ids, gallery_emb, gallery_ids) -> float:
-    """Rank-1 identification accuracy by cosine similarity.
+def rank1_hits(probe_emb, probe_ids, gallery_emb, gallery_ids) -> np.ndarray:
+    """Per probe: is its most similar gallery image (cosine) of its own identity?
 
     Args:
         probe_emb: ``(P,D)``; probe_ids: ``(P,)``.
         gallery_emb: ``(G,D)``; gallery_ids: ``(G,)`` (several images per identity allowed).
 
     Returns:
-        Fraction of probes whose most similar gallery image has their identity.
+        ``(P,) bool``.
     """
     p, g = l2_normalize(np.asarray(probe_emb)), l2_normalize(np.asarray(gallery_emb))
     if len(p) == 0 or len(g) == 0:
         raise FacekitError(f"rank1 needs probes and a gallery, got {len(p)} probes and {len(g)} gallery faces")
     best = np.argmax(p @ g.T, axis=1)
-    return float(np.mean(np.asarray(gallery_ids, dtype=object)[best] == np.asarray(probe_ids, dtype=object)))
+    return np.asarray(gallery_ids, dtype=object)[best] == np.asarray(probe_ids, dtype=object)
+
+
+def rank1(probe_emb, probe_ids, gallery_emb, gallery_ids) -> float:
+    """Rank-1 identification accuracy by cosine similarity: the mean of :func:`rank1_hits`."""
+    return float(np.mean(rank1_hits(probe_emb, probe_ids, gallery_emb, gallery_ids)))
 
 
 def pair_scores(emb, ids) -> tuple[np.ndarray, np.ndarray]:
