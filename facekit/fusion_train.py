@@ -48,7 +48,8 @@ class FusionTrainConfig:
         ch, blocks: :class:`FusionNet` size.
         steps, batch, lr, weight_decay: optimisation; cosine schedule after ``warmup`` steps.
         ckpt_every: checkpoint period (steps); seed: every draw derives from it.
-        workers: processes building bursts.
+        workers: processes building bursts (the bursts do not depend on it).
+        device: where the network trains (``cpu``, ``cuda``, ``cuda:1``); the bursts are built on CPU.
     """
 
     name: str = "fusion"
@@ -72,6 +73,7 @@ class FusionTrainConfig:
     ckpt_every: int = 250
     seed: int = 22
     workers: int = 1
+    device: str = "cpu"
 
     def __post_init__(self):
         for name in ("bursts", "steps", "batch", "ckpt_every", "ch", "blocks", "scale", "workers"):
@@ -87,6 +89,8 @@ class FusionTrainConfig:
             raise ConfigError(f"fusion config gray_prob must be in [0, 1], got {self.gray_prob!r}")
         if not self.sources:
             raise ConfigError("fusion config sources is empty")
+        if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"fusion config device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "FusionTrainConfig":
@@ -140,36 +144,84 @@ def _burst_job(args):
 _RESTORER = {}
 
 
+def _burst_sample(args) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """One training sample: ``(side, innov (9,S,S) float16, context (6,S,S) float16, gt (3,S,S) uint8)``.
+
+    Runs in the main process or in a worker; each process loads the frozen restorer once.
+    """
+    face, k, side, gray, seed, scale, restorer_name = args
+    key = (restorer_name, scale)
+    if key not in _RESTORER:
+        _RESTORER[key] = fusion.single_frame_restorer(restorer_name, scale=scale)
+    lq, gt, reg = _burst_job(args)
+    single = fusion.restore_crops(_RESTORER[key], lq[:1])[0]
+    innov, context, _ = fusion.fusion_inputs(lq, reg, single, fusion.FusionConfig(scale=scale))
+    return side, innov.astype(np.float16), context.astype(np.float16), np.ascontiguousarray(gt.transpose(2, 0, 1))
+
+
+def _worker_init() -> None:
+    # One thread per worker: the workers are the parallelism, and oversubscribed BLAS threads thrash.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def build_bursts(cfg: FusionTrainConfig, progress: bool = True) -> dict[int, dict[str, np.ndarray]]:
     """Synthesise the training bursts and their fusion inputs, grouped by crop side.
+
+    Every draw (face, k, side, grey, the burst's own seed) is made here in order, so the bursts do
+    not depend on ``cfg.workers`` (beyond one float16 unit of the restorer's output, which thread
+    counts can move); with more than one worker they are built in spawned processes
+    (spawn, not fork: a forked child of a process whose OpenCV started threads can hang).
 
     Returns:
         ``{side: {"innov": (n,9,S,S) float16, "context": (n,6,S,S) float16, "gt": (n,3,S,S) uint8}}``.
     """
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
     pools = training_faces(cfg, progress)
     shares = np.array([s for _, s in pools], np.float64)
     shares /= shares.sum()
     rng = np.random.default_rng([cfg.seed, 0])
-    restorer = fusion.single_frame_restorer(cfg.restorer, scale=cfg.scale)
+
+    def jobs():
+        for i in range(cfg.bursts):
+            p = int(rng.choice(len(pools), p=shares))
+            faces = pools[p][0]
+            face = faces[int(rng.integers(len(faces)))]
+            k = int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))
+            side = int(cfg.lq_sides[int(rng.integers(len(cfg.lq_sides)))])
+            gray = bool(rng.random() < cfg.gray_prob)
+            yield face, k, side, gray, [cfg.seed, 1, i], cfg.scale, cfg.restorer
+
     groups: dict[int, dict[str, list]] = {}
-    fcfg = fusion.FusionConfig(scale=cfg.scale)
-    for i in tqdm(range(cfg.bursts), desc="fusion bursts", disable=not progress):
-        p = int(rng.choice(len(pools), p=shares))
-        faces = pools[p][0]
-        face = faces[int(rng.integers(len(faces)))]
-        k = int(rng.integers(cfg.k_range[0], cfg.k_range[1] + 1))
-        side = int(cfg.lq_sides[int(rng.integers(len(cfg.lq_sides)))])
-        gray = bool(rng.random() < cfg.gray_prob)
-        lq, gt, reg = _burst_job((face, k, side, gray, [cfg.seed, 1, i], cfg.scale, cfg.restorer))
-        single = fusion.restore_crops(restorer, lq[:1])[0]
-        innov, context, _ = fusion.fusion_inputs(lq, reg, single, fcfg)
+    bar = tqdm(total=cfg.bursts, desc="fusion bursts", disable=not progress)
+
+    def add(sample):
+        side, innov, context, gt = sample
         g = groups.setdefault(side, {"innov": [], "context": [], "gt": []})
-        g["innov"].append(innov.astype(np.float16))
-        g["context"].append(context.astype(np.float16))
-        g["gt"].append(np.ascontiguousarray(gt.transpose(2, 0, 1)))
+        g["innov"].append(innov)
+        g["context"].append(context)
+        g["gt"].append(gt)
+        bar.update(1)
+
+    if cfg.workers <= 1:
+        for job in jobs():
+            add(_burst_sample(job))
+    else:
+        with multiprocessing.get_context("spawn").Pool(cfg.workers, initializer=_worker_init) as pool:
+            for sample in pool.imap(_burst_sample, jobs(), chunksize=16):
+                add(sample)
+    bar.close()
     return {side: {k: np.stack(v) for k, v in g.items()} for side, g in groups.items()}
+
+
+def _resume_key(config: dict) -> dict:
+    """The config without the settings that do not change the run's numbers (where it runs, how many builders)."""
+    return {k: v for k, v in config.items() if k not in ("device", "workers")}
 
 
 def _lr_at(cfg: FusionTrainConfig, step: int) -> float:
@@ -206,6 +258,28 @@ def restorer_digest(model: str) -> str | None:
     return h.hexdigest()
 
 
+def ensure_bursts(cfg: FusionTrainConfig, out: Path, progress: bool = True) -> dict[int, dict[str, np.ndarray]]:
+    """The run's bursts: read from ``out/bursts.npz`` when present, else built and written there (atomically).
+
+    Returns:
+        :func:`build_bursts`'s ``{side: {"innov", "context", "gt"}}``.
+    """
+    bursts_file = Path(out) / "bursts.npz"
+    if bursts_file.is_file():
+        data: dict[int, dict[str, np.ndarray]] = {}
+        with np.load(bursts_file, allow_pickle=False) as z:
+            for key in z.files:
+                side, part = key.split("/")
+                data.setdefault(int(side), {})[part] = z[key]
+        return data
+    data = build_bursts(cfg, progress)
+    bursts_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bursts_file.with_name(".bursts.tmp.npz")
+    np.savez(tmp, **{f"{side}/{k}": v for side, g in data.items() for k, v in g.items()})
+    tmp.replace(bursts_file)
+    return data
+
+
 def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = True,
                  max_steps: int | None = None) -> Path:
     """Train :class:`FusionNet` on synthetic bursts; returns the run folder.
@@ -225,45 +299,38 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another name")
     out.mkdir(parents=True, exist_ok=True)
     RunDir(out).config.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    bursts_file = out / "bursts.npz"
-    if bursts_file.is_file():
-        with np.load(bursts_file, allow_pickle=False) as z:
-            data = {}
-            for key in z.files:
-                side, part = key.split("/")
-                data.setdefault(int(side), {})[part] = z[key]
-    else:
-        data = build_bursts(cfg, progress)
-        tmp = bursts_file.with_name(".bursts.tmp.npz")
-        np.savez(tmp, **{f"{side}/{k}": v for side, g in data.items() for k, v in g.items()})
-        tmp.replace(bursts_file)
+    data = ensure_bursts(cfg, out, progress)
+    device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    net = FusionNet(cfg.ch, cfg.blocks)
+    net = FusionNet(cfg.ch, cfg.blocks).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # on CPU: the same batches on every device
     step, history = 0, []
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        if ck.get("config") != asdict(cfg):
-            raise ConfigError(f"{ckpt_path}: saved with another config; resume needs the same config file")
+        if _resume_key(ck.get("config") or {}) != _resume_key(asdict(cfg)):
+            raise ConfigError(f"{ckpt_path}: saved with another config; resume needs the same config file "
+                              f"(only device and workers may change)")
         net.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         set_rng_state(ck["rng"], {"batches": gen})
         step, history = int(ck["step"]), list(ck["history"])
     sides = sorted(data)
     sizes = torch.tensor([len(data[s]["gt"]) for s in sides], dtype=torch.float64)
+    # The whole burst set moves to the device once (float16 as stored): a batch is then an index.
+    tensors = {s: {k: torch.from_numpy(v).to(device) for k, v in data[s].items()} for s in sides}
     digest = restorer_digest(cfg.restorer)
     stop = cfg.steps if max_steps is None else min(cfg.steps, step + int(max_steps))
     bar = tqdm(total=stop, initial=step, desc="fusion train", disable=not progress)
-    t0, run_loss = time.perf_counter(), []
+    t0, run_loss, run_n = time.perf_counter(), torch.zeros((), device=device), 0
     net.train()
     while step < stop:
         side = sides[int(torch.multinomial(sizes, 1, generator=gen))]
-        g = data[side]
-        idx = torch.randint(len(g["gt"]), (cfg.batch,), generator=gen).numpy()
-        innov = torch.from_numpy(g["innov"][idx].astype(np.float32))
-        ctx = torch.from_numpy(g["context"][idx].astype(np.float32))
-        gt = torch.from_numpy(g["gt"][idx]).float().div_(255.0)
+        g = tensors[side]
+        idx = torch.randint(len(g["gt"]), (cfg.batch,), generator=gen).to(device)
+        innov = g["innov"][idx].float()
+        ctx = g["context"][idx].float()
+        gt = g["gt"][idx].float().div_(255.0)
         for pg in opt.param_groups:
             pg["lr"] = _lr_at(cfg, step)
         out_img = ctx[:, :3] + net(innov, ctx)
@@ -273,14 +340,16 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         step += 1
-        run_loss.append(float(loss))
+        run_loss += loss.detach()  # summed on the device: one host sync per log line, not per step
+        run_n += 1
         bar.update(1)
         if step % 50 == 0 or step == stop:
             base = float(torch.nn.functional.l1_loss(ctx[:, :3], gt))
-            history.append({"step": step, "l_fuse_l1": float(np.mean(run_loss)), "l_single_l1": base,
+            mean_loss = float(run_loss) / run_n
+            history.append({"step": step, "l_fuse_l1": mean_loss, "l_single_l1": base,
                             "s": round(time.perf_counter() - t0, 1)})
-            bar.set_postfix(l1=f"{np.mean(run_loss):.4f}", single=f"{base:.4f}")
-            run_loss = []
+            bar.set_postfix(l1=f"{mean_loss:.4f}", single=f"{base:.4f}")
+            run_loss, run_n = torch.zeros((), device=device), 0
         if step % cfg.ckpt_every == 0 or step == stop:
             _save(ckpt_path, net, opt, step, cfg, gen, history, digest)
     bar.close()
