@@ -607,7 +607,7 @@ def load_fusion_model(path, device: str = "cpu"):
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"fusion model {path}: no such file (train one with `python -m facekit fuse --train "
-                          f"configs/fusion/fusion-long.yaml`, or pass --no-learned for the classical fusion)")
+                          f"configs/fusion/fusion-gpu-a.yaml`, or pass --no-learned for the classical fusion)")
     ck = load_checkpoint(path)
     if not isinstance(ck, dict) or ck.get("format") != FUSION_FORMAT:
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__

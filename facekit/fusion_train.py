@@ -9,7 +9,7 @@ from the other crops' innovations (L1 to the clean reference crop).
 Faces: CelebA's train split, UTKFace's train split and ORL people 21-40 (train split), as the
 faithful restorer; ORL 1-20, UTKFace eval, CelebA's test slice and Pins stay unseen.
 
-    python -m facekit fuse --train configs/fusion/fusion-long.yaml [--resume]
+    python -m facekit fuse --train configs/fusion/fusion-gpu-a.yaml [--resume]
 
 Bursts are built once and cached in the run folder (``bursts.npz``); checkpoints are atomic and
 hold the optimizer and generator states, so ``--resume`` continues exactly.
@@ -89,8 +89,7 @@ class FusionTrainConfig:
             raise ConfigError(f"fusion config gray_prob must be in [0, 1], got {self.gray_prob!r}")
         if not self.sources:
             raise ConfigError("fusion config sources is empty")
-        if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"fusion config device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        settings.check_device(self.device, "fusion config device")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "FusionTrainConfig":
@@ -219,7 +218,7 @@ def build_bursts(cfg: FusionTrainConfig, progress: bool = True) -> dict[int, dic
     return {side: {k: np.stack(v) for k, v in g.items()} for side, g in groups.items()}
 
 
-def _resume_key(config: dict) -> dict:
+def resume_key(config: dict) -> dict:
     """The config without the settings that do not change the run's numbers (where it runs, how many builders)."""
     return {k: v for k, v in config.items() if k not in ("device", "workers")}
 
@@ -300,7 +299,7 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     RunDir(out).config.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     data = ensure_bursts(cfg, out, progress)
-    device = torch.device(cfg.device)
+    device = torch.device(settings.check_device(cfg.device, "fusion config device", available=True))
     torch.manual_seed(cfg.seed)
     net = FusionNet(cfg.ch, cfg.blocks).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -308,7 +307,7 @@ def train_fusion(cfg: FusionTrainConfig, resume: bool = False, progress: bool = 
     step, history = 0, []
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        if _resume_key(ck.get("config") or {}) != _resume_key(asdict(cfg)):
+        if resume_key(ck.get("config") or {}) != resume_key(asdict(cfg)):
             raise ConfigError(f"{ckpt_path}: saved with another config; resume needs the same config file "
                               f"(only device and workers may change)")
         net.load_state_dict(ck["state_dict"])

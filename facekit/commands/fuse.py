@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-frames", type=int_arg(1, 100000), default=300, help="clip input: most frames read")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train", metavar="CONFIG",
-                        help="train the learned stage from a config (released: configs/fusion/fusion-long.yaml)")
+                        help="train the learned stage from a config (released: configs/fusion/fusion-gpu-a.yaml)")
     parser.add_argument("--resume", action="store_true", help="with --train: continue the run")
     parser.add_argument("--export", nargs=2, metavar=("RUN", "DEST"), help="write a run's weights as a fusion model")
 
