@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -160,8 +161,6 @@ def _burst_sample(args) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
 
 def _worker_init() -> None:
     # One thread per worker: the workers are the parallelism, and oversubscribed BLAS threads thrash.
-    import cv2
-
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

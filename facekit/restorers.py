@@ -115,11 +115,7 @@ def _resolve(path_text: str) -> Path:
 
 
 def _onnx_restorer(name: str, path: Path, scale: int, context: dict) -> Restorer:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = context.get("threads") or settings.current_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = chain.ort_session(path, context.get("threads"))
     side = session.get_inputs()[0].shape[-1]
     input_name = session.get_inputs()[0].name
 

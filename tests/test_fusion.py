@@ -240,3 +240,37 @@ def test_video_meshes_each_track_from_its_fused_face(tmp_path):
     assert len(meshed) == mesh["meshed"]
     for r in meshed:
         assert (tmp_path / "out" / r["mesh"]).is_file() and abs(float(r["head_yaw"])) < 45
+
+
+@needs_model
+@pytest.mark.parametrize("side", [12, 16, 20])
+def test_onnx_runtime_and_torch_fuse_a_track_alike(faces, side):
+    pytest.importorskip("onnxruntime")
+    fusers = {b: fusion.TrackFuser(backend=b) for b in ("onnx", "torch")}
+    assert fusers["onnx"].backend == "onnx" and fusers["torch"].backend == "torch"
+    rng = np.random.default_rng([21, side])
+    lq, gt, _ = fusion.synthetic_burst(faces[5], 8, side, rng, fusion.ood_degrade(side), context=1.2)
+    onnx, torch_ = fusers["onnx"](lq), fusers["torch"](lq)
+    assert onnx.out.shape == (4 * side, 4 * side, 3)
+    assert np.abs(onnx.out.astype(int) - torch_.out.astype(int)).max() <= 1
+    # and the learned correction is really applied on both paths
+    assert np.abs(onnx.out.astype(int) - onnx.single.astype(int)).max() > 2
+
+
+def test_fusion_backend_is_checked():
+    with pytest.raises(ConfigError, match="unknown fusion backend 'tensorrt'; valid: auto, torch, onnx"):
+        fusion.resolve_backend("tensorrt")
+    with pytest.raises(ConfigError, match="CPU only"):
+        fusion.resolve_backend("onnx", "cuda")
+    assert fusion.resolve_backend("auto", "cuda:0") == "torch"
+    assert fusion.resolve_backend("torch") == "torch"
+
+
+def test_onnx_runtime_sessions_do_not_spin():
+    pytest.importorskip("onnxruntime")
+    from facekit.archs.fusionnet import FusionNet
+
+    session = fusion.OnnxFusionNet(FusionNet(8, 1), threads=2).session  # built by chain.ort_session
+    opts = session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == 2

@@ -26,6 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--every", type=int_arg(1, 1000), default=1, help="clip input: use every N-th frame")
     parser.add_argument("--max-frames", type=int_arg(1, 100000), default=300, help="clip input: most frames read")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=fusion.FUSION_BACKENDS, default="auto",
+                        help="how the networks run: auto (ONNX Runtime on a CPU where installed), torch or onnx")
     parser.add_argument("--train", metavar="CONFIG",
                         help="train the learned stage from a config (released: configs/fusion/fusion-gpu-a.yaml)")
     parser.add_argument("--resume", action="store_true", help="with --train: continue the run")
@@ -55,7 +57,7 @@ def run_cli(args) -> int:
     else:
         raise ConfigError(f"{src}: expected a folder of crops or a video clip ({', '.join(fusion.VIDEO_SUFFIXES)})")
     fuser = fusion.TrackFuser(fusion.FusionConfig(k=args.k), restorer=args.restorer,
-                       model=None if args.no_learned else args.model, device=device)
+                       model=None if args.no_learned else args.model, device=device, backend=args.backend)
     result = fuser(crops, scores, sides)
     paths = fusion.write_fusion(result, crops, args.output, names)
     used = int(result.registration.used.sum())
