@@ -74,6 +74,16 @@ def test_command_help_shows_its_own_options():
     assert "``" not in proc.stdout
 
 
+@pytest.mark.parametrize("command", ["restore", "train", "fuse"])
+def test_command_help_imports_no_torch(command):
+    proc = facekit(command, "--help", importtime=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: facekit {command}")
+    modules = imported_modules(proc.stderr)
+    assert "facekit.cli" in modules  # the importtime output was read
+    assert "torch" not in modules, sorted(m for m in modules if m.startswith("facekit"))
+
+
 def test_threads_before_the_command():
     proc = facekit("--threads", "1", "data", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]

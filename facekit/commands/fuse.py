@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facekit import fusion, fusion_train
+from facekit import fusion
 from facekit.errors import ConfigError
 from facekit.settings import check_device, int_arg
 
@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
 
 def run_cli(args) -> int:
     """``python -m facekit fuse``: fuse one person's crops or clip; or train / export the learned stage."""
+    if args.train or args.export:
+        from facekit import fusion_train  # torch: ``fuse --help`` and fusing do not pay its import here
+
     if args.train:
         out = fusion_train.train_fusion(fusion_train.FusionTrainConfig.from_yaml(args.train), resume=args.resume)
         print(f"fusion run: {out}")
