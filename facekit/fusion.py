@@ -683,7 +683,6 @@ class OnnxFusionNet:
             torch.onnx.export(net, example, buf, input_names=["innov", "context"], output_names=["corr"],
                               dynamic_axes={"innov": hw, "context": hw, "corr": hw}, opset_version=17, dynamo=False)
         self.session = ort_session(buf.getvalue(), threads)
-        self.restorer_sha256 = getattr(net, "restorer_sha256", None)
 
     def correction(self, innov: np.ndarray, context: np.ndarray) -> np.ndarray:
         """``(S,S) float32`` luma correction for one track's ``innov (9,S,S)`` and ``context (6,S,S)``."""
