@@ -1261,3 +1261,16 @@ def random_occlusion(img, rng, kind=OCCLUSION_KINDS) -> tuple[np.ndarray, np.nda
     drawn = opdef.sample(rng, cfg, x.shape)
     out, mask = occlude(x, **drawn)
     return out, mask, drawn
+
+
+# factor -> (levels, spec builder(level) -> (ops list, pipeline scale)). Each sweep changes one
+# factor; light is neutral ("medium") and there is no pose. Lengths/radii are fractions of the side.
+SEVERITY_SWEEPS: dict[str, tuple[tuple, Callable]] = {
+    "scale": ((2, 4, 8), lambda v: ([{"op": "downsample", "method": "area"}], int(v))),
+    "blur": ((0.04, 0.1, 0.16), lambda v: ([{"op": "motion_blur", "length_frac": float(v), "exposure": 1.0},
+                                           {"op": "downsample", "method": "area"}], None)),
+    "noise": ((0.01, 0.03, 0.06), lambda v: ([{"op": "downsample", "method": "area"},
+                                             {"op": "gaussian_noise", "sigma": float(v), "color": True}], None)),
+    "jpeg": ((75, 40, 15), lambda v: ([{"op": "downsample", "method": "area"},
+                                      {"op": "jpeg", "quality": int(v)}], None)),
+}

@@ -27,7 +27,6 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -64,17 +63,8 @@ degradation_factors = degrade.degradation_factors
 FACTOR_COLUMNS = tuple(degrade.factor_columns())
 ANGLE_BINS = (0.0, 5.0, 10.0, 20.0, 30.0, 90.0)  # |degrees|: bins "0-5", "5-10", ...
 
-# factor -> (levels, spec builder(level) -> (ops list, pipeline scale)). Each sweep changes one
-# factor; light is neutral ("medium") and there is no pose. Lengths/radii are fractions of the side.
-SWEEPS: dict[str, tuple[tuple, Callable]] = {
-    "scale": ((2, 4, 8), lambda v: ([{"op": "downsample", "method": "area"}], int(v))),
-    "blur": ((0.04, 0.1, 0.16), lambda v: ([{"op": "motion_blur", "length_frac": float(v), "exposure": 1.0},
-                                           {"op": "downsample", "method": "area"}], None)),
-    "noise": ((0.01, 0.03, 0.06), lambda v: ([{"op": "downsample", "method": "area"},
-                                             {"op": "gaussian_noise", "sigma": float(v), "color": True}], None)),
-    "jpeg": ((75, 40, 15), lambda v: ([{"op": "downsample", "method": "area"},
-                                      {"op": "jpeg", "quality": int(v)}], None)),
-}
+# factor -> (levels, spec builder): the severity sweeps live beside the ops they build (light to import).
+SWEEPS = degrade.SEVERITY_SWEEPS
 
 
 @dataclass

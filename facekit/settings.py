@@ -29,6 +29,7 @@ MODELS_DIR = PROJECT_ROOT / "models"
 SHARED_DIR = Path(os.environ.get("FACEKIT_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 
 MAX_THREADS = 1024
+RECOGNITION_BACKENDS = ("sface", "sface-torch", "dlib")  # facekit.recognition's networks (here: --help needs no torch)
 MODEL_BACKENDS = ("onnx", "torch", "auto")  # how a restoration chain runs: ONNX Runtime, PyTorch, or measured
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 0 .. 2**32-1
 NAME_MAX = 128

@@ -74,7 +74,7 @@ def test_command_help_shows_its_own_options():
     assert "``" not in proc.stdout
 
 
-@pytest.mark.parametrize("command", ["restore", "train", "fuse"])
+@pytest.mark.parametrize("command", ["restore", "train", "fuse", "evaluate", "identify"])
 def test_command_help_imports_no_torch(command):
     proc = facekit(command, "--help", importtime=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

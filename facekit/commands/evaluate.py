@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from facekit import data, evaluate, ood, restorers, settings
+from facekit import augment, data, degrade, ood, settings
 from facekit.errors import ConfigError, DataSourceError
 
 
@@ -17,14 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="bicubic,classical",
                         help="comma-separated restorers: bicubic, classical, classical-ref, sharpen, none, realesrgan-x4plus, "
                              "model:PATH, chain:DIR")
-    parser.add_argument("--conditions", default=",".join(evaluate.CONDITIONS), help="comma-separated lighting conditions")
+    parser.add_argument("--conditions", default=",".join(augment.CONDITIONS), help="comma-separated lighting conditions")
     parser.add_argument("--preset", default="cctv-heavy", help="degradation preset")
     parser.add_argument("--scale", type=settings.int_arg(1, 8), default=4, help="upscaling factor (1-8, divides --size)")
     parser.add_argument("--seed", type=settings.int_arg(0, settings.SEED_MAX), default=0)
     parser.add_argument("--sample-size", type=settings.int_arg(1), default=None,
                         help="evaluate a random subset of this many faces")
     parser.add_argument("--no-angles", action="store_true", help="no head-pose augmentation")
-    parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(evaluate.SWEEPS))
+    parser.add_argument("--severities", default="", help="comma-separated sweeps: " + ", ".join(degrade.SEVERITY_SWEEPS))
     parser.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS")
     parser.add_argument("--no-identity", action="store_true", help="skip identity metrics")
     parser.add_argument("--dlib", action="store_true", help="also score identity with dlib (slower than SFace)")
@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run an evaluation from the command line, write the results and print the condition table."""
+    from facekit import evaluate, restorers  # torch: ``evaluate --help`` does not pay its import
+
     settings.check_device(args.device, "--device", available=True)  # before any data or model loads
     if args.name is not None:
         settings.check_name(args.name, "--name")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekit import identify, recognition, settings
+from facekit import settings
 from facekit.errors import ConfigError, DataSourceError
 
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="restore probes before matching; METHOD is a facekit.baselines name "
                              "(default: the released model, chain:default or models/*.pt)")
     parser.add_argument("--scale", type=settings.int_arg(1, 8), default=4, help="restoration scale (1-8, with --restore)")
-    parser.add_argument("--net", default="sface", choices=recognition.BACKENDS, help="recognition network")
+    parser.add_argument("--net", default="sface", choices=settings.RECOGNITION_BACKENDS, help="recognition network")
     parser.add_argument("--csv", default=None, help="output CSV (default: data/identify/identify-<time>.csv)")
     parser.add_argument("--save-gallery", default=None, help="write the enrolled gallery to this .npz")
     parser.add_argument("--device", type=settings.device_arg, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
@@ -49,7 +49,8 @@ def _threshold_arg(text: str):
 _threshold_arg.__name__ = "threshold"  # argparse names the type in its error message
 
 
-def _threshold(arg: str, gallery: identify.Gallery, mode: str = "pair") -> float:
+def _threshold(arg: str, gallery, mode: str = "pair") -> float:
+    """The accept threshold: ``arg`` as a number, or ``auto`` (the gallery's, else calibrated now)."""
     if str(arg).lower() == "auto":
         if np.isnan(gallery.threshold):
             gallery.calibrate(mode=mode)
@@ -65,6 +66,8 @@ def _threshold(arg: str, gallery: identify.Gallery, mode: str = "pair") -> float
 
 def run_cli(args: argparse.Namespace) -> int:
     """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
+    from facekit import identify  # torch: ``identify --help`` does not pay its import
+
     # before the gallery is enrolled: a bad value fails in a second, not after minutes of work
     settings.check_device(args.device, "--device", available=True)
     if not 1 <= int(args.top_k):
