@@ -830,8 +830,15 @@ def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([it["lq"] for it in items]), torch.stack([it["gt"] for it in items])
 
 
-def _batch_iter(dataset, cfg: TrainConfig, rank: int, world: int, start_step: int):
-    """Yield ``(epoch, lq, gt)`` forever, starting at global step ``start_step``."""
+def batch_iter(dataset, cfg: TrainConfig, rank: int, world: int, start_step: int):
+    """Yield ``(epoch, lq, gt)`` forever, starting at global step ``start_step`` (exactly the batches an
+    uninterrupted run would reach there: resume depends on it).
+
+    Args:
+        dataset: the training :class:`facekit.dataset.PairedFaceDataset`; cfg: the run's config.
+        rank, world: this process's rank and the process count (one shard of every batch each).
+        start_step: global step of the first batch.
+    """
     n_batches = len(dataset) // (cfg.batch * world)
     if n_batches == 0:
         raise ConfigError(f"batch {cfg.batch} x {world} processes is larger than the {len(dataset)} training faces")
@@ -980,7 +987,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, faces=N
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.name}", unit="step")
-    batches = _batch_iter(dataset, cfg, rank, world, start)
+    batches = batch_iter(dataset, cfg, rank, world, start)
     epoch = 0
     t0, seen = time.perf_counter(), 0
     val = {"psnr": float("nan"), "ssim": float("nan")}

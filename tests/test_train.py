@@ -584,21 +584,21 @@ def test_distillation_is_logged_and_a_wrong_teacher_is_named(tmp_path):
 
 def test_multiscale_batches_draw_one_lq_side_each_and_val_stays_at_val_size(tmp_path):
     from facekit.dataset import PairedFaceDataset
-    from facekit.train import _batch_iter, epoch_lq_sides, make_val_pairs
+    from facekit.train import batch_iter, epoch_lq_sides, make_val_pairs
 
     faces = orl_faces(12, size=64)
     cfg = tiny_cfg(size=64, preset="random", lq_sizes=[4, 8, 16], val_size=32, angles=False)
     ds = PairedFaceDataset(faces[:8], preset="random", scale=4, seed=cfg.seed)
     seen = set()
-    for _, (_, lq, gt) in zip(range(12), _batch_iter(ds, cfg, 0, 1, 0)):
+    for _, (_, lq, gt) in zip(range(12), batch_iter(ds, cfg, 0, 1, 0)):
         side = lq.shape[-1]
         assert lq.shape[-2] == side and gt.shape[-1] == gt.shape[-2] == 4 * side  # one side per batch
         seen.add(side)
     assert seen == {4, 8, 16}
     # the draw is a function of (seed, epoch, batch), so a resumed run sees the same sides
     assert epoch_lq_sides(5, [4, 8, 16], 0, 3) == epoch_lq_sides(5, [4, 8, 16], 0, 3)
-    resumed = next(_batch_iter(ds, cfg, 0, 1, 1))[1]
-    first_two = [b[1] for _, b in zip(range(2), _batch_iter(ds, cfg, 0, 1, 0))]
+    resumed = next(batch_iter(ds, cfg, 0, 1, 1))[1]
+    first_two = [b[1] for _, b in zip(range(2), batch_iter(ds, cfg, 0, 1, 0))]
     assert torch.equal(resumed, first_two[1])
     lq, gt, _ = make_val_pairs(faces[8:], cfg)
     assert lq.shape[1:] == (3, 8, 8) and gt.shape[1:] == (3, 32, 32)
