@@ -670,11 +670,12 @@ class OnnxFusionNet:
 
         import torch
 
+        from facekit.archs.fusionnet import CONTEXT_CHANNELS, INNOVATION_CHANNELS
         from facekit.chain import LEGACY_EXPORT_WARNINGS, ort_session
 
         net = copy.deepcopy(net).float().eval().cpu()
         s = 8  # any even side: height and width are dynamic
-        example = (torch.zeros(1, net.inn.in_channels // 4, s, s), torch.zeros(1, net.ctx[0].in_channels // 4, s, s))
+        example = (torch.zeros(1, INNOVATION_CHANNELS, s, s), torch.zeros(1, CONTEXT_CHANNELS, s, s))
         hw = {2: "h", 3: "w"}
         buf = io.BytesIO()
         with torch.no_grad(), warnings.catch_warnings():
