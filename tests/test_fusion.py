@@ -274,3 +274,24 @@ def test_onnx_runtime_sessions_do_not_spin():
     opts = session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert opts.intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize("s,u,psf", [(16, 4, 1.0), (12, 4, 0.0), (20, 2, 0.5)])
+def test_back_projection_matrices_reproduce_opencv(s, u, psf):
+    """The separable matrices back-projection uses are OpenCV's cubic upsample, Gaussian blur and
+    area downscale, for every crop and channel at once (and at sizes OpenBLAS would thread)."""
+    rng = np.random.default_rng(21)
+    big = s * u
+    up, forward, back = fusion._bp_operators(s, u, psf)
+    lq = rng.uniform(0, 1, (9, s, s, 3)).astype(np.float32)
+    hr = rng.uniform(0, 1, (9, big, big, 4)).astype(np.float32)
+
+    def blur(x):
+        return cv2.GaussianBlur(x, (0, 0), psf) if psf > 0 else x
+
+    want_up = np.stack([cv2.resize(x, (big, big), interpolation=cv2.INTER_CUBIC) for x in lq])
+    want_back = np.stack([blur(x) for x in want_up])
+    want_fwd = np.stack([cv2.resize(blur(x), (s, s), interpolation=cv2.INTER_AREA) for x in hr])
+    assert np.abs(fusion._separable(up, lq) - want_up).max() < 1e-5
+    assert np.abs(fusion._separable(back, lq) - want_back).max() < 1e-5
+    assert np.abs(fusion._separable(forward, hr) - want_fwd).max() < 1e-5
