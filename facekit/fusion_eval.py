@@ -11,7 +11,10 @@ no model trains on). For ``k`` in ``ks`` the first ``k`` crops form the track, s
 * ``oracle_single``: the best single-frame restoration among the ``k`` crops, each scored against
   its own clean crop (an upper bound on what choosing one frame can give);
 * ``classical``: :func:`facekit.fusion.fuse_classical`;
-* ``fused``: :class:`facekit.fusion.TrackFuser`'s output (single + learned correction).
+* ``fused``: :class:`facekit.fusion.TrackFuser`'s output (single + learned correction);
+* ``track`` (rank-1 only): the track's identity template, :func:`facekit.recognition.track_template`
+  of the fused face and the restorations of the frames it fused (what ``facekit identify`` matches
+  for a ``facekit video`` track).
 
 Scores against the reference's clean crop: PSNR, SSIM, SFace similarity; with a gallery (ORL,
 Pins), rank-1 of each method's output among other photos of the suite's people.
@@ -23,7 +26,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from facekit import fusion, metrics, ood, ood_recipe
+from facekit import fusion, metrics, ood, ood_recipe, recognition
 
 METHODS = ("bicubic", "single", "oracle_single", "classical", "fused")
 KS = (1, 2, 4, 8, 16)
@@ -53,7 +56,8 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
 
     Returns:
         One row per (face, k, method): ``source, face, identity, group (skin-tone group where the
-        source has one), k, method, psnr, ssim, id_sface, rank1_hit`` (NaN without a gallery).
+        source has one), k, method, psnr, ssim, id_sface, rank1_hit`` (NaN without a gallery; the
+        ``track`` method has a rank-1 hit only).
     """
     from tqdm.auto import tqdm
 
@@ -66,6 +70,7 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
     framed_side = int(round(2 * big * context))
     rows = []
     outs, gts, lms, keys = [], [], [], []
+    frame_imgs, frame_lms, tracks = [], [], []  # restored frames, and per (face, k) which of them a track fused
     for i, face in enumerate(tqdm(faces, desc=f"fusion eval {source}", disable=not progress)):
         rng = np.random.default_rng([int(seed), i])
         framed, info = ood_recipe.frame_face_info(face.image, face.box, "loose", framed_side, rng)
@@ -73,12 +78,18 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
                                                  context=context, return_maps=True)
         restored_all = fusion.to_uint8(fusion.restore_crops(fuser.restorer, lq))
         own_psnr = metrics.psnr_uint8(restored_all, gt)
+        first = len(frame_imgs)
+        frame_imgs.extend(restored_all)
+        frame_lms.extend(_landmarks_in_crop(face, info, framed_side, m) for m in maps)
         for k in ks:
             res = fuser(lq[:k])
             ref = res.reference
             oracle = int(np.argmax(own_psnr[:k]))
             cand = {"bicubic": fusion.to_uint8(_bicubic(lq[ref], big)), "single": res.single,
                     "oracle_single": restored_all[oracle], "classical": res.classical, "fused": res.out}
+            tracks.append((len(outs) + list(cand).index("fused"),
+                           [first + int(f) for f, u in zip(res.frames, res.registration.used) if u],
+                           (face.key, face.identity, k, "track", face.group)))
             for name, out in cand.items():
                 tgt = gt[oracle] if name == "oracle_single" else gt[ref]
                 m = maps[oracle] if name == "oracle_single" else maps[ref]
@@ -91,14 +102,20 @@ def evaluate_tracks(faces, fuser: fusion.TrackFuser, ks=KS, lq_side: int = 16, c
     gt_emb = ident.embed(ood.identity_crops(gts, lms))["sface"]
     sim = np.sum(emb * gt_emb, axis=1)
     hits = np.full(len(outs), np.nan)
+    track_hits = np.full(len(tracks), np.nan)
     if gallery is not None:
         g_emb, g_ids = gallery
-        best = np.argmax(emb @ g_emb.T, axis=1)
-        hits = (np.asarray(g_ids, dtype=object)[best] == np.array([k[1] for k in keys], dtype=object)).astype(float)
+        hits = recognition.rank1_hits(emb, [k[1] for k in keys], g_emb, g_ids).astype(float)
+        frame_emb = ident.embed(ood.identity_crops(np.stack(frame_imgs), np.stack(frame_lms).astype(np.float32)))["sface"]
+        templates = np.stack([recognition.track_template(emb[j], frame_emb[fr]) for j, fr, _ in tracks])
+        track_hits = recognition.rank1_hits(templates, [t[2][1] for t in tracks], g_emb, g_ids).astype(float)
     for j, (key, identity, k, name, group) in enumerate(keys):
         rows.append({"source": source, "face": key, "identity": identity, "group": group, "k": k, "method": name,
                      "psnr": float(psnr[j]), "ssim": float(ssim[j]), "id_sface": float(sim[j]),
                      "rank1_hit": float(hits[j])})
+    for (_, _, (key, identity, k, name, group)), hit in zip(tracks, track_hits):
+        rows.append({"source": source, "face": key, "identity": identity, "group": group, "k": k, "method": name,
+                     "psnr": np.nan, "ssim": np.nan, "id_sface": np.nan, "rank1_hit": float(hit)})
     return pd.DataFrame(rows)
 
 

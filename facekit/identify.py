@@ -135,6 +135,32 @@ def track_probe_files(video_out: str | Path) -> list[Path]:
     return files
 
 
+def track_views(video_out: str | Path) -> dict[str, list[Path]]:
+    """The views of each fused track of a ``facekit video`` output folder: ``{fused face path:
+    [its restored frames]}`` (``views`` in ``tracks.json``; tracks without them are left out).
+
+    Raises:
+        DataSourceError: an unreadable ``tracks.json``.
+    """
+    import json
+
+    root = Path(video_out)
+    try:
+        tracks = json.loads((root / "tracks.json").read_text())["tracks"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+    out = {}
+    for t in tracks:
+        if not isinstance(t, dict) or not t.get("fused") or not t.get("views"):
+            continue
+        folder = root / t["views"]
+        files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) \
+            if folder.is_dir() else []
+        if files:
+            out[printable_path(root / t["fused"])] = files
+    return out
+
+
 def list_probe_files(probes: str | Path) -> list[Path]:
     """Image files of a probe file or folder (recursive, natural order). A ``facekit video``
     output folder (it holds ``tracks.json``) gives one face per track: :func:`track_probe_files`."""

@@ -222,6 +222,30 @@ def l2_normalize(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
+def track_template(face_emb: np.ndarray, frame_embs: np.ndarray) -> np.ndarray:
+    """One embedding for a face track: its fused face's, plus the mean of its restored frames'.
+
+    Each frame errs differently, so their mean is closer to the person than any one of them, and
+    the fused face adds what no single frame shows: on synthetic 8-frame tracks of unseen faces
+    the template is identified more often than the fused face alone (ORL rank-1 0.88 vs 0.82,
+    Pins 0.20 vs 0.18; README, track fusion).
+
+    Args:
+        face_emb: ``(D,)`` embedding of the fused face.
+        frame_embs: ``(k,D)`` embeddings of the track's restored frames (``k`` may be 0).
+
+    Returns:
+        ``(D,) float32``, L2-normalised: the normalised fused-face embedding plus the normalised
+        mean of the normalised frame embeddings, renormalised (equal say to both).
+    """
+    face = l2_normalize(np.asarray(face_emb, np.float32).reshape(1, -1))[0]
+    frames = np.asarray(frame_embs, np.float32).reshape(-1, face.shape[0])
+    if len(frames) == 0:
+        return face
+    mean = l2_normalize(l2_normalize(frames).mean(axis=0, keepdims=True))[0]
+    return l2_normalize((face + mean)[None])[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # SFace in PyTorch
 

@@ -44,6 +44,7 @@ class TrackRecord:
     label: "TrackLabel | None" = None
     fusion_crops: list = field(default_factory=list)  # [(quality, frame, raw RGB crop, score, side)]
     fused: np.ndarray | None = None  # the fused face (uint8 RGB), when the track was fused
+    views: np.ndarray | None = None  # (k,S,S,3) uint8 restorations of the frames fused (learned fusion)
     mesh: dict | None = None  # facekit.mesh.mesh_track_face's result (paths and pose, or "error")
     fusion: dict | None = None  # facekit.fusion.FusionResult.summary() of that fusion
 
@@ -72,10 +73,13 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
 
     The crops are brought to one side (their median, 8-32 px). The learned stage runs when the
     enhancer is a released chain (``model:PATH``) and ``models/fusion/fusion.pt`` exists; otherwise
-    the classical multi-frame fusion is the fused face.
+    the classical multi-frame fusion is the fused face. With the learned stage, ``record.views``
+    also gets the single-frame restorations of the frames fused: with the fused face they make the
+    track's identity template (:func:`facekit.recognition.track_template`, used by ``identify``).
 
     Returns:
-        ``{"mode": "learned"|"classical"|"off", "tracks": n fused, "ms_per_track": mean time}``.
+        ``{"mode": "learned"|"classical"|"off", "tracks": n fused, "ms_per_track": mean time of the
+        fusion, "views_ms_per_track": mean time restoring the views}``.
     """
     todo = [r for r in records.values() if len(r.fusion_crops) >= 2]
     if not todo:
@@ -86,6 +90,7 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
     fuser = fusion.TrackFuser(fusion.FusionConfig(), restorer=restorer if learned else None,
                               model="default" if learned else None, device=device)
     t0 = time.perf_counter()
+    views_s = 0.0
     for rec in todo:
         sides = np.array([c[4] for c in rec.fusion_crops], np.float64)
         side = int(np.clip(np.median(np.minimum(sides, FUSION_MAX_SIDE)), 8, FUSION_MAX_SIDE))
@@ -98,8 +103,14 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
         rec.fused = res.out
         frames = [rec.fusion_crops[i][1] for i in res.frames]
         rec.fusion = {"frames": frames, "used": int(res.registration.used.sum()), "side": side}
-    ms = 1000.0 * (time.perf_counter() - t0) / len(todo)
-    return {"mode": "learned" if learned else "classical", "tracks": len(todo), "ms_per_track": round(ms, 2)}
+        if fuser.restorer is not None:
+            tv = time.perf_counter()
+            fused_frames = np.asarray(res.frames)[res.registration.used]  # not a crop that failed to register
+            rec.views = fusion.to_uint8(fusion.restore_crops(fuser.restorer, crops[fused_frames]))
+            views_s += time.perf_counter() - tv
+    ms = 1000.0 * (time.perf_counter() - t0 - views_s) / len(todo)
+    return {"mode": "learned" if learned else "classical", "tracks": len(todo), "ms_per_track": round(ms, 2),
+            "views_ms_per_track": round(1000.0 * views_s / len(todo), 2)}
 
 
 def mesh_records(records: dict[int, TrackRecord], out_dir: Path) -> dict:
@@ -124,7 +135,9 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
     """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
 
     ``tracks.json`` stores each track as its frame range and one ``[x, y, w, h]`` per frame of the
-    range (``null`` where the face was not visible), which is compact and easy to replay.
+    range (``null`` where the face was not visible), which is compact and easy to replay. A fused
+    track with views (:func:`fuse_records`) also gets ``gallery/track_NNNN_views/NN.png`` and their
+    folder under ``views`` in ``tracks.json``.
 
     Args:
         meshed: tracks were meshed (:func:`mesh_records`): add :data:`MESH_FIELDS` (mesh OBJ, head pose).
@@ -163,6 +176,16 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
                 write_atomic(fpath, buf.tobytes())
                 ffile = str(fpath.relative_to(out_dir))
         fused = {"fused": ffile, "fused_frames": rec.fusion["used"] if rec.fusion else 0}
+        vdir = ""
+        if rec.views is not None and ffile:
+            folder = gallery / f"track_{tid:04d}_views"
+            folder.mkdir(exist_ok=True)
+            for j, view in enumerate(rec.views):
+                ok, buf = cv2.imencode(".png", cv2.resize(view, (gallery_size, gallery_size),
+                                                          interpolation=cv2.INTER_CUBIC)[:, :, ::-1])
+                if ok:
+                    write_atomic(folder / f"{j:02d}.png", buf.tobytes())
+            vdir = str(folder.relative_to(out_dir))
         if meshed:
             ok = rec.mesh is not None and "error" not in rec.mesh
             pose = rec.mesh["pose"] if ok else {}
@@ -174,7 +197,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
                      "gallery": gfile, **fused, **ident})
         boxes = [list(rec.boxes[f]) if f in rec.boxes else None for f in range(rec.first, rec.last + 1)]
         tracks_json.append({"id": tid, "first": rec.first, "last": rec.last, "best_frame": rec.best_frame,
-                            "gallery": gfile, **fused, **ident, "boxes": boxes})
+                            "gallery": gfile, **fused, "views": vdir, **ident, "boxes": boxes})
     fields = ["track_id", "first_frame", "last_frame", "frames", "max_score", "best_frame", "best_score",
               "best_sharpness", "gallery", "fused", "fused_frames"] + (MESH_FIELDS if meshed else []) \
         + (IDENTITY_FIELDS if labelled else [])

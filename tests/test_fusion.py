@@ -199,6 +199,31 @@ def test_video_writes_a_fused_face_per_track(tmp_path):
     assert not list((tmp_path / "off" / "gallery").glob("*_fused.png"))
 
 
+@needs_model
+def test_video_with_the_learned_stage_writes_each_fused_tracks_views(tmp_path):
+    import json
+
+    from facekit import synthclip, video
+    from facekit.data import load_faces
+    from facekit.identify import track_views
+    from facekit.imageio import read_image
+
+    small = load_faces("orl", size=64, progress=False, limit=10, cache_root=tmp_path / "orl").images
+    clip = synthclip.make_clip(small[:1], tmp_path / "clip", n_frames=24, preset="cctv-heavy", seed=3)
+    res = video.process_video(clip, tmp_path / "out", video.VideoConfig(progress=False, webm=False,
+                                                                        enhancer="model:models/default"))
+    assert res.fusion["mode"] == "learned" and res.fusion["tracks"] >= 1
+    assert res.fusion["views_ms_per_track"] > 0
+    tracks = json.loads((tmp_path / "out" / "tracks.json").read_text())["tracks"]
+    fused = [t for t in tracks if t["fused"]]
+    assert fused and all(t["views"] == f"gallery/track_{t['id']:04d}_views" for t in fused)
+    views = track_views(tmp_path / "out")
+    files = views[str(tmp_path / "out" / fused[0]["fused"])]
+    # one restored view per frame fused (the registered ones), at the gallery's size
+    assert len(files) == fused[0]["fused_frames"] >= 2
+    assert read_image(files[0]).shape == read_image(tmp_path / "out" / fused[0]["fused"]).shape
+
+
 def test_identify_takes_a_video_folder_as_one_fused_face_per_track(tmp_path):
     import json
 

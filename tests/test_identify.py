@@ -236,3 +236,43 @@ def test_restore_crops_with_a_baseline(orl):
     assert sim.mean() > I.recognition.identity_similarity(out, orl.images[orl.identity == "s8"][:4]).mean()
     with pytest.raises(ConfigError, match="nonsense"):
         I.restore_crops(probes, "nonsense", 4)
+
+
+def test_identify_matches_a_fused_video_track_with_its_views(tmp_path):
+    """A `facekit video` folder's fused track is matched as one template of its fused face and the
+    restored frames it fused: the person's similarity rises over the fused face alone."""
+    import json
+
+    from facekit.cli import main
+    from facekit.data import orl_dir
+    from facekit.imageio import read_image, write_image
+
+    gal, _ = _tiny_folders(tmp_path)
+    run = tmp_path / "video_out"
+    (run / "gallery" / "track_0001_views").mkdir(parents=True)
+    alice = [read_image(orl_dir() / "s1" / f"{k}.pgm") for k in (6, 7, 8, 9)]
+    blurred = [cv2.resize(cv2.resize(a, (23, 28), interpolation=cv2.INTER_AREA), a.shape[1::-1],
+                          interpolation=cv2.INTER_CUBIC) for a in alice]
+    write_image(run / "gallery" / "track_0001_fused.png", blurred[3])
+    for j, v in enumerate(blurred[:3]):
+        write_image(run / "gallery" / "track_0001_views" / f"{j:02d}.png", v)
+    write_image(run / "gallery" / "track_0002.png", read_image(orl_dir() / "s2" / "9.pgm"))
+    tracks = [{"id": 1, "gallery": "", "fused": "gallery/track_0001_fused.png", "views": "gallery/track_0001_views"},
+              {"id": 2, "gallery": "gallery/track_0002.png", "fused": "", "views": ""}]
+
+    def alice_similarity(with_views: bool) -> dict:
+        t = [dict(tr, views=tr["views"] if with_views else "") for tr in tracks]
+        (run / "tracks.json").write_text(json.dumps({"tracks": t}))
+        out = tmp_path / f"res_{with_views}.csv"
+        assert main(["identify", str(gal), str(run), "--top-k", "3", "--threshold", "0.3", "--csv", str(out)]) == 0
+        rows = list(csv.DictReader(out.open()))
+        one = [r for r in rows if r["probe"].endswith("track_0001_fused.png")]
+        two = [r for r in rows if r["probe"].endswith("track_0002.png")]
+        assert two[0]["identity"] == "bob" and two[0]["track_views"] == "0"
+        return {"views": int(one[0]["track_views"]), "top": one[0]["identity"],
+                "alice": float(next(r["similarity"] for r in one if r["identity"] == "alice"))}
+
+    alone, template = alice_similarity(False), alice_similarity(True)
+    assert alone["views"] == 0 and template["views"] == 3
+    assert template["top"] == "alice"
+    assert template["alice"] > alone["alice"] + 0.02, (alone, template)

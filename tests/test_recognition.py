@@ -225,3 +225,22 @@ def test_dlib_descriptor_separates_people(orl):
     other = np.linalg.norm(ea[:, None] - eb[None], axis=2)
     assert same.max() < R.DLIB_SAME_PERSON_DISTANCE < other.min()
     np.testing.assert_allclose(R.identity_similarity(a, a, net="dlib"), 1.0, atol=1e-5)
+
+
+def test_track_template_is_nearer_the_person_than_its_fused_face_alone():
+    from facekit.recognition import l2_normalize, track_template
+
+    rng = np.random.default_rng(4)
+    people = l2_normalize(rng.normal(size=(200, 128)))
+    gain = []
+    for t in people:
+        fused = t + rng.normal(scale=0.08, size=128)  # each view errs independently, in all directions
+        frames = t + rng.normal(scale=0.12, size=(8, 128))
+        tpl = track_template(fused, frames)
+        assert tpl.dtype == np.float32 and abs(float(np.linalg.norm(tpl)) - 1.0) < 1e-5
+        gain.append(float(tpl @ t) - float(l2_normalize(fused[None])[0] @ t))
+    assert np.mean(gain) > 0.05 and np.mean(np.array(gain) > 0) > 0.95, np.mean(gain)
+    # no frames: the fused face's own (normalised) embedding, and k copies of it change nothing
+    f = rng.normal(size=128)
+    assert np.allclose(track_template(f, np.zeros((0, 128))), f / np.linalg.norm(f), atol=1e-6)
+    assert np.allclose(track_template(f, np.repeat(f[None] * 3.0, 5, axis=0)), f / np.linalg.norm(f), atol=1e-6)

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m facekit identify`` (values range-checked here: a bad one exits 2)."""
     parser.add_argument("gallery", help="gallery folder (sub-folder or name_ prefix per person) or a saved .npz")
     parser.add_argument("probes", help="probe image file or folder (photos or face crops), or a `facekit video` "
-                                       "output folder (one face per track: the fused face where there is one)")
+                                       "output folder (one face per track: the fused face where there is one, "
+                                       "matched together with the restored frames it fused)")
     parser.add_argument("--top-k", type=settings.int_arg(1, 1000), default=5, help="candidates per probe (1-1000, default 5)")
     parser.add_argument("--threshold", type=_threshold_arg, default="auto",
                         help="accept threshold on cosine similarity in [-1, 1], or 'auto' (the gallery's, else "
@@ -66,7 +67,7 @@ def _threshold(arg: str, gallery, mode: str = "pair") -> float:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Enrol (or load) the gallery, match every probe, print a table and write a CSV."""
-    from facekit import identify  # torch: ``identify --help`` does not pay its import
+    from facekit import identify, recognition  # torch: ``identify --help`` does not pay its import
 
     # before the gallery is enrolled: a bad value fails in a second, not after minutes of work
     settings.check_device(args.device, "--device", available=True)
@@ -92,13 +93,28 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.restore:
         restored_with = identify.default_restore_method() if args.restore == "auto" else args.restore
         crops = identify.restore_crops(crops, restored_with, args.scale, device=args.device)
-    matches = gallery.match(crops, top_k=args.top_k)
+    emb = gallery.embed(crops)
+    # A fused video track is matched by its identity template: the fused face with the
+    # restorations of the frames it fused (recognition.track_template).
+    views = identify.track_views(args.probes) if Path(args.probes).is_dir() and \
+        (Path(args.probes) / "tracks.json").is_file() else {}
+    n_views = [0] * len(faces)
+    for i, f in enumerate(faces):
+        if f.path in views:
+            vfaces, _ = identify.read_faces(views[f.path], identify.CROP_SIZE, gallery.margin)
+            if vfaces:
+                vcrops = np.stack([v.crop for v in vfaces])
+                if restored_with:
+                    vcrops = identify.restore_crops(vcrops, restored_with, args.scale, device=args.device)
+                emb[i] = recognition.track_template(emb[i], gallery.embed(vcrops))
+                n_views[i] = len(vfaces)
+    matches = gallery.match_embeddings(emb, top_k=args.top_k)
     rows = []
-    for f, cands in zip(faces, matches):
+    for f, cands, nv in zip(faces, matches, n_views):
         for rank, c in enumerate(cands, 1):
             rows.append({"probe": f.path, "face_detected": f.detected, "rank": rank, "identity": c.identity,
                          "similarity": round(c.similarity, 4), "accepted": bool(c.similarity >= threshold),
-                         "restored_with": restored_with})
+                         "restored_with": restored_with, "track_views": nv})
     out = Path(args.csv) if args.csv else settings.DATA_DIR / "identify" / f"identify-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
