@@ -256,24 +256,58 @@ def restorer_digest(model: str) -> str | None:
     return h.hexdigest()
 
 
+BURST_FIELDS = ("sources", "restorer", "bursts", "k_range", "lq_sides", "scale", "gray_prob", "seed")
+
+
+def burst_key(cfg: FusionTrainConfig) -> dict:
+    """What a run's bursts depend on: the config's :data:`BURST_FIELDS` and the restorer's weights
+    (``restorer_digest``: SHA-256 of its chain folder's yaml, pt and onnx files, as a new release
+    of the restorer changes every burst's context)."""
+    import hashlib
+
+    from facekit.restorers import chain_folder
+
+    key = {f: getattr(cfg, f) for f in BURST_FIELDS}
+    folder = chain_folder(str(cfg.restorer).partition("@")[0])
+    files = [folder] if folder.is_file() else \
+        sorted(p for p in folder.glob("*") if p.suffix in (".yaml", ".yml", ".pt", ".onnx") and p.is_file())
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0" + p.read_bytes())
+    key["restorer_digest"] = digest.hexdigest()[:16]
+    return key
+
+
 def ensure_bursts(cfg: FusionTrainConfig, out: Path, progress: bool = True) -> dict[int, dict[str, np.ndarray]]:
-    """The run's bursts: read from ``out/bursts.npz`` when present, else built and written there (atomically).
+    """The run's bursts: read from ``out/bursts.npz`` when it was built for the same :func:`burst_key`,
+    else built and written there (atomically), saying why an existing file was not used.
 
     Returns:
         :func:`build_bursts`'s ``{side: {"innov", "context", "gt"}}``.
     """
+    import json
+    import sys
+
     bursts_file = Path(out) / "bursts.npz"
+    key = burst_key(cfg)
     if bursts_file.is_file():
         data: dict[int, dict[str, np.ndarray]] = {}
         with np.load(bursts_file, allow_pickle=False) as z:
-            for key in z.files:
-                side, part = key.split("/")
-                data.setdefault(int(side), {})[part] = z[key]
-        return data
+            stored = json.loads(str(z["key"])) if "key" in z.files else None
+            if stored == json.loads(json.dumps(key)):  # compared as saved: tuples become lists
+                for name in z.files:
+                    if name != "key":
+                        side, part = name.split("/")
+                        data.setdefault(int(side), {})[part] = z[name]
+                return data
+        changed = "no record of its settings" if stored is None else "changed: " + ", ".join(
+            k for k in key if json.dumps(stored.get(k), sort_keys=True) != json.dumps(key[k], sort_keys=True))
+        print(f"{bursts_file} was built for other burst settings ({changed}); building them again", file=sys.stderr)
     data = build_bursts(cfg, progress)
     bursts_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = bursts_file.with_name(".bursts.tmp.npz")
-    np.savez(tmp, **{f"{side}/{k}": v for side, g in data.items() for k, v in g.items()})
+    np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)),
+             **{f"{side}/{k}": v for side, g in data.items() for k, v in g.items()})
     tmp.replace(bursts_file)
     return data
 

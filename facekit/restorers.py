@@ -114,6 +114,12 @@ def _resolve(path_text: str) -> Path:
     return path
 
 
+def chain_folder(where: str) -> Path:
+    """The chain folder (or chain.yaml) a ``chain:WHERE`` restorer reads: ``default`` (or empty) is
+    models/default; a relative path is tried from the working folder, then the project root."""
+    return chain.default_model_dir() if where in ("", "default") else _resolve(where)
+
+
 def _onnx_restorer(name: str, path: Path, scale: int, context: dict) -> Restorer:
     session = chain.ort_session(path, context.get("threads"))
     side = session.get_inputs()[0].shape[-1]
@@ -165,7 +171,7 @@ def _make_chain(scale: int, device: str, arg: str | None, context: dict, relight
         raise ConfigError(f"restorer '{prefix}:DIR' needs a chain folder (or 'default') after the colon, "
                           "optionally @stage+stage")
     where, _, only = arg.partition("@")
-    model_dir = chain.default_model_dir() if where in ("", "default") else _resolve(where)
+    model_dir = chain_folder(where)
     stages = [s for s in only.split("+") if s] if only else None
     spec_file = model_dir if model_dir.suffix in (".yaml", ".yml") else model_dir / chain.CHAIN_FILE
     if not spec_file.is_file():

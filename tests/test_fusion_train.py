@@ -90,3 +90,18 @@ def test_released_fusion_stage_was_trained_by_a_shipped_config():
                for p in FUSION_CONFIGS}
     match = [name for name, cfg in shipped.items() if cfg == fusion_train.resume_key(saved)]
     assert match, f"the released stage's config ({saved['name']}) matches no file in configs/fusion"
+
+
+def test_cached_bursts_are_used_only_for_the_settings_they_were_built_for(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = fusion_train.ensure_bursts(tiny, out, progress=False)
+    stamp = (out / "bursts.npz").stat().st_mtime_ns
+    again = fusion_train.ensure_bursts(replace(tiny, workers=2, steps=99), out, progress=False)  # not burst settings
+    assert (out / "bursts.npz").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(first[12]["innov"], again[12]["innov"])
+    assert capsys.readouterr().err == ""
+    more = fusion_train.ensure_bursts(replace(tiny, bursts=8), out, progress=False)
+    assert len(more[12]["gt"]) == 8 and "changed: bursts" in capsys.readouterr().err
+    reseeded = fusion_train.ensure_bursts(replace(tiny, bursts=8, seed=5), out, progress=False)
+    assert "changed: seed" in capsys.readouterr().err
+    assert not np.array_equal(reseeded[12]["gt"], more[12]["gt"])
