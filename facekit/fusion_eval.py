@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from facekit import fusion, metrics, ood, ood_recipe, recognition
+from facekit.errors import ConfigError
 
 METHODS = ("bicubic", "single", "oracle_single", "classical", "fused")
 KS = (1, 2, 4, 8, 16)
@@ -123,25 +124,42 @@ def _bicubic(img: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(img, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
 
 
-def run(sources=("orl", "utkface", "celeba"), limit: int | None = 20, ks=KS, lq_side: int = 16,
+def run(sources=("orl", "utkface", "celeba"), limit: int | dict | None = 20, ks=KS, lq_side: int = 16,
         condition: str = "medium", seed: int = 0, fuser: fusion.TrackFuser | None = None,
         progress: bool = True) -> pd.DataFrame:
-    """Load the OOD suite's faces and run :func:`evaluate_tracks` per source (galleries included)."""
-    data = ood.load_ood_data(sources, limit, progress=progress)
+    """Load the OOD suite's faces and run :func:`evaluate_tracks` per source (galleries included).
+
+    Args:
+        limit: per source, at most this many faces or people (:func:`facekit.ood.load_ood_data`);
+            a dict gives each source its own (``{"orl": 12, "utkface": 60}``; a source it does not
+            name has no limit); None = all.
+
+    Returns:
+        :func:`evaluate_tracks`'s rows for every source; ``attrs["skipped"]``: absent sources and why.
+    """
+    limits = limit if isinstance(limit, dict) else {s: limit for s in sources}
+    unknown = sorted(set(limits) - set(sources))
+    if unknown:
+        raise ConfigError(f"limit names sources that are not evaluated: {', '.join(unknown)}")
+    data, skipped = {}, {}
+    for src in sources:
+        part = ood.load_ood_data((src,), limits.get(src), progress=progress)
+        data[src] = part
+        skipped.update(part.skipped)
     fuser = fuser or fusion.TrackFuser()
     ident = ood._Identity(("sface",), ood.embedding_cache_dir())
     frames = []
     for src in sources:
-        if src not in data.probes:
+        if src not in data[src].probes:
             continue
         gallery = None
-        if src in data.gallery:
-            crops, ids = data.gallery[src]
+        if src in data[src].gallery:
+            crops, ids = data[src].gallery[src]
             gallery = (ident.embed(crops)["sface"], ids)
-        frames.append(evaluate_tracks(data.probes[src], fuser, ks, lq_side, condition, seed, gallery=gallery,
+        frames.append(evaluate_tracks(data[src].probes[src], fuser, ks, lq_side, condition, seed, gallery=gallery,
                                       progress=progress, source=src))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    df.attrs["skipped"] = data.skipped
+    df.attrs["skipped"] = skipped
     return df
 
 

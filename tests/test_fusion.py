@@ -320,3 +320,14 @@ def test_back_projection_matrices_reproduce_opencv(s, u, psf):
     assert np.abs(fusion._separable(up, lq) - want_up).max() < 1e-5
     assert np.abs(fusion._separable(back, lq) - want_back).max() < 1e-5
     assert np.abs(fusion._separable(forward, hr) - want_fwd).max() < 1e-5
+
+
+def test_fusion_eval_takes_a_limit_per_source():
+    from facekit import fusion_eval
+
+    fuser = fusion.TrackFuser(model=None)
+    df = fusion_eval.run(("orl",), limit={"orl": 1}, ks=(1,), fuser=fuser, progress=False)
+    assert df["identity"].nunique() == 1 and df["face"].nunique() >= 2  # one person, several photos
+    assert set(df["method"]) >= {"bicubic", "single", "fused", "track"}
+    with pytest.raises(ConfigError, match="pins"):
+        fusion_eval.run(("orl",), limit={"pins": 3}, ks=(1,), fuser=fuser, progress=False)
