@@ -12,7 +12,7 @@ sub-pixel position. Together they hold more real information than any single fra
    matching to the reference, a per-pixel outlier-rejecting mean of the aligned upsampled crops,
    then iterative back-projection against every crop with Huber-weighted residuals (an occluded
    or smeared crop disagrees with the others and loses its weight pixel by pixel);
-4. restores (:func:`fuse_track`): the single-frame restorer's output for the reference plus the
+4. restores (:class:`TrackFuser`): the single-frame restorer's output for the reference plus the
    learned multi-frame innovation (:class:`facekit.archs.fusionnet.FusionNet`), which is zero
    by construction when the crops carry nothing the reference does not: ``k`` identical crops give
    exactly the single-frame restoration, never a spurious gain.
