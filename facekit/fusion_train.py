@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from facekit import chain, fusion, settings
+from facekit import chain, fusion, restorers, settings
 from facekit.archs.fusionnet import FusionNet
 from facekit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from facekit.errors import ConfigError
@@ -265,10 +265,8 @@ def burst_key(cfg: FusionTrainConfig) -> dict:
     of the restorer changes every burst's context)."""
     import hashlib
 
-    from facekit.restorers import chain_folder
-
     key = {f: getattr(cfg, f) for f in BURST_FIELDS}
-    folder = chain_folder(str(cfg.restorer).partition("@")[0])
+    folder = restorers.chain_folder(str(cfg.restorer).partition("@")[0])
     files = [folder] if folder.is_file() else \
         sorted(p for p in folder.glob("*") if p.suffix in (".yaml", ".yml", ".pt", ".onnx") and p.is_file())
     digest = hashlib.sha256()
