@@ -109,6 +109,14 @@ def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _read_tracks(root: Path) -> list:
+    """The ``tracks`` list of a ``facekit video`` folder's ``tracks.json``; DataSourceError if unreadable."""
+    try:
+        return json.loads((root / "tracks.json").read_text())["tracks"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+
+
 def track_probe_files(video_out: str | Path) -> list[Path]:
     """One face per track of a ``facekit video`` output folder: the fused face
     (``gallery/track_NNNN_fused.png``) where the track was fused, else its best single frame.
@@ -116,13 +124,8 @@ def track_probe_files(video_out: str | Path) -> list[Path]:
     Raises:
         DataSourceError: an unreadable ``tracks.json`` or no track with a face image.
     """
-    import json
-
     root = Path(video_out)
-    try:
-        tracks = json.loads((root / "tracks.json").read_text())["tracks"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+    tracks = _read_tracks(root)
     files = []
     for t in tracks:
         for key in ("fused", "gallery"):
@@ -142,13 +145,8 @@ def track_views(video_out: str | Path) -> dict[str, list[Path]]:
     Raises:
         DataSourceError: an unreadable ``tracks.json``.
     """
-    import json
-
     root = Path(video_out)
-    try:
-        tracks = json.loads((root / "tracks.json").read_text())["tracks"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+    tracks = _read_tracks(root)
     out = {}
     for t in tracks:
         if not isinstance(t, dict) or not t.get("fused") or not t.get("views"):
