@@ -105,8 +105,12 @@ def fuse_records(records: dict[int, TrackRecord], enhancer_spec: str, device: st
         rec.fusion = {"frames": frames, "used": int(res.registration.used.sum()), "side": side}
         if fuser.restorer is not None:
             tv = time.perf_counter()
-            fused_frames = np.asarray(res.frames)[res.registration.used]  # not a crop that failed to register
-            rec.views = fusion.to_uint8(fusion.restore_crops(fuser.restorer, crops[fused_frames]))
+            # the reference's restoration is the fusion's own; a crop that failed to register is left out
+            others = np.asarray(res.frames)[1:][res.registration.used[1:]]
+            views = [res.single[None]]
+            if len(others):
+                views.append(fusion.to_uint8(fusion.restore_crops(fuser.restorer, crops[others])))
+            rec.views = np.concatenate(views)
             views_s += time.perf_counter() - tv
     ms = 1000.0 * (time.perf_counter() - t0 - views_s) / len(todo)
     return {"mode": "learned" if learned else "classical", "tracks": len(todo), "ms_per_track": round(ms, 2),
