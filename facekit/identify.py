@@ -141,11 +141,14 @@ def track_probe_files(video_out: str | Path) -> list[Path]:
 def track_views(video_out: str | Path) -> dict[str, list[Path]]:
     """The views of each fused track of a ``facekit video`` output folder: ``{fused face path:
     [its restored frames]}`` (``views`` in ``tracks.json``; tracks without them are left out).
+    Any other probe file or folder has none: ``{}``.
 
     Raises:
         DataSourceError: an unreadable ``tracks.json``.
     """
     root = Path(video_out)
+    if not (root / "tracks.json").is_file():
+        return {}
     tracks = _read_tracks(root)
     out = {}
     for t in tracks:

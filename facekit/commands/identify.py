@@ -96,8 +96,7 @@ def run_cli(args: argparse.Namespace) -> int:
     emb = gallery.embed(crops)
     # A fused video track is matched by its identity template: the fused face with the
     # restorations of the frames it fused (recognition.track_template).
-    views = identify.track_views(args.probes) if Path(args.probes).is_dir() and \
-        (Path(args.probes) / "tracks.json").is_file() else {}
+    views = identify.track_views(args.probes)
     n_views = [0] * len(faces)
     for i, f in enumerate(faces):
         if f.path in views:
