@@ -106,6 +106,23 @@ def output_names(rel_paths: list[Path]) -> list[Path]:
     return out
 
 
+def _refuse_overwriting_inputs(input_path: Path, output: Path, root: Path, rels: list[Path],
+                               targets: list[Path]) -> None:
+    """Raise ConfigError when an output would replace an input, or the output folder lies in the
+    (recursively searched) input folder."""
+    if input_path.is_dir():
+        out, src = output.resolve(), input_path.resolve()
+        if out == src or src in out.parents:
+            where = "the input folder" if out == src else "inside the input folder"
+            raise ConfigError(f"{output}: the output folder is {where} {input_path}: results would overwrite "
+                              f"inputs or be restored again on the next run; give a folder outside it")
+        return
+    sources = {(root / rel).resolve() for rel in rels}
+    for target in targets:
+        if target.resolve() in sources:
+            raise ConfigError(f"{target}: the output would overwrite the input; give another output path")
+
+
 def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[Path], list[Path]]:
     """Check the input and output paths and pair every input with its output file (reads no image).
 
@@ -118,8 +135,9 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
         ``(root, input paths relative to root, output paths)``.
 
     Raises:
-        ConfigError: the input does not exist, a folder holds no image, or the output (or a
-            folder above it) is an existing file where a folder is needed.
+        ConfigError: the input does not exist, a folder holds no image, the output (or a folder
+            above it) is an existing file where a folder is needed, or an output would overwrite
+            an input (or land inside the input folder, where the next run would restore it again).
         OutputError: the output folder (or the parent it would be made in) is not writable.
     """
     root, rels = list_inputs(input_path)
@@ -134,6 +152,7 @@ def plan_paths(input_path: str | Path, output: str | Path) -> tuple[Path, list[P
                               f"{'the outputs' if len(rels) > 1 else 'the output'} (give a folder"
                               + (", or an output file name with an image extension)" if len(rels) == 1 else ")"))
         targets, folder = [output / name for name in output_names(rels)], output
+    _refuse_overwriting_inputs(Path(input_path), output, root, rels, targets)
     for parent in [folder, *folder.parents]:
         if parent.exists():
             if not parent.is_dir():

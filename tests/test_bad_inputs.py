@@ -264,6 +264,19 @@ CASES = [
      ["--threshold", "'nan'", "[-1, 1]"]),
     ("identify-threshold-text", ["identify", "{T}/gallery", "{T}/probes", "--threshold", "high"], {}, 2,
      ["--threshold", "'high'"]),
+    # outputs that would overwrite or be re-read as inputs, and a GPU this machine lacks (exit 1, before any model)
+    ("restore-output-is-input", ["restore", "{T}/face.png", "{T}/face.png", "--aligned"], {}, 1,
+     ["{T}/face.png", "overwrite the input"]),
+    ("restore-output-is-input-folder", ["restore", "{T}/crops", "{T}/crops", "--aligned"], {}, 1,
+     ["is the input folder {T}/crops"]),
+    ("restore-output-inside-input", ["restore", "{T}/crops", "{T}/crops/restored", "--aligned"], {}, 1,
+     ["inside the input folder {T}/crops"]),
+    ("restore-device-missing-gpu", ["restore", "{T}/face.png", "{T}/restored", "--device", "cuda:99"], {}, 1,
+     ["--device='cuda:99'", "CUDA"]),
+    ("fuse-output-is-input", ["fuse", "{T}/crops", "{T}/crops"], {}, 1, ["is the crops folder"]),
+    ("fuse-output-is-a-file", ["fuse", "{T}/crops", "{T}/face.png"], {}, 1, ["{T}/face.png", "existing file"]),
+    ("fuse-device-missing-gpu", ["fuse", "{T}/crops", "{T}/fused", "--device", "cuda:99"], {}, 1,
+     ["--device='cuda:99'", "CUDA"]),
     # restore options (argparse: exit 2): --size 0 used to become 16, --size 30000 "unreadable input"
     ("restore-size-zero", ["restore", "{T}/face.png", "{T}/restored", "--size", "0"], {}, 2, ["--size", "'0'"]),
     ("restore-size-huge", ["restore", "{T}/face.png", "{T}/restored", "--size", "30000"], {}, 2,
@@ -497,6 +510,9 @@ def _build_corpus(root: Path) -> tuple[Path, Path, list[dict]]:
     _build_checkpoints(t)
     (t / "gallery").mkdir()
     (t / "probes").mkdir()
+    (t / "crops").mkdir()
+    for name in ("a.png", "b.png"):
+        (t / "crops" / name).write_bytes((t / "face.png").read_bytes())
 
     cases = []
     for cid, argv, env, _, _ in CASES:

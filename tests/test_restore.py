@@ -183,6 +183,21 @@ def test_bad_inputs_are_reported_before_any_model_is_loaded(no_model, faces_dir,
     assert not (tmp_path / "out").exists()
 
 
+def test_restore_never_writes_over_its_inputs(no_model, faces_dir, capsys):
+    before = {p: p.read_bytes() for p in faces_dir.rglob("*") if p.is_file()}
+    # a crop restored into its own folder would replace it (a.png -> a.png)
+    assert main(["restore", str(faces_dir / "a.png"), str(faces_dir), "--aligned", "--no-progress"]) == 1
+    assert f"{faces_dir / 'a.png'}: the output would overwrite the input" in capsys.readouterr().err
+    assert main(["restore", str(faces_dir / "a.png"), str(faces_dir / "a.png"), "--aligned", "--no-progress"]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    # a folder searched recursively: its own outputs would be restored again by the next run
+    for out in (faces_dir, faces_dir / "sub", faces_dir / "restored"):
+        assert main(["restore", str(faces_dir), str(out), "--aligned", "--no-progress"]) == 1
+        assert "the input folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in faces_dir.rglob("*") if p.is_file()} == before
+    assert not (faces_dir / "restored").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Face crops (--aligned): sizes follow the face, not a fixed 16 px
 

@@ -51,7 +51,13 @@ def run_cli(args) -> int:
     src = Path(args.input)
     if not src.exists():
         raise ConfigError(f"{src}: no such file or folder")
-    device = check_device(args.device)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output is an existing file; give a folder for fused.png and the rest")
+    if src.is_dir() and out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: the output folder is the crops folder: its results would be read as crops on "
+                          f"the next run; give another folder")
+    device = check_device(args.device, "--device", available=True)
     scores = sides = None
     if src.is_dir():
         crops, names = fusion.crops_from_folder(src, args.size)
@@ -62,7 +68,7 @@ def run_cli(args) -> int:
     fuser = fusion.TrackFuser(fusion.FusionConfig(k=args.k), restorer=args.restorer,
                        model=None if args.no_learned else args.model, device=device, backend=args.backend)
     result = fuser(crops, scores, sides)
-    paths = fusion.write_fusion(result, crops, args.output, names)
+    paths = fusion.write_fusion(result, crops, out, names)
     used = int(result.registration.used.sum())
     print(f"fused {used} of {len(crops)} crops ({crops.shape[1]} px, reference {names[result.reference]}) -> "
           f"{paths['fused']}")

@@ -89,6 +89,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if not 0.0 < args.det_score <= 1.0:
         raise ConfigError(f"--det-score must be in (0, 1], got {args.det_score}")
     restore.plan_paths(args.input, args.output)
+    settings.check_device(args.device, "--device", available=True)
     chain, size = build_chain(chain_names, checkpoints, args.models, args.size, args.backend, args.device,
                               args.batch)
     if args.no_relight:
