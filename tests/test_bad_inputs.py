@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -571,9 +570,6 @@ def _check(cid: str, rc: int, stderr: str, expect_rc: int, fragments: list[str],
 @pytest.mark.parametrize("cid,argv,env,expect_rc,fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_with_a_clear_message(corpus, cid, argv, env, expect_rc, fragments):
     res = corpus["results"][cid]
-    if cid.startswith("threads-") and re.search(r'cli\.py", line \d+, in main\n\s+set_threads\(', res["stderr"]):
-        pytest.xfail("facekit/cli.py main() calls set_threads before its try/except, so the ConfigError "
-                     "escapes as a traceback (to be moved inside it)")
     assert not res["timed_out"], f"{cid}: still running after {CASE_TIMEOUT_S} s"
     assert res["rc"] >= 0, f"{cid}: killed by signal {-res['rc']}\n{res['stderr'][-3000:]}"
     _check(cid, res["rc"], res["stderr"], expect_rc, fragments, corpus["dir"])
