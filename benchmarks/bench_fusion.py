@@ -1,6 +1,6 @@
 """Track fusion cost (issue 22): milliseconds to fuse one k-crop track of 16 px faces, per step.
 
-    python benchmarks/bench_fusion.py [--threads 2] [--k 8] [--repeats 20] [--backend auto|torch|onnx]
+    python benchmarks/bench_fusion.py [--threads 2] [--k 8] [--repeats 20] [--backend auto|torch|onnx] [--mirror]
 
 Prints JSON. Target: an 8-crop track in at most 20 ms on 2 threads (the learned stage when
 models/fusion/fusion.pt is installed, else the classical fusion).
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--backend", default="auto", help="auto (ONNX Runtime on the CPU where installed), torch or onnx")
+    ap.add_argument("--mirror", action="store_true", help="average the learned stage with its mirrored pass")
     args = ap.parse_args()
 
     from facekit import fusion
@@ -29,7 +30,8 @@ def main() -> None:
     set_threads(args.threads)
     faces = load_faces("orl", size=128, progress=False, limit=40).images
     learned = fusion.default_fusion_model().is_file()
-    fuser = fusion.TrackFuser(restorer="default", model="default" if learned else None, backend=args.backend)
+    config = fusion.FusionConfig(mirror=args.mirror)
+    fuser = fusion.TrackFuser(config, restorer="default", model="default" if learned else None, backend=args.backend)
     tracks = []
     for i in range(8):
         rng = np.random.default_rng([9, i])
@@ -47,7 +49,7 @@ def main() -> None:
             steps.setdefault(key, []).append(v)
     print(json.dumps({
         "benchmark": "fusion", "threads": args.threads, "k": args.k, "side": args.side,
-        "mode": "learned" if learned else "classical", "backend": fuser.backend,
+        "mode": "learned" if learned else "classical", "mirror": config.mirror, "backend": fuser.backend,
         "ms_per_track_median": round(float(np.median(times)), 2),
         "ms_per_track_p90": round(float(np.percentile(times, 90)), 2),
         "step_ms_median": {k: round(float(np.median(v)), 2) for k, v in steps.items()},

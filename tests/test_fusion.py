@@ -1,5 +1,7 @@
 """Track fusion (issue 22): registration, classical multi-frame SR, the learned stage's guarantees."""
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -172,6 +174,10 @@ def test_fuse_cli_on_a_folder_of_crops(faces, tmp_path):
     fused = read_image(out / "fused.png")
     assert fused.shape == (64, 64, 3)
     assert {"fused.png", "classical.png", "bicubic.png", "crops.png", "fusion.json"} <= {p.name for p in out.iterdir()}
+    # the command fuses one track offline, so it takes the mirrored pass unless told not to
+    assert json.loads((out / "fusion.json").read_text())["config"]["mirror"] is True
+    assert main(["fuse", str(src), str(out), "--no-learned", "--no-mirror"]) == 0
+    assert json.loads((out / "fusion.json").read_text())["config"]["mirror"] is False
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["fuse", str(empty), str(out)]) == 1
@@ -265,6 +271,37 @@ def test_video_meshes_each_track_from_its_fused_face(tmp_path):
     assert len(meshed) == mesh["meshed"]
     for r in meshed:
         assert (tmp_path / "out" / r["mesh"]).is_file() and abs(float(r["head_yaw"])) < 45
+
+
+@needs_model
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_mirrored_learned_correction_is_symmetric_and_gains(faces, backend):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    from dataclasses import replace
+
+    fuser = fusion.TrackFuser(replace(fusion.FusionConfig(), mirror=True), backend=backend)
+    plain = fusion.TrackFuser(backend=backend)
+    assert not plain.config.mirror  # off by default: it costs the 20 ms track budget
+    gains = []
+    for i in range(12):
+        rng = np.random.default_rng([13, i])
+        lq, gt, _ = fusion.synthetic_burst(faces[i], 8, 16, rng, fusion.ood_degrade(16), context=1.2)
+        if i == 0:  # the correction of mirrored inputs is the mirror of the correction
+            reg = fusion.register(lq, 0)
+            innov, ref_up, _ = fusion.fusion_innovations(lq, reg)
+            context = fusion.fusion_context(fusion.restore_crops(fuser.restorer, lq[:1])[0], ref_up)
+            corr = fuser._correction(innov, context)
+            flipped = fuser._correction(innov[..., ::-1].copy(), context[..., ::-1].copy())
+            np.testing.assert_allclose(flipped, corr[:, ::-1], atol=1e-5)
+            one_way = plain._correction(innov, context)
+            assert np.abs(plain._correction(innov[..., ::-1].copy(), context[..., ::-1].copy())
+                          - one_way[:, ::-1]).max() > 1e-3  # the network alone is not symmetric
+        a, b = fuser(lq), plain(lq)
+        assert a.reference == b.reference
+        truth = gt[a.reference]
+        gains.append(_centre_psnr(a.out, truth) - _centre_psnr(b.out, truth))
+    assert np.mean(gains) > 0.05, gains
 
 
 @needs_model

@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--restorer", default="default", help="single-frame restorer chain folder (default: models/default)")
     parser.add_argument("--model", default="default", help="learned fusion weights (default: models/fusion/fusion.pt)")
     parser.add_argument("--no-learned", action="store_true", help="classical multi-frame fusion only")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="one pass of the learned stage (default: averaged with its mirrored pass, "
+                             "+0.13 dB for ~3 ms more per track)")
     parser.add_argument("--every", type=int_arg(1, 1000), default=1, help="clip input: use every N-th frame")
     parser.add_argument("--max-frames", type=int_arg(1, 100000), default=300, help="clip input: most frames read")
     parser.add_argument("--device", default="cpu")
@@ -65,10 +68,11 @@ def run_cli(args) -> int:
         crops, names, scores, sides = fusion.crops_from_clip(src, args.size, args.every, args.max_frames)
     else:
         raise ConfigError(f"{src}: expected a folder of crops or a video clip ({', '.join(fusion.VIDEO_SUFFIXES)})")
-    fuser = fusion.TrackFuser(fusion.FusionConfig(k=args.k), restorer=args.restorer,
+    # One track, not a stream: the mirrored pass's few milliseconds buy quality here.
+    fuser = fusion.TrackFuser(fusion.FusionConfig(k=args.k, mirror=not args.no_mirror), restorer=args.restorer,
                        model=None if args.no_learned else args.model, device=device, backend=args.backend)
     result = fuser(crops, scores, sides)
-    paths = fusion.write_fusion(result, crops, out, names)
+    paths = fusion.write_fusion(result, crops, out, names, fuser.config)
     used = int(result.registration.used.sum())
     print(f"fused {used} of {len(crops)} crops ({crops.shape[1]} px, reference {names[result.reference]}) -> "
           f"{paths['fused']}")
