@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +32,8 @@ from facekit.imageio import IMAGE_EXTENSIONS, printable_path, read_image
 CROP_SIZE = 160  # margin-crop side used for enrolment and probes read from files (ArcFace frame ~123 px)
 MARGIN = recognition.DEFAULT_MARGIN
 UNKNOWN = ""
+EMBEDDING_WIDTH = 128  # every net of facekit.recognition (SFace, its torch port, dlib) gives 128-d embeddings
+TRACK_FILE_FIELDS = ("gallery", "fused", "views")  # tracks.json fields naming a file or folder of the run
 
 
 class Candidate(NamedTuple):
@@ -109,27 +113,82 @@ def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _read_tracks(root: Path) -> list:
-    """The ``tracks`` list of a ``facekit video`` folder's ``tracks.json``; DataSourceError if unreadable."""
+def _read_tracks(root: Path) -> list[dict]:
+    """The ``tracks`` list of a ``facekit video`` folder's ``tracks.json``, its file fields checked.
+
+    Args:
+        root: the ``facekit video`` output folder.
+
+    Returns:
+        The track dicts; each of :data:`TRACK_FILE_FIELDS` present is a string (or null).
+
+    Raises:
+        DataSourceError: ``tracks.json`` is unreadable, not a track table, or a track's
+            ``gallery``/``fused``/``views`` is not a path; the message names the track and field.
+    """
+    table = root / "tracks.json"
     try:
-        return json.loads((root / "tracks.json").read_text())["tracks"]
+        tracks = json.loads(table.read_text())["tracks"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataSourceError(f"{root / 'tracks.json'}: not a readable track table ({exc})") from None
+        raise DataSourceError(f"{table}: not a readable track table ({exc})") from None
+    if not isinstance(tracks, list):
+        raise DataSourceError(f"{table}: \"tracks\" is {_shown(tracks)}, not a list of tracks")
+    for i, t in enumerate(tracks):
+        if not isinstance(t, dict):
+            raise DataSourceError(f"{table}: track entry {i} is {_shown(t)}, not a track object")
+        for key in TRACK_FILE_FIELDS:
+            # checked here: a number or list would otherwise fail later as a pathlib TypeError (root / 3)
+            if t.get(key) is not None and not isinstance(t[key], str):
+                raise DataSourceError(f"{table}: {_track_name(t, i)}: \"{key}\" is {_shown(t[key])}, "
+                                      f"expected a path relative to {root} (a string)")
+    return tracks
+
+
+def _shown(value) -> str:
+    """A JSON value as a message shows it.
+
+    Args:
+        value: a value parsed from JSON.
+
+    Returns:
+        Its JSON text, cut to 60 characters (a hand-edited file may hold a long one).
+    """
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _track_name(track: dict, index: int) -> str:
+    """How a message names a track of ``tracks.json``.
+
+    Args:
+        track: the track object.
+        index: its place in the ``tracks`` list.
+
+    Returns:
+        ``track 3`` (its ``id``), or ``track entry 5`` for a track without an id.
+    """
+    return f"track {track['id']}" if isinstance(track.get("id"), (int, str)) else f"track entry {index}"
 
 
 def track_probe_files(video_out: str | Path) -> list[Path]:
     """One face per track of a ``facekit video`` output folder: the fused face
     (``gallery/track_NNNN_fused.png``) where the track was fused, else its best single frame.
 
+    Args:
+        video_out: the ``facekit video`` output folder.
+
+    Returns:
+        The face image of each track that has one.
+
     Raises:
-        DataSourceError: an unreadable ``tracks.json`` or no track with a face image.
+        DataSourceError: an unreadable or malformed ``tracks.json`` or no track with a face image.
     """
     root = Path(video_out)
     tracks = _read_tracks(root)
     files = []
     for t in tracks:
         for key in ("fused", "gallery"):
-            name = t.get(key) if isinstance(t, dict) else None
+            name = t.get(key)
             if name and (root / name).is_file():
                 files.append(root / name)
                 break
@@ -138,28 +197,58 @@ def track_probe_files(video_out: str | Path) -> list[Path]:
     return files
 
 
-def track_views(video_out: str | Path) -> dict[str, list[Path]]:
-    """The views of each fused track of a ``facekit video`` output folder: ``{fused face path:
-    [its restored frames]}`` (``views`` in ``tracks.json``; tracks without them are left out).
-    Any other probe file or folder has none: ``{}``.
+class TrackViews(NamedTuple):
+    """The views of one fused track: its name, the folder ``tracks.json`` gives and the images in it."""
+
+    track: str
+    folder: Path
+    files: list[Path]
+
+
+def track_view_folders(video_out: str | Path) -> dict[str, TrackViews]:
+    """The views folder of each fused track of a ``facekit video`` output folder, listed.
+
+    Unlike :func:`track_views`, a track whose views folder is missing or holds no image is kept
+    (with no files), so the caller can say that it is matched by its fused face alone.
+
+    Args:
+        video_out: a ``facekit video`` output folder; any other probe file or folder has none.
+
+    Returns:
+        ``{fused face path: TrackViews}`` for each track with both ``fused`` and ``views``.
 
     Raises:
-        DataSourceError: an unreadable ``tracks.json``.
+        DataSourceError: an unreadable or malformed ``tracks.json``.
     """
     root = Path(video_out)
     if not (root / "tracks.json").is_file():
         return {}
-    tracks = _read_tracks(root)
     out = {}
-    for t in tracks:
-        if not isinstance(t, dict) or not t.get("fused") or not t.get("views"):
+    for i, t in enumerate(_read_tracks(root)):
+        if not t.get("fused") or not t.get("views"):
             continue
         folder = root / t["views"]
         files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) \
             if folder.is_dir() else []
-        if files:
-            out[printable_path(root / t["fused"])] = files
+        out[printable_path(root / t["fused"])] = TrackViews(_track_name(t, i), folder, files)
     return out
+
+
+def track_views(video_out: str | Path) -> dict[str, list[Path]]:
+    """The views of each fused track of a ``facekit video`` output folder: ``{fused face path:
+    [its restored frames]}`` (``views`` in ``tracks.json``; tracks without them, or whose views
+    folder is missing or empty, are left out). Any other probe file or folder has none: ``{}``.
+
+    Args:
+        video_out: the probe file or folder.
+
+    Returns:
+        The view files of each fused track that has some.
+
+    Raises:
+        DataSourceError: an unreadable or malformed ``tracks.json``.
+    """
+    return {k: v.files for k, v in track_view_folders(video_out).items() if v.files}
 
 
 def list_probe_files(probes: str | Path) -> list[Path]:
@@ -381,20 +470,185 @@ class Gallery:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Gallery":
-        """Read a gallery written by :meth:`save`."""
+        """Read a gallery written by :meth:`save`, checking every field before it is used.
+
+        Args:
+            path: the ``.npz`` file.
+            device: torch device for embedding probes.
+
+        Returns:
+            The gallery.
+
+        Raises:
+            DataSourceError: the file is missing, truncated, corrupt, or a field is damaged
+                (wrong width, no or non-finite embeddings, identities not one per embedding,
+                bad meta); the message names the file and the problem.
+        """
         path = Path(path)
         if not path.is_file():
             raise DataSourceError(f"gallery file {path} does not exist")
+        meta, emb, ids, paths = _read_gallery_npz(path)
+        return cls(**_gallery_fields(path, meta, emb, ids, paths), device=device)
+
+
+_GALLERY_ARRAYS = ("meta", "embeddings", "identities", "paths")
+
+
+def _read_gallery_npz(path: Path) -> tuple:
+    """The parsed ``meta`` and the raw ``embeddings``, ``identities`` and ``paths`` of a gallery file.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        ``(meta, embeddings, identities, paths)``; nothing about their contents is checked yet.
+
+    Raises:
+        DataSourceError: the file is not a readable ``.npz`` holding the four arrays.
+    """
+    not_gallery = f"{path} is not a facekit gallery file"
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # a truncated file is BadZipFile, an empty one EOFError, other bytes ValueError (pickle refused)
+        raise DataSourceError(f"{not_gallery} (truncated or corrupt: {exc})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array under an .npz name
+        raise DataSourceError(f"{not_gallery} (a single array, not an .npz archive)")
+    with z:
+        missing = [k for k in _GALLERY_ARRAYS if k not in z.files]
+        if missing:
+            raise DataSourceError(f"{not_gallery} (no {', '.join(missing)} array)")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                emb, ids, paths = z["embeddings"], z["identities"], z["paths"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataSourceError(f"{path} is not a facekit gallery file ({exc})") from exc
-        return cls(net=meta["net"], margin=float(meta["margin"]), embeddings=emb.astype(np.float32),
-                   identities=ids.astype(object), paths=paths.astype(object), threshold=float(meta["threshold"]),
-                   threshold_far=float(meta["threshold_far"]), calibration=meta.get("calibration", ""),
-                   skipped=[tuple(s) for s in meta.get("skipped", [])], device=device)
+            arrays = [z[k] for k in _GALLERY_ARRAYS]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataSourceError(f"{not_gallery} (truncated or corrupt: {exc})") from None
+    raw = arrays[0]
+    if raw.ndim != 0 or raw.dtype.kind != "U":
+        raise DataSourceError(f"gallery file {path}: meta is not a JSON text "
+                              f"(a {raw.dtype} array of shape {raw.shape})")
+    try:
+        meta = json.loads(str(raw))
+    except ValueError as exc:
+        raise DataSourceError(f"gallery file {path}: meta is not valid JSON ({exc})") from None
+    return (meta, *arrays[1:])
+
+
+def _meta_number(path: Path, meta: dict, key: str, low: float, high: float, nan_ok: bool) -> float:
+    """A number of a gallery file's ``meta``, range-checked.
+
+    Args:
+        path: the file, for messages.
+        meta: the parsed ``meta``.
+        key: the field.
+        low, high: its valid range.
+        nan_ok: NaN is valid too (a threshold that was never calibrated).
+
+    Returns:
+        ``meta[key]`` as a float.
+
+    Raises:
+        DataSourceError: not a number (null, text, true...) or out of range.
+    """
+    value = meta[key]
+    # bool is an int to Python, and JSON null is None: neither is a number here
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataSourceError(f"gallery file {path}: meta {key!r} is {_shown(value)}, expected a number"
+                              + (" (NaN when not calibrated)" if nan_ok else ""))
+    value = float(value)
+    if np.isnan(value) and nan_ok:
+        return value
+    if not low <= value <= high:  # also refuses NaN and infinities
+        raise DataSourceError(f"gallery file {path}: meta {key!r} is {value}, "
+                              f"expected a number in [{low:g}, {high:g}]")
+    return value
+
+
+def _string_rows(path: Path, arr: np.ndarray, name: str, rows: int) -> np.ndarray:
+    """A gallery file's per-embedding strings (identities or paths), checked: one per embedding.
+
+    Args:
+        path: the file, for messages.
+        arr: the stored array.
+        name: its name, for messages.
+        rows: the number of embeddings.
+
+    Returns:
+        ``arr`` as an object array.
+
+    Raises:
+        DataSourceError: not a 1-D string array, or not ``rows`` long.
+    """
+    if arr.ndim != 1 or arr.dtype.kind != "U":
+        raise DataSourceError(f"gallery file {path}: {name} must be a list of strings, "
+                              f"got a {arr.dtype} array of shape {arr.shape}")
+    if len(arr) != rows:
+        raise DataSourceError(f"gallery file {path}: {len(arr)} {name} for {rows} embeddings (one each is needed)")
+    return arr.astype(object)
+
+
+def _gallery_fields(path: Path, meta, emb: np.ndarray, ids: np.ndarray, paths: np.ndarray) -> dict:
+    """Check a loaded gallery's fields against what :meth:`Gallery.save` writes.
+
+    Args:
+        path: the file, for messages.
+        meta: the parsed ``meta`` JSON.
+        emb, ids, paths: the arrays as stored.
+
+    Returns:
+        :class:`Gallery` keyword arguments (all but ``device``).
+
+    Raises:
+        DataSourceError: the first field found damaged, named with the file.
+    """
+    if not isinstance(meta, dict):
+        raise DataSourceError(f"gallery file {path}: meta is a JSON {type(meta).__name__}, expected an object")
+    missing = [k for k in ("net", "margin", "threshold", "threshold_far") if k not in meta]
+    if missing:
+        raise DataSourceError(f"gallery file {path}: meta has no {', '.join(repr(k) for k in missing)}")
+    net = meta["net"]
+    if net not in recognition.BACKENDS:
+        raise DataSourceError(f"gallery file {path}: meta 'net' is {_shown(net)}, expected one of "
+                              f"{', '.join(recognition.BACKENDS)}")
+    margin = _meta_number(path, meta, "margin", 0.0, 1.0, nan_ok=False)
+    threshold = _meta_number(path, meta, "threshold", -1.0, 1.0, nan_ok=True)
+    threshold_far = _meta_number(path, meta, "threshold_far", 0.0, 1.0, nan_ok=True)
+    calibration = meta.get("calibration", "")
+    if not isinstance(calibration, str):
+        raise DataSourceError(f"gallery file {path}: meta 'calibration' is {_shown(calibration)}, expected a string")
+    skipped = meta.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(s, list) and len(s) == 2
+                                                and all(isinstance(x, str) for x in s) for s in skipped):
+        raise DataSourceError(f"gallery file {path}: meta 'skipped' must be a list of [path, reason] pairs")
+
+    if emb.ndim != 2 or emb.dtype.kind not in "fiu":
+        raise DataSourceError(f"gallery file {path}: embeddings must be a (M, {EMBEDDING_WIDTH}) number array, "
+                              f"got a {emb.dtype} array of shape {emb.shape}")
+    if emb.shape[1] != EMBEDDING_WIDTH:
+        raise DataSourceError(f"gallery file {path}: embeddings are {emb.shape[1]} wide, "
+                              f"the net {net} gives {EMBEDDING_WIDTH}")
+    if len(emb) == 0:
+        raise DataSourceError(f"gallery file {path} holds no embeddings")
+    emb = emb.astype(np.float32)
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise DataSourceError(f"gallery file {path} has non-finite embeddings ({int(bad.sum())} of {len(emb)} "
+                              f"rows, the first row {int(np.argmax(bad))})")
+    norms = np.linalg.norm(emb, axis=1)
+    # save() writes L2-normalised rows; any other row gives similarities outside [-1, 1]
+    off = np.abs(norms - 1.0) > 1e-3
+    if off.any():
+        i = int(np.argmax(off))
+        raise DataSourceError(f"gallery file {path}: embeddings are not unit length (row {i} has norm "
+                              f"{norms[i]:.4g}); the file was not written by facekit or was edited")
+    ids = _string_rows(path, ids, "identities", len(emb))
+    empty = [i for i, who in enumerate(ids) if who == UNKNOWN]  # enroll_crops never stores one
+    if empty:
+        raise DataSourceError(f"gallery file {path}: identity of row {empty[0]} is empty "
+                              f"(every embedding needs a person)")
+    return {"net": net, "margin": margin, "embeddings": emb, "identities": ids,
+            "paths": _string_rows(path, paths, "paths", len(emb)), "threshold": threshold,
+            "threshold_far": threshold_far, "calibration": calibration,
+            "skipped": [tuple(s) for s in skipped]}
 
 
 def restore_crops(crops: np.ndarray, method: str, scale: int = 4, size: int = 64, device: str = "cpu") -> np.ndarray:

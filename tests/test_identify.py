@@ -276,3 +276,186 @@ def test_identify_matches_a_fused_video_track_with_its_views(tmp_path):
     assert alone["views"] == 0 and template["views"] == 3
     assert template["top"] == "alice"
     assert template["alice"] > alone["alice"] + 0.02, (alone, template)
+
+
+def _saved_gallery(tmp_path, rows=6, net="sface"):
+    """A small saved gallery of unit-length random embeddings (no network runs)."""
+    rng = np.random.default_rng(0)
+    emb = recognition.l2_normalize(rng.normal(size=(rows, I.EMBEDDING_WIDTH)).astype(np.float32))
+    g = I.Gallery(net=net, embeddings=emb, identities=np.array(["alice", "bob", "carol"] * (rows // 3), dtype=object),
+                  paths=np.array([f"{k}.png" for k in range(rows)], dtype=object), threshold=0.3, threshold_far=0.01)
+    return g.save(tmp_path / "g.npz")
+
+
+def _rewrite_gallery(path, meta=None, **arrays):
+    """Rewrite a saved gallery with some arrays replaced or its meta edited (``meta(dict) -> new meta``)."""
+    import json
+
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    if meta is not None:
+        data["meta"] = np.array(json.dumps(meta(json.loads(str(data["meta"])))))
+    data.update(arrays)
+    np.savez(path, **data)
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep(path.stat().st_size)])
+
+
+DAMAGED_GALLERIES = {
+    "half": (lambda p: _truncate(p, lambda n: n // 2), "not a facekit gallery file \\(truncated or corrupt"),
+    "empty-file": (lambda p: _truncate(p, lambda n: 0), "not a facekit gallery file \\(truncated or corrupt"),
+    "no-net": (lambda p: _rewrite_gallery(p, meta=lambda m: {k: v for k, v in m.items() if k != "net"}),
+               "meta has no 'net'"),
+    "meta-list": (lambda p: _rewrite_gallery(p, meta=lambda m: []), "meta is a JSON list"),
+    "null-threshold": (lambda p: _rewrite_gallery(p, meta=lambda m: {**m, "threshold": None}),
+                       "meta 'threshold' is null, expected a number"),
+    "wide": (lambda p: _rewrite_gallery(p, embeddings=np.full((6, 10), 10 ** -0.5, np.float32)),
+             "embeddings are 10 wide, the net sface gives 128"),
+    "short-identities": (lambda p: _rewrite_gallery(p, identities=np.array(["alice", "bob"])),
+                         "2 identities for 6 embeddings"),
+    "no-embeddings": (lambda p: _rewrite_gallery(p, embeddings=np.zeros((0, 128), np.float32),
+                                                 identities=np.zeros(0, str), paths=np.zeros(0, str)),
+                      "holds no embeddings"),
+    "nan": (lambda p: _rewrite_gallery(p, embeddings=np.full((6, 128), np.nan, np.float32)),
+            "has non-finite embeddings"),
+    "not-unit": (lambda p: _rewrite_gallery(p, embeddings=np.ones((6, 128), np.float32)),
+                 "not unit length"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_GALLERIES))
+def test_gallery_load_names_the_file_and_the_damage(tmp_path, capsys, damage):
+    """A truncated or hand-edited gallery is refused when loaded, not with a crash (or a NaN
+    similarity) after the probes were matched; ``facekit video --gallery`` shares the loader."""
+    from facekit import video_identity
+    from facekit.cli import main
+
+    path = _saved_gallery(tmp_path)
+    assert len(I.Gallery.load(path)) == 6
+    write, problem = DAMAGED_GALLERIES[damage]
+    write(path)
+    with pytest.raises(DataSourceError, match=problem) as info:
+        I.Gallery.load(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match=problem):
+        video_identity.load_gallery(path)
+    _, probes = _tiny_folders(tmp_path)
+    assert main(["identify", str(path), str(probes), "--csv", str(tmp_path / "res.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facekit identify: error: ") and str(path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "res.csv").exists()
+
+
+def _video_folder(tmp_path, tracks):
+    """A `facekit video` output folder: track 1 fused from alice's frames (three views), track 2 bob's
+    best frame; ``tracks`` edits the two track objects before tracks.json is written."""
+    import json
+
+    from facekit.data import orl_dir
+    from facekit.imageio import read_image, write_image
+
+    run = tmp_path / "video_out"
+    (run / "gallery" / "track_0001_views").mkdir(parents=True)
+    write_image(run / "gallery" / "track_0001_fused.png", read_image(orl_dir() / "s1" / "9.pgm"))
+    for j, k in enumerate((6, 7, 8)):
+        write_image(run / "gallery" / "track_0001_views" / f"{j:02d}.png", read_image(orl_dir() / "s1" / f"{k}.pgm"))
+    write_image(run / "gallery" / "track_0002.png", read_image(orl_dir() / "s2" / "9.pgm"))
+    table = [{"id": 1, "gallery": "", "fused": "gallery/track_0001_fused.png", "views": "gallery/track_0001_views"},
+             {"id": 2, "gallery": "gallery/track_0002.png", "fused": "", "views": ""}]
+    (run / "tracks.json").write_text(json.dumps({"tracks": tracks(table)}))
+    return run
+
+
+@pytest.mark.parametrize("track,key,value", [(1, "fused", 3), (1, "fused", ["a"]), (1, "views", 5),
+                                             (2, "gallery", {"x": 1})])
+def test_identify_names_a_track_field_of_the_wrong_type(tmp_path, capsys, track, key, value):
+    from facekit.cli import main
+
+    def edit(table):
+        table[track - 1][key] = value
+        return table
+
+    run = _video_folder(tmp_path, edit)
+    problem = f'tracks.json: track {track}: "{key}" is '
+    for read in (I.track_probe_files, I.track_views, I.track_view_folders):
+        with pytest.raises(DataSourceError, match=problem):
+            read(run)
+    gal, _ = _tiny_folders(tmp_path)
+    assert main(["identify", str(gal), str(run), "--csv", str(tmp_path / "res.csv")]) == 1
+    err = capsys.readouterr().err
+    assert problem in err and "expected a path" in err and "Traceback" not in err
+    with pytest.raises(DataSourceError, match="track entry 0 is 7, not a track object"):
+        I.track_probe_files(_video_folder(tmp_path / "other", lambda table: [7]))
+
+
+def test_identify_says_which_track_views_it_could_not_use(tmp_path, capsys):
+    """A skipped view file is named with the reason, and a track left with no view is matched by
+    its fused face alone with a warning, instead of a decision that silently changes."""
+    from facekit.cli import main
+
+    gal, _ = _tiny_folders(tmp_path)
+    run = _video_folder(tmp_path, lambda table: table)
+    views = run / "gallery" / "track_0001_views"
+    (views / "00.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "res.csv"
+
+    def identify_run():
+        assert main(["identify", str(gal), str(run), "--top-k", "1", "--threshold", "0.3", "--csv", str(out)]) == 0
+        rows = {r["probe"].split("/")[-1]: r for r in csv.DictReader(out.open())}
+        assert rows["track_0001_fused.png"]["identity"] == "alice" and rows["track_0002.png"]["identity"] == "bob"
+        return rows["track_0001_fused.png"]["track_views"], capsys.readouterr().err
+
+    used, err = identify_run()
+    assert used == "2" and f"skipped {views / '00.png'}: " in err and "warning" not in err
+    for f in views.glob("*.png"):
+        f.write_bytes(b"not an image")
+    used, err = identify_run()
+    assert used == "0" and err.count("skipped ") == 3
+    assert f"warning: track 1: no view in {views} is readable; matched by its fused face alone" in err
+    shutil.rmtree(views)
+    used, err = identify_run()
+    assert used == "0"
+    assert f"warning: track 1: its views folder {views} does not exist; matched by its fused face alone" in err
+    views.mkdir()
+    used, err = identify_run()
+    assert used == "0" and f"its views folder {views} holds no image; matched by its fused face alone" in err
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_identify_checks_the_csv_path_before_any_matching(tmp_path, capsys, monkeypatch, where):
+    from facekit.cli import main
+
+    gal, probes = _tiny_folders(tmp_path)
+    target = tmp_path / "results" if where == "folder" else probes / "p_bob.pgm" / "res.csv"
+    (tmp_path / "results").mkdir()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the gallery was enrolled before the --csv path was checked")
+
+    monkeypatch.setattr(I.Gallery, "enroll", must_not_run)
+    monkeypatch.setattr(I.Gallery, "load", must_not_run)
+    for gallery in (gal, tmp_path / "g.npz"):
+        assert main(["identify", str(gallery), str(probes), "--csv", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("facekit identify: error: ") and len(err.splitlines()) == 1
+        if where == "folder":
+            assert f"{target}: --csv names a folder; give a file name" in err
+        else:
+            assert f"{probes / 'p_bob.pgm'}: a file is in the way of the CSV {target}" in err
+
+
+def test_identify_refuses_a_net_other_than_the_saved_gallerys(tmp_path, capsys):
+    from facekit.cli import build_parser, main
+
+    assert build_parser().parse_args(["identify", "g", "p"]).net is None  # so a given --net can be told apart
+    path = _saved_gallery(tmp_path)
+    _, probes = _tiny_folders(tmp_path)
+    out = tmp_path / "res.csv"
+    assert main(["identify", str(path), str(probes), "--net", "dlib", "--csv", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--net dlib: the gallery {path} holds sface embeddings" in err and not out.exists()
+    for same in (["--net", "sface"], []):
+        assert main(["identify", str(path), str(probes), "--csv", str(out), *same]) == 0
+        assert "net sface" in capsys.readouterr().out and out.is_file()
