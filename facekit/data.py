@@ -26,6 +26,8 @@ import os
 import re
 import uuid
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -269,7 +271,14 @@ def _celeba_items(spec: SourceSpec, files: list[Path]) -> list[Item]:
         if not label_file.exists():
             label_file = spec.path.parent / label_file.name  # the Anno/Eval files often sit beside
         if label_file.exists():
-            for line in label_file.read_text().splitlines():
+            try:
+                text = label_file.read_text()
+            except UnicodeDecodeError:
+                raise DataSourceError(f"{label_file}: not a readable CelebA label file (not UTF-8 text)") from None
+            except OSError as exc:
+                raise DataSourceError(f"{label_file}: not a readable CelebA label file "
+                                      f"({exc.strerror or exc})") from None
+            for line in text.splitlines():
                 fields = line.split()
                 if len(fields) == 2:
                     target[fields[0]] = fields[1]
@@ -299,16 +308,27 @@ def _labelled_items(spec: SourceSpec, official_splits: bool, identities: bool) -
     if not labels.is_file():
         raise DataSourceError(f"{spec.kind} source {spec.path}: labels.csv is missing")
     try:
-        table = pd.read_csv(labels)
+        # As text: pandas would turn a file named "0" into a number and an identity "NA" into NaN.
+        # Blank lines are kept (then dropped) so that a row's index still gives its line number.
+        table = pd.read_csv(labels, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, ValueError) as exc:
         raise DataSourceError(f"{labels}: unreadable ({exc})") from None
-    if "file" not in table.columns:
-        raise DataSourceError(f"{labels}: no 'file' column (columns: {', '.join(table.columns)})")
+    required = {"file": "file name", "identity": "identity"} if identities else {"file": "file name"}
+    for column in required:
+        if column not in table.columns:
+            raise DataSourceError(f"{labels}: no '{column}' column (columns: {', '.join(table.columns)})")
+    table = table[(table != "").any(axis=1)]
+    for column, what in required.items():
+        # a blank identity would make one unnamed "person" of unrelated faces
+        lines = [str(i + 2) for i in table.index[table[column].str.strip() == ""]]  # line 1 is the header
+        if lines:
+            shown = ", ".join(lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+            raise DataSourceError(f"{labels}: empty {what} on line{'s' if len(lines) > 1 else ''} {shown}")
     split_names = {"train": "train", "eval": "test"}
     items = []
     for row in table.itertuples(index=False):
-        split = split_names.get(str(getattr(row, "split", "")), "") if official_splits else ""
-        ident = str(getattr(row, "identity", "")) if identities else ""
+        split = split_names.get(getattr(row, "split", ""), "") if official_splits else ""
+        ident = row.identity if identities else ""
         items.append(Item(str(spec.path / row.file), identity=ident, official_split=split))
     return items
 
@@ -712,16 +732,16 @@ def load_cache(cache_dir: Path, expect: dict):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if any(meta.get(k) != v for k, v in expect.items()):
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expect.items()):
             return None
         shards = [np.load(cache_dir / f"shard-{k:04d}.npz")["images"] for k in range(meta["shards"])]
         images = np.concatenate(shards) if shards else np.zeros((0,), np.uint8)
         manifest = pd.read_csv(cache_dir / "manifest.csv", keep_default_na=False,
                                dtype={"identity": str, "split": str, "reason": str, "path": str})
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        if len(images) != meta["faces"] or (manifest["status"] == "ok").sum() != len(images):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # a damaged cache is rebuilt, not trusted
-    if len(images) != meta["faces"] or (manifest["status"] == "ok").sum() != len(images):
-        return None
     return images, manifest
 
 

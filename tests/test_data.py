@@ -456,3 +456,66 @@ def test_the_sources_registry_says_how_each_kind_is_read(tmp_path):
     utk = fdata.list_items(fdata.parse_source(f"utkface:{tmp_path}"))
     assert [(i.identity, i.official_split) for i in pins] == [("ann", "")]
     assert [(i.identity, i.official_split) for i in utk] == [("", "test")]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _zero_middle(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3:len(raw) // 2] = bytes(len(raw) // 2 - len(raw) // 3)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("shard-0000.npz", _truncate),
+    ("shard-0000.npz", _zero_middle),
+    ("manifest.csv", lambda p: p.write_text("garbage\n")),
+    ("meta.json", lambda p: p.write_text("[]")),
+])
+def test_damaged_cache_is_rebuilt(tmp_path, name, damage):
+    first = fdata.load_faces("orl", size=16, limit=4, cache_root=tmp_path, progress=False)
+    damage(first.cache_dir / name)
+    again = fdata.load_faces("orl", size=16, limit=4, cache_root=tmp_path, progress=False)
+    assert not again.from_cache
+    np.testing.assert_array_equal(again.images, first.images)
+    assert fdata.load_faces("orl", size=16, limit=4, cache_root=tmp_path, progress=False).from_cache
+
+
+@pytest.mark.parametrize("name, spoil, problem", [
+    ("list_eval_partition.txt", lambda p: p.write_bytes(b"000001.jpg \xff\xfe0\n"), "not UTF-8 text"),
+    ("identity_CelebA.txt", lambda p: p.mkdir(), "Is a directory"),
+])
+def test_unreadable_celeba_label_file_is_a_clear_error(tmp_path, name, spoil, problem):
+    root = _fake_celeba(tmp_path / "img_align_celeba")
+    spoil(root / name)
+    with pytest.raises(DataSourceError, match=rf"{name}: not a readable CelebA label file \({problem}\)$"):
+        fdata.list_items(fdata.parse_source(f"celeba:{root}"))
+
+
+@pytest.mark.parametrize("kind", ["utkface", "pins"])
+def test_labels_csv_file_names_are_text_and_never_empty(tmp_path, kind):
+    (tmp_path / "f.png").write_bytes(b"")  # the folder must hold an image to be listed
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,identity,split\n0,ann,train\n1.50,bob,eval\n007,cy,train\n")
+    items = fdata.list_items(fdata.parse_source(f"{kind}:{tmp_path}"))
+    assert [i.path for i in items] == [str(tmp_path / n) for n in ("0", "1.50", "007")]
+    labels.write_text("file,identity,split\na.jpg,ann,train\n\n,bob,eval\n")
+    with pytest.raises(DataSourceError, match=r"labels.csv: empty file name on line 4$"):
+        fdata.list_items(fdata.parse_source(f"{kind}:{tmp_path}"))
+
+
+def test_pins_identities_are_text_and_a_blank_one_is_an_error(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"")  # the folder must hold an image to be listed
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,identity\na.jpg,NA\nb.jpg,null\nc.jpg,nan\nd.jpg,007\n")
+    items = fdata.list_items(fdata.parse_source(f"pins:{tmp_path}"))
+    # four different people, none merged into a NaN person
+    assert [i.identity for i in items] == ["NA", "null", "nan", "007"]
+    labels.write_text("file,identity\na.jpg,ann\nb.jpg,\nc.jpg,bob\nd.jpg, \n")
+    with pytest.raises(DataSourceError, match=r"labels.csv: empty identity on lines 3, 5$"):
+        fdata.list_items(fdata.parse_source(f"pins:{tmp_path}"))
+    labels.write_text("file,name\na.jpg,ann\n")
+    with pytest.raises(DataSourceError, match=r"labels.csv: no 'identity' column \(columns: file, name\)$"):
+        fdata.list_items(fdata.parse_source(f"pins:{tmp_path}"))
