@@ -18,6 +18,16 @@ def test_registry_is_a_literal_dict_and_unknown_names_list_the_valid_ones():
     assert arch_name(build_model("unet", base=4, depth=1)) == "unet"
 
 
+@pytest.mark.parametrize("kwargs, match", [({"base": "eight"}, "base='eight' must be a whole number"),
+                                           ({"depth": 2.5}, "depth=2.5 must be a whole number"),
+                                           ({"base": True}, "base=True must be a whole number")])
+def test_arguments_of_the_wrong_type_name_the_argument(kwargs, match):
+    # a config's text where a number belongs used to fail inside the constructor's int()
+    with pytest.raises(ConfigError, match=f"architecture 'unet': {match}"):
+        build_model("unet", **kwargs)
+    assert len(build_model("unet", base=4.0, depth=1).downs) == 1  # a whole float is a whole number
+
+
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 @pytest.mark.parametrize("up", ["resize", "transpose"])
 def test_unet_output_is_gt_sized_for_any_scale(scale, up):

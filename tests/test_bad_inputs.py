@@ -273,6 +273,8 @@ CASES = [
     ("restore-device-missing-gpu", ["restore", "{T}/face.png", "{T}/restored", "--device", "cuda:99"], {}, 1,
      ["--device='cuda:99'", "CUDA"]),
     ("fuse-output-is-input", ["fuse", "{T}/crops", "{T}/crops"], {}, 1, ["is the crops folder"]),
+    ("mesh-output-overwrites-input", ["mesh", "{T}/face.png", "{T}"], {}, 1, ["would overwrite the input face.png"]),
+    ("mesh-output-is-a-file", ["mesh", "{T}/face.png", "{T}/random.pt"], {}, 1, ["{T}/random.pt is a file"]),
     ("fuse-output-is-a-file", ["fuse", "{T}/crops", "{T}/face.png"], {}, 1, ["{T}/face.png", "existing file"]),
     ("fuse-device-missing-gpu", ["fuse", "{T}/crops", "{T}/fused", "--device", "cuda:99"], {}, 1,
      ["--device='cuda:99'", "CUDA"]),

@@ -63,6 +63,42 @@ def check_kwargs(name: str, kwargs: dict) -> None:
                 raise ConfigError(f"architecture {name!r}: {key}={value!r} must be a finite number")
 
 
+def _check_kwarg_types(name: str, cls, kwargs: dict) -> None:
+    """Refuse an argument whose type cannot be what the constructor's default says it is.
+
+    A text where a number belongs (``base: eight`` in a config) used to fail deep inside the
+    constructor as a ValueError from ``int()``.
+
+    Args:
+        name: the architecture's registry name (for the message).
+        cls: the module class (its signature's defaults give the expected types).
+        kwargs: its constructor arguments.
+
+    Raises:
+        ConfigError: naming the argument and the type it needs.
+    """
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else None
+        if default is None or default is inspect.Parameter.empty or isinstance(value, (list, tuple)):
+            continue
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, numbers.Integral):
+            ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or \
+                (isinstance(value, float) and value.is_integer())
+            want = "a whole number"
+        elif isinstance(default, numbers.Real):
+            ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"architecture {name!r}: {key}={value!r} must be {want}")
+
+
 # constructor arguments that only read weights from disk: not needed to count the parameters
 _NO_LOADING = {"pretrained_backbone": False, "backbone_weights": None}
 
@@ -120,6 +156,7 @@ def construct(name: str, cls, kwargs: dict) -> nn.Module:
     Raises:
         ConfigError: as :func:`build_model`.
     """
+    _check_kwarg_types(name, cls, kwargs)
     check_kwargs(name, kwargs)
     try:
         n = _count_params(cls, kwargs)

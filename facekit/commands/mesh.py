@@ -34,6 +34,14 @@ def run_cli(args: argparse.Namespace) -> int:
     src = Path(args.image)
     if not src.is_file():
         raise errors.ConfigError(f"{src}: no such image file")
+    out = Path(args.out)
+    # the mesh's files are named after the image (STEM.png is its texture), so an image in the
+    # output folder with one of those names would be replaced by them
+    written = {f"{src.stem}{ext}" for ext in (".obj", ".mtl", ".png", ".ply", ".glb", ".json")}
+    if out.resolve() == src.parent.resolve() and src.name in written:
+        raise errors.ConfigError(f"{out}: writing the mesh there would overwrite the input {src.name} "
+                                 f"(its texture is {src.stem}.png); give another output folder")
+    settings.check_writable(out, "output folder", "; give another output folder")
     face_mesh.require_mediapipe()  # say how to install it before reading anything
     img = imageio.read_image(src)
     crops = face_mesh.face_crops(img, args.max_faces, source=str(src))
