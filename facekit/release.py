@@ -40,7 +40,7 @@ from facekit import degrade, ood
 from facekit.data import SOURCES, load_faces, source_kind
 from facekit.errors import ConfigError
 from facekit.runs import RunDir
-from facekit.settings import PROJECT_ROOT
+from facekit.settings import PROJECT_ROOT, check_writable
 
 # "TrainConfig" in annotations is facekit.train.TrainConfig, imported by load_config only when a
 # config is read: the trainer's module imports torch, which the card and table helpers never need.
@@ -621,6 +621,14 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
     final_dir = out_dir
     if to_default:  # measured beside the default; swapped in only when every OOD target passes
         out_dir = out_dir.parent / f"candidate-{run_dir.name}"
+    for folder in dict.fromkeys([out_dir, final_dir]):
+        # inside the run its files would be overwritten (config.yaml), or lost with the run's
+        # checkpoints when the run is trained afresh, which empties checkpoints/
+        if folder.resolve().is_relative_to(run_dir.resolve()):
+            where = "the run folder" if folder.resolve() == run_dir.resolve() else f"inside the run folder {run_dir}"
+            raise ConfigError(f"{folder}: the release folder is {where}; "
+                              "release to a folder of its own (e.g. models/NAME)")
+        check_writable(folder, "release folder")
     compare = [Path(c) for c in (compare or [])]
     for c in compare:
         RunDir(c).require_last()
@@ -825,6 +833,30 @@ def _score_tables(df: pd.DataFrame, released: str, nets, n_boot: int):
             ev.summarise(df, ("method",), metrics=metrics, n_boot=n_boot), id_cols)
 
 
+# what the card reads from a report.json, beside its optional sections; a file without them is
+# not one release_run wrote
+_REPORT_KEYS = ("released_run", "step", "arch", "arch_kwargs", "weights", "val", "model_mb", "in_size", "out_size",
+                "training", "test", "targets")
+_REPORT_TEST_KEYS = ("faces", "preset", "scale", "identity_nets")
+
+
+def _check_report(path: Path, report) -> None:
+    """Raise ConfigError naming ``path`` unless ``report`` has what :func:`rewrite_card` reads."""
+    if not isinstance(report, dict):
+        raise ConfigError(f"{path}: not a release report (a JSON {type(report).__name__}, not an object)")
+    missing = [k for k in _REPORT_KEYS if k not in report]
+    if not missing:
+        test, training = report["test"], report["training"]
+        missing = ([f"test.{k}" for k in _REPORT_TEST_KEYS if k not in test] if isinstance(test, dict) else ["test"])
+        if not isinstance(training, dict) or not isinstance(report["released_run"], str) \
+                or report["released_run"] not in training:
+            missing.append(f"training.{report['released_run']}")
+        if not isinstance(report["targets"], dict) or "met_in_every_condition" not in report["targets"]:
+            missing.append("targets.met_in_every_condition")
+    if missing:
+        raise ConfigError(f"{path}: not a release report (no {', '.join(missing)})")
+
+
 def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     """Rewrite a released folder's ``TRAINING.md`` from its ``report.json`` and ``test_metrics.csv``.
 
@@ -839,17 +871,31 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
         The card's path.
 
     Raises:
-        ConfigError: the folder lacks one of the release's files.
+        ConfigError: the folder lacks one of the release's files, or one is not what a release writes.
     """
     out_dir = Path(out_dir)
     missing = [n for n in ("report.json", "test_metrics.csv", RELEASE_CONFIG) if not (out_dir / n).is_file()]
     if missing:
         raise ConfigError(f"{out_dir}: not a released model folder (missing {', '.join(missing)})")
-    report = json.loads((out_dir / "report.json").read_text())
+    report_path, metrics_path = out_dir / "report.json", out_dir / "test_metrics.csv"
+    try:
+        report = json.loads(report_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{report_path}: not valid JSON ({exc})") from None
+    _check_report(report_path, report)
+    try:
+        df = pd.read_csv(metrics_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{metrics_path}: not a readable CSV table ({' '.join(str(exc).split())})") from None
+    missing = [c for c in ("method", "condition", "psnr", "ssim") if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{metrics_path}: missing column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}")
     cfg = load_config(out_dir / RELEASE_CONFIG)
-    df = pd.read_csv(out_dir / "test_metrics.csv")
     summary = report["training"][report["released_run"]]
     released = _method_label(Path(report["released_run"]), cfg)
+    absent = [m for m in (released, "bicubic") if m not in set(df["method"])]
+    if absent:
+        raise ConfigError(f"{metrics_path}: no rows for method {', '.join(map(repr, absent))}")
     quality, per_method, overall, id_cols = _score_tables(df, released, report["test"]["identity_nets"], n_boot)
     headroom = pd.DataFrame(report["headroom_medium"]) if report.get("headroom_medium") else None
     probes = pd.DataFrame(report["orl_probes"]) if report.get("orl_probes") else None

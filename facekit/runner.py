@@ -256,7 +256,10 @@ def declared_parameters(nb_path: str | Path) -> dict[str, str]:
     """
     import nbformat
 
-    nb = nbformat.read(str(nb_path), as_version=4)
+    try:
+        nb = nbformat.read(str(nb_path), as_version=4)
+    except Exception as exc:  # nbformat raises several unrelated types for a bad file
+        raise ConfigError(f"{nb_path}: not a valid notebook ({' '.join(str(exc).split())[:200]})") from None
     cell = next((c for c in nb.cells if c.cell_type == "code"
                  and "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
@@ -497,6 +500,9 @@ def run_pipeline(
     sections = load_profile(profile, params_dir)
     all_paths = discover_notebooks(notebooks_dir)
     paths = select_notebooks(all_paths, only)
+    executed_dir, html_dir = reports_dir / "executed", reports_dir / "html"
+    for folder in (executed_dir, html_dir):
+        settings.check_writable(folder, "reports folder", ", choose another with --reports-dir")
     import papermill as pm  # ~10 s on a busy machine: after the profile and notebooks are checked
     for key in _unused_sections(sections, all_paths):
         warnings.warn(
@@ -536,7 +542,6 @@ def run_pipeline(
         sources = list(dict.fromkeys(r.source for r in summary.results if r.source))
         summary.data_source = ", ".join(sources) or None
 
-    executed_dir, html_dir = reports_dir / "executed", reports_dir / "html"
     executed_dir.mkdir(parents=True, exist_ok=True)
     html_dir.mkdir(parents=True, exist_ok=True)
     t_run = time.perf_counter()

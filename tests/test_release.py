@@ -10,7 +10,7 @@ import torch
 
 from facekit import checkpoint, release
 from facekit.restorers import build_restorer
-from facekit.errors import ConfigError
+from facekit.errors import ConfigError, OutputError
 from facekit.train import TrainConfig, train
 
 from test_train import orl_faces, tiny_cfg
@@ -347,3 +347,47 @@ def test_release_makes_a_model_the_default_only_when_every_ood_target_passes(tin
     assert release._sha256(kept / "reconstruct.pt") == parent_sha
     assert TrainConfig.from_yaml(default / "config.yaml").init_from == str(kept / "reconstruct.pt")
     assert TrainConfig.from_yaml(child / "config.yaml").init_from == str(default / "reconstruct.pt")  # the run's own record
+
+
+def test_release_refuses_an_output_folder_that_is_a_file_or_inside_the_run(tmp_path):
+    # checked before the run is read at all, so a bare folder stands in for the run here
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: run\n")
+    out = tmp_path / "out"
+    out.write_text("a file")
+    with pytest.raises(OutputError, match=r"out: cannot create the release folder .* is a file"):
+        release.release_run(run, out, progress=False, ood_suite=False)
+    assert out.read_text() == "a file"
+    with pytest.raises(ConfigError, match=r"run: the release folder is the run folder; release to a folder of"):
+        release.release_run(run, run, progress=False, ood_suite=False)
+    for inside in (run / "checkpoints", run / "release"):
+        with pytest.raises(ConfigError, match=r"the release folder is inside the run folder .*run;"):
+            release.release_run(run, inside, progress=False, ood_suite=False)
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "config.yaml"]
+
+
+def test_rewrite_card_names_a_broken_report_or_metrics_file(tmp_path):
+    for name in ("report.json", "test_metrics.csv", "config.yaml"):
+        (tmp_path / name).write_text("")
+    report, metrics = tmp_path / "report.json", tmp_path / "test_metrics.csv"
+    report.write_text("{")
+    with pytest.raises(ConfigError, match=r"report.json: not valid JSON"):
+        release.rewrite_card(tmp_path)
+    report.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"report.json: not a release report \(a JSON list"):
+        release.rewrite_card(tmp_path)
+    good = {"released_run": "r", "step": 6, "arch": "a", "arch_kwargs": {}, "weights": "ema", "val": {},
+            "model_mb": 1.0, "in_size": 8, "out_size": 32, "training": {"r": {}},
+            "test": {"faces": 4, "preset": "cctv-heavy", "scale": 4, "identity_nets": []},
+            "targets": {"met_in_every_condition": False}}
+    report.write_text(json.dumps({**good, "test": {"faces": 4}}))
+    with pytest.raises(ConfigError, match=r"report.json: not a release report \(no test.preset, test.scale"):
+        release.rewrite_card(tmp_path)
+    report.write_text(json.dumps(good))
+    metrics.write_text("garbage\n")
+    with pytest.raises(ConfigError, match=r"test_metrics.csv: missing columns 'method', 'condition'"):
+        release.rewrite_card(tmp_path)
+    metrics.write_text("")
+    with pytest.raises(ConfigError, match=r"test_metrics.csv: not a readable CSV table"):
+        release.rewrite_card(tmp_path)

@@ -530,3 +530,35 @@ def assert_index_is_readable_at_a_glance(reports: Path) -> None:
         assert not no_unit, f"{nb['stem']}: headline numbers without a unit: {no_unit}"
     page = (reports / "index.html").read_text()
     assert page.count('<img class="thumb"') == len(run["notebooks"])
+
+
+def test_a_corrupt_notebook_or_a_file_as_reports_dir_stops_before_any_notebook_runs(tmp_path, monkeypatch):
+    import shutil
+
+    import papermill
+
+    from facekit.errors import OutputError
+
+    ran = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: ran.append(a))
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(FIXTURES, notebooks)
+    (notebooks / "04_x.ipynb").write_text("{\n")
+    reports = tmp_path / "reports"
+    with pytest.raises(ConfigError, match=r"notebooks/04_x\.ipynb: not a valid notebook \(.+\)"):
+        runner.run_pipeline(notebooks_dir=notebooks, reports_dir=reports, progress=False)
+    assert not ran and not reports.exists()
+    # a corrupt notebook that is not selected does not stop the others
+    summary = runner.run_pipeline(only="01", notebooks_dir=notebooks, reports_dir=reports, progress=False)
+    assert len(ran) == 1 and summary.results[0].stem == "01_alpha"
+
+    ran.clear()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(OutputError, match=r"a_file: cannot create the reports folder .* is a file"):
+        runner.run_pipeline(only="01", notebooks_dir=notebooks, reports_dir=a_file, progress=False)
+    shutil.rmtree(reports / "html")
+    (reports / "html").write_text("not a folder")
+    with pytest.raises(OutputError, match=r"html: cannot create the reports folder .* is a file"):
+        runner.run_pipeline(only="01", notebooks_dir=notebooks, reports_dir=reports, progress=False)
+    assert not ran and a_file.read_text() == (reports / "html").read_text() == "not a folder"
