@@ -370,24 +370,18 @@ def test_release_refuses_an_output_folder_that_is_a_file_or_inside_the_run(tmp_p
 def test_rewrite_card_names_a_broken_report_or_metrics_file(tmp_path):
     for name in ("report.json", "test_metrics.csv", "config.yaml"):
         (tmp_path / name).write_text("")
-    report, metrics = tmp_path / "report.json", tmp_path / "test_metrics.csv"
-    report.write_text("{")
-    with pytest.raises(ConfigError, match=r"report.json: not valid JSON"):
-        release.rewrite_card(tmp_path)
-    report.write_text("[1, 2]")
-    with pytest.raises(ConfigError, match=r"report.json: not a release report \(a JSON list"):
-        release.rewrite_card(tmp_path)
     good = {"released_run": "r", "step": 6, "arch": "a", "arch_kwargs": {}, "weights": "ema", "val": {},
             "model_mb": 1.0, "in_size": 8, "out_size": 32, "training": {"r": {}},
             "test": {"faces": 4, "preset": "cctv-heavy", "scale": 4, "identity_nets": []},
             "targets": {"met_in_every_condition": False}}
-    report.write_text(json.dumps({**good, "test": {"faces": 4}}))
-    with pytest.raises(ConfigError, match=r"report.json: not a release report \(no test.preset, test.scale"):
-        release.rewrite_card(tmp_path)
-    report.write_text(json.dumps(good))
-    metrics.write_text("garbage\n")
-    with pytest.raises(ConfigError, match=r"test_metrics.csv: missing columns 'method', 'condition'"):
-        release.rewrite_card(tmp_path)
-    metrics.write_text("")
-    with pytest.raises(ConfigError, match=r"test_metrics.csv: not a readable CSV table"):
-        release.rewrite_card(tmp_path)
+    cases = [("{", "", r"report.json: not valid JSON"),
+             ("[1, 2]", "", r"report.json: not a release report \(a JSON list"),
+             (json.dumps({**good, "test": {"faces": 4}}), "",
+              r"report.json: not a release report \(no test.preset, test.scale"),
+             (json.dumps(good), "garbage\n", r"test_metrics.csv: missing columns 'method', 'condition'"),
+             (json.dumps(good), "", r"test_metrics.csv: not a readable CSV table")]
+    for report, metrics, match in cases:
+        (tmp_path / "report.json").write_text(report)
+        (tmp_path / "test_metrics.csv").write_text(metrics)
+        with pytest.raises(ConfigError, match=match):
+            release.rewrite_card(tmp_path)
