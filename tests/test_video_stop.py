@@ -44,8 +44,8 @@ def _temps(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> Path:
-    """A clip long enough to still be running when the signal arrives: single_face.mp4 looped 3x
-    (or, without the shared data, a synthetic 1,800-frame clip with a moving bright blob: it holds no
+    """A clip long enough to still be running when the signal arrives: single_face.mp4 (72 frames)
+    looped 12x, about 30 s of work (3x finished before the SIGKILL test's signal on a busy CI run) (or, without the shared data, a synthetic 1,800-frame clip with a moving bright blob: it holds no
     face, so it runs fast, and a shorter one could finish before the signal on a fresh clone)."""
     out = tmp_path_factory.mktemp("clip") / "long.mp4"
     src = shared_path("data", "video", "single_face.mp4")
@@ -58,7 +58,7 @@ def long_clip(tmp_path_factory) -> Path:
                 break
             frames.append(f)
         cap.release()
-        frames = frames * 3
+        frames = frames * 12
     if not frames:
         for i in range(1800):
             f = np.full((240, 320, 3), 40, np.uint8)
