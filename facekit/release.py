@@ -570,7 +570,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
                 progress: bool = True, faces=None, weights: str = "best", val_faces=None,
                 probe_people: int = 20, ood_suite: bool = True, ood_limit: int | None = None,
                 ood_sources=None, accept_failing: str | None = None, half: bool = True,
-                luma_detail_only: bool = False) -> dict:
+                luma_detail_only: bool = False, rank1_draws: int = ood.RANK1_DRAWS) -> dict:
     """Export a run as a chain folder, measure it on the held-out test split, write its model card.
 
     Args:
@@ -598,6 +598,8 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         half: float16 parameters in the stage files (see :func:`export_stage`).
         luma_detail_only: release a faithful generator with its chroma detail off (see
             :func:`prepare_for_release`); written on the card.
+        rank1_draws: degradation draws of the medium cell that the rank-1 targets pool
+            (:func:`facekit.ood.rank1_draws`); the default needs at least :data:`facekit.ood.RANK1_DRAWS`.
 
     Returns:
         The report dict written to ``report.json``.
@@ -615,9 +617,13 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     to_default = out_dir.resolve() == default_model_dir().resolve()
-    if to_default and (not ood_suite or ood_limit is not None or ood_sources is not None):
+    if to_default and (not ood_suite or ood_limit is not None or ood_sources is not None
+                       or rank1_draws < ood.RANK1_DRAWS):
         raise ConfigError("a model becomes the default only after the whole out-of-distribution suite "
-                          "(ood_suite=True, ood_limit=None); release it to another folder for a partial check")
+                          f"(ood_suite=True, ood_limit=None, rank1_draws >= {ood.RANK1_DRAWS}); "
+                          "release it to another folder for a partial check")
+    if rank1_draws < 1:
+        raise ConfigError(f"rank1_draws must be at least 1, got {rank1_draws}")
     final_dir = out_dir
     if to_default:  # measured beside the default; swapped in only when every OOD target passes
         out_dir = out_dir.parent / f"candidate-{run_dir.name}"
@@ -702,7 +708,7 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
         # SFace trains the identity loss, so the independent net scores the same probes beside it
         probes = probe_check(methods, people=probe_people, preset=test_preset, scale=scale,
                              size=release_size(cfg), progress=progress, nets=nets)
-    ood_report = _ood_section(out_dir, run_dir, ood_limit, progress, ood_sources) if ood_suite else None
+    ood_report = _ood_section(out_dir, run_dir, ood_limit, progress, ood_sources, rank1_draws) if ood_suite else None
     runs = [run_dir, *compare]
     plot_curves(runs, out_dir / "curves.png")
     summary = info["summary"]
@@ -736,10 +742,11 @@ def release_run(run_dir: str | Path, out_dir: str | Path, compare: list[str | Pa
 OOD_METHOD = "released"  # the released stage's name in the OOD tables
 
 
-def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool, sources=None) -> dict:
+def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool, sources=None,
+                 rank1_draws: int = ood.RANK1_DRAWS) -> dict:
     """Run the OOD suite on the chain folder being written (beside bicubic and the current default)
-    and return the card's OOD block: Markdown tables with the cells worse than bicubic marked,
-    the targets, and per-group colour."""
+    and its rank-1 draws (bicubic and the release), and return the card's OOD block: Markdown
+    tables with the cells worse than bicubic marked, the targets, and per-group colour."""
     from facekit.chain import default_model_dir
     from facekit.restorers import build_restorer
 
@@ -749,14 +756,16 @@ def _ood_section(out_dir: Path, run_dir: Path, limit: int | None, progress: bool
         methods["current default"] = build_restorer("chain:default")
     data = ood.load_ood_data(sources or ood.SOURCES, limit=limit, progress=progress)
     df = ood.evaluate_ood(methods, data, ood.default_cells(), progress=progress, cache_dir=ood.embedding_cache_dir())
+    rank1 = ood.rank1_draws({m: methods[m] for m in ("bicubic", OOD_METHOD)}, data, rank1_draws, progress,
+                            cache_dir=ood.embedding_cache_dir())
     # every row in the (git-ignored) runs folder; the per-cell means beside the weights
-    ood.save_results(df, ood.run_dir(f"release-{run_dir.name}"), [m for m in methods if m != "bicubic"])
+    ood.save_results(df, ood.run_dir(f"release-{run_dir.name}"), [OOD_METHOD], rank1_rows=rank1)
     ood.summarise(df).to_csv(out_dir / "ood_summary.csv", index=False, float_format="%.5g")
-    targets = ood.check_targets(df, OOD_METHOD)
+    targets = ood.check_targets(df, OOD_METHOD, rank1_rows=rank1 if len(rank1) else None)
     colour = ood.summarise(df[(df["source"] == "utkface") & (df["cell"] == "medium")], ("group", "method"))
     return {
         "faces": {src: len(f) for src, f in data.probes.items()}, "skipped": data.skipped, "limit": limit,
-        "cells": [c.name for c in ood.default_cells()],
+        "cells": [c.name for c in ood.default_cells()], "rank1_draws": int(rank1_draws) if len(rank1) else 1,
         "psnr_md": ood.markdown_gain_table(df, OOD_METHOD, "psnr"),
         "margin_md": ood.markdown_gain_table(df, OOD_METHOD, "id_sface_margin", digits=3),
         "sface_md": ood.markdown_gain_table(df, OOD_METHOD, "id_sface", digits=3),
@@ -804,6 +813,71 @@ def _promote(candidate: Path, default: Path, report: dict, accept_failing: str |
         _repoint_init_from(candidate / RELEASE_CONFIG, default, keep)
     candidate.rename(default)
     rewrite_card(default)
+
+
+def remeasure_rank1(out_dir: str | Path, draws: int = ood.RANK1_DRAWS, progress: bool = True) -> dict:
+    """Measure a released folder's rank-1 targets again over ``draws`` degradation draws, and
+    rewrite its report and card (nothing else is re-measured).
+
+    For a folder released before the rank-1 targets pooled draws (:func:`facekit.ood.rank1_draws`),
+    or to pool more of them. A waiver (``accept_failing``) keeps its reason and now names only the
+    gain targets that still fail; with none failing it is dropped.
+
+    Args:
+        out_dir: a folder written by :func:`release_run` with the OOD suite.
+        draws: degradation draws of the medium cell (>= 1).
+        progress: progress bars.
+
+    Returns:
+        The rewritten report's ``ood`` block.
+
+    Raises:
+        ConfigError: the folder is not a release with OOD targets, or no source with a gallery is here.
+    """
+    from facekit.restorers import build_restorer
+
+    out_dir = Path(out_dir)
+    report_path = out_dir / "report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"{out_dir}: not a released model folder (no report.json)")
+    try:
+        report = json.loads(report_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{report_path}: not valid JSON ({exc})") from None
+    _check_report(report_path, report)
+    block = report.get("ood")
+    if not isinstance(block, dict) or not isinstance(block.get("targets"), list):
+        raise ConfigError(f"{report_path}: released without the out-of-distribution suite (no ood targets); "
+                          "release it again with the suite")
+    if int(draws) < 1:
+        raise ConfigError(f"rank-1 draws must be at least 1, got {draws}")
+    # the sources the release measured (a partial release's card must not gain a source)
+    sources = [s for s in ood.RANK1_SOURCES if s in (block.get("faces") or {})] or list(ood.RANK1_SOURCES)
+    data = ood.load_ood_data(sources, limit=block.get("limit"), progress=progress)
+    methods = {"bicubic": build_restorer("bicubic"), OOD_METHOD: build_restorer(f"chain:{out_dir}")}
+    rows = ood.rank1_draws(methods, data, draws, progress, cache_dir=ood.embedding_cache_dir())
+    if not len(rows):
+        raise ConfigError("no source with an enrolled gallery (" + ", ".join(ood.RANK1_SOURCES) + ") is here: "
+                          + "; ".join(f"{k}: {v}" for k, v in data.skipped.items()))
+    rows.to_csv(ood.run_dir(f"release-{report['released_run']}") / ood.RANK1_ROWS, index=False)
+    fresh = [{"target": t.target, "value": t.value, "passed": t.passed} for t in ood.rank1_targets(rows, OOD_METHOD)]
+    old = block["targets"]
+    first = next((i for i, t in enumerate(old) if str(t.get("target", "")).startswith("rank-1 ")), len(old))
+    kept = [t for t in old if not str(t.get("target", "")).startswith("rank-1 ")]
+    block["targets"] = kept[:first] + fresh + kept[first:]
+    block["all_passed"] = all(t["passed"] for t in block["targets"])
+    block["rank1_draws"] = int(draws)
+    if block.get("waived"):
+        still = [t["target"] for t in block["targets"] if not t["passed"] and not t["target"].startswith(NO_HARM_TARGETS)]
+        if still:
+            block["waived"]["targets"] = still
+        else:
+            del block["waived"]
+    tmp = report_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(report_path)
+    rewrite_card(out_dir)
+    return block
 
 
 def _repoint_init_from(config: Path, old: Path, kept: Path) -> None:

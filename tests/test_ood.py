@@ -161,3 +161,60 @@ def test_rank1_ratio_interval_covers_the_ratio_and_narrows_with_more_probes():
     # a baseline that never hits has no ratio to bound
     lo, hi, _ = ood.rank1_ratio_ci(rows(50, np.ones(50), np.zeros(50)), "m")
     assert np.isnan(lo) and np.isnan(hi)
+
+
+def _rank1_rows(hits: dict, faces: int = 100) -> pd.DataFrame:
+    """Rows of one source: ``hits[(draw, method)]`` = hit rate, the first faces hitting."""
+    rows = []
+    for (draw, method), rate in hits.items():
+        for i in range(faces):
+            rows.append({"source": "orl", "draw": draw, "face": f"f{i}", "method": method,
+                         "rank1_hit": float(i < round(rate * faces))})
+    return pd.DataFrame(rows)
+
+
+def test_rank1_targets_pool_the_draws_and_the_interval_resamples_faces():
+    # one draw at 1.0x and one at 3.0x bicubic: pooled 2.0x passes, and the card says each draw's ratio
+    rows = _rank1_rows({(0, "m"): 0.1, (0, "bicubic"): 0.1, (1, "m"): 0.3, (1, "bicubic"): 0.1})
+    (t,) = ood.rank1_targets(rows, "m")
+    assert t.passed and t.target == "rank-1 orl medium >= 1.5x bicubic"
+    assert t.value.startswith("0.200 vs 0.100 (2.00x;") and "over 200 probes in 2 degradation draws; per draw 1.00, 3.00" in t.value
+    (t,) = ood.rank1_targets(rows[rows["draw"] == 0], "m")
+    assert not t.passed and "draws" not in t.value
+    # the same faces drawn ten times over with identical hits carry no more evidence than one draw:
+    # the interval resamples faces, so it does not narrow (probes pairs of the same face are not independent)
+    rng = np.random.default_rng(1)
+    one = pd.DataFrame({"face": [f"f{i}" for i in range(300)] * 2, "method": ["m"] * 300 + ["bicubic"] * 300,
+                        "rank1_hit": np.r_[rng.random(300) < 0.2, rng.random(300) < 0.1].astype(float), "draw": 0})
+    ten = pd.concat([one.assign(draw=d) for d in range(10)], ignore_index=True)
+    lo1, hi1, n1 = ood.rank1_ratio_ci(one, "m")
+    lo10, hi10, n10 = ood.rank1_ratio_ci(ten, "m")
+    assert (lo1, hi1) == pytest.approx((lo10, hi10)) and n10 == 10 * n1 == 3000
+
+
+def test_rank1_draws_are_other_draws_of_the_medium_cell_and_are_saved_with_the_suite(orl_data, tmp_path):
+    methods = {"bicubic": build_restorer("bicubic"), "constant": _constant}
+    rows = ood.rank1_draws(methods, orl_data, draws=2, progress=False, seed=3)
+    assert sorted(rows["draw"].unique()) == [3, 4] and set(rows["cell"]) == {"medium"}
+    assert len(rows) == 2 * 2 * len(orl_data.probes["orl"])
+    # each draw is evaluate_ood's medium cell at that seed: the degradations differ between draws
+    alone = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium")], 4, identity_nets=("sface",), progress=False)
+    four = rows[rows["draw"] == 4].drop(columns="draw").reset_index(drop=True)
+    pd.testing.assert_frame_equal(four, alone, check_dtype=False)
+    bic = rows[rows["method"] == "bicubic"].pivot_table(index="face", columns="draw", values="psnr")
+    assert (bic[3] != bic[4]).all()
+    # the targets are judged on the draws, not on the suite's one draw
+    suite = ood.evaluate_ood(methods, orl_data, [ood.Cell("medium")], 0, identity_nets=("sface",), progress=False)
+    with_draws = {t.target: t for t in ood.check_targets(suite, "constant", rank1_rows=rows)}
+    assert "in 2 degradation draws" in with_draws["rank-1 orl medium >= 1.5x bicubic"].value
+    assert "draws" not in {t.target: t for t in ood.check_targets(suite, "constant")}["rank-1 orl medium >= 1.5x bicubic"].value
+    # saved beside the suite's rows, read back; a later run without draws leaves no stale file
+    ood.save_results(suite, tmp_path, ["constant"], rank1_rows=rows)
+    back = ood.load_rank1_rows(tmp_path)
+    pd.testing.assert_frame_equal(back, rows, check_dtype=False)
+    ood.save_results(suite, tmp_path, ["constant"])
+    assert ood.load_rank1_rows(tmp_path) is None
+    # sources without a gallery give no rows; no draws is a clear error
+    assert ood.rank1_draws(methods, ood.OODData({"orl": orl_data.probes["orl"]}), 2, progress=False).empty
+    with pytest.raises(ood.ConfigError, match="at least 1"):
+        ood.rank1_draws(methods, orl_data, draws=0, progress=False)

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=settings.int_arg(1), default=None,
                         help="ood suite: at most this many faces (UTKFace, CelebA) or people (Pins, ORL) per source")
     parser.add_argument("--quick", action="store_true", help="ood suite: skip the 12/24/32 px and grey low-light cells")
+    parser.add_argument("--rank1-draws", type=settings.int_arg(0, 1000), default=None, metavar="N",
+                        help="ood suite: degradation draws of the medium cell that the rank-1 targets pool "
+                             "(default 10; 0 = the suite's own draw)")
     parser.add_argument("--no-embedding-cache", action="store_true",
                         help="ood suite: do not reuse or store identity embeddings in DATA_DIR/cache/ood-embeddings "
                              "(memoised by the crops' content, so a cached value equals a fresh one)")
@@ -94,8 +97,10 @@ def run_ood(args: argparse.Namespace) -> int:
     """``python -m facekit evaluate --suite ood``: run, save, print the gain tables and targets."""
     nets = ("sface", "dlib") if not getattr(args, "no_dlib_ood", False) else ("sface",)
     methods = args.methods if args.methods != "bicubic,classical" else "bicubic,chain:default"
+    draws = ood.RANK1_DRAWS if getattr(args, "rank1_draws", None) is None else args.rank1_draws
     df, paths = ood.run(methods, args.name or "latest", args.limit, args.quick, seed=args.seed, device=args.device,
-                    identity_nets=nets, cache=not getattr(args, "no_embedding_cache", False))
+                        identity_nets=nets, cache=not getattr(args, "no_embedding_cache", False), rank1_draws_n=draws)
+    rank1 = ood.load_rank1_rows(paths["rows"].parent)
     print(f"ood: {df.attrs['embeddings_computed']} embedding batches computed, {df.attrs['embeddings_cached']} from the cache")
     for m in df["method"].unique():
         if m == ood.BASELINE:
@@ -104,7 +109,7 @@ def run_ood(args: argparse.Namespace) -> int:
         print(ood.gain_table(df, m).to_string(float_format=lambda v: f"{v:+.2f}"))
         print(f"{m}: SFace identity-margin gain over bicubic")
         print(ood.gain_table(df, m, "id_sface_margin").to_string(float_format=lambda v: f"{v:+.3f}"))
-        print(ood.targets_table(ood.check_targets(df, m)).to_string(index=False))
+        print(ood.targets_table(ood.check_targets(df, m, rank1_rows=rank1)).to_string(index=False))
     for key, path in paths.items():
         print(f"wrote {path}")
     return 0
