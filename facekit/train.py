@@ -44,7 +44,7 @@ import yaml
 from torchvision.utils import save_image
 
 from facekit import augment, chain, dataset, images, losses, metrics, recognition, settings
-from facekit.archs import ARCHS, build_model
+from facekit.archs import ARCHS, build_model, check_build
 from facekit.checkpoint import (arch_entry, check_architecture, load_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
 from facekit.dataset import PairedFaceDataset
@@ -215,6 +215,17 @@ class TrainConfig:
                 bad(key, f"unknown architecture; valid: {', '.join(sorted(ARCHS))}")
         if self.d_norm not in ("batch", "instance", "none"):
             bad("d_norm", "valid: batch, instance, none")
+        # the networks' arguments are checked here, before any data loads, not at the Trainer's build
+        for key, arch, fixed in (("arch_g_kwargs", self.arch_g, {"scale": self.scale}),
+                                 ("arch_d_kwargs", self.arch_d, {"norm": self.d_norm})):
+            kw = getattr(self, key)
+            clash = sorted(set(kw) & set(fixed))
+            if clash:
+                bad(key, f"{clash[0]} is set by the config's own {'scale' if clash[0] == 'scale' else 'd_norm'}")
+            try:
+                check_build(arch, **kw, **fixed)
+            except ConfigError as exc:
+                raise ConfigError(f"train config: {key}: {exc}") from None
         if self.schedule not in SCHEDULES:
             bad("schedule", f"valid: {', '.join(SCHEDULES)}")
         if self.gan_type not in losses.GAN_TYPES:

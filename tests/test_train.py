@@ -384,6 +384,15 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         cfg.with_overrides(["gan_type=nope"])
     with pytest.raises(ConfigError, match="arch_g=.nope.*valid: deblurganv2, faithful, patchgan, rrdbnet, rrdbnet_compact, srvgg_compact, unet, unet_lr"):
         TrainConfig(arch_g="nope")
+    # the networks' arguments are checked with the config, before any data loads (they failed at the build)
+    with pytest.raises(ConfigError, match="arch_g_kwargs: architecture 'unet': base='eight' must be a whole number"):
+        cfg.with_overrides(["arch_g_kwargs.base=eight"])
+    with pytest.raises(ConfigError, match="arch_d_kwargs: architecture 'patchgan' does not accept"):
+        cfg.with_overrides(["arch_d_kwargs.widthh=3"])
+    with pytest.raises(ConfigError, match="arch_g_kwargs=.*scale is set by the config's own scale"):
+        cfg.with_overrides(["arch_g_kwargs.scale=2"])
+    with pytest.raises(ConfigError, match="arch_d_kwargs=.*norm is set by the config's own d_norm"):
+        cfg.with_overrides(["arch_d_kwargs.norm=batch"])
     path.write_text("steps: 3\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: .*unknown keys \['bogus'\]"):
         TrainConfig.from_yaml(path)

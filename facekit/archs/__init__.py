@@ -156,16 +156,36 @@ def construct(name: str, cls, kwargs: dict) -> nn.Module:
     Raises:
         ConfigError: as :func:`build_model`.
     """
+    _check_buildable(name, cls, kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"architecture {name!r} does not accept {kwargs}: {exc}") from None
+
+
+def _check_buildable(name: str, cls, kwargs: dict) -> None:
     _check_kwarg_types(name, cls, kwargs)
     check_kwargs(name, kwargs)
     try:
         n = _count_params(cls, kwargs)
-        if n is not None and n > MAX_PARAMS:
-            raise ConfigError(f"architecture {name!r} with {kwargs}: {n / 1e6:.0f} M parameters, above the "
-                              f"limit of {MAX_PARAMS / 1e6:.0f} M (check its channel, depth and block arguments)")
-        return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"architecture {name!r} does not accept {kwargs}: {exc}") from None
+    if n is not None and n > MAX_PARAMS:
+        raise ConfigError(f"architecture {name!r} with {kwargs}: {n / 1e6:.0f} M parameters, above the "
+                          f"limit of {MAX_PARAMS / 1e6:.0f} M (check its channel, depth and block arguments)")
+
+
+def check_build(name: str, **kwargs) -> None:
+    """Everything :func:`build_model` checks, without building the model (a config is checked this
+    way before any data loads; the parameter count is taken on the meta device, so no memory).
+
+    Raises:
+        ConfigError: as :func:`build_model`.
+    """
+    cls = ARCHS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(ARCHS))}")
+    _check_buildable(name, cls, kwargs)
 
 
 def arch_name(model: nn.Module) -> str:
