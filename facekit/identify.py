@@ -83,12 +83,26 @@ def read_faces(paths, size: int = CROP_SIZE, margin: float = MARGIN, detector=No
         if min(img.shape[:2]) < 8:
             skipped.append((name, f"image too small ({img.shape[1]}x{img.shape[0]})"))
             continue
-        dets = det.detect(img)
-        if dets:
-            faces.append(FaceInput(name, align_face(img, dets[0].landmarks, size, margin), True))
-        else:
-            faces.append(FaceInput(name, center_crop(img, size), False))
+        crop, detected = face_crop(img, size, margin, det)
+        faces.append(FaceInput(name, crop, detected))
     return faces, skipped
+
+
+def face_crop(img: np.ndarray, size: int = CROP_SIZE, margin: float = MARGIN, detector=None) -> tuple[np.ndarray, bool]:
+    """The margin crop :func:`read_faces` makes of one image.
+
+    Args:
+        img: ``(H,W,3) uint8`` RGB.
+        size, margin, detector: as :func:`read_faces`.
+
+    Returns:
+        ``(crop (size,size,3) uint8, detected)``: the aligned crop of the most confident face YuNet
+        finds, or, without one, the image taken as a crop already (centre square, resized).
+    """
+    dets = (detector or recognition.shared_detector()).detect(img)
+    if dets:
+        return align_face(img, dets[0].landmarks, size, margin), True
+    return center_crop(img, size), False
 
 
 def list_gallery_folder(root: str | Path) -> list[tuple[Path, str]]:

@@ -88,7 +88,8 @@ from facekit.video_identity import (IDENTITY_SOURCES, UNKNOWN_LABEL, TrackIdenti
                                     parse_identity_threshold)
 from facekit.video_io import (CODECS, DeadCapture, Source, StopRequested, StopSignals, VideoWriter, active_stop_signals,
                               open_capture, resolve_source, sweep_stale_temps, write_atomic)
-from facekit.video_tracks import FUSION_MAX_SIDE, TrackRecord, fuse_records, mesh_records, track_color, write_tracks
+from facekit.video_tracks import (FUSION_MAX_SIDE, TrackRecord, fuse_records, mesh_records, template_labels,
+                                  track_color, write_tracks)
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
 """``(N,S,S,3) uint8 RGB crops -> (N,S',S',3) uint8 RGB`` enhanced crops (resized when pasted)."""
@@ -1018,6 +1019,9 @@ def _finish_tracks(processor: FaceVideoProcessor, identifier: TrackIdentifier | 
         mesh_info = mesh_records(processor.records, out_dir)
         mesh_info["seconds"] = round(time.perf_counter() - t_mesh, 3)
         fusion_info = {**(fusion_info or {}), "mesh": mesh_info}
+    if identifier is not None and not identifier.error:
+        # the live label saw a track's best crops one by one; the fused face and its views decide better
+        template_labels(processor.records, identifier, cfg.gallery_size)
     outputs = write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None,
                            meshed=cfg.mesh_tracks)
     identities = None
@@ -1026,6 +1030,8 @@ def _finish_tracks(processor: FaceVideoProcessor, identifier: TrackIdentifier | 
         identities["gallery"] = str(cfg.identity_gallery or "(given)")
         identities["tracks"] = {str(tid): rec.label.identity if rec.label else UNKNOWN_LABEL
                                 for tid, rec in sorted(processor.records.items())}
+        identities["track_templates"] = {str(tid): rec.track_label.identity
+                                         for tid, rec in sorted(processor.records.items()) if rec.track_label}
     return outputs, fusion_info, identities
 
 

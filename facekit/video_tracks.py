@@ -42,6 +42,7 @@ class TrackRecord:
     best_crop: np.ndarray | None = None
     max_score: float = 0.0
     label: "TrackLabel | None" = None
+    track_label: "TrackLabel | None" = None  # the fused track's identity template's decision (template_labels)
     fusion_crops: list = field(default_factory=list)  # [(quality, frame, raw RGB crop, score, side)]
     fused: np.ndarray | None = None  # the fused face (uint8 RGB), when the track was fused
     views: np.ndarray | None = None  # (k,S,S,3) uint8 restorations of the frames fused (learned fusion)
@@ -56,7 +57,8 @@ def track_color(i: int) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-IDENTITY_FIELDS = ["identity", "identity_score", "identity_candidate", "identity_crops"]
+IDENTITY_FIELDS = ["identity", "identity_score", "identity_candidate", "identity_crops",
+                   "track_identity", "track_identity_score", "track_identity_views"]
 MESH_FIELDS = ["mesh", "head_yaw", "head_pitch", "head_roll"]
 
 
@@ -134,6 +136,29 @@ def mesh_records(records: dict[int, TrackRecord], out_dir: Path) -> dict:
     return {"meshed": done, "no_face": failed}
 
 
+def gallery_image(img: np.ndarray, size: int) -> np.ndarray:
+    """A face as the run's gallery stores it: ``(size,size,3) uint8``, resized by bicubic."""
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def template_labels(records: dict[int, TrackRecord], identifier, gallery_size: int = 128) -> int:
+    """Set ``record.track_label`` of every fused track from its identity template
+    (:meth:`facekit.video_identity.TrackIdentifier.template_label`), on the images the gallery
+    files will hold, so that ``facekit identify`` on the run's folder decides the same.
+
+    Returns:
+        How many tracks were labelled.
+    """
+    n = 0
+    for rec in records.values():
+        if rec.fused is None:
+            continue
+        views = None if rec.views is None else np.stack([gallery_image(v, gallery_size) for v in rec.views])
+        rec.track_label = identifier.template_label(gallery_image(rec.fused, gallery_size), views)
+        n += 1
+    return n
+
+
 def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: int = 128,
                  labelled: bool = False, meshed: bool = False) -> dict[str, str]:
     """Write ``gallery/track_NNNN.png``, ``tracks.csv`` (one row per track) and ``tracks.json``.
@@ -146,8 +171,8 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
     Args:
         meshed: tracks were meshed (:func:`mesh_records`): add :data:`MESH_FIELDS` (mesh OBJ, head pose).
         labelled: tracks were matched against a gallery: add :data:`IDENTITY_FIELDS` to both files
-            (score empty / null when a track had no usable crop) and name gallery images
-            ``track_NNNN_<identity>_<score>.png``.
+            (score empty / null when a track had no usable crop; ``track_identity`` empty for a
+            track that was not fused) and name gallery images ``track_NNNN_<identity>_<score>.png``.
     """
     gallery = out_dir / "gallery"
     gallery.mkdir(exist_ok=True)
@@ -158,11 +183,14 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
         ident = {}
         if labelled:
             score = None if math.isnan(lab.score) else round(lab.score, 4)
+            tl = rec.track_label
             ident = {"identity": lab.identity, "identity_score": score, "identity_candidate": lab.candidate,
-                     "identity_crops": lab.crops}
+                     "identity_crops": lab.crops, "track_identity": tl.identity if tl else "",
+                     "track_identity_score": round(tl.score, 4) if tl else None,
+                     "track_identity_views": tl.crops - 1 if tl else 0}
         gfile = ""
         if rec.best_crop is not None:
-            img = cv2.resize(rec.best_crop, (gallery_size, gallery_size), interpolation=cv2.INTER_CUBIC)
+            img = gallery_image(rec.best_crop, gallery_size)
             stem = f"track_{tid:04d}"
             if labelled:
                 stem += f"_{_file_safe(lab.identity)}" + ("" if math.isnan(lab.score) else f"_{lab.score:.2f}")
@@ -173,7 +201,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             gfile = str(gpath.relative_to(out_dir))
         ffile = ""
         if rec.fused is not None:
-            img = cv2.resize(rec.fused, (gallery_size, gallery_size), interpolation=cv2.INTER_CUBIC)
+            img = gallery_image(rec.fused, gallery_size)
             fpath = gallery / f"track_{tid:04d}_fused.png"
             ok, buf = cv2.imencode(".png", img[:, :, ::-1])
             if ok:
@@ -185,8 +213,7 @@ def write_tracks(records: dict[int, TrackRecord], out_dir: Path, gallery_size: i
             folder = gallery / f"track_{tid:04d}_views"
             folder.mkdir(exist_ok=True)
             for j, view in enumerate(rec.views):
-                ok, buf = cv2.imencode(".png", cv2.resize(view, (gallery_size, gallery_size),
-                                                          interpolation=cv2.INTER_CUBIC)[:, :, ::-1])
+                ok, buf = cv2.imencode(".png", gallery_image(view, gallery_size)[:, :, ::-1])
                 if ok:
                     write_atomic(folder / f"{j:02d}.png", buf.tobytes())
             vdir = str(folder.relative_to(out_dir))

@@ -470,6 +470,28 @@ def test_gallery_labels_track_with_identity(id_clips, id_gallery_dir, tmp_path, 
     assert ids["embeds"] <= cfg.identity_max_embeds + cfg.identity_crops < N_FRAMES // 2
     assert "identify" in summary["stage_ms"]
     assert any(c.startswith("ID 1 ") and KNOWN in c for c in captions), set(captions)
+    # the fused track is also decided by its identity template (classical fusion here: no views)
+    assert rows[0]["track_identity"] == KNOWN and rows[0]["track_identity_views"] == "0"
+    assert ids["track_templates"] == {"1": KNOWN}
+
+
+def test_fused_track_is_labelled_by_its_template_as_identify_decides(id_clips, id_gallery_dir, tmp_path):
+    """With the released chain, a track is fused by the learned stage and gets views; its
+    ``track_identity`` is what ``facekit identify GALLERY RUN`` decides for it, to the similarity."""
+    from facekit.cli import main
+
+    cfg = _cfg(enhancer="auto", webm=False, identity_gallery=str(id_gallery_dir), identity_threshold=ID_THRESHOLD)
+    process_video(id_clips[KNOWN], tmp_path / "run", cfg)
+    row = list(csv.DictReader((tmp_path / "run" / "tracks.csv").open()))[0]
+    assert row["fused"] and int(row["track_identity_views"]) >= 2, row
+    assert row["track_identity"] == KNOWN and float(row["track_identity_score"]) >= ID_THRESHOLD
+    out = tmp_path / "identify.csv"
+    assert main(["identify", str(id_gallery_dir), str(tmp_path / "run"), "--threshold", str(ID_THRESHOLD),
+                 "--top-k", "1", "--csv", str(out)]) == 0
+    fused = [r for r in csv.DictReader(out.open()) if r["probe"].endswith("track_0001_fused.png")]
+    assert len(fused) == 1 and fused[0]["identity"] == row["track_identity"]
+    assert int(fused[0]["track_views"]) == int(row["track_identity_views"])
+    assert float(fused[0]["similarity"]) == pytest.approx(float(row["track_identity_score"]), abs=2e-4)
 
 
 def test_saved_gallery_cli_labels_stranger_unknown(id_clips, id_gallery_dir, tmp_path):
