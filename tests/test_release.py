@@ -413,3 +413,24 @@ def test_rewrite_card_names_a_broken_report_or_metrics_file(tmp_path):
         (tmp_path / "test_metrics.csv").write_text(metrics)
         with pytest.raises(ConfigError, match=match):
             release.rewrite_card(tmp_path)
+
+
+def test_remeasure_rank1_names_a_folder_it_cannot_measure(tmp_path):
+    from facekit.cli import main
+
+    with pytest.raises(ConfigError, match=r"nowhere: not a released model folder \(no report.json\)"):
+        release.remeasure_rank1(tmp_path / "nowhere")
+    good = {"released_run": "r", "step": 6, "arch": "a", "arch_kwargs": {}, "weights": "ema", "val": {},
+            "model_mb": 1.0, "in_size": 8, "out_size": 32, "training": {"r": {}},
+            "test": {"faces": 4, "preset": "cctv-heavy", "scale": 4, "identity_nets": []},
+            "targets": {"met_in_every_condition": False}}
+    for report, match in [("{", "report.json: not valid JSON"),
+                          (json.dumps({**good, "ood": None}), "released without the out-of-distribution suite"),
+                          (json.dumps({**good, "ood": {"targets": "x"}}), "released without the out-of-distribution")]:
+        (tmp_path / "report.json").write_text(report)
+        with pytest.raises(ConfigError, match=match):
+            release.remeasure_rank1(tmp_path, progress=False)
+    assert (tmp_path / "report.json").read_text() == report  # nothing rewritten
+    # the command line: one line, exit 1; the two card jobs are not mixed
+    assert main(["release", "--remeasure-rank1", str(tmp_path / "nowhere")]) == 1
+    assert main(["release", "--remeasure-rank1", str(tmp_path), "--rewrite-card", str(tmp_path)]) == 1
