@@ -1019,9 +1019,11 @@ def _finish_tracks(processor: FaceVideoProcessor, identifier: TrackIdentifier | 
         mesh_info = mesh_records(processor.records, out_dir)
         mesh_info["seconds"] = round(time.perf_counter() - t_mesh, 3)
         fusion_info = {**(fusion_info or {}), "mesh": mesh_info}
+    templated, t_templates = 0, time.perf_counter()
     if identifier is not None and not identifier.error:
         # the live label saw a track's best crops one by one; the fused face and its views decide better
-        template_labels(processor.records, identifier, cfg.gallery_size)
+        templated = template_labels(processor.records, identifier, cfg.gallery_size)
+    t_templates = time.perf_counter() - t_templates
     outputs = write_tracks(processor.records, out_dir, cfg.gallery_size, labelled=identifier is not None,
                            meshed=cfg.mesh_tracks)
     identities = None
@@ -1032,6 +1034,7 @@ def _finish_tracks(processor: FaceVideoProcessor, identifier: TrackIdentifier | 
                                 for tid, rec in sorted(processor.records.items())}
         identities["track_templates"] = {str(tid): rec.track_label.identity
                                          for tid, rec in sorted(processor.records.items()) if rec.track_label}
+        identities["template_ms_per_track"] = round(1000.0 * t_templates / max(templated, 1), 2)
     return outputs, fusion_info, identities
 
 

@@ -492,6 +492,9 @@ def test_fused_track_is_labelled_by_its_template_as_identify_decides(id_clips, i
     assert len(fused) == 1 and fused[0]["identity"] == row["track_identity"]
     assert int(fused[0]["track_views"]) == int(row["track_identity_views"])
     assert float(fused[0]["similarity"]) == pytest.approx(float(row["track_identity_score"]), abs=2e-4)
+    ids = json.loads((tmp_path / "run" / "summary.json").read_text())["identities"]
+    assert ids["track_templates"] == {"1": KNOWN} and ids["template_ms_per_track"] > 0
+    print("template_ms_per_track", ids["template_ms_per_track"])
 
 
 def test_saved_gallery_cli_labels_stranger_unknown(id_clips, id_gallery_dir, tmp_path):
