@@ -588,7 +588,7 @@ def rank1_draws(methods: dict, data: OODData, draws: int = RANK1_DRAWS, progress
     """The rank-1 targets' own measurement: the medium-light 16 px cell drawn ``draws`` times.
 
     One draw of a few hundred probes moves the rank-1 ratio by tenths (the default's Pins ratio
-    read 1.03x on the suite's draw and 1.29-1.79x on five others), so the targets pool several
+    read 1.03x on the suite's draw and 1.10-1.85x on ten others), so the targets pool several
     draws (seeds ``seed .. seed+draws-1`` of :func:`evaluate_ood` with the medium cell alone; other
     draws than the full suite's). SFace only, on the sources with a gallery (:data:`RANK1_SOURCES`).
 
