@@ -840,11 +840,7 @@ def remeasure_rank1(out_dir: str | Path, draws: int = ood.RANK1_DRAWS, progress:
     report_path = out_dir / "report.json"
     if not report_path.is_file():
         raise ConfigError(f"{out_dir}: not a released model folder (no report.json)")
-    try:
-        report = json.loads(report_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{report_path}: not valid JSON ({exc})") from None
-    _check_report(report_path, report)
+    report = _read_report(report_path)
     block = report.get("ood")
     if not isinstance(block, dict) or not isinstance(block.get("targets"), list):
         raise ConfigError(f"{report_path}: released without the out-of-distribution suite (no ood targets); "
@@ -914,6 +910,16 @@ _REPORT_KEYS = ("released_run", "step", "arch", "arch_kwargs", "weights", "val",
 _REPORT_TEST_KEYS = ("faces", "preset", "scale", "identity_nets")
 
 
+def _read_report(path: Path) -> dict:
+    """A release's ``report.json``, checked (:func:`_check_report`); ConfigError naming it otherwise."""
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    _check_report(path, report)
+    return report
+
+
 def _check_report(path: Path, report) -> None:
     """Raise ConfigError naming ``path`` unless ``report`` has what :func:`rewrite_card` reads."""
     if not isinstance(report, dict):
@@ -952,11 +958,7 @@ def rewrite_card(out_dir: str | Path, n_boot: int = 1000) -> Path:
     if missing:
         raise ConfigError(f"{out_dir}: not a released model folder (missing {', '.join(missing)})")
     report_path, metrics_path = out_dir / "report.json", out_dir / "test_metrics.csv"
-    try:
-        report = json.loads(report_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{report_path}: not valid JSON ({exc})") from None
-    _check_report(report_path, report)
+    report = _read_report(report_path)
     try:
         df = pd.read_csv(metrics_path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
